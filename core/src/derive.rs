@@ -1,0 +1,715 @@
+//! Task state, derived from the event list. Pure: the same events and the
+//! same team give the same state on every device and on the relay.
+//!
+//! Rules for concurrent actions (documented in ARCHITECTURE.md):
+//! - Events are folded in [`Event::order_key`] order: Lamport time, then the
+//!   author's clock, then the event id. Causally later events always fold
+//!   later.
+//! - Two claims of one pooled task: the first in that order wins; the other
+//!   is refused with "already taken by X" and lands in its author's
+//!   needs-attention view.
+//! - A manager's assignment concurrent with a claim overrides the claim (the
+//!   claim is superseded, its author told).
+//! - An approval covers the work its reviewer had seen. Work concurrent with
+//!   it (logged on a phone that had not seen the approval) is kept, and the
+//!   approval becomes stale: the task goes back to "submitted" for review.
+//! - Work causally after completion or cancellation, or concurrent with a
+//!   cancellation, is refused (kept in the history, shown to its author).
+//!
+//! This same fold validates every local command before it is written, so a
+//! rule exists exactly once.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Action, Event};
+use crate::model::{
+    CallAttempt, CallOutcome, DelegationLevel, Handoff, Role, TaskId, Timestamp, UserId, HOUR_MS,
+};
+use crate::team::Team;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Waiting in a shared pool for someone of the right role to claim it.
+    Unassigned,
+    Assigned,
+    InProgress,
+    /// Submitted for review.
+    Submitted,
+    /// Returned by the reviewer with feedback.
+    Returned,
+    Completed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Unassigned => "unassigned",
+            TaskStatus::Assigned => "assigned",
+            TaskStatus::InProgress => "in_progress",
+            TaskStatus::Submitted => "submitted",
+            TaskStatus::Returned => "returned",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        use TaskStatus::*;
+        [
+            Unassigned, Assigned, InProgress, Submitted, Returned, Completed, Cancelled,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+    pub fn is_closed(self) -> bool {
+        matches!(self, TaskStatus::Completed | TaskStatus::Cancelled)
+    }
+}
+
+/// Why an action did not take effect. Carries user ids, never patient data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum Refusal {
+    #[error("the task does not exist yet on this device")]
+    NotCreatedYet,
+    #[error("the task was already created")]
+    AlreadyCreated,
+    #[error("{user} is not an active member of the team")]
+    NotAMember { user: UserId },
+    #[error("this device is not enrolled for {user}")]
+    DeviceNotEnrolled { user: UserId },
+    #[error("your role may not {action}")]
+    NotPermitted { action: String },
+    #[error("a clinician-only task cannot go to {user}: their role has no licence for it")]
+    ClinicianOnly { user: UserId },
+    #[error("this task waits in another role's pool")]
+    NotInPool,
+    #[error("{by} already has this task")]
+    AlreadyTaken { by: UserId },
+    #[error("only the assignee or a reviewer may do that")]
+    NotAssignee,
+    #[error("the task is {status:?} and takes no more work")]
+    TaskClosed { status: TaskStatus },
+    #[error("not possible while the task is {status:?}")]
+    WrongStatus { status: TaskStatus },
+    #[error("your work needs review: submit it instead of completing")]
+    NeedsReview,
+    #[error("the checklist has no item {item}")]
+    NoSuchChecklistItem { item: u32 },
+    #[error("work was logged on another phone that this approval did not cover; review again")]
+    ApprovalStale,
+    #[error("a manager assigned the task to {to}")]
+    ClaimOverridden { to: UserId },
+    #[error("the relay refused this change: {reason}")]
+    RelayRefused { reason: String },
+}
+
+impl Refusal {
+    /// A stable machine-readable code.
+    pub fn code(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("code").and_then(|c| c.as_str().map(str::to_owned)))
+            .unwrap_or_else(|| "unknown".into())
+    }
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Applied,
+    /// It never took effect.
+    Refused {
+        refusal: Refusal,
+    },
+    /// It took effect, then a concurrent action undid it.
+    Superseded {
+        refusal: Refusal,
+    },
+}
+
+impl Outcome {
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Outcome::Applied => None,
+            Outcome::Refused { refusal } | Outcome::Superseded { refusal } => Some(refusal),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChecklistItem {
+    pub text: String,
+    pub done: Option<(UserId, Timestamp)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedCall {
+    pub event_id: String,
+    pub by: UserId,
+    pub at: Timestamp,
+    pub attempt: CallAttempt,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comment {
+    pub by: UserId,
+    pub at: Timestamp,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approved { heads: Vec<String> },
+    Returned { feedback: String },
+}
+
+/// The latest review of the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    pub by: UserId,
+    pub at: Timestamp,
+    pub submitted_at: Timestamp,
+    pub verdict: Verdict,
+    /// Work was logged that this approval did not cover.
+    pub stale: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub event_id: String,
+    pub at: Timestamp,
+    pub by: UserId,
+    pub action: Action,
+    pub outcome: Outcome,
+}
+
+/// Everything a device knows about a task, derived from its events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskState {
+    pub task_id: TaskId,
+    pub handoff: Handoff,
+    pub created_by: UserId,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub status: TaskStatus,
+    pub pool: Option<Role>,
+    pub assignee: Option<UserId>,
+    pub acknowledged: bool,
+    pub checklist: Vec<ChecklistItem>,
+    pub questions: Vec<String>,
+    pub calls: Vec<LoggedCall>,
+    pub comments: Vec<Comment>,
+    pub submitted: Option<(UserId, Timestamp)>,
+    pub last_review: Option<Review>,
+    pub completed: Option<(UserId, Timestamp)>,
+    pub escalations: Vec<(UserId, Timestamp, String)>,
+    /// Every event, in fold order, with what became of it: the audit trail.
+    pub history: Vec<HistoryEntry>,
+}
+
+impl TaskState {
+    pub fn first_reached_at(&self) -> Option<Timestamp> {
+        self.calls
+            .iter()
+            .find(|c| c.attempt.outcome == CallOutcome::Reached)
+            .map(|c| c.at)
+    }
+
+    /// When the next call attempt is due, while the patient is not reached.
+    pub fn next_call_due(&self) -> Option<Timestamp> {
+        if self.status.is_closed() || self.first_reached_at().is_some() {
+            return None;
+        }
+        self.calls.last().and_then(|c| c.attempt.next_attempt_due)
+    }
+
+    /// When the pending review should be done, under the team's policy.
+    pub fn review_due(&self, team: &Team) -> Option<Timestamp> {
+        match (self.status, &self.submitted) {
+            (TaskStatus::Submitted, Some((_, at))) => {
+                Some(*at + i64::from(team.policy.review_within_hours) * HOUR_MS)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn outcome_of(&self, event_id: &str) -> Option<&Outcome> {
+        self.history
+            .iter()
+            .find(|h| h.event_id == event_id)
+            .map(|h| &h.outcome)
+    }
+}
+
+/// A small bitset over event positions, for "is A an ancestor of B".
+#[derive(Clone, Default)]
+struct Ancestors(Vec<u64>);
+
+impl Ancestors {
+    fn insert(&mut self, i: usize) {
+        let (w, b) = (i / 64, i % 64);
+        if self.0.len() <= w {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << b;
+    }
+    fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+    fn union(&mut self, other: &Ancestors) {
+        if self.0.len() < other.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
+    }
+}
+
+/// Put events in fold order and drop duplicate ids (a redaction or a
+/// re-delivery can copy an event twice; the copies are the same event).
+pub fn order_events(mut events: Vec<Event>) -> Vec<Event> {
+    events.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    events.dedup_by(|b, a| a.id == b.id);
+    events
+}
+
+/// Derive the task's state. `None` while no `created` event has arrived.
+pub fn derive(task_id: &str, events: Vec<Event>, team: &Team) -> Option<TaskState> {
+    let (state, history) = derive_with_history(task_id, events, team);
+    state.map(|mut s| {
+        s.history = history;
+        s
+    })
+}
+
+/// The state (if any) and what became of every event, even when the task
+/// was never created (a refused `created` event says why here).
+pub fn derive_with_history(
+    task_id: &str,
+    events: Vec<Event>,
+    team: &Team,
+) -> (Option<TaskState>, Vec<HistoryEntry>) {
+    let events = order_events(events);
+    let position: HashMap<_, _> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.id.clone(), i))
+        .collect();
+    let mut ancestors: Vec<Ancestors> = Vec::with_capacity(events.len());
+    for e in &events {
+        let mut set = Ancestors::default();
+        for d in &e.deps {
+            if let Some(&p) = position.get(d) {
+                if p < ancestors.len() {
+                    set.insert(p);
+                    set.union(&ancestors[p]);
+                }
+            }
+        }
+        ancestors.push(set);
+    }
+    let mut fold = Fold {
+        team,
+        ancestors: &ancestors,
+        state: None,
+        outcomes: vec![Outcome::Applied; events.len()],
+        claim_event: None,
+        assign_event: None,
+        approval_event: None,
+        work_events: Vec::new(),
+    };
+    for (i, e) in events.iter().enumerate() {
+        let outcome = match fold.apply(task_id, i, e) {
+            Ok(()) => Outcome::Applied,
+            Err(refusal) => Outcome::Refused { refusal },
+        };
+        // `apply` may already have superseded an earlier event; this one's own verdict:
+        if fold.outcomes[i] == Outcome::Applied {
+            fold.outcomes[i] = outcome;
+        }
+    }
+    let outcomes = fold.outcomes;
+    let history = events
+        .into_iter()
+        .zip(outcomes)
+        .map(|(e, outcome)| HistoryEntry {
+            event_id: e.id.to_string(),
+            at: e.at,
+            by: e.by,
+            action: e.action,
+            outcome,
+        })
+        .collect();
+    (fold.state, history)
+}
+
+struct Fold<'a> {
+    team: &'a Team,
+    ancestors: &'a [Ancestors],
+    state: Option<TaskState>,
+    outcomes: Vec<Outcome>,
+    /// The claim that made the current assignee, if it was a claim.
+    claim_event: Option<usize>,
+    /// The assignment that set the current assignee, if it was one.
+    assign_event: Option<usize>,
+    /// The approval that completed the task, if it was one.
+    approval_event: Option<usize>,
+    work_events: Vec<usize>,
+}
+
+impl Fold<'_> {
+    fn may_hold(&self, user: &str, level: DelegationLevel) -> Result<(), Refusal> {
+        let member = self.active_member(user)?;
+        if level == DelegationLevel::ClinicianOnly
+            && !self
+                .team
+                .role_permissions(member.role)
+                .may_hold_clinician_only
+        {
+            return Err(Refusal::ClinicianOnly { user: user.into() });
+        }
+        Ok(())
+    }
+
+    fn active_member(&self, user: &str) -> Result<&crate::model::Member, Refusal> {
+        self.team
+            .member(user)
+            .filter(|m| m.active)
+            .ok_or_else(|| Refusal::NotAMember { user: user.into() })
+    }
+
+    fn apply(&mut self, task_id: &str, i: usize, e: &Event) -> Result<(), Refusal> {
+        // The author: a member, writing from a device enrolled for them.
+        if self.team.member(&e.by).is_none() {
+            return Err(Refusal::NotAMember { user: e.by.clone() });
+        }
+        if self.team.device_user(&e.id.actor) != Some(e.by.as_str()) {
+            return Err(Refusal::DeviceNotEnrolled { user: e.by.clone() });
+        }
+        let perms = self.team.permissions(&e.by);
+        let not_permitted = |action: &str| Refusal::NotPermitted {
+            action: action.into(),
+        };
+
+        if let Action::Created {
+            handoff,
+            checklist,
+            questions,
+            pool,
+            assignee,
+        } = &e.action
+        {
+            if self.state.is_some() {
+                return Err(Refusal::AlreadyCreated);
+            }
+            if let Some(a) = assignee {
+                if a != &e.by && !perms.may_delegate {
+                    return Err(not_permitted("delegate tasks"));
+                }
+                self.may_hold(a, handoff.level)?;
+            }
+            if let (Some(role), DelegationLevel::ClinicianOnly) = (pool, handoff.level) {
+                if !self.team.role_permissions(*role).may_hold_clinician_only {
+                    return Err(not_permitted("pool a clinician-only task for that role"));
+                }
+            }
+            self.state = Some(TaskState {
+                task_id: task_id.into(),
+                handoff: handoff.clone(),
+                created_by: e.by.clone(),
+                created_at: e.at,
+                updated_at: e.at,
+                status: if assignee.is_some() {
+                    TaskStatus::Assigned
+                } else {
+                    TaskStatus::Unassigned
+                },
+                pool: *pool,
+                assignee: assignee.clone(),
+                acknowledged: false,
+                checklist: checklist
+                    .iter()
+                    .map(|t| ChecklistItem {
+                        text: t.clone(),
+                        done: None,
+                    })
+                    .collect(),
+                questions: questions.clone(),
+                calls: Vec::new(),
+                comments: Vec::new(),
+                submitted: None,
+                last_review: None,
+                completed: None,
+                escalations: Vec::new(),
+                history: Vec::new(),
+            });
+            return Ok(());
+        }
+
+        let Some(s) = self.state.as_ref() else {
+            return Err(Refusal::NotCreatedYet);
+        };
+        let status = s.status;
+        let is_assignee = s.assignee.as_deref() == Some(e.by.as_str());
+        let level = s.handoff.level;
+        let created_by = s.created_by.clone();
+
+        if e.action.is_work() {
+            if !(is_assignee || perms.may_review) {
+                return Err(Refusal::NotAssignee);
+            }
+            match status {
+                TaskStatus::Unassigned => return Err(Refusal::WrongStatus { status }),
+                TaskStatus::Completed => {
+                    // Work the approver had not seen makes the approval stale.
+                    match self.approval_event {
+                        Some(a) if !self.ancestors[i].contains(a) => {
+                            self.outcomes[a] = Outcome::Superseded {
+                                refusal: Refusal::ApprovalStale,
+                            };
+                            self.approval_event = None;
+                            let s = self.state_mut();
+                            s.status = TaskStatus::Submitted;
+                            s.completed = None;
+                            if let Some(r) = s.last_review.as_mut() {
+                                r.stale = true;
+                            }
+                        }
+                        _ => return Err(Refusal::TaskClosed { status }),
+                    }
+                }
+                TaskStatus::Cancelled => return Err(Refusal::TaskClosed { status }),
+                _ => {}
+            }
+            self.work_events.push(i);
+        }
+
+        match &e.action {
+            Action::Created { .. } => unreachable_created(),
+            Action::Assigned { to } => {
+                if !perms.may_delegate {
+                    return Err(not_permitted("assign tasks"));
+                }
+                if status.is_closed() {
+                    return Err(Refusal::TaskClosed { status });
+                }
+                self.may_hold(to, level)?;
+                if let Some(c) = self.claim_event.take() {
+                    if !self.ancestors[i].contains(c) {
+                        self.outcomes[c] = Outcome::Superseded {
+                            refusal: Refusal::ClaimOverridden { to: to.clone() },
+                        };
+                    }
+                }
+                self.assign_event = Some(i);
+                let s = self.state_mut();
+                s.assignee = Some(to.clone());
+                s.acknowledged = false;
+                if s.status != TaskStatus::Submitted {
+                    s.status = TaskStatus::Assigned;
+                }
+            }
+            Action::Acknowledged { .. } => {
+                if !is_assignee {
+                    return Err(Refusal::NotAssignee);
+                }
+                if status.is_closed() {
+                    return Err(Refusal::TaskClosed { status });
+                }
+                self.state_mut().acknowledged = true;
+            }
+            Action::Claimed => {
+                if status.is_closed() {
+                    return Err(Refusal::TaskClosed { status });
+                }
+                if let Some(by) = self.state_ref().assignee.clone() {
+                    // A manager's assignment the claimant had not seen wins over the claim.
+                    return Err(match self.assign_event {
+                        Some(a) if !self.ancestors[i].contains(a) => {
+                            Refusal::ClaimOverridden { to: by }
+                        }
+                        _ => Refusal::AlreadyTaken { by },
+                    });
+                }
+                let role = self.team.member(&e.by).map(|m| m.role);
+                if role.is_none() || role != self.state_ref().pool {
+                    return Err(Refusal::NotInPool);
+                }
+                self.may_hold(&e.by, level)?;
+                self.claim_event = Some(i);
+                self.assign_event = None;
+                let s = self.state_mut();
+                s.assignee = Some(e.by.clone());
+                s.acknowledged = true;
+                s.status = TaskStatus::Assigned;
+            }
+            Action::Started => {
+                if !matches!(status, TaskStatus::Assigned | TaskStatus::Returned) {
+                    return Err(Refusal::WrongStatus { status });
+                }
+                self.state_mut().status = TaskStatus::InProgress;
+            }
+            Action::ChecklistItemDone { item } => {
+                let s = self.state_mut();
+                let Some(entry) = s.checklist.get_mut(*item as usize) else {
+                    return Err(Refusal::NoSuchChecklistItem { item: *item });
+                };
+                entry.done.get_or_insert((e.by.clone(), e.at));
+                if matches!(s.status, TaskStatus::Assigned | TaskStatus::Returned) {
+                    s.status = TaskStatus::InProgress;
+                }
+            }
+            Action::CallLogged { attempt } => {
+                let s = self.state_mut();
+                s.calls.push(LoggedCall {
+                    event_id: e.id.to_string(),
+                    by: e.by.clone(),
+                    at: e.at,
+                    attempt: attempt.clone(),
+                });
+                if matches!(s.status, TaskStatus::Assigned | TaskStatus::Returned) {
+                    s.status = TaskStatus::InProgress;
+                }
+            }
+            Action::Commented { text } => {
+                self.state_mut().comments.push(Comment {
+                    by: e.by.clone(),
+                    at: e.at,
+                    text: text.clone(),
+                });
+            }
+            Action::Submitted { .. } => {
+                if !(is_assignee || perms.may_review) {
+                    return Err(Refusal::NotAssignee);
+                }
+                if !matches!(
+                    status,
+                    TaskStatus::Assigned | TaskStatus::InProgress | TaskStatus::Returned
+                ) {
+                    return Err(Refusal::WrongStatus { status });
+                }
+                let s = self.state_mut();
+                s.status = TaskStatus::Submitted;
+                s.submitted = Some((e.by.clone(), e.at));
+            }
+            Action::Approved { heads, .. } => {
+                if !perms.may_review {
+                    return Err(not_permitted("approve work"));
+                }
+                if status != TaskStatus::Submitted {
+                    return Err(Refusal::WrongStatus { status });
+                }
+                let stale = self
+                    .work_events
+                    .iter()
+                    .any(|&w| !self.ancestors[i].contains(w));
+                let s = self.state_mut();
+                let submitted_at = s.submitted.as_ref().map_or(e.at, |x| x.1);
+                s.last_review = Some(Review {
+                    by: e.by.clone(),
+                    at: e.at,
+                    submitted_at,
+                    verdict: Verdict::Approved {
+                        heads: heads.clone(),
+                    },
+                    stale,
+                });
+                if stale {
+                    self.outcomes[i] = Outcome::Superseded {
+                        refusal: Refusal::ApprovalStale,
+                    };
+                } else {
+                    s.status = TaskStatus::Completed;
+                    s.completed = Some((e.by.clone(), e.at));
+                    self.approval_event = Some(i);
+                }
+            }
+            Action::Returned { feedback } => {
+                if !perms.may_review {
+                    return Err(not_permitted("return work"));
+                }
+                if status != TaskStatus::Submitted {
+                    return Err(Refusal::WrongStatus { status });
+                }
+                let s = self.state_mut();
+                let submitted_at = s.submitted.as_ref().map_or(e.at, |x| x.1);
+                s.last_review = Some(Review {
+                    by: e.by.clone(),
+                    at: e.at,
+                    submitted_at,
+                    verdict: Verdict::Returned {
+                        feedback: feedback.clone(),
+                    },
+                    stale: false,
+                });
+                s.status = TaskStatus::Returned;
+            }
+            Action::Completed { .. } => {
+                if status.is_closed() {
+                    return Err(Refusal::TaskClosed { status });
+                }
+                if status == TaskStatus::Unassigned {
+                    return Err(Refusal::WrongStatus { status });
+                }
+                if !perms.may_review {
+                    if !is_assignee {
+                        return Err(Refusal::NotAssignee);
+                    }
+                    if !self.team.member(&e.by).is_some_and(|m| m.trusted) {
+                        return Err(Refusal::NeedsReview);
+                    }
+                }
+                let s = self.state_mut();
+                s.status = TaskStatus::Completed;
+                s.completed = Some((e.by.clone(), e.at));
+            }
+            Action::Cancelled { .. } => {
+                if !(perms.may_delegate || e.by == created_by) {
+                    return Err(not_permitted("cancel tasks"));
+                }
+                if status.is_closed() {
+                    return Err(Refusal::TaskClosed { status });
+                }
+                self.state_mut().status = TaskStatus::Cancelled;
+            }
+            Action::Escalated { reason } => {
+                if status.is_closed() {
+                    return Err(Refusal::TaskClosed { status });
+                }
+                self.state_mut()
+                    .escalations
+                    .push((e.by.clone(), e.at, reason.clone()));
+            }
+        }
+        let s = self.state_mut();
+        s.updated_at = s.updated_at.max(e.at);
+        Ok(())
+    }
+
+    fn state_ref(&self) -> &TaskState {
+        match &self.state {
+            Some(s) => s,
+            None => unreachable_created(),
+        }
+    }
+
+    fn state_mut(&mut self) -> &mut TaskState {
+        match &mut self.state {
+            Some(s) => s,
+            None => unreachable_created(),
+        }
+    }
+}
+
+/// `apply` returns before reaching any state access when there is no state.
+#[allow(clippy::panic)]
+fn unreachable_created() -> ! {
+    panic!("derive: state accessed before the created event")
+}

@@ -1,0 +1,170 @@
+//! The append-only event list inside every task document.
+//!
+//! Each event is one JSON string in an automerge list: one insert op per
+//! action, so a logged call costs about its own bytes on the wire. Events
+//! carry their own causal links (`deps`, a Lamport time `lt`), so the state
+//! derived from them does not depend on automerge history and survives a
+//! redaction, which re-creates the document.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CallAttempt, Handoff, Role, Timestamp, UserId};
+
+/// `"<device actor hex>:<n>"`: the n-th event this device wrote in this task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId {
+    pub actor: String,
+    pub n: u32,
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.actor, self.n)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (actor, n) = s.rsplit_once(':').ok_or("event id without ':'")?;
+        let n = n.parse().map_err(|_| "event id with a bad counter")?;
+        if actor.is_empty() || !actor.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("event id with a bad actor".into());
+        }
+        Ok(EventId {
+            actor: actor.to_owned(),
+            n,
+        })
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One thing a person did to a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: EventId,
+    /// The events this one's author had seen that nothing else they had seen
+    /// follows (the frontier of the event graph when it was written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deps: Vec<EventId>,
+    /// Lamport time: one more than any event the author had seen.
+    pub lt: u64,
+    /// Wall-clock time on the author's phone.
+    pub at: Timestamp,
+    /// The user the author's device is enrolled for.
+    pub by: UserId,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// What was done. Work events (started, checklist, call) are the ones an
+/// approval covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum Action {
+    Created {
+        handoff: Handoff,
+        /// Instantiated from the SOP when the task was created.
+        #[serde(default)]
+        checklist: Vec<String>,
+        #[serde(default)]
+        questions: Vec<String>,
+        /// The shared pool it waits in when nobody is assigned.
+        pool: Option<Role>,
+        assignee: Option<UserId>,
+    },
+    Assigned {
+        to: UserId,
+    },
+    Acknowledged {
+        /// The assignee's "repeat back" of the handoff.
+        #[serde(default)]
+        note: String,
+    },
+    Claimed,
+    Started,
+    ChecklistItemDone {
+        item: u32,
+    },
+    CallLogged {
+        attempt: CallAttempt,
+    },
+    Commented {
+        text: String,
+    },
+    Submitted {
+        #[serde(default)]
+        note: String,
+    },
+    Approved {
+        /// The task document's heads (hex change hashes) the reviewer saw.
+        heads: Vec<String>,
+        #[serde(default)]
+        note: String,
+    },
+    Returned {
+        feedback: String,
+    },
+    Completed {
+        #[serde(default)]
+        note: String,
+    },
+    Cancelled {
+        reason: String,
+    },
+    Escalated {
+        reason: String,
+    },
+}
+
+impl Action {
+    pub fn is_work(&self) -> bool {
+        matches!(
+            self,
+            Action::Started | Action::ChecklistItemDone { .. } | Action::CallLogged { .. }
+        )
+    }
+
+    /// A short, PHI-free name for logs and history lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Created { .. } => "created",
+            Action::Assigned { .. } => "assigned",
+            Action::Acknowledged { .. } => "acknowledged",
+            Action::Claimed => "claimed",
+            Action::Started => "started",
+            Action::ChecklistItemDone { .. } => "checklist_item_done",
+            Action::CallLogged { .. } => "call_logged",
+            Action::Commented { .. } => "commented",
+            Action::Submitted { .. } => "submitted",
+            Action::Approved { .. } => "approved",
+            Action::Returned { .. } => "returned",
+            Action::Completed { .. } => "completed",
+            Action::Cancelled { .. } => "cancelled",
+            Action::Escalated { .. } => "escalated",
+        }
+    }
+}
+
+impl Event {
+    /// The order every replica folds events in: causal (Lamport), then the
+    /// author's clock, then the id. Total and the same everywhere.
+    pub fn order_key(&self) -> (u64, Timestamp, &str, u32) {
+        (self.lt, self.at, self.id.actor.as_str(), self.id.n)
+    }
+}

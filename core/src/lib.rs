@@ -1,0 +1,21 @@
+#![doc = include_str!("../README.md")]
+
+pub mod clock;
+pub mod derive;
+mod error;
+pub mod event;
+pub mod model;
+pub mod store;
+mod task_doc;
+pub mod team;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use derive::{Outcome, Refusal, TaskState, TaskStatus};
+pub use error::{Error, Result};
+pub use event::{Action, Event, EventId};
+pub use model::*;
+pub use store::{
+    AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskDetail, TaskSummary,
+};
+pub use store::{Durability, MergeReport, NewTask, OutgoingChange, Store, StoreOptions};
+pub use team::Team;

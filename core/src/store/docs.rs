@@ -1,0 +1,192 @@
+//! Persistence of automerge documents: snapshot + later changes, compaction,
+//! and a small in-memory cache of loaded documents.
+
+use std::collections::HashMap;
+
+use automerge::{ActorId, AutoCommit, Change, ChangeHash};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::{Error, Result};
+use crate::model::Timestamp;
+
+/// Fold a document's changes into its snapshot once it has this many.
+pub const COMPACT_AFTER: i64 = 32;
+/// Documents kept loaded in memory.
+const CACHE_CAPACITY: usize = 256;
+
+pub const TEAM_DOC: &str = "team";
+
+pub(crate) fn load(conn: &Connection, doc_id: &str, actor: &ActorId) -> Result<Option<AutoCommit>> {
+    let snapshot: Option<Option<Vec<u8>>> = conn
+        .prepare_cached("SELECT snapshot FROM documents WHERE doc_id = ?1")?
+        .query_row([doc_id], |r| r.get(0))
+        .optional()?;
+    let Some(snapshot) = snapshot else {
+        return Ok(None);
+    };
+    let mut doc = match snapshot {
+        Some(bytes) => AutoCommit::load(&bytes)?,
+        None => AutoCommit::new(),
+    };
+    let mut stmt = conn.prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1")?;
+    let changes = stmt
+        .query_map([doc_id], |r| r.get::<_, Vec<u8>>(0))?
+        .map(|bytes| {
+            Change::from_bytes(bytes?)
+                .map_err(|_| Error::Corrupt("a stored change does not decode"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    doc.apply_changes(changes)?;
+    doc.set_actor(actor.clone());
+    Ok(Some(doc))
+}
+
+pub(crate) fn insert_document(
+    conn: &Connection,
+    doc_id: &str,
+    kind: &str,
+    task_id: Option<&str>,
+    generation: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO documents (doc_id, kind, task_id, generation) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (doc_id) DO UPDATE SET
+           task_id = coalesce(documents.task_id, excluded.task_id),
+           generation = max(documents.generation, excluded.generation)",
+    )?
+    .execute(params![doc_id, kind, task_id, generation])?;
+    Ok(())
+}
+
+/// Keep a change. Returns false when it was already stored (or folded into
+/// the snapshot), so re-delivery is harmless.
+pub(crate) fn store_change(
+    conn: &Connection,
+    doc_id: &str,
+    change: &Change,
+    doc: Option<&mut AutoCommit>,
+) -> Result<bool> {
+    let hash = change.hash();
+    if let Some(doc) = doc {
+        if doc.get_change_by_hash(&hash).is_some() {
+            return Ok(false);
+        }
+    }
+    let n = conn
+        .prepare_cached("INSERT OR IGNORE INTO changes (doc_id, hash, bytes) VALUES (?1, ?2, ?3)")?
+        .execute(params![doc_id, hash.as_ref(), change.raw_bytes()])?;
+    Ok(n == 1)
+}
+
+/// Queue a change this device wrote for the relay.
+pub(crate) fn enqueue(
+    conn: &Connection,
+    doc_id: &str,
+    change: &Change,
+    now: Timestamp,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO outbox (doc_id, hash, bytes, queued_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        doc_id,
+        change.hash().as_ref(),
+        change.raw_bytes(),
+        now
+    ])?;
+    Ok(())
+}
+
+/// Commit the document's pending ops as one change; store and queue it.
+pub(crate) fn commit_local(
+    conn: &Connection,
+    doc_id: &str,
+    doc: &mut AutoCommit,
+    now: Timestamp,
+) -> Result<Option<ChangeHash>> {
+    if doc.commit().is_none() {
+        return Ok(None);
+    }
+    let Some(change) = doc.get_last_local_change() else {
+        return Ok(None);
+    };
+    store_change(conn, doc_id, &change, None)?;
+    enqueue(conn, doc_id, &change, now)?;
+    Ok(Some(change.hash()))
+}
+
+/// Replace many small changes by one snapshot, so opening stays fast as
+/// history grows. Changes still waiting for missing dependencies stay.
+pub(crate) fn maybe_compact(conn: &Connection, doc_id: &str, doc: &mut AutoCommit) -> Result<()> {
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM changes WHERE doc_id = ?1")?
+        .query_row([doc_id], |r| r.get(0))?;
+    if n < COMPACT_AFTER {
+        return Ok(());
+    }
+    compact(conn, doc_id, doc)
+}
+
+pub(crate) fn compact(conn: &Connection, doc_id: &str, doc: &mut AutoCommit) -> Result<()> {
+    let hashes: Vec<Vec<u8>> = conn
+        .prepare_cached("SELECT hash FROM changes WHERE doc_id = ?1")?
+        .query_map([doc_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let snapshot = doc.save();
+    conn.prepare_cached("UPDATE documents SET snapshot = ?2 WHERE doc_id = ?1")?
+        .execute(params![doc_id, snapshot])?;
+    let mut delete = conn.prepare_cached("DELETE FROM changes WHERE doc_id = ?1 AND hash = ?2")?;
+    for h in hashes {
+        let Ok(hash) = ChangeHash::try_from(h.as_slice()) else {
+            continue;
+        };
+        if doc.get_change_by_hash(&hash).is_some() {
+            delete.execute(params![doc_id, h])?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn delete_document(conn: &Connection, doc_id: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM changes WHERE doc_id = ?1")?
+        .execute([doc_id])?;
+    conn.prepare_cached("DELETE FROM documents WHERE doc_id = ?1")?
+        .execute([doc_id])?;
+    Ok(())
+}
+
+/// Loaded documents, least recently used dropped first.
+#[derive(Default)]
+pub(crate) struct DocCache {
+    docs: HashMap<String, (AutoCommit, u64)>,
+    tick: u64,
+}
+
+impl DocCache {
+    pub fn take(&mut self, doc_id: &str) -> Option<AutoCommit> {
+        self.docs.remove(doc_id).map(|(d, _)| d)
+    }
+
+    pub fn put(&mut self, doc_id: &str, doc: AutoCommit) {
+        self.tick += 1;
+        if self.docs.len() >= CACHE_CAPACITY && !self.docs.contains_key(doc_id) {
+            if let Some(oldest) = self
+                .docs
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            {
+                self.docs.remove(&oldest);
+            }
+        }
+        self.docs.insert(doc_id.to_owned(), (doc, self.tick));
+    }
+
+    pub fn remove(&mut self, doc_id: &str) {
+        self.docs.remove(doc_id);
+    }
+
+    pub fn clear(&mut self) {
+        self.docs.clear();
+    }
+}

@@ -1,0 +1,1003 @@
+//! The device's local store: automerge documents, the view index and the
+//! outbox in one SQLCipher-encrypted SQLite file.
+//!
+//! Every write is one SQLite transaction holding the automerge change, the
+//! index rows it changes and its outbox entry: when a call returns `Ok`, the
+//! write is durable; when it returns `Err`, nothing was written.
+
+mod docs;
+mod index;
+pub(crate) mod schema;
+mod views;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use automerge::{ActorId, AutoCommit, Change};
+use rand::RngCore;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Clock, SystemClock};
+use crate::derive::{derive, derive_with_history, Refusal, TaskState};
+use crate::error::{Error, Result};
+use crate::event::{Action, Event, EventId};
+use crate::model::{
+    CallAttempt, Device, Handoff, Member, PatientRef, Policy, Role, RolePermissions, SopTemplate,
+    TaskId, Timestamp, UserId, DAY_MS,
+};
+use crate::task_doc;
+use crate::team::{Team, TeamWriter};
+
+pub use docs::{COMPACT_AFTER, TEAM_DOC};
+pub use views::{
+    AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskDetail, TaskSummary,
+};
+
+/// Longest free text accepted in any field.
+pub const MAX_TEXT: usize = 10_000;
+
+/// How hard a write waits for the disk before returning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: survives power loss. The default.
+    Full,
+    /// `synchronous=NORMAL`: survives the app being killed, may lose the
+    /// last writes on power loss.
+    Normal,
+}
+
+#[derive(Clone)]
+pub struct StoreOptions {
+    pub durability: Durability,
+    /// The phone's offset from UTC, for "today" in my queue.
+    pub utc_offset_minutes: i32,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Full,
+            utc_offset_minutes: 0,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// What a delegator fills in to hand a task off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTask {
+    pub handoff: Handoff,
+    pub patient: Option<PatientRef>,
+    /// Who does it. `None` puts it in `pool`.
+    pub assignee: Option<UserId>,
+    /// The role whose shared pool it waits in when nobody is assigned.
+    pub pool: Option<Role>,
+}
+
+/// A change written by this device, waiting for the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingChange {
+    pub id: i64,
+    pub doc_id: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What applying a batch of incoming changes did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergeReport {
+    pub applied: usize,
+    pub duplicates: usize,
+    /// Changes that did not decode; nothing of them was kept.
+    pub invalid: usize,
+    pub tasks_updated: usize,
+}
+
+pub struct Store {
+    db: Mutex<Db>,
+}
+
+struct Db {
+    conn: Connection,
+    st: State,
+}
+
+struct State {
+    actor: ActorId,
+    actor_hex: String,
+    user: Option<UserId>,
+    team: Option<Team>,
+    docs: docs::DocCache,
+    clock: Arc<dyn Clock>,
+    utc_offset_ms: i64,
+}
+
+impl Store {
+    /// Open (or create) the store at `path` with the host's 32-byte key.
+    pub fn open(path: impl AsRef<Path>, key: &[u8], options: StoreOptions) -> Result<Store> {
+        if key.len() != 32 {
+            return Err(Error::InvalidInput("the store key must be 32 bytes".into()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // SQLCipher logs to stderr unless told not to.
+        conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()))
+            .optional()?;
+        conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(key)))?;
+        // The first read tells whether the key opens the file.
+        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::NotADatabase =>
+            {
+                return Err(Error::WrongKey)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match options.durability {
+                Durability::Full => "FULL",
+                Durability::Normal => "NORMAL",
+            },
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        schema::upgrade(&conn)?;
+
+        let actor_hex = match meta(&conn, "actor")? {
+            Some(a) => a,
+            None => {
+                let mut bytes = [0u8; 16];
+                rand::rng().fill_bytes(&mut bytes);
+                let a = hex::encode(bytes);
+                set_meta(&conn, "actor", &a)?;
+                a
+            }
+        };
+        let actor = ActorId::from(
+            hex::decode(&actor_hex).map_err(|_| Error::Corrupt("device actor id is not hex"))?,
+        );
+        let user = meta(&conn, "user")?;
+        let mut st = State {
+            actor,
+            actor_hex,
+            user,
+            team: None,
+            docs: docs::DocCache::default(),
+            clock: options.clock,
+            utc_offset_ms: i64::from(options.utc_offset_minutes) * 60_000,
+        };
+        if let Some(doc) = docs::load(&conn, TEAM_DOC, &st.actor)? {
+            st.team = Some(Team::read(&doc));
+            st.docs.put(TEAM_DOC, doc);
+        }
+        Ok(Store {
+            db: Mutex::new(Db { conn, st }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Db> {
+        // A panic while holding the lock leaves SQLite consistent (the
+        // transaction rolls back), so a poisoned lock is still usable.
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This device's automerge actor id (hex), which the relay binds to its user.
+    pub fn device_actor(&self) -> String {
+        self.lock().st.actor_hex.clone()
+    }
+
+    /// The user this device is enrolled for.
+    pub fn user(&self) -> Option<UserId> {
+        self.lock().st.user.clone()
+    }
+
+    pub fn team(&self) -> Option<Team> {
+        self.lock().st.team.clone()
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.lock().st.clock.now()
+    }
+
+    // ---- the team -------------------------------------------------------
+
+    /// Start a new team on this device, with its first member (who must be
+    /// able to manage the team) enrolled on it.
+    pub fn create_team(&self, name: &str, first: Member) -> Result<()> {
+        check_text("team name", name, 200)?;
+        check_id("user id", &first.user_id)?;
+        if !first.role.default_permissions().may_manage_team {
+            return Err(Error::InvalidInput(
+                "the first member must be an admin or a manager".into(),
+            ));
+        }
+        let mut db = self.lock();
+        if db.st.user.is_some() || db.st.team.is_some() {
+            return Err(Error::AlreadyEnrolled);
+        }
+        let Db { conn, st } = &mut *db;
+        let mut doc = AutoCommit::new().with_actor(st.actor.clone());
+        {
+            let mut w = TeamWriter(&mut doc);
+            w.init(name)?;
+            w.member(&first)?;
+            w.device(&Device {
+                actor: st.actor_hex.clone(),
+                user_id: first.user_id.clone(),
+                revoked: false,
+            })?;
+        }
+        let tx = conn.unchecked_transaction()?;
+        docs::insert_document(&tx, TEAM_DOC, "team", None, 0)?;
+        docs::commit_local(&tx, TEAM_DOC, &mut doc, st.clock.now())?;
+        set_meta(&tx, "user", &first.user_id)?;
+        tx.commit()?;
+        st.user = Some(first.user_id);
+        st.team = Some(Team::read(&doc));
+        st.docs.put(TEAM_DOC, doc);
+        Ok(())
+    }
+
+    /// Record which user this device is enrolled for (the relay binds the
+    /// device's actor id to it; the team document arrives by sync).
+    pub fn set_enrolled_user(&self, user: &str) -> Result<()> {
+        check_id("user id", user)?;
+        let mut db = self.lock();
+        if db.st.user.as_deref().is_some_and(|u| u != user) {
+            return Err(Error::AlreadyEnrolled);
+        }
+        set_meta(&db.conn, "user", user)?;
+        db.st.user = Some(user.into());
+        Ok(())
+    }
+
+    pub fn put_member(&self, member: &Member) -> Result<()> {
+        check_id("user id", &member.user_id)?;
+        check_text("name", &member.name, 200)?;
+        self.write_team(true, |w| w.member(member))
+    }
+
+    /// Bind a device's actor id to a user (what the relay does at enrolment).
+    pub fn register_device(&self, actor_hex: &str, user: &str) -> Result<()> {
+        check_actor(actor_hex)?;
+        self.write_team(true, |w| {
+            w.device(&Device {
+                actor: actor_hex.to_ascii_lowercase(),
+                user_id: user.into(),
+                revoked: false,
+            })
+        })
+    }
+
+    pub fn revoke_device(&self, actor_hex: &str) -> Result<()> {
+        check_actor(actor_hex)?;
+        let actor = actor_hex.to_ascii_lowercase();
+        let user = {
+            let db = self.lock();
+            let team = db.st.team.as_ref().ok_or(Error::NotEnrolled)?;
+            team.devices
+                .get(&actor)
+                .map(|d| d.user_id.clone())
+                .ok_or_else(|| Error::InvalidInput("no such device".into()))?
+        };
+        self.write_team(false, |w| {
+            w.device(&Device {
+                actor,
+                user_id: user,
+                revoked: true,
+            })
+        })
+    }
+
+    pub fn put_sop(&self, sop: &SopTemplate) -> Result<()> {
+        check_id("template id", &sop.id)?;
+        check_text("template name", &sop.name, 200)?;
+        for item in sop.checklist.iter().chain(&sop.questions) {
+            check_text("template item", item, 1000)?;
+        }
+        self.write_team(false, |w| w.sop(sop))
+    }
+
+    pub fn set_policy(&self, policy: &Policy) -> Result<()> {
+        if policy.max_call_attempts == 0 {
+            return Err(Error::InvalidInput(
+                "max call attempts must be at least 1".into(),
+            ));
+        }
+        self.write_team(false, |w| w.policy(policy))
+    }
+
+    pub fn set_role_permissions(&self, role: Role, perms: &RolePermissions) -> Result<()> {
+        self.write_team(true, |w| w.role(role, perms))
+    }
+
+    /// One change to the team document, by a member who may manage the team.
+    /// `affects_tasks`: re-derive every task (roles and devices feed the rules).
+    fn write_team(
+        &self,
+        affects_tasks: bool,
+        edit: impl FnOnce(&mut TeamWriter<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let user = st.user.clone().ok_or(Error::NotEnrolled)?;
+        let team = st.team.as_ref().ok_or(Error::NotEnrolled)?;
+        if !team.permissions(&user).may_manage_team {
+            return Err(Refusal::NotPermitted {
+                action: "change the team".into(),
+            }
+            .into());
+        }
+        let mut doc = match st.docs.take(TEAM_DOC) {
+            Some(d) => d,
+            None => docs::load(conn, TEAM_DOC, &st.actor)?.ok_or(Error::NotEnrolled)?,
+        };
+        let result = (|| {
+            edit(&mut TeamWriter(&mut doc))?;
+            let tx = conn.unchecked_transaction()?;
+            docs::commit_local(&tx, TEAM_DOC, &mut doc, st.clock.now())?;
+            docs::maybe_compact(&tx, TEAM_DOC, &mut doc)?;
+            let team = Team::read(&doc);
+            if affects_tasks {
+                reindex_all(&tx, st, &team)?;
+            }
+            tx.commit()?;
+            Ok(team)
+        })();
+        match result {
+            Ok(team) => {
+                st.team = Some(team);
+                st.docs.put(TEAM_DOC, doc);
+                Ok(())
+            }
+            Err(e) => {
+                st.docs.clear();
+                Err(e)
+            }
+        }
+    }
+
+    // ---- tasks ----------------------------------------------------------
+
+    /// Hand a task off: to a person, or to a role's shared pool.
+    pub fn delegate(&self, new: NewTask) -> Result<TaskId> {
+        check_handoff(&new.handoff)?;
+        if let Some(p) = &new.patient {
+            check_text("patient name", &p.display_name, 200)?;
+            check_opt("patient phone", &p.phone, 100)?;
+            check_opt("patient record", &p.record_ref, 100)?;
+        }
+        if new.assignee.is_none() && new.pool.is_none() {
+            return Err(Error::InvalidInput(
+                "a task needs an assignee or a pool to wait in".into(),
+            ));
+        }
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let user = st.user.clone().ok_or(Error::NotEnrolled)?;
+        let team = st.team.as_ref().ok_or(Error::NotEnrolled)?;
+        let (checklist, questions) = match &new.handoff.sop {
+            Some(id) => {
+                let sop = team.sops.get(id).ok_or_else(|| {
+                    Error::InvalidInput(format!("no SOP template '{id}' in this team"))
+                })?;
+                (sop.checklist.clone(), sop.questions.clone())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        let task_id = hex::encode(id);
+        let now = st.clock.now();
+        let event = Event {
+            id: EventId {
+                actor: st.actor_hex.clone(),
+                n: 1,
+            },
+            deps: Vec::new(),
+            lt: 1,
+            at: now,
+            by: user,
+            action: Action::Created {
+                handoff: new.handoff,
+                checklist,
+                questions,
+                pool: new.pool,
+                assignee: new.assignee,
+            },
+        };
+        let state = checked(&task_id, vec![event.clone()], &event, team)?;
+        let mut doc = task_doc::new_doc(&task_id, 0, &st.actor)?;
+        if let Some(p) = &new.patient {
+            task_doc::put_patient(&mut doc, p)?;
+        }
+        task_doc::append(&mut doc, &event)?;
+        let tx = conn.unchecked_transaction()?;
+        docs::insert_document(&tx, &task_id, "task", Some(&task_id), 0)?;
+        docs::commit_local(&tx, &task_id, &mut doc, now)?;
+        index::upsert(&tx, &task_id, &state)?;
+        tx.commit()?;
+        st.docs.put(&task_id, doc);
+        Ok(task_id)
+    }
+
+    pub fn assign(&self, task: &str, to: &str) -> Result<TaskState> {
+        self.act(task, |_| Action::Assigned { to: to.into() })
+    }
+    /// The assignee's "repeat back" of the handoff.
+    pub fn acknowledge(&self, task: &str, note: &str) -> Result<TaskState> {
+        check_text("note", note, MAX_TEXT)?;
+        self.act(task, |_| Action::Acknowledged { note: note.into() })
+    }
+    pub fn claim(&self, task: &str) -> Result<TaskState> {
+        self.act(task, |_| Action::Claimed)
+    }
+    pub fn start(&self, task: &str) -> Result<TaskState> {
+        self.act(task, |_| Action::Started)
+    }
+    pub fn tick_checklist_item(&self, task: &str, item: u32) -> Result<TaskState> {
+        self.act(task, |_| Action::ChecklistItemDone { item })
+    }
+    pub fn log_call(&self, task: &str, attempt: CallAttempt) -> Result<TaskState> {
+        check_text("call notes", &attempt.notes, MAX_TEXT)?;
+        check_opt("contact used", &attempt.contact_used, 200)?;
+        for a in &attempt.answers {
+            check_text("script question", &a.question, 1000)?;
+            check_text("script answer", &a.answer, MAX_TEXT)?;
+        }
+        self.act(task, |_| Action::CallLogged { attempt })
+    }
+    pub fn comment(&self, task: &str, text: &str) -> Result<TaskState> {
+        check_nonempty("comment", text, MAX_TEXT)?;
+        self.act(task, |_| Action::Commented { text: text.into() })
+    }
+    pub fn submit(&self, task: &str, note: &str) -> Result<TaskState> {
+        check_text("note", note, MAX_TEXT)?;
+        self.act(task, |_| Action::Submitted { note: note.into() })
+    }
+    /// Approve the version of the task this device holds now.
+    pub fn approve(&self, task: &str, note: &str) -> Result<TaskState> {
+        check_text("note", note, MAX_TEXT)?;
+        self.act(task, |doc| Action::Approved {
+            heads: doc.get_heads().iter().map(|h| h.to_string()).collect(),
+            note: note.into(),
+        })
+    }
+    pub fn return_work(&self, task: &str, feedback: &str) -> Result<TaskState> {
+        check_nonempty("feedback", feedback, MAX_TEXT)?;
+        self.act(task, |_| Action::Returned {
+            feedback: feedback.into(),
+        })
+    }
+    pub fn complete(&self, task: &str, note: &str) -> Result<TaskState> {
+        check_text("note", note, MAX_TEXT)?;
+        self.act(task, |_| Action::Completed { note: note.into() })
+    }
+    pub fn cancel(&self, task: &str, reason: &str) -> Result<TaskState> {
+        check_text("reason", reason, MAX_TEXT)?;
+        self.act(task, |_| Action::Cancelled {
+            reason: reason.into(),
+        })
+    }
+    pub fn escalate(&self, task: &str, reason: &str) -> Result<TaskState> {
+        check_nonempty("reason", reason, MAX_TEXT)?;
+        self.act(task, |_| Action::Escalated {
+            reason: reason.into(),
+        })
+    }
+
+    /// Append one event to a task, if the rules let it take effect.
+    fn act(
+        &self,
+        task_id: &str,
+        action: impl FnOnce(&mut AutoCommit) -> Action,
+    ) -> Result<TaskState> {
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let user = st.user.clone().ok_or(Error::NotEnrolled)?;
+        let team = st.team.as_ref().ok_or(Error::NotEnrolled)?;
+        let doc_id = index::doc_of(conn, task_id)?;
+        let mut doc = match st.docs.take(&doc_id) {
+            Some(d) => d,
+            None => docs::load(conn, &doc_id, &st.actor)?
+                .ok_or(Error::Corrupt("indexed task has no document"))?,
+        };
+        let (mut events, _) = task_doc::events(&doc);
+        let now = st.clock.now();
+        let event = next_event(&events, &st.actor_hex, &user, now, action(&mut doc));
+        events.push(event.clone());
+        let state = match checked(task_id, events, &event, team) {
+            Ok(s) => s,
+            Err(e) => {
+                st.docs.put(&doc_id, doc);
+                return Err(e);
+            }
+        };
+        let result = (|| {
+            task_doc::append(&mut doc, &event)?;
+            let tx = conn.unchecked_transaction()?;
+            docs::commit_local(&tx, &doc_id, &mut doc, now)?;
+            index::upsert(&tx, &doc_id, &state)?;
+            docs::maybe_compact(&tx, &doc_id, &mut doc)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                st.docs.put(&doc_id, doc);
+                Ok(state)
+            }
+            // The in-memory document may hold the change the database does not.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove the patient's details from a task, and the history that held
+    /// them: the task moves to a new document (next generation) holding the
+    /// same events with their free text scrubbed. Other devices migrate to it
+    /// when it reaches them, carrying over any event the redaction missed.
+    pub fn redact_patient(&self, task_id: &str) -> Result<()> {
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let user = st.user.clone().ok_or(Error::NotEnrolled)?;
+        let team = st.team.as_ref().ok_or(Error::NotEnrolled)?;
+        if !team.permissions(&user).may_delegate {
+            return Err(Refusal::NotPermitted {
+                action: "redact patient details".into(),
+            }
+            .into());
+        }
+        let old_id = index::doc_of(conn, task_id)?;
+        let old = match st.docs.take(&old_id) {
+            Some(d) => d,
+            None => docs::load(conn, &old_id, &st.actor)?
+                .ok_or(Error::Corrupt("indexed task has no document"))?,
+        };
+        let generation = task_doc::generation(&old) + 1;
+        let (events, _) = task_doc::events(&old);
+        let new_id = format!("{task_id}.{generation}");
+        let mut doc = task_doc::new_doc(task_id, generation, &st.actor)?;
+        for e in &events {
+            task_doc::append(&mut doc, &scrub(e))?;
+        }
+        let state = derive(task_id, task_doc::events(&doc).0, team)
+            .ok_or(Error::Corrupt("task has no created event"))?;
+        let now = st.clock.now();
+        let tx = conn.unchecked_transaction()?;
+        docs::insert_document(&tx, &new_id, "task", Some(task_id), generation)?;
+        docs::commit_local(&tx, &new_id, &mut doc, now)?;
+        retire(&tx, &old_id)?;
+        index::upsert(&tx, &new_id, &state)?;
+        tx.commit()?;
+        st.docs.put(&new_id, doc);
+        Ok(())
+    }
+
+    // ---- sync -----------------------------------------------------------
+
+    /// Apply changes that came from other devices, in any order, duplicates
+    /// welcome: documents and the index move in one transaction.
+    pub fn apply_remote(&self, changes: &[(String, Vec<u8>)]) -> Result<MergeReport> {
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let mut report = MergeReport::default();
+        let mut by_doc: BTreeMap<&str, Vec<Change>> = BTreeMap::new();
+        for (doc_id, bytes) in changes {
+            if check_doc_id(doc_id).is_err() {
+                report.invalid += 1;
+                continue;
+            }
+            match Change::from_bytes(bytes.clone()) {
+                Ok(c) => by_doc.entry(doc_id).or_default().push(c),
+                Err(_) => report.invalid += 1,
+            }
+        }
+        let result = (|| {
+            let tx = conn.unchecked_transaction()?;
+            let mut touched = BTreeSet::new();
+            let mut team_changed = false;
+            for (doc_id, changes) in by_doc {
+                let kind = if doc_id == TEAM_DOC { "team" } else { "task" };
+                docs::insert_document(&tx, doc_id, kind, None, 0)?;
+                let mut doc = match st.docs.take(doc_id) {
+                    Some(d) => d,
+                    None => docs::load(&tx, doc_id, &st.actor)?
+                        .unwrap_or_else(|| AutoCommit::new().with_actor(st.actor.clone())),
+                };
+                let mut fresh = Vec::new();
+                let mut seen = HashSet::new();
+                for c in changes {
+                    if seen.insert(c.hash()) && docs::store_change(&tx, doc_id, &c, Some(&mut doc))?
+                    {
+                        fresh.push(c);
+                    } else {
+                        report.duplicates += 1;
+                    }
+                }
+                report.applied += fresh.len();
+                if fresh.is_empty() {
+                    st.docs.put(doc_id, doc);
+                    continue;
+                }
+                doc.apply_changes(fresh)?;
+                docs::maybe_compact(&tx, doc_id, &mut doc)?;
+                if kind == "team" {
+                    team_changed = true;
+                    st.team = Some(Team::read(&doc));
+                } else {
+                    touched.insert(doc_id.to_owned());
+                }
+                st.docs.put(doc_id, doc);
+            }
+            let team = st.team.clone().unwrap_or_default();
+            if team_changed {
+                report.tasks_updated = reindex_all(&tx, st, &team)?;
+            } else {
+                for doc_id in touched {
+                    report.tasks_updated += usize::from(reindex_doc(&tx, st, &team, &doc_id)?);
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if result.is_err() {
+            // Memory may be ahead of the rolled-back database: reload from disk.
+            st.docs.clear();
+            st.team = docs::load(conn, TEAM_DOC, &st.actor)?.map(|d| Team::read(&d));
+        }
+        result.map(|()| report)
+    }
+
+    /// Changes this device wrote that the relay has not taken, oldest first.
+    /// Refused ones are not offered again.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<OutgoingChange>> {
+        let db = self.lock();
+        let mut stmt = db.conn.prepare_cached(
+            "SELECT id, doc_id, bytes FROM outbox WHERE refused_code IS NULL ORDER BY id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok(OutgoingChange {
+                id: r.get(0)?,
+                doc_id: r.get(1)?,
+                bytes: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The relay has these changes: forget them.
+    pub fn outbox_delivered(&self, ids: &[i64]) -> Result<()> {
+        let db = self.lock();
+        let tx = db.conn.unchecked_transaction()?;
+        for id in ids {
+            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                .execute([id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The relay refused this change: keep it, stop offering it, and show it
+    /// to its author in "needs attention".
+    pub fn outbox_refused(&self, id: i64, code: &str, reason: &str) -> Result<()> {
+        let db = self.lock();
+        db.conn
+            .prepare_cached(
+                "UPDATE outbox SET refused_code = ?2, refused_reason = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id, code, reason])?;
+        Ok(())
+    }
+
+    // ---- housekeeping ---------------------------------------------------
+
+    /// Evict finished tasks older than the team's archive window from this
+    /// device. Their index rows stay (marked archived) for KPIs; a task with
+    /// anything still waiting in the outbox is never evicted.
+    pub fn archive_finished(&self) -> Result<usize> {
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let team = st.team.as_ref().ok_or(Error::NotEnrolled)?;
+        let cutoff = st.clock.now() - i64::from(team.policy.archive_after_days) * DAY_MS;
+        let tx = conn.unchecked_transaction()?;
+        let doomed: Vec<(String, String)> = tx
+            .prepare(
+                "SELECT task_id, doc_id FROM tasks
+                 WHERE archived = 0 AND status IN ('completed', 'cancelled')
+                   AND coalesce(completed_at, updated_at) < ?1
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.doc_id = tasks.doc_id)",
+            )?
+            .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (task_id, doc_id) in &doomed {
+            docs::delete_document(&tx, doc_id)?;
+            tx.execute(
+                "UPDATE tasks SET archived = 1 WHERE task_id = ?1",
+                [task_id],
+            )?;
+            tx.execute("DELETE FROM attention WHERE task_id = ?1", [task_id])?;
+            st.docs.remove(doc_id);
+        }
+        tx.commit()?;
+        Ok(doomed.len())
+    }
+
+    /// Fold every document's changes into its snapshot now.
+    pub fn compact_all(&self) -> Result<()> {
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let ids: Vec<String> = conn
+            .prepare("SELECT DISTINCT doc_id FROM changes")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let tx = conn.unchecked_transaction()?;
+        for id in ids {
+            if let Some(mut doc) = docs::load(&tx, &id, &st.actor)? {
+                docs::compact(&tx, &id, &mut doc)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// The next event this device writes to a task: after everything it has seen.
+fn next_event(events: &[Event], actor: &str, user: &str, now: Timestamp, action: Action) -> Event {
+    let referenced: HashSet<&EventId> = events.iter().flat_map(|e| e.deps.iter()).collect();
+    let mut deps: Vec<EventId> = events
+        .iter()
+        .map(|e| &e.id)
+        .filter(|id| !referenced.contains(id))
+        .cloned()
+        .collect();
+    deps.sort();
+    deps.dedup();
+    Event {
+        id: EventId {
+            actor: actor.into(),
+            n: events
+                .iter()
+                .filter(|e| e.id.actor == actor)
+                .map(|e| e.id.n)
+                .max()
+                .unwrap_or(0)
+                + 1,
+        },
+        deps,
+        lt: events.iter().map(|e| e.lt).max().unwrap_or(0) + 1,
+        at: now,
+        by: user.into(),
+        action,
+    }
+}
+
+/// Derive the state with `event` added and insist it took effect.
+fn checked(task_id: &str, events: Vec<Event>, event: &Event, team: &Team) -> Result<TaskState> {
+    let (state, history) = derive_with_history(task_id, events, team);
+    let id = event.id.to_string();
+    let outcome = history
+        .iter()
+        .find(|h| h.event_id == id)
+        .map(|h| &h.outcome);
+    match (state, outcome.and_then(|o| o.refusal())) {
+        (_, Some(r)) => Err(r.clone().into()),
+        (None, None) => Err(Refusal::NotCreatedYet.into()),
+        (Some(mut state), None) => {
+            state.history = history;
+            Ok(state)
+        }
+    }
+}
+
+/// Re-derive one task document into the index. Handles a task that moved to
+/// a newer document (redaction): the older one is retired and any event it
+/// has that the newer lacks is carried over by this device.
+fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> Result<bool> {
+    let mut doc = match st.docs.take(doc_id) {
+        Some(d) => d,
+        None => match docs::load(conn, doc_id, &st.actor)? {
+            Some(d) => d,
+            None => return Ok(false),
+        },
+    };
+    let Some(task_id) = task_doc::task_id(&doc) else {
+        // Its first change has not arrived yet.
+        st.docs.put(doc_id, doc);
+        return Ok(false);
+    };
+    let generation = task_doc::generation(&doc);
+    docs::insert_document(conn, doc_id, "task", Some(&task_id), generation)?;
+    let current: Option<(String, bool)> = conn
+        .prepare_cached("SELECT doc_id, archived FROM tasks WHERE task_id = ?1")?
+        .query_row([&task_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((current_id, archived)) = current {
+        if archived {
+            return Ok(false);
+        }
+        if current_id != doc_id {
+            let current_gen: i64 = conn
+                .prepare_cached("SELECT generation FROM documents WHERE doc_id = ?1")?
+                .query_row([&current_id], |r| r.get(0))
+                .optional()?
+                .unwrap_or(-1);
+            let (keep_id, mut keep, drop_id) = if generation > current_gen {
+                (doc_id.to_owned(), doc, current_id)
+            } else {
+                let keep = match st.docs.take(&current_id) {
+                    Some(d) => d,
+                    None => docs::load(conn, &current_id, &st.actor)?
+                        .ok_or(Error::Corrupt("indexed task has no document"))?,
+                };
+                (current_id, keep, doc_id.to_owned())
+            };
+            let dropped = match st.docs.take(&drop_id) {
+                Some(d) => Some(d),
+                None => docs::load(conn, &drop_id, &st.actor)?,
+            };
+            if let Some(dropped) = dropped {
+                let have: HashSet<EventId> = task_doc::events(&keep)
+                    .0
+                    .into_iter()
+                    .map(|e| e.id)
+                    .collect();
+                for e in task_doc::events(&dropped).0 {
+                    if !have.contains(&e.id) {
+                        task_doc::append(&mut keep, &e)?;
+                    }
+                }
+                docs::commit_local(conn, &keep_id, &mut keep, st.clock.now())?;
+            }
+            retire(conn, &drop_id)?;
+            st.docs.remove(&drop_id);
+            doc = keep;
+            return finish_reindex(conn, st, team, &keep_id, doc, &task_id);
+        }
+    }
+    finish_reindex(conn, st, team, doc_id, doc, &task_id)
+}
+
+fn finish_reindex(
+    conn: &Connection,
+    st: &mut State,
+    team: &Team,
+    doc_id: &str,
+    doc: AutoCommit,
+    task_id: &str,
+) -> Result<bool> {
+    let state = derive(task_id, task_doc::events(&doc).0, team);
+    st.docs.put(doc_id, doc);
+    match state {
+        Some(state) => {
+            index::upsert(conn, doc_id, &state)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// A retired document: gone from this device, and its unsent changes with it
+/// (their events live on in the document that replaced it).
+fn retire(conn: &Connection, doc_id: &str) -> Result<()> {
+    conn.execute("DELETE FROM outbox WHERE doc_id = ?1", [doc_id])?;
+    docs::delete_document(conn, doc_id)
+}
+
+fn reindex_all(conn: &Connection, st: &mut State, team: &Team) -> Result<usize> {
+    let ids: Vec<String> = conn
+        .prepare(
+            "SELECT doc_id FROM documents WHERE kind = 'task' ORDER BY generation DESC, doc_id",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut n = 0;
+    for id in ids {
+        n += usize::from(reindex_doc(conn, st, team, &id)?);
+    }
+    Ok(n)
+}
+
+/// The same event without free text that may name the patient.
+fn scrub(e: &Event) -> Event {
+    const R: &str = "[redacted]";
+    let mut e = e.clone();
+    match &mut e.action {
+        Action::CallLogged { attempt } => {
+            attempt.notes = R.into();
+            attempt.contact_used = None;
+            for a in &mut attempt.answers {
+                a.answer = R.into();
+            }
+        }
+        Action::Commented { text } => *text = R.into(),
+        Action::Acknowledged { note }
+        | Action::Submitted { note }
+        | Action::Approved { note, .. }
+        | Action::Completed { note } => *note = String::new(),
+        Action::Returned { feedback } => *feedback = R.into(),
+        _ => {}
+    }
+    e
+}
+
+fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+        .execute([key, value])?;
+    Ok(())
+}
+
+fn check_text(field: &str, s: &str, max: usize) -> Result<()> {
+    if s.chars().count() > max {
+        return Err(Error::InvalidInput(format!(
+            "{field} is longer than {max} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_nonempty(field: &str, s: &str, max: usize) -> Result<()> {
+    if s.trim().is_empty() {
+        return Err(Error::InvalidInput(format!("{field} is empty")));
+    }
+    check_text(field, s, max)
+}
+
+fn check_opt(field: &str, s: &Option<String>, max: usize) -> Result<()> {
+    s.as_deref().map_or(Ok(()), |s| check_text(field, s, max))
+}
+
+fn check_id(field: &str, s: &str) -> Result<()> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+    {
+        return Err(Error::InvalidInput(format!(
+            "{field} must be 1-64 letters, digits or . _ - @"
+        )));
+    }
+    Ok(())
+}
+
+fn check_doc_id(s: &str) -> Result<()> {
+    check_id("document id", s)
+}
+
+fn check_actor(s: &str) -> Result<()> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s.len().is_multiple_of(2)
+        || !s.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(Error::InvalidInput(
+            "a device id is an even number of hex digits".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_handoff(h: &Handoff) -> Result<()> {
+    check_nonempty("title", &h.title, 200)?;
+    check_text("outcome", &h.outcome, MAX_TEXT)?;
+    check_text("why", &h.why, MAX_TEXT)?;
+    Ok(())
+}

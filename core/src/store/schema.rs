@@ -1,0 +1,126 @@
+//! The local database schema and its upgrades.
+//!
+//! `PRAGMA user_version` holds the version. A store from a newer app is
+//! refused, never "upgraded" downwards.
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+
+pub const VERSION: i64 = 1;
+
+const V1: &str = "
+-- Who this device is: its automerge actor id and, once enrolled, its user.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- One row per automerge document: the team's and each task's.
+-- A document is `snapshot` (automerge save, may be NULL) plus its rows in `changes`.
+CREATE TABLE documents (
+    doc_id     TEXT PRIMARY KEY,
+    kind       TEXT NOT NULL CHECK (kind IN ('team', 'task')),
+    task_id    TEXT,
+    generation INTEGER NOT NULL DEFAULT 0,
+    snapshot   BLOB
+) WITHOUT ROWID;
+CREATE INDEX documents_task ON documents(task_id);
+
+-- Changes not yet folded into the snapshot, including ones still waiting for
+-- their dependencies to arrive.
+CREATE TABLE changes (
+    doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE,
+    hash   BLOB NOT NULL,
+    bytes  BLOB NOT NULL,
+    PRIMARY KEY (doc_id, hash)
+) WITHOUT ROWID;
+
+-- What this device wrote and the relay has not taken yet. A change the relay
+-- refused stays here with the reason, is not retried, and shows in
+-- 'needs attention'.
+CREATE TABLE outbox (
+    id             INTEGER PRIMARY KEY,
+    doc_id         TEXT NOT NULL,
+    hash           BLOB NOT NULL,
+    bytes          BLOB NOT NULL,
+    queued_at      INTEGER NOT NULL,
+    refused_code   TEXT,
+    refused_reason TEXT,
+    UNIQUE (doc_id, hash)
+);
+
+-- The index the views read: one row per task, derived from its document in
+-- the same transaction as every change to it.
+CREATE TABLE tasks (
+    task_id             TEXT PRIMARY KEY,
+    doc_id              TEXT NOT NULL,
+    title               TEXT NOT NULL,
+    status              TEXT NOT NULL,
+    level               TEXT NOT NULL,
+    priority            INTEGER NOT NULL,
+    category            TEXT NOT NULL,
+    pool_role           TEXT,
+    assignee            TEXT,
+    created_by          TEXT NOT NULL,
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL,
+    due_at              INTEGER,
+    submitted_at        INTEGER,
+    completed_at        INTEGER,
+    reviewed_by         TEXT,
+    reviewed_at         INTEGER,
+    review_submitted_at INTEGER,
+    review_stale        INTEGER NOT NULL DEFAULT 0,
+    next_call_due_at    INTEGER,
+    call_attempts       INTEGER NOT NULL DEFAULT 0,
+    first_reached_at    INTEGER,
+    escalations         INTEGER NOT NULL DEFAULT 0,
+    archived            INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX tasks_assignee ON tasks(assignee, status);
+CREATE INDEX tasks_pool ON tasks(pool_role, status);
+CREATE INDEX tasks_status ON tasks(status);
+CREATE INDEX tasks_doc ON tasks(doc_id);
+
+-- Actions that did not take effect (lost a race, refused), per author.
+CREATE TABLE attention (
+    task_id  TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
+    event_id TEXT NOT NULL,
+    user_id  TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    code     TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    at       INTEGER NOT NULL,
+    PRIMARY KEY (task_id, event_id)
+) WITHOUT ROWID;
+CREATE INDEX attention_user ON attention(user_id);
+
+-- Attention items the user has seen and put away.
+CREATE TABLE dismissed (
+    event_id TEXT PRIMARY KEY
+) WITHOUT ROWID;
+";
+
+/// Bring a database to [`VERSION`].
+pub fn upgrade(conn: &Connection) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > VERSION {
+        return Err(Error::SchemaTooNew(current));
+    }
+    let tx = conn.unchecked_transaction()?;
+    for from in current..VERSION {
+        upgrade_from(&tx, from)?;
+    }
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn upgrade_from(conn: &Connection, from: i64) -> Result<()> {
+    match from {
+        0 => conn.execute_batch(V1)?,
+        _ => return Err(Error::Corrupt("unknown schema version")),
+    }
+    Ok(())
+}

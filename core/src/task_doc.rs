@@ -1,0 +1,125 @@
+//! Layout of one task's automerge document:
+//!
+//! ```text
+//! { task_id: str, generation: int, redacted_from?: str,
+//!   events: [ str(JSON Event), ... ],      // append-only
+//!   patient: { display_name, phone, record_ref } }
+//! ```
+//!
+//! `generation` grows with each redaction, which re-creates the document.
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+
+use crate::error::Result;
+use crate::event::Event;
+use crate::model::PatientRef;
+use crate::team::AsRefStr;
+
+/// A new task document. The actor is set first: setting it later would
+/// commit the layout as a separate change that never reaches the outbox.
+pub(crate) fn new_doc(task_id: &str, generation: i64, actor: &ActorId) -> Result<AutoCommit> {
+    let mut doc = AutoCommit::new().with_actor(actor.clone());
+    doc.put(ROOT, "task_id", task_id)?;
+    doc.put(ROOT, "generation", generation)?;
+    doc.put_object(ROOT, "events", ObjType::List)?;
+    doc.put_object(ROOT, "patient", ObjType::Map)?;
+    Ok(doc)
+}
+
+pub(crate) fn task_id(doc: &AutoCommit) -> Option<String> {
+    match doc.get(ROOT, "task_id") {
+        Ok(Some((v, _))) => v.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+pub(crate) fn generation(doc: &AutoCommit) -> i64 {
+    match doc.get(ROOT, "generation") {
+        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+            ScalarValue::Int(i) => *i,
+            ScalarValue::Uint(u) => i64::try_from(*u).unwrap_or(i64::MAX),
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+fn events_obj(doc: &AutoCommit) -> Option<ObjId> {
+    match doc.get(ROOT, "events") {
+        Ok(Some((Value::Object(ObjType::List), id))) => Some(id),
+        _ => None,
+    }
+}
+
+/// The events, in list order. One that does not parse (written by a newer
+/// app, or damaged) is skipped and counted, never fatal.
+pub(crate) fn events(doc: &AutoCommit) -> (Vec<Event>, usize) {
+    let Some(list) = events_obj(doc) else {
+        return (Vec::new(), 0);
+    };
+    let mut skipped = 0;
+    let events = doc
+        .list_range(&list, ..)
+        .filter_map(|item| {
+            let parsed = item
+                .value
+                .as_ref_str()
+                .and_then(|s| serde_json::from_str::<Event>(s).ok());
+            if parsed.is_none() {
+                skipped += 1;
+            }
+            parsed
+        })
+        .collect();
+    (events, skipped)
+}
+
+pub(crate) fn append(doc: &mut AutoCommit, event: &Event) -> Result<()> {
+    let list = match events_obj(doc) {
+        Some(l) => l,
+        None => doc.put_object(ROOT, "events", ObjType::List)?,
+    };
+    let len = doc.length(&list);
+    doc.insert(&list, len, serde_json::to_string(event)?)?;
+    Ok(())
+}
+
+fn patient_obj(doc: &mut AutoCommit) -> Result<ObjId> {
+    Ok(match doc.get(ROOT, "patient")? {
+        Some((Value::Object(ObjType::Map), id)) => id,
+        _ => doc.put_object(ROOT, "patient", ObjType::Map)?,
+    })
+}
+
+pub(crate) fn put_patient(doc: &mut AutoCommit, p: &PatientRef) -> Result<()> {
+    let obj = patient_obj(doc)?;
+    doc.put(&obj, "display_name", p.display_name.as_str())?;
+    for (key, value) in [("phone", &p.phone), ("record_ref", &p.record_ref)] {
+        match value {
+            Some(v) => doc.put(&obj, key, v.as_str())?,
+            None => {
+                if doc.get(&obj, key)?.is_some() {
+                    doc.delete(&obj, key)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn patient(doc: &AutoCommit) -> Option<PatientRef> {
+    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, "patient") else {
+        return None;
+    };
+    let get = |k: &str| match doc.get(&obj, k) {
+        Ok(Some((v, _))) => v.as_str().map(str::to_owned),
+        _ => None,
+    };
+    let display_name = get("display_name")?;
+    Some(PatientRef {
+        display_name,
+        phone: get("phone"),
+        record_ref: get("record_ref"),
+    })
+}

@@ -1,0 +1,159 @@
+//! The team document: members and roles, enrolled devices, SOP templates and
+//! policies. One automerge document per team; each entry is a JSON string
+//! under a map key, so concurrent edits of different members merge and an
+//! edit of the same member resolves last-writer-wins.
+
+use std::collections::BTreeMap;
+
+use automerge::{AutoCommit, ObjType, ReadDoc, ROOT};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::{Device, Member, Policy, Role, RolePermissions, SopTemplate, UserId};
+
+const MEMBERS: &str = "members";
+const DEVICES: &str = "devices";
+const ROLES: &str = "roles";
+const SOPS: &str = "sops";
+const POLICY: &str = "policy";
+
+/// Read a string out of an automerge value reference.
+pub(crate) trait AsRefStr {
+    fn as_ref_str(&self) -> Option<&str>;
+}
+
+impl AsRefStr for automerge::ValueRef<'_> {
+    fn as_ref_str(&self) -> Option<&str> {
+        match self {
+            automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The team as every device derives it from the team document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Team {
+    pub name: String,
+    pub members: BTreeMap<UserId, Member>,
+    /// By actor id (hex).
+    pub devices: BTreeMap<String, Device>,
+    pub roles: BTreeMap<Role, RolePermissions>,
+    pub sops: BTreeMap<String, SopTemplate>,
+    pub policy: Policy,
+}
+
+impl Team {
+    pub fn member(&self, user: &str) -> Option<&Member> {
+        self.members.get(user)
+    }
+
+    /// The permissions of a member's current role (none for a stranger).
+    pub fn permissions(&self, user: &str) -> RolePermissions {
+        self.members
+            .get(user)
+            .map(|m| self.role_permissions(m.role))
+            .unwrap_or_default()
+    }
+
+    pub fn role_permissions(&self, role: Role) -> RolePermissions {
+        self.roles
+            .get(&role)
+            .copied()
+            .unwrap_or_else(|| role.default_permissions())
+    }
+
+    /// The user a device actor is enrolled for.
+    pub fn device_user(&self, actor: &str) -> Option<&str> {
+        self.devices.get(actor).map(|d| d.user_id.as_str())
+    }
+
+    /// Read the team from its document. Entries that do not parse are
+    /// skipped (a newer app may have written them), never fatal.
+    pub fn read(doc: &AutoCommit) -> Team {
+        let name = match doc.get(ROOT, "name") {
+            Ok(Some((v, _))) => v.as_str().unwrap_or_default().to_owned(),
+            _ => String::new(),
+        };
+        let policy = read_map::<Policy>(doc, POLICY)
+            .remove("current")
+            .unwrap_or_default();
+        Team {
+            name,
+            members: read_map(doc, MEMBERS),
+            devices: read_map(doc, DEVICES),
+            roles: read_map::<RolePermissions>(doc, ROLES)
+                .into_iter()
+                .filter_map(|(k, v)| Role::parse(&k).map(|r| (r, v)))
+                .collect(),
+            sops: read_map(doc, SOPS),
+            policy,
+        }
+    }
+}
+
+fn read_map<T: DeserializeOwned>(doc: &AutoCommit, map: &str) -> BTreeMap<String, T> {
+    let Ok(Some((_, obj))) = doc.get(ROOT, map) else {
+        return BTreeMap::new();
+    };
+    doc.map_range(&obj, ..)
+        .filter_map(|item| {
+            let json = item.value.as_ref_str()?;
+            let value = serde_json::from_str(json).ok()?;
+            Some((item.key.into_owned(), value))
+        })
+        .collect()
+}
+
+/// Writes to a team document. Permission checks live in the store, which
+/// knows who is writing.
+pub(crate) struct TeamWriter<'a>(pub &'a mut AutoCommit);
+
+impl TeamWriter<'_> {
+    /// Lay out a new team document with default role permissions and policy.
+    pub fn init(&mut self, name: &str) -> Result<()> {
+        use automerge::transaction::Transactable;
+        self.0.put(ROOT, "name", name)?;
+        for map in [MEMBERS, DEVICES, ROLES, SOPS, POLICY] {
+            self.0.put_object(ROOT, map, ObjType::Map)?;
+        }
+        for role in Role::ALL {
+            self.put(ROLES, role.as_str(), &role.default_permissions())?;
+        }
+        self.put(POLICY, "current", &Policy::default())
+    }
+
+    pub fn put<T: Serialize>(&mut self, map: &str, key: &str, value: &T) -> Result<()> {
+        use automerge::transaction::Transactable;
+        let obj = match self.0.get(ROOT, map)? {
+            Some((_, obj)) => obj,
+            None => return Err(Error::Corrupt("team document lacks a section")),
+        };
+        let json = serde_json::to_string(value)?;
+        // Writing an unchanged value would still be an op; skip it.
+        if let Ok(Some((old, _))) = self.0.get(&obj, key) {
+            if old.as_str() == Some(json.as_str()) {
+                return Ok(());
+            }
+        }
+        self.0.put(&obj, key, json)?;
+        Ok(())
+    }
+
+    pub fn member(&mut self, m: &Member) -> Result<()> {
+        self.put(MEMBERS, &m.user_id, m)
+    }
+    pub fn device(&mut self, d: &Device) -> Result<()> {
+        self.put(DEVICES, &d.actor, d)
+    }
+    pub fn sop(&mut self, s: &SopTemplate) -> Result<()> {
+        self.put(SOPS, &s.id, s)
+    }
+    pub fn policy(&mut self, p: &Policy) -> Result<()> {
+        self.put(POLICY, "current", p)
+    }
+    pub fn role(&mut self, role: Role, p: &RolePermissions) -> Result<()> {
+        self.put(ROLES, role.as_str(), p)
+    }
+}

@@ -1,0 +1,10 @@
+//! handoff-core's integration tests: one binary, one module per concern.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod clinic;
+mod encryption;
+mod merging;
+mod properties;
+mod rules;
+mod storage;
+mod views;

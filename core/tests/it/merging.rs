@@ -1,0 +1,90 @@
+//! Applying changes from other devices: any order, duplicates, garbage.
+
+use handoff_core::*;
+
+use crate::clinic::*;
+
+#[test]
+fn changes_delivered_backwards_and_twice_give_the_same_task() {
+    let c = Clinic::with(&["max", "ana", "lee"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.send("max", "ana");
+    c.at("ana").start(&t).unwrap();
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::NoAnswer))
+        .unwrap();
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::Reached))
+        .unwrap();
+    c.at("ana").submit(&t, "").unwrap();
+    let mut all = outbox(c.at("max"));
+    all.extend(outbox(c.at("ana")));
+    all.reverse();
+    let doubled: Vec<_> = all.iter().chain(all.iter()).cloned().collect();
+    // One change at a time, newest first: each waits for what it depends on.
+    for change in &doubled {
+        c.at("lee")
+            .apply_remote(std::slice::from_ref(change))
+            .unwrap();
+    }
+    let on_lee = c.at("lee").task_detail(&t).unwrap().state;
+    assert_eq!(on_lee, c.at("ana").task_detail(&t).unwrap().state);
+    assert_eq!(on_lee.status, TaskStatus::Submitted);
+    let report = c.at("lee").apply_remote(&doubled).unwrap();
+    assert_eq!(report.applied, 0);
+    assert_eq!(report.duplicates, doubled.len());
+}
+
+#[test]
+fn garbage_changes_are_counted_and_nothing_of_them_is_kept() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    let mut batch = outbox(c.at("max"));
+    batch.push((t.clone(), vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3]));
+    batch.push(("bad id with spaces".into(), batch[0].1.clone()));
+    batch.push((t.clone(), Vec::new()));
+    let report = c.at("ana").apply_remote(&batch).unwrap();
+    assert_eq!(report.invalid, 3);
+    assert_eq!(c.at("ana").task_ids().unwrap(), vec![t.clone()]);
+    assert_eq!(
+        c.at("ana").task_detail(&t).unwrap().state,
+        c.at("max").task_detail(&t).unwrap().state
+    );
+}
+
+#[test]
+fn a_task_arriving_before_the_team_knows_its_author_is_fixed_when_the_team_catches_up() {
+    let c = Clinic::with(&["max", "ana", "fay"]);
+    // A new front-desk member enrolled on max's device; fay does not know yet.
+    let dir = tempfile::tempdir().unwrap();
+    let fred = Store::open(dir.path().join("fred.db"), &KEY, options(&c.clock)).unwrap();
+    c.at("max")
+        .register_device(&fred.device_actor(), "fred")
+        .unwrap();
+    fred.set_enrolled_user("fred").unwrap();
+    fred.apply_remote(&outbox(c.at("max"))).unwrap();
+    let t = c.at("max").delegate(pooled(Role::FrontDesk)).unwrap();
+    fred.apply_remote(&outbox(c.at("max"))).unwrap();
+    fred.claim(&t).unwrap();
+    // fay hears from fred and max's task, but not yet about fred's device.
+    let task_changes: Vec<_> = outbox(c.at("max"))
+        .into_iter()
+        .filter(|(d, _)| d == &t)
+        .collect();
+    c.at("fay").apply_remote(&task_changes).unwrap();
+    c.at("fay").apply_remote(&outbox(&fred)).unwrap();
+    let s = c.at("fay").task_detail(&t).unwrap().state;
+    assert_eq!(
+        s.assignee, None,
+        "a claim from an unknown device does not count yet"
+    );
+    c.at("fay").apply_remote(&outbox(c.at("max"))).unwrap();
+    let s = c.at("fay").task_detail(&t).unwrap().state;
+    assert_eq!(s.assignee.as_deref(), Some("fred"));
+}

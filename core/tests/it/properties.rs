@@ -1,0 +1,206 @@
+//! Convergence: replicas that act while partitioned, then exchange their
+//! changes in any order with duplicates, end with the same state and views.
+
+use std::sync::OnceLock;
+
+use handoff_core::*;
+use proptest::prelude::*;
+
+use crate::clinic::*;
+
+const USERS: [&str; 5] = ["max", "lee", "ana", "fay", "fred"];
+
+/// Team set up once; each case starts from copies of these files.
+fn template() -> &'static tempfile::TempDir {
+    static T: OnceLock<tempfile::TempDir> = OnceLock::new();
+    T.get_or_init(|| {
+        let c = Clinic::with(&USERS);
+        let Clinic { dir, devices, .. } = c;
+        drop(devices); // closes the files, checkpointing their WAL
+        dir
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Delegate {
+        assignee: Option<usize>,
+        clinician_only: bool,
+    },
+    Assign {
+        to: usize,
+    },
+    Claim,
+    Acknowledge,
+    Start,
+    Tick(u32),
+    LogCall(CallOutcome),
+    Comment,
+    Submit,
+    Approve,
+    Return,
+    Complete,
+    Cancel,
+    Escalate,
+    /// A partial sync between two replicas while the rest stay apart.
+    Deliver {
+        to: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let outcome = prop_oneof![
+        Just(CallOutcome::Reached),
+        Just(CallOutcome::NoAnswer),
+        Just(CallOutcome::Voicemail),
+        Just(CallOutcome::Busy),
+    ];
+    prop_oneof![
+        3 => (proptest::option::of(0..5usize), proptest::bool::weighted(0.2))
+            .prop_map(|(assignee, clinician_only)| Op::Delegate { assignee, clinician_only }),
+        1 => (0..5usize).prop_map(|to| Op::Assign { to }),
+        2 => Just(Op::Claim),
+        1 => Just(Op::Acknowledge),
+        1 => Just(Op::Start),
+        1 => (0..4u32).prop_map(Op::Tick),
+        3 => outcome.prop_map(Op::LogCall),
+        1 => Just(Op::Comment),
+        2 => Just(Op::Submit),
+        2 => Just(Op::Approve),
+        1 => Just(Op::Return),
+        1 => Just(Op::Complete),
+        1 => Just(Op::Cancel),
+        1 => Just(Op::Escalate),
+        2 => (0..5usize).prop_map(|to| Op::Deliver { to }),
+    ]
+}
+
+fn run_case(replicas: usize, steps: &[(usize, usize, Op)], delivery_seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(MONDAY_9AM);
+    let stores: Vec<Store> = (0..replicas)
+        .map(|i| {
+            let name = format!("{i}-{}.db", USERS[i]);
+            std::fs::copy(template().path().join(&name), dir.path().join(&name)).unwrap();
+            Store::open(dir.path().join(&name), &KEY, options(&clock)).unwrap()
+        })
+        .collect();
+    let mut tasks: Vec<TaskId> = Vec::new();
+    for (who, task, op) in steps {
+        let s = &stores[who % replicas];
+        clock.advance(7_000);
+        let task = tasks
+            .get(task % tasks.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        // Refusals and unknown tasks are expected: the point is what converges.
+        let _ = match op {
+            Op::Delegate {
+                assignee,
+                clinician_only,
+            } => {
+                let level = if *clinician_only {
+                    DelegationLevel::ClinicianOnly
+                } else {
+                    DelegationLevel::Delegable
+                };
+                let new = match assignee {
+                    Some(a) => task_for(USERS[*a], level),
+                    None => NewTask {
+                        handoff: handoff("Pooled", level),
+                        ..pooled(Role::FrontDesk)
+                    },
+                };
+                if let Ok(id) = s.delegate(new) {
+                    tasks.push(id);
+                }
+                continue;
+            }
+            Op::Assign { to } => s.assign(&task, USERS[*to]),
+            Op::Claim => s.claim(&task),
+            Op::Acknowledge => s.acknowledge(&task, "ok"),
+            Op::Start => s.start(&task),
+            Op::Tick(i) => s.tick_checklist_item(&task, *i),
+            Op::LogCall(o) => s.log_call(&task, call(*o)),
+            Op::Comment => s.comment(&task, "note"),
+            Op::Submit => s.submit(&task, ""),
+            Op::Approve => s.approve(&task, ""),
+            Op::Return => s.return_work(&task, "again"),
+            Op::Complete => s.complete(&task, ""),
+            Op::Cancel => s.cancel(&task, "no longer needed"),
+            Op::Escalate => s.escalate(&task, "patient upset"),
+            Op::Deliver { to } => {
+                stores[to % replicas].apply_remote(&outbox(s)).unwrap();
+                continue;
+            }
+        };
+    }
+
+    // The partition heals: each replica gets everyone's changes, shuffled,
+    // with duplicates, in uneven batches.
+    let everything: Vec<(String, Vec<u8>)> = stores.iter().flat_map(outbox).collect();
+    let mut rng = delivery_seed;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for s in &stores {
+        let mut batch: Vec<_> = everything
+            .iter()
+            .chain(everything.iter().take(5))
+            .cloned()
+            .collect();
+        for i in (1..batch.len()).rev() {
+            batch.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+        let mut rest = &batch[..];
+        while !rest.is_empty() {
+            let n = (1 + next() % 7) as usize;
+            let (now, later) = rest.split_at(n.min(rest.len()));
+            s.apply_remote(now).unwrap();
+            rest = later;
+        }
+    }
+
+    let first = &stores[0];
+    let ids = first.task_ids().unwrap();
+    for s in &stores[1..] {
+        assert_eq!(s.task_ids().unwrap(), ids);
+        for t in &ids {
+            assert_eq!(s.task_detail(t).unwrap(), first.task_detail(t).unwrap());
+        }
+        for u in &USERS[..replicas] {
+            assert_eq!(s.queue_of(u).unwrap(), first.queue_of(u).unwrap());
+            assert_eq!(s.attention_of(u).unwrap(), first.attention_of(u).unwrap());
+        }
+        for role in Role::ALL {
+            assert_eq!(s.pool_of(role).unwrap(), first.pool_of(role).unwrap());
+        }
+        assert_eq!(
+            s.kpis(0, MONDAY_9AM + 30 * DAY_MS).unwrap(),
+            first.kpis(0, MONDAY_9AM + 30 * DAY_MS).unwrap()
+        );
+    }
+    // Reviewers (max, lee) see the same inbox.
+    if replicas >= 2 {
+        assert_eq!(
+            stores[0].review_inbox().unwrap(),
+            stores[1].review_inbox().unwrap()
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn partitioned_replicas_converge_to_the_same_state_and_views(
+        replicas in 3..=5usize,
+        steps in proptest::collection::vec((0..5usize, 0..8usize, op()), 1..40),
+        seed in 1..u64::MAX,
+    ) {
+        run_case(replicas, &steps, seed);
+    }
+}

@@ -1,0 +1,436 @@
+//! The clinic's delegation rules, each with its typed refusal.
+
+use handoff_core::*;
+
+use crate::clinic::*;
+
+#[test]
+fn a_clinician_only_task_cannot_be_handed_to_an_assistant() {
+    let c = Clinic::with(&["max", "lee", "ana"]);
+    let err = c
+        .at("lee")
+        .delegate(task_for("ana", DelegationLevel::ClinicianOnly))
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused(Refusal::ClinicianOnly { ref user }) if user == "ana"));
+    assert!(
+        outbox(c.at("lee")).is_empty(),
+        "a refused delegation writes nothing"
+    );
+
+    let t = c
+        .at("lee")
+        .delegate(task_for("lee", DelegationLevel::ClinicianOnly))
+        .unwrap();
+    c.sync();
+    assert_eq!(
+        refusal(c.at("max").assign(&t, "ana")),
+        Refusal::ClinicianOnly { user: "ana".into() }
+    );
+}
+
+#[test]
+fn a_practice_manager_without_the_licence_cannot_hold_clinician_only_work() {
+    let c = Clinic::with(&["max", "lee"]);
+    let err = c
+        .at("lee")
+        .delegate(task_for("max", DelegationLevel::ClinicianOnly))
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused(Refusal::ClinicianOnly { .. })));
+}
+
+#[test]
+fn only_managers_and_clinicians_approve_or_return() {
+    let c = Clinic::with(&["max", "ana", "tom"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::Reached))
+        .unwrap();
+    c.at("ana").submit(&t, "reached, recovering well").unwrap();
+    c.sync();
+    assert!(matches!(
+        refusal(c.at("tom").approve(&t, "")),
+        Refusal::NotPermitted { .. }
+    ));
+    assert!(matches!(
+        refusal(c.at("tom").return_work(&t, "redo")),
+        Refusal::NotPermitted { .. }
+    ));
+    assert!(matches!(
+        refusal(c.at("ana").approve(&t, "")),
+        Refusal::NotPermitted { .. }
+    ));
+    let s = c.at("max").approve(&t, "thanks").unwrap();
+    assert_eq!(s.status, TaskStatus::Completed);
+}
+
+#[test]
+fn only_the_assignee_or_a_reviewer_logs_calls_and_submits() {
+    let c = Clinic::with(&["max", "ana", "fay"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    assert_eq!(
+        refusal(c.at("fay").log_call(&t, call(CallOutcome::Busy))),
+        Refusal::NotAssignee
+    );
+    assert_eq!(refusal(c.at("fay").submit(&t, "")), Refusal::NotAssignee);
+    c.at("ana").log_call(&t, call(CallOutcome::Busy)).unwrap();
+    c.at("max")
+        .log_call(&t, call(CallOutcome::Reached))
+        .unwrap();
+}
+
+#[test]
+fn a_completed_or_cancelled_task_takes_no_more_work() {
+    let c = Clinic::with(&["max", "tom"]);
+    let done = c
+        .at("max")
+        .delegate(task_for("tom", DelegationLevel::Delegable))
+        .unwrap();
+    let gone = c
+        .at("max")
+        .delegate(task_for("tom", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("tom").complete(&done, "all reached").unwrap();
+    c.at("max").cancel(&gone, "patient moved away").unwrap();
+    c.sync();
+    assert_eq!(
+        refusal(c.at("tom").log_call(&done, call(CallOutcome::Reached))),
+        Refusal::TaskClosed {
+            status: TaskStatus::Completed
+        }
+    );
+    assert_eq!(
+        refusal(c.at("tom").tick_checklist_item(&gone, 0)),
+        Refusal::TaskClosed {
+            status: TaskStatus::Cancelled
+        }
+    );
+    assert_eq!(
+        refusal(c.at("max").assign(&gone, "tom")),
+        Refusal::TaskClosed {
+            status: TaskStatus::Cancelled
+        }
+    );
+}
+
+#[test]
+fn staff_in_training_submit_for_review_and_trusted_staff_may_complete() {
+    let c = Clinic::with(&["max", "ana", "tom"]);
+    let a = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    let t = c
+        .at("max")
+        .delegate(task_for("tom", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    assert_eq!(refusal(c.at("ana").complete(&a, "")), Refusal::NeedsReview);
+    assert_eq!(
+        c.at("ana").submit(&a, "").unwrap().status,
+        TaskStatus::Submitted
+    );
+    assert_eq!(
+        c.at("tom").complete(&t, "").unwrap().status,
+        TaskStatus::Completed
+    );
+}
+
+#[test]
+fn a_returned_task_goes_back_to_its_assignee_with_the_feedback() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("ana").start(&t).unwrap();
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::Voicemail))
+        .unwrap();
+    c.at("ana").submit(&t, "left a voicemail").unwrap();
+    c.sync();
+    let s = c
+        .at("max")
+        .return_work(&t, "Voicemail is not contact; call again")
+        .unwrap();
+    assert_eq!(s.status, TaskStatus::Returned);
+    c.sync();
+    let q = c.at("ana").my_queue().unwrap();
+    let all: Vec<_> = q
+        .overdue
+        .iter()
+        .chain(&q.today)
+        .chain(&q.upcoming)
+        .collect();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].status, TaskStatus::Returned);
+    let d = c.at("ana").task_detail(&t).unwrap();
+    assert!(matches!(
+        d.state.last_review.unwrap().verdict,
+        handoff_core::derive::Verdict::Returned { ref feedback } if feedback.contains("call again")
+    ));
+}
+
+#[test]
+fn claims_come_only_from_the_pool_of_the_claimants_role() {
+    let c = Clinic::with(&["max", "ana", "fay", "fred"]);
+    let t = c.at("max").delegate(pooled(Role::FrontDesk)).unwrap();
+    c.sync();
+    assert_eq!(refusal(c.at("ana").claim(&t)), Refusal::NotInPool);
+    c.at("fay").claim(&t).unwrap();
+    c.sync();
+    assert_eq!(
+        refusal(c.at("fred").claim(&t)),
+        Refusal::AlreadyTaken { by: "fay".into() }
+    );
+}
+
+#[test]
+fn two_front_desk_phones_claiming_offline_resolve_to_one_owner_and_tell_the_other() {
+    let c = Clinic::with(&["max", "fay", "fred"]);
+    let t = c.at("max").delegate(pooled(Role::FrontDesk)).unwrap();
+    c.sync();
+    // Both phones are in the basement.
+    c.at("fay").claim(&t).unwrap();
+    c.clock.advance(1000);
+    c.at("fred").claim(&t).unwrap();
+    c.sync();
+    let owners: Vec<_> = ["max", "fay", "fred"]
+        .iter()
+        .map(|u| c.at(u).task_detail(&t).unwrap().state.assignee)
+        .collect();
+    assert_eq!(
+        owners,
+        vec![Some("fay".to_string()); 3],
+        "the earlier claim wins everywhere"
+    );
+    let lost = c.at("fred").needs_attention().unwrap();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].code, "already_taken");
+    assert!(lost[0].reason.contains("fay"));
+    assert!(c.at("fay").needs_attention().unwrap().is_empty());
+    assert!(c.at("fred").shared_pool().unwrap().is_empty());
+}
+
+#[test]
+fn a_manager_assignment_concurrent_with_a_claim_overrides_it_and_says_so() {
+    let c = Clinic::with(&["max", "fay", "fred"]);
+    let t = c.at("max").delegate(pooled(Role::FrontDesk)).unwrap();
+    c.sync();
+    c.at("fay").claim(&t).unwrap();
+    c.at("max").assign(&t, "fred").unwrap();
+    c.sync();
+    for u in ["max", "fay", "fred"] {
+        assert_eq!(
+            c.at(u).task_detail(&t).unwrap().state.assignee.as_deref(),
+            Some("fred")
+        );
+    }
+    let items = c.at("fay").needs_attention().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].code, "claim_overridden");
+}
+
+#[test]
+fn an_approval_concurrent_with_a_new_call_goes_stale_and_back_to_review() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::NoAnswer))
+        .unwrap();
+    c.at("ana").submit(&t, "no answer").unwrap();
+    c.sync();
+    // Offline on both sides: the manager approves, the patient calls back.
+    c.at("max").approve(&t, "fine").unwrap();
+    c.clock.advance(60_000);
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::Reached))
+        .unwrap();
+    c.sync();
+    for u in ["max", "ana"] {
+        let s = c.at(u).task_detail(&t).unwrap().state;
+        assert_eq!(s.status, TaskStatus::Submitted, "back in review on {u}");
+        assert_eq!(s.calls.len(), 2, "both calls kept on {u}");
+        let review = s.last_review.unwrap();
+        assert!(review.stale);
+        assert!(
+            matches!(review.verdict, handoff_core::derive::Verdict::Approved { ref heads } if !heads.is_empty())
+        );
+    }
+    let items = c.at("max").needs_attention().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].code, "approval_stale");
+    assert_eq!(c.at("max").review_inbox().unwrap().len(), 1);
+    assert!(c.at("max").review_inbox().unwrap()[0].task.stale_approval);
+    // A fresh approval covers everything and closes it.
+    assert_eq!(
+        c.at("max").approve(&t, "now complete").unwrap().status,
+        TaskStatus::Completed
+    );
+}
+
+#[test]
+fn work_concurrent_with_a_cancellation_is_kept_but_refused() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("max").cancel(&t, "duplicate").unwrap();
+    c.clock.advance(1);
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::Reached))
+        .unwrap();
+    c.sync();
+    let s = c.at("max").task_detail(&t).unwrap().state;
+    assert_eq!(s.status, TaskStatus::Cancelled);
+    assert!(s.history.iter().any(|h| h.action.name() == "call_logged"
+        && matches!(
+            h.outcome,
+            Outcome::Refused {
+                refusal: Refusal::TaskClosed { .. }
+            }
+        )));
+    assert_eq!(
+        c.at("ana").needs_attention().unwrap()[0].code,
+        "task_closed"
+    );
+}
+
+#[test]
+fn checklist_comes_from_the_sop_and_items_are_checked() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    let s = c.at("ana").tick_checklist_item(&t, 1).unwrap();
+    assert_eq!(s.checklist.len(), 3);
+    assert_eq!(s.checklist[1].done.as_ref().unwrap().0, "ana");
+    assert_eq!(s.questions.len(), 2);
+    assert_eq!(
+        refusal(c.at("ana").tick_checklist_item(&t, 9)),
+        Refusal::NoSuchChecklistItem { item: 9 }
+    );
+    let mut bad = task_for("ana", DelegationLevel::Delegable);
+    bad.handoff.sop = Some("NOPE-1".into());
+    assert!(matches!(
+        c.at("max").delegate(bad),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+#[test]
+fn only_delegators_assign_and_only_team_managers_change_the_team() {
+    let c = Clinic::with(&["max", "ana", "fay"]);
+    let t = c.at("max").delegate(pooled(Role::FrontDesk)).unwrap();
+    c.sync();
+    assert!(matches!(
+        refusal(c.at("ana").assign(&t, "fay")),
+        Refusal::NotPermitted { .. }
+    ));
+    let err = c.at("ana").set_policy(&Policy::default()).unwrap_err();
+    assert!(matches!(err, Error::Refused(Refusal::NotPermitted { .. })));
+    let err = c
+        .at("fay")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused(Refusal::NotPermitted { .. })));
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_writes_nothing() {
+    let c = Clinic::with(&["max", "ana"]);
+    let before = outbox(c.at("max")).len();
+    let mut t = task_for("ana", DelegationLevel::Delegable);
+    t.handoff.title = "  ".into();
+    assert!(matches!(
+        c.at("max").delegate(t),
+        Err(Error::InvalidInput(_))
+    ));
+    let mut t = task_for("ana", DelegationLevel::Delegable);
+    t.assignee = None;
+    assert!(matches!(
+        c.at("max").delegate(t),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        c.at("max").assign("no-such-task", "ana"),
+        Err(Error::TaskNotFound(_))
+    ));
+    assert!(matches!(
+        c.at("max").put_member(&Member {
+            user_id: "has space".into(),
+            name: "x".into(),
+            role: Role::FrontDesk,
+            trusted: false,
+            active: true
+        }),
+        Err(Error::InvalidInput(_))
+    ));
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    let long = "x".repeat(MAX_TEXT_FOR_TESTS + 1);
+    assert!(matches!(
+        c.at("max").comment(&t, &long),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        c.at("max").assign(&t, "nobody"),
+        Err(Error::Refused(Refusal::NotAMember { .. }))
+    ));
+    assert_eq!(
+        outbox(c.at("max")).len(),
+        before + 1,
+        "only the good delegation was written"
+    );
+}
+
+const MAX_TEXT_FOR_TESTS: usize = handoff_core::store::MAX_TEXT;
+
+#[test]
+fn a_device_not_yet_in_a_team_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("x.db"), &KEY, StoreOptions::default()).unwrap();
+    assert!(matches!(
+        s.delegate(pooled(Role::FrontDesk)),
+        Err(Error::NotEnrolled)
+    ));
+    assert!(matches!(s.my_queue(), Err(Error::NotEnrolled)));
+}
+
+#[test]
+fn the_first_member_of_a_team_must_be_able_to_manage_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("x.db"), &KEY, StoreOptions::default()).unwrap();
+    let err = s
+        .create_team(
+            "T",
+            Member {
+                user_id: "fay".into(),
+                name: "Fay".into(),
+                role: Role::FrontDesk,
+                trusted: false,
+                active: true,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)));
+}

@@ -1,0 +1,150 @@
+//! Durability, reopening, compaction, archiving and redaction.
+
+use handoff_core::*;
+
+use crate::clinic::*;
+
+fn reopen(c: &Clinic, i: usize, user: &str) -> Store {
+    Store::open(
+        c.dir.path().join(format!("{i}-{user}.db")),
+        &KEY,
+        options(&c.clock),
+    )
+    .unwrap()
+}
+
+#[test]
+fn reopening_restores_every_task_view_and_pending_change() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("ana").log_call(&t, call(CallOutcome::Busy)).unwrap();
+    let (queue, detail, out) = (
+        c.at("ana").my_queue().unwrap(),
+        c.at("ana").task_detail(&t).unwrap(),
+        outbox(c.at("ana")),
+    );
+    let again = reopen(&c, 1, "ana");
+    assert_eq!(again.my_queue().unwrap(), queue);
+    assert_eq!(again.task_detail(&t).unwrap(), detail);
+    assert_eq!(outbox(&again), out);
+    assert_eq!(again.device_actor(), c.at("ana").device_actor());
+}
+
+#[test]
+fn a_long_history_is_compacted_into_a_snapshot_and_reopens_the_same() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    for i in 0..(2 * store::COMPACT_AFTER) {
+        c.clock.advance(1000);
+        c.at("ana").comment(&t, &format!("note {i}")).unwrap();
+    }
+    let detail = c.at("ana").task_detail(&t).unwrap();
+    assert_eq!(
+        detail.state.comments.len(),
+        2 * store::COMPACT_AFTER as usize
+    );
+    let again = reopen(&c, 1, "ana");
+    assert_eq!(again.task_detail(&t).unwrap(), detail);
+    // Every change is still offered to the relay, compaction or not.
+    assert_eq!(outbox(&again).len(), 2 * store::COMPACT_AFTER as usize);
+    // And another device gets the same task from those changes.
+    c.send("ana", "max");
+    assert_eq!(c.at("max").task_detail(&t).unwrap().state, detail.state);
+}
+
+#[test]
+fn finished_tasks_past_the_window_are_evicted_but_never_with_unsent_changes() {
+    let c = Clinic::with(&["max", "tom"]);
+    let old = c
+        .at("max")
+        .delegate(task_for("tom", DelegationLevel::Delegable))
+        .unwrap();
+    let open = c
+        .at("max")
+        .delegate(task_for("tom", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("tom").complete(&old, "").unwrap();
+    c.clock.advance(31 * DAY_MS);
+    assert_eq!(
+        c.at("tom").archive_finished().unwrap(),
+        0,
+        "the completion is not sent yet"
+    );
+    let sent: Vec<i64> = c
+        .at("tom")
+        .outbox(1000)
+        .unwrap()
+        .iter()
+        .map(|o| o.id)
+        .collect();
+    c.at("tom").outbox_delivered(&sent).unwrap();
+    assert_eq!(c.at("tom").archive_finished().unwrap(), 1);
+    assert!(matches!(
+        c.at("tom").task_detail(&old),
+        Err(Error::Archived(_))
+    ));
+    assert_eq!(c.at("tom").task_ids().unwrap(), vec![open.clone()]);
+    let k = c
+        .at("tom")
+        .kpis(MONDAY_9AM - DAY_MS, MONDAY_9AM + DAY_MS)
+        .unwrap();
+    assert_eq!(
+        k.iter().find(|k| k.user_id == "tom").unwrap().done,
+        1,
+        "KPIs keep archived work"
+    );
+}
+
+#[test]
+fn redaction_recreates_the_task_without_the_patients_history_and_loses_no_work() {
+    let c = Clinic::with(&["max", "ana", "lee"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    let before: Vec<u8> = outbox(c.at("max"))
+        .into_iter()
+        .flat_map(|(_, b)| b)
+        .collect();
+    assert!(
+        before.windows(12).any(|w| w == b"Jordan Quill"),
+        "control: the name is in the old changes"
+    );
+    // ana logs a call offline while max redacts.
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::Reached))
+        .unwrap();
+    c.at("max").redact_patient(&t).unwrap();
+    let after = outbox(c.at("max"));
+    assert!(after
+        .iter()
+        .all(|(d, b)| d != &t && !b.windows(12).any(|w| w == b"Jordan Quill")));
+    let d = c.at("max").task_detail(&t).unwrap();
+    assert_eq!(d.patient, None);
+    c.sync(); // ana migrates to the new document and carries her call over
+    c.sync(); // and everyone gets the carried-over call
+    for u in ["max", "ana", "lee"] {
+        let d = c.at(u).task_detail(&t).unwrap();
+        assert_eq!(d.patient, None, "on {u}");
+        assert_eq!(d.state.calls.len(), 1, "the offline call survived on {u}");
+        assert_eq!(d.state.calls[0].attempt.outcome, CallOutcome::Reached);
+    }
+    assert_eq!(
+        c.at("ana").task_detail(&t).unwrap().state,
+        c.at("lee").task_detail(&t).unwrap().state
+    );
+    assert!(matches!(
+        c.at("ana").redact_patient(&t),
+        Err(Error::Refused(Refusal::NotPermitted { .. }))
+    ));
+}

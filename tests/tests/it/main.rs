@@ -1,0 +1,4 @@
+//! Cross-process tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod crash;
