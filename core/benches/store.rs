@@ -22,6 +22,7 @@ fn opts(d: Durability) -> StoreOptions {
         durability: d,
         utc_offset_minutes: 0,
         clock: Arc::new(ManualClock::at(T0 + 400 * DAY_MS)),
+        ..StoreOptions::default()
     }
 }
 
@@ -74,7 +75,7 @@ fn new_task(i: usize) -> NewTask {
 /// Build (once, cached under target/) a store of TASKS tasks, as seen from
 /// the manager's device: ~10 events each, 95% completed.
 fn fixture() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-v3");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-v7");
     let path = dir.join("clinic.db");
     if path.exists() {
         return path;
@@ -100,11 +101,11 @@ fn fixture() -> PathBuf {
             s.comment(&t, "Patient asked about physio").unwrap();
             s.escalate(&t, "asked for a nurse callback").unwrap();
             s.comment(&t, "Nurse called back").unwrap();
-            // 1 in 20 still in progress, 1 in 20 waiting for review, the rest approved.
-            if i % 20 != 0 {
+            // 1 in 4 still in progress, 1 in 20 waiting for review, the rest approved.
+            if i % 4 != 0 {
                 s.submit(&t, "done").unwrap();
             }
-            if i % 20 > 1 {
+            if i % 4 != 0 && i % 20 != 1 {
                 s.approve(&t, "").unwrap();
             }
         }
@@ -147,7 +148,7 @@ fn bench(c: &mut Criterion) {
             })
             .map(|t| t.task_id)
             .collect();
-        assert!(open.len() >= 400, "fixture has {} open tasks", open.len());
+        assert!(open.len() >= 2000, "fixture has {} open tasks", open.len());
         let mut i = 0;
         g.bench_function(format!("{name}_random_task"), |b| {
             b.iter(|| {
@@ -155,13 +156,25 @@ fn bench(c: &mut Criterion) {
                 black_box(s.log_call(&open[i], attempt(CallOutcome::Busy)).unwrap())
             })
         });
-        // 200 tasks: all stay in the document cache (256).
-        let warm = &open[..200];
+        // The usual case on a phone: the task was just opened, its document
+        // is loaded. A store whose cache holds every open task, same rotation.
+        let w = Store::open(
+            copy_of(&fx, &format!("{name}-warm.db")),
+            &KEY,
+            StoreOptions {
+                doc_cache_capacity: 4096,
+                ..opts(d)
+            },
+        )
+        .unwrap();
+        for t in &open {
+            w.task_detail(t).unwrap();
+        }
         let mut j = 0;
-        g.bench_function(format!("{name}_warm_task"), |b| {
+        g.bench_function(format!("{name}_open_task_loaded"), |b| {
             b.iter(|| {
-                j = (j + 7) % warm.len();
-                black_box(s.log_call(&warm[j], attempt(CallOutcome::Busy)).unwrap())
+                j = (j + 7919) % open.len();
+                black_box(w.log_call(&open[j], attempt(CallOutcome::Busy)).unwrap())
             })
         });
     }

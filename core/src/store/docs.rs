@@ -7,18 +7,20 @@ use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::model::Timestamp;
 
 /// Fold a document's changes into its snapshot once it has this many.
 pub const COMPACT_AFTER: i64 = 32;
-/// Documents kept loaded in memory.
-const CACHE_CAPACITY: usize = 256;
 
 pub const TEAM_DOC: &str = "team";
 
 pub(crate) fn load(conn: &Connection, doc_id: &str, actor: &ActorId) -> Result<Option<AutoCommit>> {
     let snapshot: Option<Option<Vec<u8>>> = conn
-        .prepare_cached("SELECT snapshot FROM documents WHERE doc_id = ?1")?
+        .prepare_cached(
+            "SELECT s.bytes FROM documents d LEFT JOIN snapshots s ON s.doc_id = d.doc_id
+             WHERE d.doc_id = ?1",
+        )?
         .query_row([doc_id], |r| r.get(0))
         .optional()?;
     let Some(snapshot) = snapshot else {
@@ -132,8 +134,10 @@ pub(crate) fn compact(conn: &Connection, doc_id: &str, doc: &mut AutoCommit) -> 
         .prepare_cached("SELECT hash FROM changes WHERE doc_id = ?1")?
         .query_map([doc_id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let snapshot = doc.save();
-    conn.prepare_cached("UPDATE documents SET snapshot = ?2 WHERE doc_id = ?1")?
+    // Uncompressed: task documents are small, and inflating them on every
+    // load cost more than the bytes saved.
+    let snapshot = doc.save_nocompress();
+    conn.prepare_cached("INSERT OR REPLACE INTO snapshots (doc_id, bytes) VALUES (?1, ?2)")?
         .execute(params![doc_id, snapshot])?;
     let mut delete = conn.prepare_cached("DELETE FROM changes WHERE doc_id = ?1 AND hash = ?2")?;
     for h in hashes {
@@ -150,26 +154,39 @@ pub(crate) fn compact(conn: &Connection, doc_id: &str, doc: &mut AutoCommit) -> 
 pub(crate) fn delete_document(conn: &Connection, doc_id: &str) -> Result<()> {
     conn.prepare_cached("DELETE FROM changes WHERE doc_id = ?1")?
         .execute([doc_id])?;
+    conn.prepare_cached("DELETE FROM snapshots WHERE doc_id = ?1")?
+        .execute([doc_id])?;
     conn.prepare_cached("DELETE FROM documents WHERE doc_id = ?1")?
         .execute([doc_id])?;
     Ok(())
 }
 
 /// Loaded documents, least recently used dropped first.
-#[derive(Default)]
 pub(crate) struct DocCache {
     docs: HashMap<String, (AutoCommit, u64)>,
+    /// Parsed events of a task document, valid at these heads only.
+    events: HashMap<String, (Vec<ChangeHash>, Vec<Event>)>,
     tick: u64,
+    capacity: usize,
 }
 
 impl DocCache {
+    pub fn with_capacity(capacity: usize) -> Self {
+        DocCache {
+            docs: HashMap::new(),
+            events: HashMap::new(),
+            tick: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
     pub fn take(&mut self, doc_id: &str) -> Option<AutoCommit> {
         self.docs.remove(doc_id).map(|(d, _)| d)
     }
 
     pub fn put(&mut self, doc_id: &str, doc: AutoCommit) {
         self.tick += 1;
-        if self.docs.len() >= CACHE_CAPACITY && !self.docs.contains_key(doc_id) {
+        if self.docs.len() >= self.capacity && !self.docs.contains_key(doc_id) {
             if let Some(oldest) = self
                 .docs
                 .iter()
@@ -177,6 +194,7 @@ impl DocCache {
                 .map(|(k, _)| k.clone())
             {
                 self.docs.remove(&oldest);
+                self.events.remove(&oldest);
             }
         }
         self.docs.insert(doc_id.to_owned(), (doc, self.tick));
@@ -184,9 +202,25 @@ impl DocCache {
 
     pub fn remove(&mut self, doc_id: &str) {
         self.docs.remove(doc_id);
+        self.events.remove(doc_id);
     }
 
     pub fn clear(&mut self) {
         self.docs.clear();
+        self.events.clear();
+    }
+
+    /// The document's events as parsed at `heads`, if still current.
+    pub fn events(&self, doc_id: &str, heads: &[ChangeHash]) -> Option<&[Event]> {
+        match self.events.get(doc_id) {
+            Some((at, events)) if at.as_slice() == heads => Some(events),
+            _ => None,
+        }
+    }
+
+    pub fn put_events(&mut self, doc_id: &str, heads: Vec<ChangeHash>, events: Vec<Event>) {
+        if self.docs.contains_key(doc_id) {
+            self.events.insert(doc_id.to_owned(), (heads, events));
+        }
     }
 }

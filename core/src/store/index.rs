@@ -64,6 +64,9 @@ pub(crate) fn upsert(conn: &Connection, doc_id: &str, s: &TaskState) -> Result<(
         ),
         None => (None, None, None, false),
     };
+    // Columns that are in a secondary index are only written when they
+    // change, so a logged call does not rewrite four index B-trees (each an
+    // encrypted page in the WAL).
     conn.prepare_cached(
         "INSERT INTO tasks (task_id, doc_id, title, status, level, priority, category, pool_role,
             assignee, created_by, created_at, updated_at, due_at, submitted_at, completed_at,
@@ -71,14 +74,13 @@ pub(crate) fn upsert(conn: &Connection, doc_id: &str, s: &TaskState) -> Result<(
             call_attempts, first_reached_at, escalations, archived)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
             ?19, ?20, ?21, ?22, ?23, 0)
-         ON CONFLICT (task_id) DO UPDATE SET doc_id = excluded.doc_id, title = excluded.title,
-            status = excluded.status, level = excluded.level, priority = excluded.priority,
-            category = excluded.category, pool_role = excluded.pool_role,
-            assignee = excluded.assignee, created_by = excluded.created_by,
-            created_at = excluded.created_at, updated_at = excluded.updated_at,
-            due_at = excluded.due_at, submitted_at = excluded.submitted_at,
-            completed_at = excluded.completed_at, reviewed_by = excluded.reviewed_by,
-            reviewed_at = excluded.reviewed_at, review_submitted_at = excluded.review_submitted_at,
+         ON CONFLICT (task_id) DO UPDATE SET title = excluded.title, level = excluded.level,
+            priority = excluded.priority, category = excluded.category,
+            created_by = excluded.created_by, created_at = excluded.created_at,
+            updated_at = excluded.updated_at, due_at = excluded.due_at,
+            submitted_at = excluded.submitted_at, completed_at = excluded.completed_at,
+            reviewed_by = excluded.reviewed_by, reviewed_at = excluded.reviewed_at,
+            review_submitted_at = excluded.review_submitted_at,
             review_stale = excluded.review_stale, next_call_due_at = excluded.next_call_due_at,
             call_attempts = excluded.call_attempts, first_reached_at = excluded.first_reached_at,
             escalations = excluded.escalations",
@@ -107,6 +109,18 @@ pub(crate) fn upsert(conn: &Connection, doc_id: &str, s: &TaskState) -> Result<(
         s.calls.len() as i64,
         s.first_reached_at(),
         s.escalations.len() as i64,
+    ])?;
+    conn.prepare_cached(
+        "UPDATE tasks SET doc_id = ?2, status = ?3, pool_role = ?4, assignee = ?5
+         WHERE task_id = ?1 AND (doc_id IS NOT ?2 OR status IS NOT ?3 OR pool_role IS NOT ?4
+            OR assignee IS NOT ?5)",
+    )?
+    .execute(params![
+        s.task_id,
+        doc_id,
+        s.status.as_str(),
+        s.pool.map(|r| r.as_str()),
+        s.assignee
     ])?;
 
     conn.prepare_cached("DELETE FROM attention WHERE task_id = ?1")?

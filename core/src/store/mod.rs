@@ -54,6 +54,9 @@ pub struct StoreOptions {
     /// The phone's offset from UTC, for "today" in my queue.
     pub utc_offset_minutes: i32,
     pub clock: Arc<dyn Clock>,
+    /// Task documents kept loaded in memory (a write to a loaded document
+    /// skips reading and parsing it).
+    pub doc_cache_capacity: usize,
 }
 
 impl Default for StoreOptions {
@@ -62,6 +65,7 @@ impl Default for StoreOptions {
             durability: Durability::Full,
             utc_offset_minutes: 0,
             clock: Arc::new(SystemClock),
+            doc_cache_capacity: 256,
         }
     }
 }
@@ -130,6 +134,10 @@ impl Store {
         conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()))
             .optional()?;
         conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(key)))?;
+        // Page MACs with SHA-256: phone and PC CPUs have SHA instructions
+        // for it (not for SHA-512), and each write MACs every page it touches.
+        // Part of the file format: every open must say the same.
+        conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256;")?;
         // The first read tells whether the key opens the file.
         match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
             r.get::<_, i64>(0)
@@ -176,7 +184,7 @@ impl Store {
             actor_hex,
             user,
             team: None,
-            docs: docs::DocCache::default(),
+            docs: docs::DocCache::with_capacity(options.doc_cache_capacity),
             clock: options.clock,
             utc_offset_ms: i64::from(options.utc_offset_minutes) * 60_000,
         };
@@ -516,11 +524,15 @@ impl Store {
             None => docs::load(conn, &doc_id, &st.actor)?
                 .ok_or(Error::Corrupt("indexed task has no document"))?,
         };
-        let (mut events, _) = task_doc::events(&doc);
+        let heads = doc.get_heads();
+        let mut events = match st.docs.events(&doc_id, &heads) {
+            Some(events) => events.to_vec(),
+            None => task_doc::events(&doc).0,
+        };
         let now = st.clock.now();
         let event = next_event(&events, &st.actor_hex, &user, now, action(&mut doc));
         events.push(event.clone());
-        let state = match checked(task_id, events, &event, team) {
+        let state = match checked(task_id, events.clone(), &event, team) {
             Ok(s) => s,
             Err(e) => {
                 st.docs.put(&doc_id, doc);
@@ -538,7 +550,9 @@ impl Store {
         })();
         match result {
             Ok(()) => {
+                let heads = doc.get_heads();
                 st.docs.put(&doc_id, doc);
+                st.docs.put_events(&doc_id, heads, events);
                 Ok(state)
             }
             // The in-memory document may hold the change the database does not.

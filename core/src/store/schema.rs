@@ -16,16 +16,21 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 
--- One row per automerge document: the team's and each task's.
--- A document is `snapshot` (automerge save, may be NULL) plus its rows in `changes`.
+-- One row per automerge document: the team's and each task's. A document
+-- is its snapshot (automerge save, if any) plus its rows in `changes`.
+-- Rows here stay small: every change insert looks its document up here.
 CREATE TABLE documents (
     doc_id     TEXT PRIMARY KEY,
     kind       TEXT NOT NULL CHECK (kind IN ('team', 'task')),
     task_id    TEXT,
-    generation INTEGER NOT NULL DEFAULT 0,
-    snapshot   BLOB
+    generation INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX documents_task ON documents(task_id);
+
+CREATE TABLE snapshots (
+    doc_id TEXT PRIMARY KEY REFERENCES documents(doc_id) ON DELETE CASCADE,
+    bytes  BLOB NOT NULL
+);
 
 -- Changes not yet folded into the snapshot, including ones still waiting for
 -- their dependencies to arrive.
@@ -46,9 +51,10 @@ CREATE TABLE outbox (
     bytes          BLOB NOT NULL,
     queued_at      INTEGER NOT NULL,
     refused_code   TEXT,
-    refused_reason TEXT,
-    UNIQUE (doc_id, hash)
+    refused_reason TEXT
 );
+-- No index on the outbox beyond its rowid: it holds only unsent changes,
+-- and every B-tree here is an encrypted page written on every write.
 
 -- The index the views read: one row per task, derived from its document in
 -- the same transaction as every change to it.
@@ -77,7 +83,7 @@ CREATE TABLE tasks (
     first_reached_at    INTEGER,
     escalations         INTEGER NOT NULL DEFAULT 0,
     archived            INTEGER NOT NULL DEFAULT 0
-);
+) WITHOUT ROWID;
 CREATE INDEX tasks_assignee ON tasks(assignee, status);
 CREATE INDEX tasks_pool ON tasks(pool_role, status);
 CREATE INDEX tasks_status ON tasks(status);

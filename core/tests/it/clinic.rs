@@ -30,6 +30,7 @@ pub fn options(clock: &ManualClock) -> StoreOptions {
         durability: Durability::Normal,
         utc_offset_minutes: 0,
         clock: std::sync::Arc::new(clock.clone()),
+        ..StoreOptions::default()
     }
 }
 

@@ -6,5 +6,6 @@ mod encryption;
 mod merging;
 mod properties;
 mod rules;
+mod schema;
 mod storage;
 mod views;
