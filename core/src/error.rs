@@ -30,6 +30,20 @@ pub enum Error {
     SchemaTooNew(i64),
     #[error("the store is damaged: {0}")]
     Corrupt(&'static str),
+    /// The relay could not be reached (no signal, relay down, timeout).
+    /// Nothing is lost: the outbox keeps everything for the next try.
+    #[error("cannot reach the relay: {0}")]
+    Offline(String),
+    /// The relay answered with an error.
+    #[error("the relay refused the request ({status} {code}): {message}")]
+    Relay {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The relay says this device was revoked; the local store was wiped.
+    #[error("this device was revoked; its data has been wiped")]
+    DeviceRevoked,
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("document: {0}")]

@@ -1,12 +1,14 @@
 #![doc = include_str!("../README.md")]
 
+pub mod access;
 pub mod clock;
 pub mod derive;
 mod error;
 pub mod event;
 pub mod model;
 pub mod store;
-mod task_doc;
+pub mod sync;
+pub mod task_doc;
 pub mod team;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -17,5 +19,8 @@ pub use model::*;
 pub use store::{
     AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskDetail, TaskSummary,
 };
-pub use store::{Durability, MergeReport, NewTask, OutgoingChange, Store, StoreOptions};
+pub use store::{
+    Durability, MergeReport, NewTask, OutgoingChange, RelaySettings, Store, StoreOptions,
+};
+pub use sync::{SyncEngine, SyncEvent, SyncHandle, SyncListener, SyncReport};
 pub use team::Team;

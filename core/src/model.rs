@@ -10,6 +10,14 @@ pub type UserId = String;
 /// A task's id: stable across redaction, unlike the document holding it.
 pub type TaskId = String;
 
+/// Ids (users, templates, documents): 1-64 letters, digits or `. _ - @`.
+pub fn is_valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+}
+
 pub const HOUR_MS: i64 = 60 * 60 * 1000;
 pub const DAY_MS: i64 = 24 * HOUR_MS;
 

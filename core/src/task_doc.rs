@@ -27,14 +27,14 @@ pub(crate) fn new_doc(task_id: &str, generation: i64, actor: &ActorId) -> Result
     Ok(doc)
 }
 
-pub(crate) fn task_id(doc: &AutoCommit) -> Option<String> {
+pub fn task_id(doc: &AutoCommit) -> Option<String> {
     match doc.get(ROOT, "task_id") {
         Ok(Some((v, _))) => v.as_str().map(str::to_owned),
         _ => None,
     }
 }
 
-pub(crate) fn generation(doc: &AutoCommit) -> i64 {
+pub fn generation(doc: &AutoCommit) -> i64 {
     match doc.get(ROOT, "generation") {
         Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
             ScalarValue::Int(i) => *i,
@@ -54,7 +54,7 @@ fn events_obj(doc: &AutoCommit) -> Option<ObjId> {
 
 /// The events, in list order. One that does not parse (written by a newer
 /// app, or damaged) is skipped and counted, never fatal.
-pub(crate) fn events(doc: &AutoCommit) -> (Vec<Event>, usize) {
+pub fn events(doc: &AutoCommit) -> (Vec<Event>, usize) {
     let Some(list) = events_obj(doc) else {
         return (Vec::new(), 0);
     };
@@ -122,4 +122,22 @@ pub(crate) fn patient(doc: &AutoCommit) -> Option<PatientRef> {
         phone: get("phone"),
         record_ref: get("record_ref"),
     })
+}
+
+/// The events a change inserts (what the relay checks before storing it),
+/// without loading the document. Strings that are not events are skipped,
+/// as [`events`] skips them.
+pub fn events_in_change(change: &automerge::Change) -> Vec<Event> {
+    change
+        .decode()
+        .operations
+        .iter()
+        .filter(|op| op.insert)
+        .filter_map(|op| match &op.action {
+            automerge::legacy::OpType::Put(ScalarValue::Str(s)) => {
+                serde_json::from_str::<Event>(s).ok()
+            }
+            _ => None,
+        })
+        .collect()
 }

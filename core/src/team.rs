@@ -108,7 +108,7 @@ fn read_map<T: DeserializeOwned>(doc: &AutoCommit, map: &str) -> BTreeMap<String
 
 /// Writes to a team document. Permission checks live in the store, which
 /// knows who is writing.
-pub(crate) struct TeamWriter<'a>(pub &'a mut AutoCommit);
+pub struct TeamWriter<'a>(pub &'a mut AutoCommit);
 
 impl TeamWriter<'_> {
     /// Lay out a new team document with default role permissions and policy.

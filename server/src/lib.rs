@@ -1,1 +1,118 @@
 #![doc = include_str!("../README.md")]
+
+pub mod api;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod relay;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use db::Db;
+pub use error::{Error, Result};
+pub use relay::Relay;
+
+/// How `serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub db_path: PathBuf,
+    pub bind: SocketAddr,
+    /// PEM certificate chain and private key: serve https.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve plain http on a non-loopback address (behind a TLS proxy).
+    pub allow_plain_http: bool,
+}
+
+/// Serve until SIGINT/SIGTERM, then finish in-flight requests and return.
+/// `ready` gets the bound address (useful with port 0).
+pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    if config.tls.is_none() && !config.bind.ip().is_loopback() && !config.allow_plain_http {
+        return Err(Error::BadRequest(
+            "plain_http",
+            "without --tls-cert/--tls-key the relay only binds a loopback address \
+             (pass --allow-plain-http when a TLS proxy sits in front)"
+                .into(),
+        ));
+    }
+    let db = Db::open(&config.db_path)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = api::App {
+        relay: Arc::new(Relay::new(db)),
+        metrics: Arc::new(metrics::Metrics::default()),
+        shutdown: stop_rx,
+    };
+    let router = api::router(app);
+    let listener = std::net::TcpListener::bind(config.bind)
+        .map_err(|e| Error::Storage(format!("cannot bind {}: {e}", config.bind)))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::Storage(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Storage(e.to_string()))?;
+    let handle = axum_server::Handle::new();
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing requests in flight");
+            let _ = stop_tx.send(true);
+            handle.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
+        });
+    }
+    let service = router.into_make_service();
+    match &config.tls {
+        Some((cert, key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| {
+                    Error::Storage(format!("cannot read the TLS certificate or key: {e}"))
+                })?;
+            ready(addr);
+            tracing::info!(%addr, "relay listening (https)");
+            axum_server::from_tcp_rustls(listener, tls)
+                .map_err(|e| Error::Storage(e.to_string()))?
+                .handle(handle)
+                .serve(service)
+                .await
+                .map_err(|e| Error::Storage(e.to_string()))?;
+        }
+        None => {
+            ready(addr);
+            tracing::info!(%addr, "relay listening (http)");
+            axum_server::from_tcp(listener)
+                .map_err(|e| Error::Storage(e.to_string()))?
+                .handle(handle)
+                .serve(service)
+                .await
+                .map_err(|e| Error::Storage(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -6,6 +6,7 @@
 //! write is durable; when it returns `Err`, nothing was written.
 
 mod docs;
+mod enrolment;
 mod index;
 pub(crate) mod schema;
 mod views;
@@ -31,6 +32,7 @@ use crate::task_doc;
 use crate::team::{Team, TeamWriter};
 
 pub use docs::{COMPACT_AFTER, TEAM_DOC};
+pub use enrolment::RelaySettings;
 pub use views::{
     AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskDetail, TaskSummary,
 };
@@ -97,6 +99,9 @@ pub struct MergeReport {
     /// Changes that did not decode; nothing of them was kept.
     pub invalid: usize,
     pub tasks_updated: usize,
+    /// Documents still missing some changes their new changes build on
+    /// (they just became visible to this device): ask the relay to repair.
+    pub incomplete: Vec<String>,
 }
 
 pub struct Store {
@@ -648,6 +653,9 @@ impl Store {
                     continue;
                 }
                 doc.apply_changes(fresh)?;
+                if !doc.get_missing_deps(&[]).is_empty() {
+                    report.incomplete.push(doc_id.to_owned());
+                }
                 docs::maybe_compact(&tx, doc_id, &mut doc)?;
                 if kind == "team" {
                     team_changed = true;
@@ -984,12 +992,7 @@ fn check_opt(field: &str, s: &Option<String>, max: usize) -> Result<()> {
 }
 
 fn check_id(field: &str, s: &str) -> Result<()> {
-    if s.is_empty()
-        || s.len() > 64
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
-    {
+    if !crate::model::is_valid_id(s) {
         return Err(Error::InvalidInput(format!(
             "{field} must be 1-64 letters, digits or . _ - @"
         )));

@@ -1,0 +1,475 @@
+//! The device side of sync. One round: push the outbox (each change gets a
+//! verdict), then pull the feed from the saved cursor, applying each page in
+//! one transaction and repairing documents that arrive with gaps. Live mode
+//! repeats rounds with a long-poll, wakes early on local writes, and backs
+//! off with jitter while the relay is unreachable.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::runtime::Runtime;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::wire::{self, codes, DocChange, PullReply, PushReply, PushRequest, Verdict};
+use crate::error::{Error, Result};
+use crate::store::{RelaySettings, Store};
+
+/// Changes per push request.
+const PUSH_BATCH: usize = 256;
+/// How long a live pull waits on the relay for news.
+const LIVE_WAIT: Duration = Duration::from_secs(25);
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// What one round moved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Own changes the relay now has.
+    pub pushed: usize,
+    /// Own changes the relay refused (now in "needs attention").
+    pub refused: usize,
+    /// Changes from other devices applied here.
+    pub pulled: usize,
+    pub tasks_updated: usize,
+}
+
+/// What the engine tells the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// A round finished; the device is up to date with the relay.
+    Synced(SyncReport),
+    /// Tasks changed because of other devices: views are worth re-reading.
+    DataChanged { tasks_updated: usize },
+    /// The relay is unreachable; the engine tries again after the delay.
+    Offline { message: String, retry_in_ms: u64 },
+    /// The relay refuses this device's credentials; sync stopped.
+    AuthFailed { code: String, message: String },
+    /// The device was revoked: the local store has been wiped; sync stopped.
+    Revoked,
+}
+
+/// Receives [`SyncEvent`]s, on the sync runtime's thread: keep it quick.
+pub trait SyncListener: Send + Sync {
+    fn on_sync_event(&self, event: SyncEvent);
+}
+
+/// Only https leaves the phone, except to this machine (tests, the demo).
+pub fn check_relay_url(url: &str) -> Result<()> {
+    let bad = || Error::InvalidInput("the relay address must be an https:// URL".into());
+    let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" => match parsed.host() {
+            Some(url::Host::Domain("localhost")) => Ok(()),
+            Some(url::Host::Ipv4(ip)) if ip.is_loopback() => Ok(()),
+            Some(url::Host::Ipv6(ip)) if ip.is_loopback() => Ok(()),
+            _ => Err(Error::InvalidInput(
+                "plain http is only allowed to this machine; use https".into(),
+            )),
+        },
+        _ => Err(bad()),
+    }
+}
+
+/// Syncs one store with its relay. Blocking calls (`enrol`, `sync_now`) run
+/// on the engine's runtime; `start` runs live sync there in the background.
+pub struct SyncEngine {
+    inner: Arc<Inner>,
+    runtime: Option<Runtime>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    http: reqwest::Client,
+    wake: Notify,
+    live: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Live sync runs until this is dropped or stopped.
+pub struct SyncHandle {
+    inner: Arc<Inner>,
+}
+
+impl SyncHandle {
+    /// Something was written locally: push it now instead of after the wait.
+    pub fn sync_now(&self) {
+        self.inner.wake.notify_one();
+    }
+    pub fn stop(&self) {
+        if let Some(task) = lock(&self.inner.live).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for SyncHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl SyncEngine {
+    pub fn new(store: Arc<Store>) -> Result<SyncEngine> {
+        // reqwest is built without a default TLS provider; ours is ring. A
+        // second install (another engine) is refused harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| Error::Offline(format!("cannot start the HTTP client: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("handoff-sync")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Offline(format!("cannot start the sync runtime: {e}")))?;
+        Ok(SyncEngine {
+            inner: Arc::new(Inner {
+                store,
+                http,
+                wake: Notify::new(),
+                live: Mutex::new(None),
+            }),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> Result<T> {
+        match &self.runtime {
+            Some(rt) => Ok(rt.block_on(f)),
+            None => Err(Error::Offline("the sync engine is shut down".into())),
+        }
+    }
+
+    /// Redeem a one-time invite: the relay binds this device's actor id to
+    /// the invited user and role and returns the device's token.
+    pub fn enrol(&self, url: &str, invite: &str) -> Result<wire::EnrolReply> {
+        check_relay_url(url)?;
+        let store = &self.inner.store;
+        if store.relay_settings()?.is_some() {
+            return Err(Error::AlreadyEnrolled);
+        }
+        let request = wire::EnrolRequest {
+            invite: invite.trim().to_owned(),
+            actor: store.device_actor(),
+        };
+        let inner = self.inner.clone();
+        let url = url.trim_end_matches('/').to_owned();
+        let endpoint = format!("{url}/v1/enrol");
+        let reply: wire::EnrolReply = self.block_on(async move {
+            let response = inner
+                .http
+                .post(endpoint)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(&request)?)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .map_err(offline)?;
+            let bytes = check(response).await?;
+            serde_json::from_slice::<wire::EnrolReply>(&bytes)
+                .map_err(|_| Error::Offline("the relay sent an unreadable reply".into()))
+        })??;
+        store.save_enrolment(&url, &reply.token, &reply.team, &reply.user)?;
+        Ok(reply)
+    }
+
+    /// One full round now: push everything, pull everything, no waiting.
+    pub fn sync_now(&self) -> Result<SyncReport> {
+        let inner = self.inner.clone();
+        self.block_on(async move { inner.round_or_wipe(None).await })?
+    }
+
+    /// Live sync in the background, reporting to `listener`.
+    pub fn start(&self, listener: Arc<dyn SyncListener>) -> Result<SyncHandle> {
+        if self.inner.store.relay_settings()?.is_none() {
+            return Err(Error::NotEnrolled);
+        }
+        let rt = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| Error::Offline("the sync engine is shut down".into()))?;
+        let inner = self.inner.clone();
+        let task = rt.spawn(async move { inner.live(listener).await });
+        if let Some(old) = lock(&self.inner.live).replace(task) {
+            old.abort();
+        }
+        Ok(SyncHandle {
+            inner: self.inner.clone(),
+        })
+    }
+}
+
+impl Drop for SyncEngine {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Dropping a runtime may not block inside another runtime.
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Inner {
+    async fn live(&self, listener: Arc<dyn SyncListener>) {
+        let mut failures: u32 = 0;
+        loop {
+            let result = tokio::select! {
+                r = self.round_or_wipe(Some(LIVE_WAIT)) => r,
+                // A local write: start over so it is pushed right away.
+                () = self.wake.notified() => continue,
+            };
+            match result {
+                Ok(report) => {
+                    failures = 0;
+                    if report.tasks_updated > 0 {
+                        listener.on_sync_event(SyncEvent::DataChanged {
+                            tasks_updated: report.tasks_updated,
+                        });
+                    }
+                    listener.on_sync_event(SyncEvent::Synced(report));
+                }
+                Err(Error::DeviceRevoked) => {
+                    listener.on_sync_event(SyncEvent::Revoked);
+                    return;
+                }
+                Err(Error::Relay {
+                    status: 401 | 403,
+                    code,
+                    message,
+                }) => {
+                    listener.on_sync_event(SyncEvent::AuthFailed { code, message });
+                    return;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = backoff(failures);
+                    listener.on_sync_event(SyncEvent::Offline {
+                        message: e.to_string(),
+                        retry_in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    });
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.wake.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A round; on the relay's "revoked" answer, wipe the store first.
+    async fn round_or_wipe(&self, wait: Option<Duration>) -> Result<SyncReport> {
+        match self.round(wait).await {
+            Err(Error::DeviceRevoked) => {
+                self.store.wipe()?;
+                Err(Error::DeviceRevoked)
+            }
+            other => other,
+        }
+    }
+
+    async fn round(&self, wait: Option<Duration>) -> Result<SyncReport> {
+        let relay = self.store.relay_settings()?.ok_or(Error::NotEnrolled)?;
+        let mut report = SyncReport::default();
+        self.push(&relay, &mut report).await?;
+        let mut cursor = self.store.relay_cursor()?;
+        let mut wait = wait;
+        loop {
+            let secs = wait.take().map_or(0, |w| w.as_secs());
+            let url = format!("{}/v1/pull?cursor={cursor}&wait={secs}", relay.url);
+            let response = self
+                .http
+                .get(url)
+                .bearer_auth(&relay.token)
+                .timeout(Duration::from_secs(secs + 30))
+                .send()
+                .await
+                .map_err(offline)?;
+            let reply: PullReply = decode(&check(response).await?)?;
+            if !reply.changes.is_empty() {
+                let changes: Vec<(String, Vec<u8>)> = reply
+                    .changes
+                    .into_iter()
+                    .map(|c| (c.doc, c.bytes))
+                    .collect();
+                let merged = self.store.apply_remote(&changes)?;
+                report.pulled += merged.applied;
+                report.tasks_updated += merged.tasks_updated;
+                for doc in merged.incomplete {
+                    let repaired = self.repair(&relay, &doc).await?;
+                    report.pulled += repaired.applied;
+                    report.tasks_updated += repaired.tasks_updated;
+                }
+            }
+            if reply.cursor != cursor {
+                cursor = reply.cursor;
+                self.store.set_relay_cursor(cursor)?;
+            }
+            if !reply.more {
+                return Ok(report);
+            }
+        }
+    }
+
+    async fn push(&self, relay: &RelaySettings, report: &mut SyncReport) -> Result<()> {
+        loop {
+            let batch = self.store.outbox(PUSH_BATCH)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let request = PushRequest {
+                changes: batch
+                    .iter()
+                    .map(|c| DocChange {
+                        doc: c.doc_id.clone(),
+                        bytes: c.bytes.clone(),
+                    })
+                    .collect(),
+            };
+            let response = self
+                .http
+                .post(format!("{}/v1/push", relay.url))
+                .bearer_auth(&relay.token)
+                .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
+                .body(wire::encode(&request))
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .map_err(offline)?;
+            let reply: PushReply = decode(&check(response).await?)?;
+            if reply.verdicts.len() != batch.len() {
+                return Err(Error::Offline(
+                    "the relay answered a different number of changes".into(),
+                ));
+            }
+            let mut delivered = Vec::with_capacity(batch.len());
+            for (change, verdict) in batch.iter().zip(reply.verdicts) {
+                match verdict {
+                    Verdict::Stored | Verdict::Duplicate => delivered.push(change.id),
+                    Verdict::Refused { code, reason } => {
+                        self.store
+                            .outbox_refused(change.id, code.as_str(), &reason)?;
+                        report.refused += 1;
+                    }
+                }
+            }
+            self.store.outbox_delivered(&delivered)?;
+            report.pushed += delivered.len();
+            if batch.len() < PUSH_BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Fetch what a document is missing: everything the relay has that is
+    /// not behind our heads.
+    async fn repair(&self, relay: &RelaySettings, doc: &str) -> Result<crate::MergeReport> {
+        let request = wire::RepairRequest {
+            doc: doc.to_owned(),
+            have: self.store.doc_heads(doc)?,
+        };
+        let response = self
+            .http
+            .post(format!("{}/v1/repair", relay.url))
+            .bearer_auth(&relay.token)
+            .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
+            .body(wire::encode(&request))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(offline)?;
+        let reply: wire::RepairReply = decode(&check(response).await?)?;
+        let changes: Vec<(String, Vec<u8>)> = reply
+            .changes
+            .into_iter()
+            .map(|b| (doc.to_owned(), b.into_vec()))
+            .collect();
+        self.store.apply_remote(&changes)
+    }
+}
+
+fn offline(e: reqwest::Error) -> Error {
+    // Not the URL: it may carry nothing secret, but keep errors short.
+    Error::Offline(
+        if e.is_timeout() {
+            "the relay did not answer in time"
+        } else if e.is_connect() {
+            "no connection to the relay"
+        } else {
+            "the connection to the relay broke"
+        }
+        .into(),
+    )
+}
+
+/// The body of a 2xx reply, or the relay's error.
+async fn check(response: reqwest::Response) -> Result<Vec<u8>> {
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(offline)?;
+    if status.is_success() {
+        return Ok(bytes.to_vec());
+    }
+    if status.is_server_error() {
+        return Err(Error::Offline(format!(
+            "the relay had a problem ({status})"
+        )));
+    }
+    let body: wire::ErrorBody =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| wire::ErrorBody {
+            code: "unknown".into(),
+            message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+        });
+    if status.as_u16() == 401 && body.code == codes::DEVICE_REVOKED {
+        return Err(Error::DeviceRevoked);
+    }
+    Err(Error::Relay {
+        status: status.as_u16(),
+        code: body.code,
+        message: body.message,
+    })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    wire::decode(bytes).map_err(|_| Error::Offline("the relay sent an unreadable reply".into()))
+}
+
+fn backoff(failures: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.min(8));
+    let cap = exp.min(BACKOFF_MAX);
+    // Full jitter over the upper half, so phones that lost signal together
+    // do not all come back in the same instant.
+    let ms = u64::try_from(cap.as_millis()).unwrap_or(60_000);
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_only_for_this_machine() {
+        assert!(check_relay_url("https://relay.example.org").is_ok());
+        assert!(check_relay_url("http://127.0.0.1:7878").is_ok());
+        assert!(check_relay_url("http://localhost:7878").is_ok());
+        assert!(check_relay_url("http://[::1]:7878").is_ok());
+        assert!(check_relay_url("http://relay.example.org").is_err());
+        assert!(check_relay_url("ftp://relay.example.org").is_err());
+        assert!(check_relay_url("not a url").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        assert!(backoff(1) <= Duration::from_secs(1));
+        assert!(backoff(1) >= Duration::from_millis(500));
+        for n in 0..100 {
+            assert!(backoff(n) <= BACKOFF_MAX);
+        }
+        assert!(backoff(30) >= BACKOFF_MAX / 2);
+    }
+}

@@ -1,0 +1,275 @@
+//! The HTTP surface under `/v1`, plus `/health` and `/metrics`. Handlers
+//! only translate: bodies in, [`Relay`] calls, bodies out. Every error is a
+//! 4xx/5xx with a JSON body, and a rejected request stores nothing.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use handoff_core::sync::wire::{
+    self, EnrolReply, EnrolRequest, PullReply, PushReply, PushRequest, RepairReply, RepairRequest,
+    MAX_BODY, MAX_WAIT_SECS,
+};
+use handoff_core::Role;
+use tokio::sync::watch;
+
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::relay::{lock, Caller, Relay};
+
+#[derive(Clone)]
+pub struct App {
+    pub relay: Arc<Relay>,
+    pub metrics: Arc<Metrics>,
+    /// Turns true when the server is shutting down: long-polls answer at once.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/enrol", post(enrol))
+        .route("/v1/push", post(push))
+        .route("/v1/pull", get(pull))
+        .route("/v1/repair", post(repair))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+/// Count, time and log every request; no bodies, no query strings.
+async fn observe(State(app): State<App>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", |p| p.as_str())
+        .to_owned();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    app.metrics.record(&route, status, elapsed);
+    tracing::debug!(%method, %route, status, ms = elapsed.as_secs_f64() * 1000.0, "request");
+    response
+}
+
+async fn not_found() -> Error {
+    Error::NotFound("no such endpoint")
+}
+
+async fn method_not_allowed() -> Response {
+    let body = wire::ErrorBody {
+        code: "method_not_allowed".into(),
+        message: "this endpoint does not take that method".into(),
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+async fn health() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    let feed = app.relay.loaded_feed_length();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(feed),
+    )
+        .into_response()
+}
+
+/// Run blocking work (SQLite, derivation) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::Storage("a worker failed".into()))?
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    // Far too large: answer before reading. Slightly too large: read up to
+    // the limit, so that the client is done sending when the answer comes.
+    if declared.is_some_and(|n| n > 4 * MAX_BODY) {
+        return Err(Error::TooLarge(MAX_BODY));
+    }
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| Error::TooLarge(MAX_BODY))
+}
+
+async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 128)
+        .ok_or(Error::InvalidToken)?
+        .to_owned();
+    let relay = app.relay.clone();
+    blocking(move || relay.authenticate(&token)).await
+}
+
+fn binary<T: serde::Serialize>(value: &T) -> Response {
+    (
+        [(header::CONTENT_TYPE, wire::CONTENT_TYPE)],
+        wire::encode(value),
+    )
+        .into_response()
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
+    wire::decode(bytes)
+        .map_err(|_| Error::BadRequest("bad_body", "the body does not decode".into()))
+}
+
+async fn enrol(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let bytes = read_body(&headers, body).await?;
+    let request: EnrolRequest = serde_json::from_slice(&bytes)
+        .map_err(|_| Error::BadRequest("bad_body", "expected {\"invite\", \"actor\"}".into()))?;
+    let relay = app.relay.clone();
+    let (token, invite) = blocking(move || relay.enrol(&request.invite, &request.actor)).await?;
+    let role = Role::parse(&invite.role).ok_or(Error::Storage("invite has a bad role".into()))?;
+    tracing::info!(team = %invite.team_id, "device enrolled");
+    Ok(axum::Json(EnrolReply {
+        token,
+        team: invite.team_id,
+        user: invite.user_id,
+        role,
+    })
+    .into_response())
+}
+
+async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let caller = caller(&app, &headers).await?;
+    let bytes = read_body(&headers, body).await?;
+    let request: PushRequest = decode(&bytes)?;
+    let relay = app.relay.clone();
+    let verdicts = blocking(move || relay.push(&caller, &request.changes)).await?;
+    Ok(binary(&PushReply { verdicts }))
+}
+
+async fn repair(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let caller = caller(&app, &headers).await?;
+    let bytes = read_body(&headers, body).await?;
+    let request: RepairRequest = decode(&bytes)?;
+    let relay = app.relay.clone();
+    let changes = blocking(move || relay.repair(&caller, &request.doc, &request.have)).await?;
+    Ok(binary(&RepairReply {
+        changes: changes
+            .into_iter()
+            .map(serde_bytes::ByteBuf::from)
+            .collect(),
+    }))
+}
+
+fn pull_query(query: Option<&str>) -> Result<(u64, Duration)> {
+    let mut cursor = 0;
+    let mut wait = 0;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            v.parse::<u64>()
+                .map_err(|_| Error::BadRequest("bad_query", format!("{k} must be a whole number")))
+        };
+        match k {
+            "cursor" => cursor = number()?,
+            "wait" => wait = number()?.min(MAX_WAIT_SECS),
+            _ => {
+                return Err(Error::BadRequest(
+                    "bad_query",
+                    "pull takes cursor and wait".into(),
+                ))
+            }
+        }
+    }
+    Ok((cursor, Duration::from_secs(wait)))
+}
+
+async fn pull(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let caller = caller(&app, &headers).await?;
+    let (mut cursor, wait) = pull_query(query.as_deref())?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let relay = app.relay.clone();
+    let team_id = caller.team_id.clone();
+    let team = blocking(move || relay.team(&team_id)).await?;
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        let (seqs, next, more, mut news) = {
+            let st = lock(&team);
+            if cursor > st.head() {
+                // The relay's feed is shorter than the device thinks (restored
+                // from a backup): start over; duplicates are harmless.
+                cursor = 0;
+            }
+            let (seqs, next, more) = st.visible_since(cursor, &caller.user_id);
+            (seqs, next, more, st.subscribe())
+        };
+        let now = tokio::time::Instant::now();
+        if !seqs.is_empty() || more || now >= deadline || *shutdown.borrow() {
+            let relay = app.relay.clone();
+            let team_id = caller.team_id.clone();
+            let changes = blocking(move || {
+                relay.db.read(|conn| {
+                    let mut out = Vec::with_capacity(seqs.len());
+                    for seq in seqs {
+                        if let Some(row) = Db::feed_at(conn, &team_id, seq)? {
+                            out.push(wire::DocChange {
+                                doc: row.doc_id,
+                                bytes: row.bytes,
+                            });
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .await?;
+            return Ok(binary(&PullReply {
+                changes,
+                cursor: next,
+                more,
+            }));
+        }
+        cursor = next;
+        let _waiting = Waiting::new(&app.metrics.long_polls);
+        tokio::select! {
+            _ = news.changed() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Counts a waiting long-poll, also when its client goes away mid-wait.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicI64);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a std::sync::atomic::AtomicI64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,382 @@
+//! The relay's SQLite file: teams, invites, devices and each team's feed.
+//! One writer connection, a small pool of readers (WAL lets them read while
+//! the writer writes).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::{Error, Result};
+
+pub const VERSION: i64 = 1;
+
+const V1: &str = "
+CREATE TABLE teams (
+    team_id     TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    -- The relay's own automerge actor for this team's document: it alone
+    -- writes members' devices into it.
+    relay_actor TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- One-time enrolment codes, stored only hashed.
+CREATE TABLE invites (
+    code_hash   BLOB PRIMARY KEY,
+    team_id     TEXT NOT NULL REFERENCES teams(team_id),
+    user_id     TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    redeemed_at INTEGER,
+    redeemed_by TEXT
+);
+CREATE INDEX invites_team ON invites(team_id);
+
+-- Enrolled devices: the actor id is bound to one user of one team. The
+-- token is stored only as its SHA-256.
+CREATE TABLE devices (
+    actor       TEXT PRIMARY KEY,
+    team_id     TEXT NOT NULL REFERENCES teams(team_id),
+    user_id     TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    token_hash  BLOB NOT NULL UNIQUE,
+    enrolled_at INTEGER NOT NULL,
+    revoked_at  INTEGER
+) WITHOUT ROWID;
+CREATE INDEX devices_team ON devices(team_id);
+
+-- Each team's append-only feed of automerge changes, in causal order.
+CREATE TABLE feed (
+    team_id TEXT NOT NULL REFERENCES teams(team_id),
+    seq     INTEGER NOT NULL,
+    doc_id  TEXT NOT NULL,
+    hash    BLOB NOT NULL,
+    bytes   BLOB NOT NULL,
+    PRIMARY KEY (team_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX feed_hash ON feed(team_id, hash);
+CREATE INDEX feed_doc ON feed(team_id, doc_id, seq);
+";
+
+pub struct Db {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamRow {
+    pub team_id: String,
+    pub name: String,
+    pub relay_actor: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    pub actor: String,
+    pub team_id: String,
+    pub user_id: String,
+    pub role: String,
+    pub enrolled_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteRow {
+    pub team_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub role: String,
+    pub expires_at: i64,
+    pub redeemed_at: Option<i64>,
+}
+
+/// One row of a feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedRow {
+    pub seq: u64,
+    pub doc_id: String,
+    pub hash: [u8; 32],
+    pub bytes: Vec<u8>,
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl Db {
+    pub fn open(path: impl AsRef<Path>) -> Result<Db> {
+        let path = path.as_ref().to_path_buf();
+        let conn = open_conn(&path)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > VERSION {
+            return Err(Error::Storage(format!(
+                "the database was written by a newer relay (schema {version})"
+            )));
+        }
+        if version == 0 {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(V1)?;
+            tx.pragma_update(None, "user_version", VERSION)?;
+            tx.commit()?;
+        }
+        Ok(Db {
+            path,
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn write(&self) -> MutexGuard<'_, Connection> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run `f` on a reader connection.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = {
+            let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            pool.pop()
+        };
+        let conn = match conn {
+            Some(c) => c,
+            None => open_conn(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        result
+    }
+
+    // ---- queries (each takes the connection, so callers choose a reader
+    // or the writer's transaction) ------------------------------------------
+
+    pub fn team(conn: &Connection, team_id: &str) -> Result<Option<TeamRow>> {
+        Ok(conn
+            .prepare_cached("SELECT team_id, name, relay_actor FROM teams WHERE team_id = ?1")?
+            .query_row([team_id], |r| {
+                Ok(TeamRow {
+                    team_id: r.get(0)?,
+                    name: r.get(1)?,
+                    relay_actor: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    pub fn teams(conn: &Connection) -> Result<Vec<TeamRow>> {
+        let mut stmt =
+            conn.prepare("SELECT team_id, name, relay_actor FROM teams ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TeamRow {
+                team_id: r.get(0)?,
+                name: r.get(1)?,
+                relay_actor: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn insert_team(conn: &Connection, team: &TeamRow, now: i64) -> Result<()> {
+        conn.execute(
+            "INSERT INTO teams (team_id, name, relay_actor, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![team.team_id, team.name, team.relay_actor, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn insert_invite(
+        conn: &Connection,
+        code_hash: &[u8],
+        invite: &InviteRow,
+        now: i64,
+    ) -> Result<()> {
+        conn.execute(
+            "INSERT INTO invites (code_hash, team_id, user_id, name, role, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                code_hash,
+                invite.team_id,
+                invite.user_id,
+                invite.name,
+                invite.role,
+                now,
+                invite.expires_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn invite(conn: &Connection, code_hash: &[u8]) -> Result<Option<InviteRow>> {
+        Ok(conn
+            .prepare_cached(
+                "SELECT team_id, user_id, name, role, expires_at, redeemed_at
+                 FROM invites WHERE code_hash = ?1",
+            )?
+            .query_row([code_hash], |r| {
+                Ok(InviteRow {
+                    team_id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    name: r.get(2)?,
+                    role: r.get(3)?,
+                    expires_at: r.get(4)?,
+                    redeemed_at: r.get(5)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Mark an invite used; false if someone else redeemed it first.
+    pub fn redeem_invite(
+        conn: &Connection,
+        code_hash: &[u8],
+        actor: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let n = conn.execute(
+            "UPDATE invites SET redeemed_at = ?2, redeemed_by = ?3
+             WHERE code_hash = ?1 AND redeemed_at IS NULL",
+            params![code_hash, now, actor],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn insert_device(conn: &Connection, d: &DeviceRow, token_hash: &[u8]) -> Result<()> {
+        conn.execute(
+            "INSERT INTO devices (actor, team_id, user_id, role, token_hash, enrolled_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                d.actor,
+                d.team_id,
+                d.user_id,
+                d.role,
+                token_hash,
+                d.enrolled_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn device_by_token(conn: &Connection, token_hash: &[u8]) -> Result<Option<DeviceRow>> {
+        Ok(conn
+            .prepare_cached(
+                "SELECT actor, team_id, user_id, role, enrolled_at, revoked_at
+                 FROM devices WHERE token_hash = ?1",
+            )?
+            .query_row([token_hash], device_row)
+            .optional()?)
+    }
+
+    pub fn device(conn: &Connection, actor: &str) -> Result<Option<DeviceRow>> {
+        Ok(conn
+            .prepare_cached(
+                "SELECT actor, team_id, user_id, role, enrolled_at, revoked_at
+                 FROM devices WHERE actor = ?1",
+            )?
+            .query_row([actor], device_row)
+            .optional()?)
+    }
+
+    pub fn devices(conn: &Connection, team_id: &str) -> Result<Vec<DeviceRow>> {
+        let mut stmt = conn.prepare(
+            "SELECT actor, team_id, user_id, role, enrolled_at, revoked_at
+             FROM devices WHERE team_id = ?1 ORDER BY enrolled_at, actor",
+        )?;
+        let rows = stmt.query_map([team_id], device_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn revoke_device(conn: &Connection, actor: &str, now: i64) -> Result<bool> {
+        let n = conn.execute(
+            "UPDATE devices SET revoked_at = ?2 WHERE actor = ?1 AND revoked_at IS NULL",
+            params![actor, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn append_feed(conn: &Connection, team_id: &str, row: &FeedRow) -> Result<()> {
+        conn.prepare_cached(
+            "INSERT INTO feed (team_id, seq, doc_id, hash, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            team_id,
+            row.seq as i64,
+            row.doc_id,
+            &row.hash[..],
+            row.bytes
+        ])?;
+        Ok(())
+    }
+
+    /// The whole feed of a team, oldest first (to rebuild its state).
+    pub fn feed(conn: &Connection, team_id: &str, mut each: impl FnMut(FeedRow)) -> Result<()> {
+        let mut stmt = conn
+            .prepare("SELECT seq, doc_id, hash, bytes FROM feed WHERE team_id = ?1 ORDER BY seq")?;
+        let mut rows = stmt.query([team_id])?;
+        while let Some(r) = rows.next()? {
+            each(feed_row(r)?);
+        }
+        Ok(())
+    }
+
+    pub fn feed_at(conn: &Connection, team_id: &str, seq: u64) -> Result<Option<FeedRow>> {
+        Ok(conn
+            .prepare_cached(
+                "SELECT seq, doc_id, hash, bytes FROM feed WHERE team_id = ?1 AND seq = ?2",
+            )?
+            .query_row(params![team_id, seq as i64], feed_row)
+            .optional()?)
+    }
+
+    pub fn doc_changes(conn: &Connection, team_id: &str, doc_id: &str) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT bytes FROM feed WHERE team_id = ?1 AND doc_id = ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([team_id, doc_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn feed_length(conn: &Connection, team_id: &str) -> Result<u64> {
+        let n: i64 = conn.query_row(
+            "SELECT coalesce(max(seq), 0) FROM feed WHERE team_id = ?1",
+            [team_id],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+}
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok(DeviceRow {
+        actor: r.get(0)?,
+        team_id: r.get(1)?,
+        user_id: r.get(2)?,
+        role: r.get(3)?,
+        enrolled_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+    })
+}
+
+fn feed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedRow> {
+    let hash: Vec<u8> = r.get(2)?;
+    let mut h = [0u8; 32];
+    if hash.len() == 32 {
+        h.copy_from_slice(&hash);
+    }
+    Ok(FeedRow {
+        seq: r.get::<_, i64>(0)? as u64,
+        doc_id: r.get(1)?,
+        hash: h,
+        bytes: r.get(3)?,
+    })
+}

@@ -1,0 +1,96 @@
+//! Request counts and latencies per route, feed length and waiting
+//! long-polls, in Prometheus' text format at `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+
+#[derive(Default)]
+struct RouteStats {
+    count: u64,
+    seconds: f64,
+    /// Cumulative counts per bucket.
+    buckets: [u64; BUCKETS.len()],
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    routes: Mutex<BTreeMap<(String, u16), RouteStats>>,
+    /// Pulls waiting for news right now.
+    pub long_polls: AtomicI64,
+}
+
+impl Metrics {
+    pub fn record(&self, route: &str, status: u16, elapsed: Duration) {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let s = routes.entry((route.to_owned(), status)).or_default();
+        let secs = elapsed.as_secs_f64();
+        s.count += 1;
+        s.seconds += secs;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                s.buckets[i] += 1;
+            }
+        }
+    }
+
+    pub fn render(&self, feed_length: u64) -> String {
+        let mut out = String::new();
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "# TYPE handoff_requests_total counter");
+        for ((route, status), s) in routes.iter() {
+            let _ = writeln!(
+                out,
+                "handoff_requests_total{{route=\"{route}\",status=\"{status}\"}} {}",
+                s.count
+            );
+        }
+        let _ = writeln!(out, "# TYPE handoff_request_duration_seconds histogram");
+        let mut per_route: BTreeMap<&str, RouteStats> = BTreeMap::new();
+        for ((route, _), s) in routes.iter() {
+            let r = per_route.entry(route.as_str()).or_default();
+            r.count += s.count;
+            r.seconds += s.seconds;
+            for (a, b) in r.buckets.iter_mut().zip(s.buckets) {
+                *a += b;
+            }
+        }
+        for (route, s) in per_route {
+            for (le, n) in BUCKETS.iter().zip(s.buckets) {
+                let _ = writeln!(
+                    out,
+                    "handoff_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "handoff_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                s.count
+            );
+            let _ = writeln!(
+                out,
+                "handoff_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                s.seconds
+            );
+            let _ = writeln!(
+                out,
+                "handoff_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                s.count
+            );
+        }
+        let _ = writeln!(out, "# TYPE handoff_feed_length gauge");
+        let _ = writeln!(out, "handoff_feed_length {feed_length}");
+        let _ = writeln!(out, "# TYPE handoff_long_polls gauge");
+        let _ = writeln!(
+            out,
+            "handoff_long_polls {}",
+            self.long_polls.load(Ordering::Relaxed)
+        );
+        out
+    }
+}

@@ -1,0 +1,268 @@
+use handoff_core::sync::wire::{
+    self, DocChange, PullReply, PushReply, PushRequest, RefusalCode, Verdict,
+};
+use handoff_core::*;
+
+use crate::harness::*;
+
+#[test]
+fn a_device_of_one_team_reads_nothing_of_another() {
+    let relay = Relay::start();
+    let (_, a_invite) = relay.create_team("Clinic A", "max");
+    let (_, b_invite) = relay.create_team("Clinic B", "zoe");
+    let max = Phone::enrolled(&relay, &a_invite);
+    let zoe = Phone::enrolled(&relay, &b_invite);
+    let secret = max
+        .store
+        .delegate(task_for("A's task", Some("max"), None))
+        .unwrap();
+    max.sync();
+    zoe.sync();
+    assert!(zoe.store.task_ids().unwrap().is_empty());
+    assert_eq!(zoe.store.team().unwrap().name, "Clinic B");
+    let (rt, client) = http();
+    let token = zoe.settings().token;
+    rt.block_on(async {
+        // Asking for A's document by id: it does not exist for B.
+        let r = client
+            .post(format!("{}/v1/repair", relay.url))
+            .bearer_auth(&token)
+            .body(wire::encode(&wire::RepairRequest {
+                doc: secret.clone(),
+                have: vec![],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        // Pulling from the start returns B's team document only.
+        let r = client
+            .get(format!("{}/v1/pull?cursor=0", relay.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        let reply: PullReply = wire::decode(&r.bytes().await.unwrap()).unwrap();
+        assert!(reply.changes.iter().all(|c| c.doc == "team"));
+    });
+    // Writing to A's document id from B lands in B's namespace, never in A's.
+    let max_change = max.store.doc_heads(&secret).unwrap();
+    assert!(!max_change.is_empty());
+    zoe.store
+        .delegate(task_for("B's task", Some("zoe"), None))
+        .unwrap();
+    zoe.sync();
+    max.sync();
+    assert_eq!(max.store.task_ids().unwrap(), vec![secret]);
+}
+
+#[test]
+fn a_revoked_device_gets_401_wipes_its_store_and_reads_nothing_more() {
+    let relay = Relay::start();
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
+    max.sync();
+    let task = max
+        .store
+        .delegate(task_for("Call", Some("ana"), None))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    assert_eq!(ana.store.task_ids().unwrap(), vec![task.clone()]);
+    let token = ana.settings().token;
+    let listed = relay.admin(&["devices", "--team", &team]);
+    assert!(listed.contains(&ana.store.device_actor()));
+    relay.admin(&["revoke", "--device", &ana.store.device_actor()]);
+
+    assert!(matches!(ana.engine.sync_now(), Err(Error::DeviceRevoked)));
+    assert!(ana.store.was_wiped().unwrap());
+    assert!(ana.store.task_ids().unwrap().is_empty());
+    assert!(ana.store.relay_settings().unwrap().is_none());
+    assert!(matches!(
+        ana.store.task_detail(&task),
+        Err(Error::TaskNotFound(_))
+    ));
+    // Nothing of the task is left in the file, even with the key.
+    let conn = rusqlite::Connection::open(&ana.path).unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA key = \"x'{}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+        hex_key()
+    ))
+    .unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT (SELECT count(*) FROM changes) + (SELECT count(*) FROM snapshots) + (SELECT count(*) FROM tasks)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+    // The old token reads nothing.
+    let (rt, client) = http();
+    rt.block_on(async {
+        let r = client
+            .get(format!("{}/v1/pull?cursor=0", relay.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let body: wire::ErrorBody = r.json_body().await;
+        assert_eq!(body.code, "device_revoked");
+    });
+}
+
+fn hex_key() -> String {
+    KEY.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub trait JsonBody {
+    async fn json_body<T: serde::de::DeserializeOwned>(self) -> T;
+}
+impl JsonBody for reqwest::Response {
+    async fn json_body<T: serde::de::DeserializeOwned>(self) -> T {
+        assert_eq!(
+            self.headers().get("content-type").unwrap(),
+            "application/json",
+            "errors are JSON"
+        );
+        serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
+    }
+}
+
+#[test]
+fn reassignment_moves_visibility_and_the_new_assignee_gets_the_whole_history() {
+    let relay = Relay::start();
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
+    let bob = Phone::enrolled(&relay, &relay.invite(&team, "bob", "clinical_assistant"));
+    max.sync();
+    let task = max
+        .store
+        .delegate(task_for("Call", Some("ana"), None))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    ana.store
+        .log_call(&task, call(CallOutcome::NoAnswer))
+        .unwrap();
+    ana.sync();
+    max.sync();
+    bob.sync();
+    assert!(bob.store.task_ids().unwrap().is_empty(), "not bob's yet");
+
+    max.store.assign(&task, "bob").unwrap();
+    max.sync();
+    bob.sync();
+    let detail = bob.store.task_detail(&task).unwrap();
+    assert_eq!(detail.state.assignee.as_deref(), Some("bob"));
+    assert_eq!(detail.state.calls.len(), 1, "history came with the task");
+
+    // Ana no longer receives the task's news, and may not write to it.
+    max.store.comment(&task, "bob has it now").unwrap();
+    max.sync();
+    ana.sync();
+    assert!(ana
+        .store
+        .task_detail(&task)
+        .unwrap()
+        .state
+        .comments
+        .is_empty());
+    bob.sync();
+    assert_converged(&[&max, &bob]);
+}
+
+#[test]
+fn a_change_the_relay_refuses_shows_in_needs_attention_and_does_not_stall_the_queue() {
+    let relay = Relay::start();
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "manager"));
+    max.sync();
+    let mine = max
+        .store
+        .delegate(task_for("Call", Some("ana"), None))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    // The admin demotes Ana while her phone is offline; she still delegates.
+    max.store
+        .put_member(&Member {
+            user_id: "ana".into(),
+            name: "ana".into(),
+            role: Role::ClinicalAssistant,
+            trusted: false,
+            active: true,
+        })
+        .unwrap();
+    max.sync();
+    let refused = ana
+        .store
+        .delegate(task_for("Not hers to give", Some("max"), None))
+        .unwrap();
+    ana.store
+        .log_call(&mine, call(CallOutcome::Reached))
+        .unwrap();
+    let report = ana.sync();
+    assert_eq!(report.refused, 1);
+    assert_eq!(report.pushed, 1, "the call behind it still went through");
+    let attention = ana.store.needs_attention().unwrap();
+    assert!(
+        attention.iter().any(|a| a.code == "not_permitted"),
+        "{attention:?}"
+    );
+    assert!(
+        ana.store.outbox(10).unwrap().is_empty(),
+        "not offered again"
+    );
+    max.sync();
+    assert!(
+        max.store.task_detail(&refused).is_err(),
+        "never reached anyone"
+    );
+    assert_eq!(max.store.task_detail(&mine).unwrap().state.calls.len(), 1);
+}
+
+#[test]
+fn a_change_written_by_another_device_is_refused() {
+    let relay = Relay::start();
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
+    max.sync();
+    let task = max
+        .store
+        .delegate(task_for("Call", Some("ana"), None))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    let anas = ana.store.outbox(10).unwrap();
+    let (rt, client) = http();
+    let token = max.settings().token;
+    rt.block_on(async {
+        let r = client
+            .post(format!("{}/v1/push", relay.url))
+            .bearer_auth(&token)
+            .body(wire::encode(&PushRequest {
+                changes: vec![DocChange {
+                    doc: task.clone(),
+                    bytes: anas[0].bytes.clone(),
+                }],
+            }))
+            .send()
+            .await
+            .unwrap();
+        let reply: PushReply = wire::decode(&r.bytes().await.unwrap()).unwrap();
+        assert!(matches!(
+            reply.verdicts[0],
+            Verdict::Refused {
+                code: RefusalCode::ActorMismatch,
+                ..
+            }
+        ));
+    });
+    max.sync();
+    assert!(max.store.task_detail(&task).unwrap().state.calls.is_empty());
+}

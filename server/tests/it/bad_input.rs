@@ -1,0 +1,203 @@
+//! Every kind of bad input gets its 4xx with a JSON body, stores nothing,
+//! and the next good request works.
+
+use handoff_core::sync::wire::{self, DocChange, PushReply, PushRequest, RefusalCode, Verdict};
+
+use crate::access::JsonBody;
+use crate::harness::*;
+
+fn feed_length(rt: &tokio::runtime::Runtime, client: &reqwest::Client, url: &str) -> u64 {
+    rt.block_on(async {
+        let text = client
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("handoff_feed_length "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    })
+}
+
+#[test]
+fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
+    let relay = Relay::start();
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let task = max
+        .store
+        .delegate(task_for("Call", Some("max"), None))
+        .unwrap();
+    max.sync();
+    let token = max.settings().token;
+    let (rt, client) = http();
+    let before = feed_length(&rt, &client, &relay.url);
+    let url = &relay.url;
+
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "malformed push body",
+            client
+                .post(format!("{url}/v1/push"))
+                .bearer_auth(&token)
+                .body(vec![0xff; 7]),
+            400,
+            "bad_body",
+        ),
+        (
+            "oversized push",
+            client
+                .post(format!("{url}/v1/push"))
+                .bearer_auth(&token)
+                .body(vec![0u8; wire::MAX_BODY + 1]),
+            413,
+            "too_large",
+        ),
+        (
+            "no token",
+            client.get(format!("{url}/v1/pull?cursor=0")),
+            401,
+            "invalid_token",
+        ),
+        (
+            "bad token",
+            client
+                .get(format!("{url}/v1/pull?cursor=0"))
+                .bearer_auth("0".repeat(64)),
+            401,
+            "invalid_token",
+        ),
+        (
+            "bad cursor",
+            client
+                .get(format!("{url}/v1/pull?cursor=minus-one"))
+                .bearer_auth(&token),
+            400,
+            "bad_query",
+        ),
+        (
+            "unknown document",
+            client
+                .post(format!("{url}/v1/repair"))
+                .bearer_auth(&token)
+                .body(wire::encode(&wire::RepairRequest {
+                    doc: "nope".into(),
+                    have: vec![],
+                })),
+            404,
+            "not_found",
+        ),
+        (
+            "malformed enrolment",
+            client
+                .post(format!("{url}/v1/enrol"))
+                .body("{\"invite\": 3}"),
+            400,
+            "bad_body",
+        ),
+        (
+            "unknown invite",
+            client
+                .post(format!("{url}/v1/enrol"))
+                .body("{\"invite\": \"0000-0000-0000-0000\", \"actor\": \"abcd\"}"),
+            404,
+            "not_found",
+        ),
+        (
+            "unknown endpoint",
+            client.get(format!("{url}/v1/everything")),
+            404,
+            "not_found",
+        ),
+        (
+            "wrong method",
+            client.get(format!("{url}/v1/push")),
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    let mut expected = before;
+    for (what, request, status, code) in cases {
+        rt.block_on(async {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), status, "{what}");
+            let body: wire::ErrorBody = r.json_body().await;
+            assert_eq!(body.code, code, "{what}");
+        });
+        assert_eq!(
+            feed_length(&rt, &client, url),
+            expected,
+            "{what} stored nothing"
+        );
+        // The next good request works.
+        max.store.comment(&task, "next").unwrap();
+        assert_eq!(max.sync().pushed, 1, "after {what}");
+        expected += 1;
+        assert_eq!(feed_length(&rt, &client, url), expected, "after {what}");
+    }
+
+    // Bytes that are not an automerge change: refused per change, nothing stored.
+    rt.block_on(async {
+        let r = client
+            .post(format!("{url}/v1/push"))
+            .bearer_auth(&token)
+            .body(wire::encode(&PushRequest {
+                changes: vec![DocChange {
+                    doc: task.clone(),
+                    bytes: b"not a change".to_vec(),
+                }],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let reply: PushReply = wire::decode(&r.bytes().await.unwrap()).unwrap();
+        assert!(matches!(
+            reply.verdicts[0],
+            Verdict::Refused {
+                code: RefusalCode::InvalidChange,
+                ..
+            }
+        ));
+    });
+    assert_eq!(feed_length(&rt, &client, url), expected);
+
+    // Invites: used once only, and not after they expire.
+    let code = relay.invite(&team, "ana", "front_desk");
+    let _ana = Phone::enrolled(&relay, &code);
+    let expired = relay.admin(&[
+        "invite",
+        "--team",
+        &team,
+        "--user",
+        "bob",
+        "--name",
+        "Bob",
+        "--role",
+        "front_desk",
+        "--hours",
+        "0",
+    ]);
+    for (invite, status, code) in [
+        (code.as_str(), 410, "invite_used"),
+        (expired.trim(), 410, "invite_expired"),
+    ] {
+        let d = Phone::new();
+        match d.engine.enrol(&relay.url, invite) {
+            Err(handoff_core::Error::Relay {
+                status: s, code: c, ..
+            }) => {
+                assert_eq!((s, c.as_str()), (status, code));
+            }
+            other => panic!("expected {code}, got {other:?}"),
+        }
+        assert!(d.store.relay_settings().unwrap().is_none());
+    }
+    max.store.comment(&task, "still fine").unwrap();
+    assert_eq!(max.sync().pushed, 1);
+}

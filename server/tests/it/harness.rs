@@ -1,0 +1,271 @@
+//! Start the relay binary, run its admin commands, make devices.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use handoff_core::*;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_handoff-server");
+
+/// The relay binary, serving a database in a temporary directory.
+pub struct Relay {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Relay {
+    pub fn start() -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        let mut relay = Relay {
+            dir,
+            url: String::new(),
+            child: None,
+            port: 0,
+        };
+        relay.spawn();
+        relay
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("relay.db")
+    }
+
+    /// Start the binary (again, on the same port after a restart).
+    pub fn spawn(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut child = Command::new(BIN)
+                .arg("--db")
+                .arg(self.db())
+                .args(["serve", "--bind", &format!("127.0.0.1:{}", self.port)])
+                .env("HANDOFF_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            if let Some(url) = line.trim().strip_prefix("listening on ") {
+                self.url = url.to_owned();
+                self.port = url.rsplit(':').next().unwrap().parse().unwrap();
+                self.child = Some(child);
+                return;
+            }
+            // The old process may still hold the port for a moment.
+            let _ = child.wait();
+            assert!(Instant::now() < deadline, "the relay did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM: graceful shutdown.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        c.wait().unwrap()
+    }
+
+    pub fn admin(&self, args: &[&str]) -> String {
+        admin(&self.db(), args)
+    }
+
+    pub fn create_team(&self, name: &str, admin: &str) -> (String, String) {
+        let out = self.admin(&[
+            "create-team",
+            "--name",
+            name,
+            "--admin",
+            admin,
+            "--role",
+            "manager",
+        ]);
+        let mut lines = out.lines();
+        let team = lines
+            .next()
+            .unwrap()
+            .strip_prefix("team ")
+            .unwrap()
+            .to_owned();
+        let invite = lines
+            .next()
+            .unwrap()
+            .strip_prefix("invite ")
+            .unwrap()
+            .to_owned();
+        (team, invite)
+    }
+
+    pub fn invite(&self, team: &str, user: &str, role: &str) -> String {
+        self.admin(&[
+            "invite", "--team", team, "--user", user, "--name", user, "--role", role,
+        ])
+        .trim()
+        .to_owned()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn admin(db: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env("HANDOFF_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A phone: its own encrypted store and sync engine.
+pub struct Phone {
+    pub store: Arc<Store>,
+    pub engine: SyncEngine,
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub const KEY: [u8; 32] = [42; 32];
+
+impl Phone {
+    pub fn new() -> Phone {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("phone.db");
+        let store = Arc::new(
+            Store::open(
+                &path,
+                &KEY,
+                StoreOptions {
+                    durability: Durability::Normal,
+                    ..StoreOptions::default()
+                },
+            )
+            .unwrap(),
+        );
+        let engine = SyncEngine::new(store.clone()).unwrap();
+        Phone {
+            store,
+            engine,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// Enrol with an invite and pull the team.
+    pub fn enrolled(relay: &Relay, invite: &str) -> Phone {
+        let d = Phone::new();
+        d.engine.enrol(&relay.url, invite).unwrap();
+        d.sync();
+        assert!(d.store.team().is_some());
+        d
+    }
+
+    pub fn sync(&self) -> SyncReport {
+        self.engine.sync_now().unwrap()
+    }
+
+    pub fn settings(&self) -> RelaySettings {
+        self.store.relay_settings().unwrap().unwrap()
+    }
+}
+
+/// A handoff with sensible defaults.
+pub fn handoff(title: &str) -> Handoff {
+    Handoff {
+        title: title.into(),
+        outcome: "patient reached and recovery documented".into(),
+        why: "post-op follow-up within 48 hours".into(),
+        due: None,
+        priority: Priority::Normal,
+        category: Category::FollowUpCall,
+        level: DelegationLevel::Delegable,
+        sop: None,
+        route_result_to: None,
+    }
+}
+
+pub fn task_for(title: &str, to: Option<&str>, pool: Option<Role>) -> NewTask {
+    NewTask {
+        handoff: handoff(title),
+        patient: Some(PatientRef {
+            display_name: "J. Doe".into(),
+            phone: Some("555-0100".into()),
+            record_ref: None,
+        }),
+        assignee: to.map(Into::into),
+        pool,
+    }
+}
+
+pub fn call(outcome: CallOutcome) -> CallAttempt {
+    CallAttempt {
+        outcome,
+        contact_used: None,
+        notes: "spoke about recovery".into(),
+        answers: Vec::new(),
+        next_attempt_due: None,
+    }
+}
+
+/// Poll `f` until it holds, for at most `secs`.
+pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every device that has a task derives the same detail for it.
+pub fn assert_converged(devices: &[&Phone]) {
+    for a in devices {
+        for task in a.store.task_ids().unwrap() {
+            let mine = a.store.task_detail(&task).unwrap();
+            for b in devices {
+                if let Ok(theirs) = b.store.task_detail(&task) {
+                    assert_eq!(mine.state, theirs.state, "task {task} differs");
+                }
+            }
+        }
+    }
+}
+
+/// A small async HTTP client for raw requests.
+pub fn http() -> (tokio::runtime::Runtime, reqwest::Client) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    (
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        reqwest::Client::new(),
+    )
+}

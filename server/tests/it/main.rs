@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `handoff-server` binary on 127.0.0.1, real
+//! encrypted device stores syncing through it with the core's engine.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod access;
+mod bad_input;
+mod harness;
+mod sync;

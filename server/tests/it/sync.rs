@@ -1,0 +1,336 @@
+use handoff_core::sync::wire::{self, DocChange, PushReply, PushRequest, Verdict};
+use handoff_core::*;
+
+use crate::harness::*;
+
+#[test]
+fn a_manager_an_assistant_and_the_front_desk_work_offline_then_converge() {
+    let relay = Relay::start();
+    let (team, invite) = relay.create_team("Riverside Family Practice", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
+    let fay = Phone::enrolled(&relay, &relay.invite(&team, "fay", "front_desk"));
+    max.sync();
+
+    // The manager delegates while everyone is offline.
+    let follow_up = max
+        .store
+        .delegate(task_for("Post-op call", Some("ana"), None))
+        .unwrap();
+    let reminder = max
+        .store
+        .delegate(task_for("Recall reminder", None, Some(Role::FrontDesk)))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    fay.sync();
+    assert_eq!(
+        ana.store.my_queue().unwrap().upcoming.len() + ana.store.my_queue().unwrap().today.len(),
+        1
+    );
+    assert_eq!(fay.store.shared_pool().unwrap().len(), 1);
+
+    // Offline work on every phone.
+    ana.store
+        .acknowledge(&follow_up, "call J. Doe, document recovery")
+        .unwrap();
+    ana.store
+        .log_call(&follow_up, call(CallOutcome::NoAnswer))
+        .unwrap();
+    ana.store
+        .log_call(&follow_up, call(CallOutcome::Reached))
+        .unwrap();
+    ana.store
+        .submit(&follow_up, "reached on second try")
+        .unwrap();
+    fay.store.claim(&reminder).unwrap();
+    fay.store
+        .log_call(&reminder, call(CallOutcome::Voicemail))
+        .unwrap();
+    fay.store.submit(&reminder, "left a voicemail").unwrap();
+    max.store.comment(&follow_up, "thanks in advance").unwrap();
+
+    // Sync in an odd order, each twice so everyone hears everything.
+    fay.sync();
+    max.sync();
+    ana.sync();
+    max.sync();
+    for d in [&max, &ana, &fay] {
+        assert!(
+            d.store.needs_attention().unwrap().is_empty(),
+            "{:?}",
+            d.store.needs_attention()
+        );
+    }
+    assert_eq!(max.store.review_inbox().unwrap().len(), 2);
+    max.store.approve(&follow_up, "good").unwrap();
+    max.store
+        .return_work(&reminder, "please try calling again")
+        .unwrap();
+    for d in [&max, &fay, &ana, &max, &fay, &ana] {
+        d.sync();
+    }
+
+    assert_converged(&[&max, &ana, &fay]);
+    let detail = ana.store.task_detail(&follow_up).unwrap();
+    assert_eq!(detail.state.status, TaskStatus::Completed);
+    assert_eq!(detail.state.calls.len(), 2, "no call lost, none doubled");
+    assert_eq!(detail.state.comments.len(), 1);
+    assert_eq!(
+        fay.store.task_detail(&reminder).unwrap().state.status,
+        TaskStatus::Returned
+    );
+    for d in [&max, &ana, &fay] {
+        assert!(
+            d.store.outbox(10).unwrap().is_empty(),
+            "everything delivered"
+        );
+        assert!(d.store.needs_attention().unwrap().is_empty());
+    }
+    // The assistant sees only what is hers; the front desk only the pool task.
+    assert_eq!(ana.store.task_ids().unwrap(), vec![follow_up.clone()]);
+    assert_eq!(fay.store.task_ids().unwrap(), vec![reminder.clone()]);
+}
+
+#[test]
+fn two_front_desk_phones_claim_offline_and_both_see_one_winner() {
+    let relay = Relay::start();
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let fay = Phone::enrolled(&relay, &relay.invite(&team, "fay", "front_desk"));
+    let gus = Phone::enrolled(&relay, &relay.invite(&team, "gus", "front_desk"));
+    max.sync();
+    let task = max
+        .store
+        .delegate(task_for("Schedule MRI", None, Some(Role::FrontDesk)))
+        .unwrap();
+    max.sync();
+    fay.sync();
+    gus.sync();
+    fay.store.claim(&task).unwrap();
+    gus.store.claim(&task).unwrap();
+    gus.sync();
+    fay.sync();
+    gus.sync();
+    max.sync();
+    assert_converged(&[&max, &fay, &gus]);
+    let winner = max
+        .store
+        .task_detail(&task)
+        .unwrap()
+        .state
+        .assignee
+        .unwrap();
+    let loser = if winner == "fay" { &gus } else { &fay };
+    let attention = loser.store.needs_attention().unwrap();
+    assert_eq!(attention.len(), 1, "the loser is told who has it");
+    assert_eq!(attention[0].code, "already_taken");
+}
+
+#[test]
+fn a_retried_push_stores_nothing_twice() {
+    let relay = Relay::start();
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
+    max.sync();
+    let task = max
+        .store
+        .delegate(task_for("Call", Some("ana"), None))
+        .unwrap();
+    let outbox = max.store.outbox(10).unwrap();
+    let body = wire::encode(&PushRequest {
+        changes: outbox
+            .iter()
+            .map(|c| DocChange {
+                doc: c.doc_id.clone(),
+                bytes: c.bytes.clone(),
+            })
+            .collect(),
+    });
+    let token = max.settings().token;
+    let (rt, client) = http();
+    let push = || {
+        rt.block_on(async {
+            let r = client
+                .post(format!("{}/v1/push", relay.url))
+                .bearer_auth(&token)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            wire::decode::<PushReply>(&r.bytes().await.unwrap()).unwrap()
+        })
+    };
+    assert_eq!(push().verdicts, vec![Verdict::Stored]);
+    assert_eq!(push().verdicts, vec![Verdict::Duplicate]);
+    // The engine's own push of the same change is a duplicate too.
+    assert_eq!(max.sync().pushed, 1);
+    let report = ana.sync();
+    assert_eq!(report.pulled, 1, "one copy in the feed");
+    assert_eq!(
+        ana.store.task_detail(&task).unwrap().state.handoff.title,
+        "Call"
+    );
+}
+
+#[test]
+fn a_phone_offline_for_weeks_pushes_hundreds_of_changes_and_everyone_converges() {
+    let relay = Relay::start();
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
+    max.sync();
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        tasks.push(
+            max.store
+                .delegate(task_for(&format!("Call {i}"), Some("ana"), None))
+                .unwrap(),
+        );
+    }
+    max.sync();
+    ana.sync();
+    // Weeks without signal: 10 call attempts on each of 30 tasks.
+    for t in &tasks {
+        for _ in 0..10 {
+            ana.store.log_call(t, call(CallOutcome::NoAnswer)).unwrap();
+        }
+    }
+    assert_eq!(ana.store.outbox(1000).unwrap().len(), 300);
+    let report = ana.sync();
+    assert_eq!(report.pushed, 300);
+    max.sync();
+    assert_converged(&[&max, &ana]);
+    for t in &tasks {
+        assert_eq!(max.store.task_detail(t).unwrap().state.calls.len(), 10);
+    }
+}
+
+#[test]
+fn the_relay_killed_and_restarted_mid_sync_loses_nothing() {
+    let mut relay = Relay::start();
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
+    max.sync();
+    let task = max
+        .store
+        .delegate(task_for("Call", Some("ana"), None))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    for _ in 0..20 {
+        ana.store.log_call(&task, call(CallOutcome::Busy)).unwrap();
+    }
+    relay.kill();
+    // No relay: the round fails as offline, and nothing leaves the outbox.
+    assert!(matches!(ana.engine.sync_now(), Err(Error::Offline(_))));
+    assert_eq!(ana.store.outbox(100).unwrap().len(), 20);
+    relay.spawn();
+    ana.sync();
+    // Kill it again right after a push, then restart: the feed survived.
+    relay.kill();
+    relay.spawn();
+    max.sync();
+    assert_eq!(max.store.task_detail(&task).unwrap().state.calls.len(), 20);
+    assert_converged(&[&max, &ana]);
+}
+
+#[test]
+fn live_sync_delivers_a_logged_call_to_the_manager_without_asking() {
+    use std::sync::{Arc, Mutex};
+    struct Events(Mutex<Vec<SyncEvent>>);
+    impl SyncListener for Events {
+        fn on_sync_event(&self, e: SyncEvent) {
+            self.0.lock().unwrap().push(e);
+        }
+    }
+    let relay = Relay::start();
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
+    max.sync();
+    let task = max
+        .store
+        .delegate(task_for("Call", Some("ana"), None))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    let events = Arc::new(Events(Mutex::new(Vec::new())));
+    let live = max.engine.start(events.clone()).unwrap();
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    ana.sync();
+    eventually(20, "the manager's phone has the call", || {
+        max.store.task_detail(&task).unwrap().state.calls.len() == 1
+    });
+    eventually(20, "the listener heard of it", || {
+        events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, SyncEvent::DataChanged { .. }))
+    });
+    // A local write is pushed at once when the app says so.
+    max.store.comment(&task, "great").unwrap();
+    live.sync_now();
+    eventually(20, "the assistant sees the comment", || {
+        ana.sync();
+        ana.store.task_detail(&task).unwrap().state.comments.len() == 1
+    });
+    live.stop();
+}
+
+#[test]
+fn the_relay_shuts_down_gracefully_even_with_long_polls_waiting() {
+    let mut relay = Relay::start();
+    let (_, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let (rt, client) = http();
+    let health = rt.block_on(async {
+        client
+            .get(format!("{}/health", relay.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(health, 200);
+    let token = max.settings().token;
+    let url = relay.url.clone();
+    let cursor = max.store.relay_cursor().unwrap();
+    // A pull that would wait a minute for news.
+    let waiting = std::thread::spawn(move || {
+        let (rt, client) = http();
+        rt.block_on(async {
+            client
+                .get(format!("{url}/v1/pull?cursor={cursor}&wait=60"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    });
+    eventually(10, "the long-poll is waiting", || {
+        rt.block_on(async {
+            let m = client
+                .get(format!("{}/metrics", relay.url))
+                .send()
+                .await
+                .unwrap();
+            m.text().await.unwrap().contains("handoff_long_polls 1")
+        })
+    });
+    let started = std::time::Instant::now();
+    assert!(relay.terminate().success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert_eq!(
+        waiting.join().unwrap().unwrap(),
+        200,
+        "the waiting pull was answered"
+    );
+}
