@@ -1,167 +1,342 @@
 #![doc = include_str!("../README.md")]
 
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::{Parser, Subcommand};
 use handoff_core::*;
+use rand::RngCore;
 
-fn main() {
-    match std::env::args().nth(1).as_deref() {
-        Some("demo") => {
-            if let Err(e) = demo() {
-                eprintln!("handoff: {e}");
-                std::process::exit(1);
-            }
-        }
-        _ => {
-            eprintln!("usage: handoff demo");
-            std::process::exit(2);
+#[derive(Parser)]
+#[command(name = "handoff", version, about = "A Handoff phone, from a terminal")]
+struct Cli {
+    /// The device's store. Its key is kept beside it in `<store>.key`
+    /// (on a phone the key lives in the Keystore/Keychain).
+    #[arg(long, env = "HANDOFF_STORE", default_value = "phone.db", global = true)]
+    store: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Redeem an invite from the practice admin.
+    Enrol {
+        #[arg(long)]
+        relay: String,
+        #[arg(long)]
+        invite: String,
+    },
+    /// Push what this phone did and pull what others did; `--live` keeps going.
+    Sync {
+        #[arg(long)]
+        live: bool,
+    },
+    /// My queue: overdue, today, upcoming.
+    Queue,
+    /// The shared pool of my role.
+    Pool,
+    /// Work waiting for my review.
+    Inbox,
+    /// My actions that did not take effect, with the reason.
+    Attention,
+    /// A task with its full history.
+    Show {
+        task: String,
+    },
+    /// Hand a task off to a person or to a role's pool.
+    Delegate {
+        #[arg(long)]
+        title: String,
+        #[arg(long, default_value = "")]
+        outcome: String,
+        #[arg(long, default_value = "")]
+        why: String,
+        /// Assignee's user id.
+        #[arg(long)]
+        to: Option<String>,
+        /// Or the role whose pool it waits in.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Due in this many hours.
+        #[arg(long)]
+        due_hours: Option<i64>,
+        /// Patient's display name.
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long)]
+        clinician_only: bool,
+    },
+    Assign {
+        task: String,
+        to: String,
+    },
+    Claim {
+        task: String,
+    },
+    /// Log a call attempt: reached, voicemail, no_answer, busy, not_home,
+    /// wrong_number, declined, rescheduled.
+    Call {
+        task: String,
+        #[arg(long)]
+        outcome: String,
+        #[arg(long, default_value = "")]
+        notes: String,
+    },
+    Submit {
+        task: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    Approve {
+        task: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    Return {
+        task: String,
+        #[arg(long)]
+        feedback: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("handoff: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let clock = ManualClock::at(SystemClock.now());
-    let open = |name: &str| {
-        let mut key = [0u8; 32];
-        key[..name.len().min(32)].copy_from_slice(&name.as_bytes()[..name.len().min(32)]);
-        Store::open(
-            dir.path().join(format!("{name}.db")),
-            &key,
-            StoreOptions {
-                clock: Arc::new(clock.clone()),
-                ..StoreOptions::default()
-            },
-        )
-    };
-    let (max, ana, fay) = (open("max")?, open("ana")?, open("fay")?);
-    let member = |id: &str, name: &str, role| Member {
-        user_id: id.into(),
-        name: name.into(),
-        role,
-        trusted: false,
-        active: true,
-    };
-    max.create_team(
-        "Riverside Family Practice",
-        member("max", "Max (manager)", Role::Manager),
-    )?;
-    max.put_member(&member("ana", "Ana (assistant)", Role::ClinicalAssistant))?;
-    max.put_member(&member("fay", "Fay (front desk)", Role::FrontDesk))?;
-    for (store, user) in [(&ana, "ana"), (&fay, "fay")] {
-        max.register_device(&store.device_actor(), user)?;
-        store.set_enrolled_user(user)?;
+/// The store's key: 32 random bytes in a 0600 file beside it.
+fn key_for(store: &Path) -> Result<Vec<u8>, String> {
+    let path = PathBuf::from(format!("{}.key", store.display()));
+    if let Ok(hex_key) = std::fs::read_to_string(&path) {
+        return hex::decode(hex_key.trim()).map_err(|_| format!("{} is not a key", path.display()));
     }
-    sync(&[&max, &ana, &fay])?;
-    println!("Three phones enrolled. Everyone goes offline.\n");
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    write_private(&path, &hex::encode(key)).map_err(|e| format!("cannot save the key: {e}"))?;
+    Ok(key.to_vec())
+}
 
-    let follow_up = max.delegate(NewTask {
-        handoff: Handoff {
-            title: "Post-op follow-up call".into(),
-            outcome: "Reach the patient within 48 h and document recovery status".into(),
-            why: "Complications caught early".into(),
-            due: Some(clock.now() + 4 * HOUR_MS),
-            priority: Priority::High,
-            category: Category::FollowUpCall,
-            level: DelegationLevel::Delegable,
-            sop: None,
-            route_result_to: None,
-        },
-        patient: Some(PatientRef {
-            display_name: "(demo patient)".into(),
-            phone: None,
-            record_ref: None,
-        }),
-        assignee: Some("ana".into()),
-        pool: None,
-    })?;
-    let booking = max.delegate(NewTask {
-        handoff: Handoff {
-            title: "Book the 6-week check".into(),
-            outcome: "Appointment booked".into(),
-            why: String::new(),
-            due: None,
-            priority: Priority::Normal,
-            category: Category::Scheduling,
-            level: DelegationLevel::Delegable,
-            sop: None,
-            route_result_to: None,
-        },
-        patient: None,
-        assignee: None,
-        pool: Some(Role::FrontDesk),
-    })?;
-    println!(
-        "max (offline): delegated a follow-up call to ana and a booking to the front-desk pool"
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+/// A task id, or an unambiguous prefix of one.
+fn task_id(store: &Store, given: &str) -> Result<String, String> {
+    let ids = store.task_ids().map_err(|e| e.to_string())?;
+    let matches: Vec<_> = ids.into_iter().filter(|id| id.starts_with(given)).collect();
+    match matches.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!("no task {given} on this phone")),
+        _ => Err(format!(
+            "{given} matches several tasks; give more of the id"
+        )),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let key = key_for(&cli.store)?;
+    let store = Arc::new(
+        Store::open(&cli.store, &key, StoreOptions::default()).map_err(|e| e.to_string())?,
     );
-    sync(&[&max, &ana, &fay])?;
-    clock.advance(60_000);
-    ana.log_call(&follow_up, attempt(CallOutcome::NoAnswer))?;
-    clock.advance(60_000);
-    ana.log_call(&follow_up, attempt(CallOutcome::Reached))?;
-    ana.submit(&follow_up, "Reached on second attempt")?;
-    println!("ana (basement, no signal): logged two calls and submitted for review");
-    fay.claim(&booking)?;
-    println!("fay (offline): claimed the booking");
-    max.assign(&booking, "ana")?;
-    println!("max (offline, at the same time): assigned the booking to ana\n");
-
-    let report = sync(&[&max, &ana, &fay])?;
-    println!("Signal is back: {report} changes exchanged.\n");
-    max.approve(&follow_up, "Thanks")?;
-    sync(&[&max, &ana, &fay])?;
-
-    for (name, store) in [("max", &max), ("ana", &ana), ("fay", &fay)] {
-        let q = store.my_queue()?;
-        let d = store.task_detail(&follow_up)?;
-        println!(
-            "{name:>4}: follow-up is {:?} ({} calls); booking is with {:?}; my queue: {} today, {} upcoming; needs attention: {:?}",
-            d.state.status,
-            d.state.calls.len(),
-            store.task_detail(&booking)?.state.assignee.unwrap_or_default(),
-            q.today.len(),
-            q.upcoming.len(),
-            store
-                .needs_attention()?
-                .iter()
-                .map(|a| a.reason.as_str())
-                .collect::<Vec<_>>()
-        );
+    let s = &*store;
+    let e = |e: Error| e.to_string();
+    match cli.command {
+        Cmd::Enrol { relay, invite } => {
+            let engine = SyncEngine::new(store.clone()).map_err(e)?;
+            let who = engine.enrol(&relay, &invite).map_err(e)?;
+            let report = engine.sync_now().map_err(e)?;
+            println!(
+                "enrolled as {} ({}) in team {}; pulled {} changes",
+                who.user,
+                who.role.as_str(),
+                who.team,
+                report.pulled
+            );
+        }
+        Cmd::Sync { live } => {
+            let engine = SyncEngine::new(store.clone()).map_err(e)?;
+            if live {
+                struct Print;
+                impl SyncListener for Print {
+                    fn on_sync_event(&self, event: SyncEvent) {
+                        println!("{event:?}");
+                    }
+                }
+                let _handle = engine.start(Arc::new(Print)).map_err(e)?;
+                println!("live sync; Ctrl-C to stop");
+                loop {
+                    std::thread::park();
+                }
+            }
+            let r = engine.sync_now().map_err(e)?;
+            println!(
+                "pushed {}, refused {}, pulled {}, tasks updated {}",
+                r.pushed, r.refused, r.pulled, r.tasks_updated
+            );
+        }
+        Cmd::Queue => {
+            let q = s.my_queue().map_err(e)?;
+            for (name, tasks) in [
+                ("overdue", &q.overdue),
+                ("today", &q.today),
+                ("upcoming", &q.upcoming),
+            ] {
+                println!("{name}:");
+                for t in tasks {
+                    println!(
+                        "  {}  {:<11} {}",
+                        &t.task_id[..8],
+                        t.status.as_str(),
+                        t.title
+                    );
+                }
+            }
+        }
+        Cmd::Pool => {
+            for t in s.shared_pool().map_err(e)? {
+                println!("{}  {}", &t.task_id[..8], t.title);
+            }
+        }
+        Cmd::Inbox => {
+            for r in s.review_inbox().map_err(e)? {
+                println!(
+                    "{}  {}{}",
+                    &r.task.task_id[..8],
+                    r.task.title,
+                    if r.overdue { "  (review overdue)" } else { "" }
+                );
+            }
+        }
+        Cmd::Attention => {
+            for a in s.needs_attention().map_err(e)? {
+                println!(
+                    "{}  {}: {} ({})",
+                    a.title.as_deref().unwrap_or("-"),
+                    a.action,
+                    a.reason,
+                    a.code
+                );
+            }
+        }
+        Cmd::Show { task } => {
+            let d = s.task_detail(&task_id(s, &task)?).map_err(e)?;
+            let st = &d.state;
+            println!("{}  [{}]", st.handoff.title, st.status.as_str());
+            println!("  outcome wanted: {}", st.handoff.outcome);
+            println!("  assignee: {}", st.assignee.as_deref().unwrap_or("(pool)"));
+            if let Some(p) = &d.patient {
+                println!("  patient: {}", p.display_name);
+            }
+            for h in &st.history {
+                let outcome = match &h.outcome {
+                    derive::Outcome::Applied => String::new(),
+                    other => format!("  <- {other:?}"),
+                };
+                println!("  {} {}: {}{}", h.at, h.by, h.action.name(), outcome);
+            }
+        }
+        Cmd::Delegate {
+            title,
+            outcome,
+            why,
+            to,
+            pool,
+            due_hours,
+            patient,
+            clinician_only,
+        } => {
+            let pool = match pool {
+                Some(p) => Some(Role::parse(&p).ok_or(format!("unknown role {p}"))?),
+                None => None,
+            };
+            let id = s
+                .delegate(NewTask {
+                    handoff: Handoff {
+                        title,
+                        outcome,
+                        why,
+                        due: due_hours.map(|h| s.now() + h * HOUR_MS),
+                        priority: Priority::Normal,
+                        category: Category::FollowUpCall,
+                        level: if clinician_only {
+                            DelegationLevel::ClinicianOnly
+                        } else {
+                            DelegationLevel::Delegable
+                        },
+                        sop: None,
+                        route_result_to: None,
+                    },
+                    patient: patient.map(|name| PatientRef {
+                        display_name: name,
+                        phone: None,
+                        record_ref: None,
+                    }),
+                    assignee: to,
+                    pool,
+                })
+                .map_err(e)?;
+            println!("{id}");
+        }
+        Cmd::Assign { task, to } => {
+            s.assign(&task_id(s, &task)?, &to).map_err(e)?;
+        }
+        Cmd::Claim { task } => {
+            s.claim(&task_id(s, &task)?).map_err(e)?;
+        }
+        Cmd::Call {
+            task,
+            outcome,
+            notes,
+        } => {
+            let outcome: CallOutcome =
+                serde_json_value(&outcome).ok_or(format!("unknown call outcome {outcome}"))?;
+            s.log_call(
+                &task_id(s, &task)?,
+                CallAttempt {
+                    outcome,
+                    contact_used: None,
+                    notes,
+                    answers: Vec::new(),
+                    next_attempt_due: None,
+                },
+            )
+            .map_err(e)?;
+        }
+        Cmd::Submit { task, note } => {
+            s.submit(&task_id(s, &task)?, &note).map_err(e)?;
+        }
+        Cmd::Approve { task, note } => {
+            s.approve(&task_id(s, &task)?, &note).map_err(e)?;
+        }
+        Cmd::Return { task, feedback } => {
+            s.return_work(&task_id(s, &task)?, &feedback).map_err(e)?;
+        }
     }
     Ok(())
 }
 
-fn attempt(outcome: CallOutcome) -> CallAttempt {
-    CallAttempt {
-        outcome,
-        contact_used: None,
-        notes: String::new(),
-        answers: Vec::new(),
-        next_attempt_due: None,
-    }
-}
-
-/// Stand-in for the relay: every device gets every other device's changes.
-fn sync(stores: &[&Store]) -> Result<usize, Error> {
-    let outboxes = stores
-        .iter()
-        .map(|s| {
-            s.outbox(usize::MAX >> 1).map(|o| {
-                o.into_iter()
-                    .map(|c| (c.doc_id, c.bytes))
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut applied = 0;
-    for (i, s) in stores.iter().enumerate() {
-        let incoming: Vec<_> = outboxes
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .flat_map(|(_, o)| o.iter().cloned())
-            .collect();
-        applied += s.apply_remote(&incoming)?.applied;
-    }
-    Ok(applied)
+/// Parse a snake_case enum name the way the core serializes it.
+fn serde_json_value<T: serde::de::DeserializeOwned>(name: &str) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
 }
