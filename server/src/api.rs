@@ -220,7 +220,7 @@ async fn pull(
                 // from a backup): start over; duplicates are harmless.
                 cursor = 0;
             }
-            let (seqs, next, more) = st.visible_since(cursor, &caller.user_id);
+            let (seqs, next, more) = st.visible_since(cursor, &caller);
             (seqs, next, more, st.subscribe())
         };
         let now = tokio::time::Instant::now();

@@ -69,14 +69,22 @@ struct DocEntry {
     state: Option<TaskState>,
 }
 
+struct FeedEntry {
+    doc: Arc<str>,
+    size: u32,
+    /// The device that wrote it: it is not sent back to that device.
+    actor: Arc<str>,
+}
+
 /// One team, rebuilt from its feed when first needed.
 pub struct TeamState {
     team_id: String,
     team_doc: AutoCommit,
     team: Team,
     docs: HashMap<Arc<str>, DocEntry>,
-    /// Document and size of each feed entry; index = seq - 1.
-    feed: Vec<(Arc<str>, u32)>,
+    /// Each feed entry's document, size and author; index = seq - 1.
+    feed: Vec<FeedEntry>,
+    actors: HashMap<String, Arc<str>>,
     hashes: HashSet<ChangeHash>,
     head: watch::Sender<u64>,
 }
@@ -93,6 +101,7 @@ impl TeamState {
             team: Team::default(),
             docs: HashMap::new(),
             feed: Vec::new(),
+            actors: HashMap::new(),
             hashes: HashSet::new(),
             head: watch::channel(0).0,
         };
@@ -101,9 +110,19 @@ impl TeamState {
         db.read(|conn| {
             Db::feed(conn, &row.team_id, |r| {
                 let doc: Arc<str> = st.doc_key(&r.doc_id);
-                st.feed.push((doc.clone(), r.bytes.len() as u32));
+                let size = r.bytes.len() as u32;
                 st.hashes.insert(ChangeHash(r.hash));
-                match Change::from_bytes(r.bytes) {
+                let change = Change::from_bytes(r.bytes);
+                let actor = match &change {
+                    Ok(c) => st.actor_key(&c.actor_id().to_hex_string()),
+                    Err(_) => st.actor_key(""),
+                };
+                st.feed.push(FeedEntry {
+                    doc: doc.clone(),
+                    size,
+                    actor,
+                });
+                match change {
                     Ok(c) if &*doc == TEAM_DOC => team_changes.push(c),
                     Ok(c) => {
                         let entry = st.docs.entry(doc).or_insert_with(|| DocEntry {
@@ -135,6 +154,13 @@ impl TeamState {
         }
     }
 
+    fn actor_key(&mut self, actor: &str) -> Arc<str> {
+        self.actors
+            .entry(actor.to_owned())
+            .or_insert_with(|| Arc::from(actor))
+            .clone()
+    }
+
     fn rederive_all(&mut self) {
         for (doc, entry) in &mut self.docs {
             entry.state = derive(doc, &entry.events, &self.team);
@@ -162,7 +188,7 @@ impl TeamState {
 
     /// The feed entries after `cursor` this user may read: their seqs, and
     /// the cursor to continue from.
-    pub fn visible_since(&self, cursor: u64, user: &str) -> (Vec<u64>, u64, bool) {
+    pub fn visible_since(&self, cursor: u64, caller: &Caller) -> (Vec<u64>, u64, bool) {
         let head = self.head();
         let mut seqs = Vec::new();
         let mut bytes = 0usize;
@@ -172,12 +198,13 @@ impl TeamState {
             if seqs.len() >= PAGE_CHANGES || bytes >= PAGE_BYTES || scanned >= PAGE_SCAN {
                 break;
             }
-            let (doc, size) = &self.feed[seq as usize];
+            let entry = &self.feed[seq as usize];
             seq += 1;
             scanned += 1;
-            if self.visible(doc, user) {
+            // A device has what it wrote itself.
+            if *entry.actor != *caller.actor && self.visible(&entry.doc, &caller.user_id) {
                 seqs.push(seq);
-                bytes += *size as usize;
+                bytes += entry.size as usize;
             }
         }
         (seqs, seq, seq < head)
@@ -330,10 +357,15 @@ impl TeamState {
         })
     }
 
-    fn record(&mut self, rows: &[FeedRow]) {
+    fn record(&mut self, rows: &[FeedRow], actor: &str) {
+        let actor = self.actor_key(actor);
         for r in rows {
-            let key = self.doc_key(&r.doc_id);
-            self.feed.push((key, r.bytes.len() as u32));
+            let doc = self.doc_key(&r.doc_id);
+            self.feed.push(FeedEntry {
+                doc,
+                size: r.bytes.len() as u32,
+                actor: actor.clone(),
+            });
             self.hashes.insert(ChangeHash(r.hash));
         }
     }
@@ -479,7 +511,7 @@ impl Relay {
             self.forget_team(&caller.team_id);
             return Err(e);
         }
-        st.record(&rows);
+        st.record(&rows, &caller.actor);
         let head = st.head();
         st.head.send_replace(head);
         Ok(verdicts)
@@ -599,7 +631,8 @@ impl Relay {
         st.team_doc = doc;
         st.team = Team::read(&st.team_doc);
         st.rederive_all();
-        st.record(std::slice::from_ref(&feed_row));
+        let relay_actor = st.team_doc.get_actor().to_hex_string();
+        st.record(std::slice::from_ref(&feed_row), &relay_actor);
         let head = st.head();
         st.head.send_replace(head);
         Ok((token, row))

@@ -5,4 +5,6 @@
 mod access;
 mod bad_input;
 mod harness;
+mod proxy;
 mod sync;
+mod wire;

@@ -334,3 +334,63 @@ fn the_relay_shuts_down_gracefully_even_with_long_polls_waiting() {
         "the waiting pull was answered"
     );
 }
+
+#[test]
+fn connections_cut_mid_request_and_mid_response_lose_and_double_nothing() {
+    use crate::proxy::{Cut, Proxy};
+    let relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let ana = Phone::new();
+    ana.engine
+        .enrol(
+            &proxy.url,
+            &relay.invite(&team, "ana", "clinical_assistant"),
+        )
+        .unwrap();
+    ana.sync();
+    max.sync();
+    let task = max
+        .store
+        .delegate(task_for("Call", Some("ana"), None))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    for _ in 0..50 {
+        ana.store
+            .log_call(&task, call(CallOutcome::NoAnswer))
+            .unwrap();
+    }
+    // Cut connections at every stage: inside the request headers, inside
+    // the pushed body, inside the response (after the relay stored it).
+    let cuts = [
+        Cut::Request(20),
+        Cut::Request(400),
+        Cut::Request(3000),
+        Cut::Response(10),
+        Cut::Response(60),
+        Cut::Response(200),
+    ];
+    proxy.cut_next(&cuts);
+    // A new engine, so that no kept-alive connection dodges the cuts.
+    let engine = SyncEngine::new(ana.store.clone()).unwrap();
+    let mut failures = 0;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        assert!(tries < 50, "sync never got through");
+        match engine.sync_now() {
+            Ok(_) => break,
+            Err(Error::Offline(_)) => failures += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(proxy.pending_cuts(), 0);
+    assert_eq!(failures, cuts.len(), "every cut was felt");
+    assert!(ana.store.outbox(100).unwrap().is_empty());
+    ana.sync();
+    max.sync();
+    assert_eq!(max.store.task_detail(&task).unwrap().state.calls.len(), 50);
+    assert_converged(&[&max, &ana]);
+}

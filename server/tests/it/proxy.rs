@@ -1,0 +1,130 @@
+//! A TCP proxy between phones and the relay that cuts connections: after a
+//! given number of bytes in one direction, both sides are shut down.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Cut {
+    /// Cut after this many bytes from the phone (mid-request).
+    Request(usize),
+    /// Cut after this many bytes from the relay (mid-response).
+    Response(usize),
+}
+
+pub struct Proxy {
+    pub url: String,
+    /// Cuts for the next connections, in order; then connections pass.
+    plan: Arc<Mutex<Vec<Cut>>>,
+    stop: Arc<AtomicBool>,
+    /// Bytes that went phone → relay and relay → phone, headers included.
+    pub up: Arc<AtomicUsize>,
+    pub down: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    pub fn to(upstream_url: &str) -> Proxy {
+        let upstream = upstream_url.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let plan: Arc<Mutex<Vec<Cut>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let up: Arc<AtomicUsize> = Arc::default();
+        let down: Arc<AtomicUsize> = Arc::default();
+        {
+            let plan = plan.clone();
+            let stop = stop.clone();
+            let (up, down) = (up.clone(), down.clone());
+            thread::spawn(move || {
+                for client in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok(client) = client else { continue };
+                    let Ok(server) = TcpStream::connect(&upstream) else {
+                        continue;
+                    };
+                    let cut = {
+                        let mut p = plan.lock().unwrap();
+                        (!p.is_empty()).then(|| p.remove(0))
+                    };
+                    let (req_limit, resp_limit) = match cut {
+                        Some(Cut::Request(n)) => (Some(n), None),
+                        Some(Cut::Response(n)) => (None, Some(n)),
+                        None => (None, None),
+                    };
+                    pipe(
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        req_limit,
+                        up.clone(),
+                    );
+                    pipe(server, client, resp_limit, down.clone());
+                }
+            });
+        }
+        Proxy {
+            url,
+            plan,
+            stop,
+            up,
+            down,
+        }
+    }
+
+    pub fn cut_next(&self, cuts: &[Cut]) {
+        self.plan.lock().unwrap().extend_from_slice(cuts);
+    }
+
+    /// Bytes both ways since the last call.
+    pub fn take_counts(&self) -> (usize, usize) {
+        (
+            self.up.swap(0, Ordering::SeqCst),
+            self.down.swap(0, Ordering::SeqCst),
+        )
+    }
+
+    pub fn pending_cuts(&self) -> usize {
+        self.plan.lock().unwrap().len()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.url.trim_start_matches("http://"));
+    }
+}
+
+/// Copy `from` → `to` until EOF, or until `limit` bytes, then cut both.
+fn pipe(mut from: TcpStream, mut to: TcpStream, limit: Option<usize>, count: Arc<AtomicUsize>) {
+    thread::spawn(move || {
+        let mut sent = 0usize;
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let n = match limit {
+                Some(l) if sent + n >= l => {
+                    let _ = to.write_all(&buf[..l - sent]);
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                    return;
+                }
+                _ => n,
+            };
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            count.fetch_add(n, Ordering::SeqCst);
+            sent += n;
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
