@@ -345,15 +345,6 @@ impl Db {
         let rows = stmt.query_map([team_id, doc_id], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-
-    pub fn feed_length(conn: &Connection, team_id: &str) -> Result<u64> {
-        let n: i64 = conn.query_row(
-            "SELECT coalesce(max(seq), 0) FROM feed WHERE team_id = ?1",
-            [team_id],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
-    }
 }
 
 fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {

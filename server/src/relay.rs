@@ -476,18 +476,15 @@ impl Relay {
         let mut st = lock(&team);
         let mut verdicts = Vec::with_capacity(changes.len());
         let mut rows = Vec::new();
-        let mut batch: HashSet<ChangeHash> = HashSet::new();
         for change in changes {
             match st.admit(caller, change) {
                 Ok(Some(mut row)) => {
-                    if batch.insert(ChangeHash(row.hash)) {
-                        row.seq = st.head() + rows.len() as u64 + 1;
-                        st.hashes.insert(ChangeHash(row.hash));
-                        rows.push(row);
-                        verdicts.push(Verdict::Stored);
-                    } else {
-                        verdicts.push(Verdict::Duplicate);
-                    }
+                    row.seq = st.head() + rows.len() as u64 + 1;
+                    // Later changes in this batch may build on it, and a
+                    // second copy of it in the batch is a duplicate.
+                    st.hashes.insert(ChangeHash(row.hash));
+                    rows.push(row);
+                    verdicts.push(Verdict::Stored);
                 }
                 Ok(None) => verdicts.push(Verdict::Duplicate),
                 Err(v) => verdicts.push(v),

@@ -328,17 +328,7 @@ impl Inner {
                     })
                     .collect(),
             };
-            let response = self
-                .http
-                .post(format!("{}/v1/push", relay.url))
-                .bearer_auth(&relay.token)
-                .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
-                .body(wire::encode(&request))
-                .timeout(Duration::from_secs(60))
-                .send()
-                .await
-                .map_err(offline)?;
-            let reply: PushReply = decode(&check(response).await?)?;
+            let reply: PushReply = self.post(relay, "/v1/push", &request).await?;
             if reply.verdicts.len() != batch.len() {
                 return Err(Error::Offline(
                     "the relay answered a different number of changes".into(),
@@ -363,6 +353,26 @@ impl Inner {
         }
     }
 
+    /// POST a binary body to the relay and decode its binary reply.
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        relay: &RelaySettings,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T> {
+        let response = self
+            .http
+            .post(format!("{}{path}", relay.url))
+            .bearer_auth(&relay.token)
+            .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
+            .body(wire::encode(body))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(offline)?;
+        decode(&check(response).await?)
+    }
+
     /// Fetch what a document is missing: everything the relay has that is
     /// not behind our heads.
     async fn repair(&self, relay: &RelaySettings, doc: &str) -> Result<crate::MergeReport> {
@@ -370,17 +380,7 @@ impl Inner {
             doc: doc.to_owned(),
             have: self.store.doc_heads(doc)?,
         };
-        let response = self
-            .http
-            .post(format!("{}/v1/repair", relay.url))
-            .bearer_auth(&relay.token)
-            .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
-            .body(wire::encode(&request))
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(offline)?;
-        let reply: wire::RepairReply = decode(&check(response).await?)?;
+        let reply: wire::RepairReply = self.post(relay, "/v1/repair", &request).await?;
         let changes: Vec<(String, Vec<u8>)> = reply
             .changes
             .into_iter()

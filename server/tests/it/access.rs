@@ -59,16 +59,8 @@ fn a_device_of_one_team_reads_nothing_of_another() {
 #[test]
 fn a_revoked_device_gets_401_wipes_its_store_and_reads_nothing_more() {
     let relay = Relay::start();
-    let (team, invite) = relay.create_team("Clinic", "max");
-    let max = Phone::enrolled(&relay, &invite);
-    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
-    max.sync();
-    let task = max
-        .store
-        .delegate(task_for("Call", Some("ana"), None))
-        .unwrap();
-    max.sync();
-    ana.sync();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call", "ana");
     assert_eq!(ana.store.task_ids().unwrap(), vec![task.clone()]);
     let token = ana.settings().token;
     let listed = relay.admin(&["devices", "--team", &team]);
@@ -135,12 +127,7 @@ fn reassignment_moves_visibility_and_the_new_assignee_gets_the_whole_history() {
     let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
     let bob = Phone::enrolled(&relay, &relay.invite(&team, "bob", "clinical_assistant"));
     max.sync();
-    let task = max
-        .store
-        .delegate(task_for("Call", Some("ana"), None))
-        .unwrap();
-    max.sync();
-    ana.sync();
+    let task = hand_over(&max, &ana, "Call", "ana");
     ana.store
         .log_call(&task, call(CallOutcome::NoAnswer))
         .unwrap();
@@ -174,16 +161,8 @@ fn reassignment_moves_visibility_and_the_new_assignee_gets_the_whole_history() {
 #[test]
 fn a_change_the_relay_refuses_shows_in_needs_attention_and_does_not_stall_the_queue() {
     let relay = Relay::start();
-    let (team, invite) = relay.create_team("Clinic", "max");
-    let max = Phone::enrolled(&relay, &invite);
-    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "manager"));
-    max.sync();
-    let mine = max
-        .store
-        .delegate(task_for("Call", Some("ana"), None))
-        .unwrap();
-    max.sync();
-    ana.sync();
+    let (_, max, ana) = manager_and(&relay, "ana", "manager");
+    let mine = hand_over(&max, &ana, "Call", "ana");
     // The admin demotes Ana while her phone is offline; she still delegates.
     max.store
         .put_member(&Member {
@@ -225,16 +204,8 @@ fn a_change_the_relay_refuses_shows_in_needs_attention_and_does_not_stall_the_qu
 #[test]
 fn a_change_written_by_another_device_is_refused() {
     let relay = Relay::start();
-    let (team, invite) = relay.create_team("Clinic", "max");
-    let max = Phone::enrolled(&relay, &invite);
-    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
-    max.sync();
-    let task = max
-        .store
-        .delegate(task_for("Call", Some("ana"), None))
-        .unwrap();
-    max.sync();
-    ana.sync();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call", "ana");
     ana.store
         .log_call(&task, call(CallOutcome::Reached))
         .unwrap();

@@ -269,3 +269,24 @@ pub fn http() -> (tokio::runtime::Runtime, reqwest::Client) {
         reqwest::Client::new(),
     )
 }
+
+/// A team whose manager `max` and one more member are enrolled, and `max`
+/// has heard of the member's enrolment. Returns the team id too.
+pub fn manager_and(relay: &Relay, user: &str, role: &str) -> (String, Phone, Phone) {
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(relay, &invite);
+    let other = Phone::enrolled(relay, &relay.invite(&team, user, role));
+    max.sync();
+    (team, max, other)
+}
+
+/// `max` hands a call to `user` (on phone `to`); both phones have the task.
+pub fn hand_over(max: &Phone, to: &Phone, title: &str, user: &str) -> String {
+    let task = max
+        .store
+        .delegate(task_for(title, Some(user), None))
+        .unwrap();
+    max.sync();
+    to.sync();
+    task
+}

@@ -130,10 +130,7 @@ fn two_front_desk_phones_claim_offline_and_both_see_one_winner() {
 #[test]
 fn a_retried_push_stores_nothing_twice() {
     let relay = Relay::start();
-    let (team, invite) = relay.create_team("Clinic", "max");
-    let max = Phone::enrolled(&relay, &invite);
-    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
-    max.sync();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = max
         .store
         .delegate(task_for("Call", Some("ana"), None))
@@ -178,10 +175,7 @@ fn a_retried_push_stores_nothing_twice() {
 #[test]
 fn a_phone_offline_for_weeks_pushes_hundreds_of_changes_and_everyone_converges() {
     let relay = Relay::start();
-    let (team, invite) = relay.create_team("Clinic", "max");
-    let max = Phone::enrolled(&relay, &invite);
-    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
-    max.sync();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let mut tasks = Vec::new();
     for i in 0..30 {
         tasks.push(
@@ -211,16 +205,8 @@ fn a_phone_offline_for_weeks_pushes_hundreds_of_changes_and_everyone_converges()
 #[test]
 fn the_relay_killed_and_restarted_mid_sync_loses_nothing() {
     let mut relay = Relay::start();
-    let (team, invite) = relay.create_team("Clinic", "max");
-    let max = Phone::enrolled(&relay, &invite);
-    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
-    max.sync();
-    let task = max
-        .store
-        .delegate(task_for("Call", Some("ana"), None))
-        .unwrap();
-    max.sync();
-    ana.sync();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call", "ana");
     for _ in 0..20 {
         ana.store.log_call(&task, call(CallOutcome::Busy)).unwrap();
     }
@@ -248,16 +234,8 @@ fn live_sync_delivers_a_logged_call_to_the_manager_without_asking() {
         }
     }
     let relay = Relay::start();
-    let (team, invite) = relay.create_team("Clinic", "max");
-    let max = Phone::enrolled(&relay, &invite);
-    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
-    max.sync();
-    let task = max
-        .store
-        .delegate(task_for("Call", Some("ana"), None))
-        .unwrap();
-    max.sync();
-    ana.sync();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call", "ana");
     let events = Arc::new(Events(Mutex::new(Vec::new())));
     let live = max.engine.start(events.clone()).unwrap();
     ana.store
@@ -351,12 +329,7 @@ fn connections_cut_mid_request_and_mid_response_lose_and_double_nothing() {
         .unwrap();
     ana.sync();
     max.sync();
-    let task = max
-        .store
-        .delegate(task_for("Call", Some("ana"), None))
-        .unwrap();
-    max.sync();
-    ana.sync();
+    let task = hand_over(&max, &ana, "Call", "ana");
     for _ in 0..50 {
         ana.store
             .log_call(&task, call(CallOutcome::NoAnswer))

@@ -24,12 +24,7 @@ fn one_logged_call_costs_its_change_plus_a_small_envelope() {
         .unwrap();
     ana.sync();
     max.sync();
-    let task = max
-        .store
-        .delegate(task_for("Call", Some("ana"), None))
-        .unwrap();
-    max.sync();
-    ana.sync();
+    let task = hand_over(&max, &ana, "Call", "ana");
     // Warm: one call synced, so the connection is open as it would be.
     ana.store
         .log_call(&task, call(CallOutcome::NoAnswer))
