@@ -45,15 +45,31 @@ fn a_device_of_one_team_reads_nothing_of_another() {
         let reply: PullReply = wire::decode(&r.bytes().await.unwrap()).unwrap();
         assert!(reply.changes.iter().all(|c| c.doc == "team"));
     });
-    // Writing to A's document id from B lands in B's namespace, never in A's.
-    let max_change = max.store.doc_heads(&secret).unwrap();
-    assert!(!max_change.is_empty());
+    // Writing under A's document id from B lands in B's namespace, never in A's.
+    let before = max.store.task_detail(&secret).unwrap().state;
     zoe.store
         .delegate(task_for("B's task", Some("zoe"), None))
         .unwrap();
-    zoe.sync();
+    let zoes = zoe.store.outbox(10).unwrap().remove(0);
+    rt.block_on(async {
+        let r = client
+            .post(format!("{}/v1/push", relay.url))
+            .bearer_auth(&token)
+            .body(wire::encode(&PushRequest {
+                changes: vec![DocChange {
+                    doc: secret.clone(),
+                    bytes: zoes.bytes.clone(),
+                }],
+            }))
+            .send()
+            .await
+            .unwrap();
+        let reply: PushReply = wire::decode(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(reply.verdicts, vec![Verdict::Stored]);
+    });
     max.sync();
-    assert_eq!(max.store.task_ids().unwrap(), vec![secret]);
+    assert_eq!(max.store.task_ids().unwrap(), vec![secret.clone()]);
+    assert_eq!(max.store.task_detail(&secret).unwrap().state, before);
 }
 
 #[test]
