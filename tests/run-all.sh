@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every test Handoff has: formatting, lints, and the test suites of every
-# crate (rules, views, merging, storage, encryption, the 1,000-case
-# convergence property test, the 1,000-kill crash test).
+# Every test Handoff has: formatting, lints, the test suites of every crate
+# (rules, views, merging, storage, encryption, the 1,000-case convergence
+# property test, the 1,000-kill crash test, the relay end to end), then the
+# generated Kotlin and Swift bindings and the Kotlin layer's tests on the JVM.
 # Installs what it needs when missing. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,3 +31,5 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
+step "bindings: generate Kotlin + Swift, Kotlin tests on the JVM"
+bash android/sdk/test-on-jvm.sh

@@ -215,15 +215,24 @@ impl Drop for SyncEngine {
 impl Inner {
     async fn live(&self, listener: Arc<dyn SyncListener>) {
         let mut failures: u32 = 0;
+        // The first round, and the first after a local write or a failure,
+        // does not wait: the app hears "synced" (and the relay has the
+        // write) at once. Rounds after a success long-poll for news.
+        let mut wait = None;
         loop {
             let result = tokio::select! {
-                r = self.round_or_wipe(Some(LIVE_WAIT)) => r,
+                r = self.round_or_wipe(wait) => r,
                 // A local write: start over so it is pushed right away.
-                () = self.wake.notified() => continue,
+                () = self.wake.notified() => {
+                    wait = None;
+                    continue;
+                }
             };
+            wait = None;
             match result {
                 Ok(report) => {
                     failures = 0;
+                    wait = Some(LIVE_WAIT);
                     if report.tasks_updated > 0 {
                         listener.on_sync_event(SyncEvent::DataChanged {
                             tasks_updated: report.tasks_updated,
