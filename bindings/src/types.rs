@@ -68,6 +68,15 @@ mirror_enum!(
     Escalation { Overdue, CallOverdue, AttemptsExhausted, FollowUpWindowMissed, ReviewOverdue, Raised }
 );
 
+mirror_enum!(
+    /// A command on one task; `TaskDetail.availableCommands` lists the ones
+    /// the user may do now (the buttons to show).
+    TaskCommand {
+        Assign, Claim, Acknowledge, Start, TickChecklistItem, LogCall, Comment, Submit, Approve,
+        Return, Complete, Cancel, Escalate,
+    }
+);
+
 fn map<A, B: From<A>>(v: Vec<A>) -> Vec<B> {
     v.into_iter().map(B::from).collect()
 }
@@ -442,6 +451,8 @@ pub struct TaskDetail {
     pub raised_escalations: Vec<TaskEscalation>,
     /// Why it needs a manager's eye now.
     pub escalations: Vec<Escalation>,
+    /// What I may do to it now, by the core's rules: the buttons to show.
+    pub available_commands: Vec<TaskCommand>,
     pub history: Vec<HistoryEntry>,
     /// Events written by a newer app that this one cannot show.
     pub unreadable_events: u32,
@@ -528,6 +539,7 @@ impl From<core::TaskDetail> for TaskDetail {
                 .map(|(by, at, reason)| TaskEscalation { by, at, reason })
                 .collect(),
             escalations: map(d.escalations),
+            available_commands: map(d.available),
             history: s
                 .history
                 .into_iter()

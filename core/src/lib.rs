@@ -17,7 +17,7 @@ pub use error::{Error, Result};
 pub use event::{Action, Event, EventId};
 pub use model::*;
 pub use store::{
-    AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskDetail, TaskSummary,
+    AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskCommand, TaskDetail, TaskSummary,
 };
 pub use store::{
     Durability, MergeReport, NewTask, OutgoingChange, RelaySettings, Store, StoreOptions,

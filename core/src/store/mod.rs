@@ -34,7 +34,7 @@ use crate::team::{Team, TeamWriter};
 pub use docs::{COMPACT_AFTER, TEAM_DOC};
 pub use enrolment::RelaySettings;
 pub use views::{
-    AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskDetail, TaskSummary,
+    AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskCommand, TaskDetail, TaskSummary,
 };
 
 /// Longest free text accepted in any field.
@@ -810,6 +810,22 @@ fn next_event(events: &[Event], actor: &str, user: &str, now: Timestamp, action:
 }
 
 /// Derive the state with `event` added and insist it took effect.
+/// Would `user` doing `action` on this device take effect now? (No write.)
+fn would_apply(
+    task_id: &str,
+    events: &[Event],
+    actor: &str,
+    user: &str,
+    now: Timestamp,
+    action: Action,
+    team: &Team,
+) -> bool {
+    let event = next_event(events, actor, user, now, action);
+    let mut candidate = events.to_vec();
+    candidate.push(event.clone());
+    checked(task_id, candidate, &event, team).is_ok()
+}
+
 fn checked(task_id: &str, events: Vec<Event>, event: &Event, team: &Team) -> Result<TaskState> {
     let (state, history) = derive_with_history(task_id, events, team);
     let id = event.id.to_string();

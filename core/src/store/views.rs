@@ -9,12 +9,13 @@
 use rusqlite::{params, Row};
 use serde::{Deserialize, Serialize};
 
-use super::{docs, index, Db, State, Store};
+use super::{docs, index, would_apply, Db, State, Store};
 use crate::derive::{derive, TaskState, TaskStatus};
 use crate::error::{Error, Result};
+use crate::event::Action;
 use crate::model::{
-    Category, DelegationLevel, PatientRef, Priority, Role, TaskId, Timestamp, UserId, DAY_MS,
-    HOUR_MS,
+    CallAttempt, CallOutcome, Category, DelegationLevel, PatientRef, Priority, Role, TaskId,
+    Timestamp, UserId, DAY_MS, HOUR_MS,
 };
 use crate::task_doc;
 use crate::team::Team;
@@ -100,8 +101,97 @@ pub struct TaskDetail {
     pub state: TaskState,
     pub patient: Option<PatientRef>,
     pub escalations: Vec<Escalation>,
+    /// What this device's user may do to the task now: the buttons to show.
+    pub available: Vec<TaskCommand>,
     /// Events this device could not read (written by a newer app).
     pub unreadable_events: usize,
+}
+
+/// A command on one task, as offered to the user. The apps show a button
+/// for each command in [`TaskDetail::available`] and decide nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskCommand {
+    /// (Re)assign to someone of the team.
+    Assign,
+    Claim,
+    Acknowledge,
+    Start,
+    TickChecklistItem,
+    LogCall,
+    Comment,
+    Submit,
+    Approve,
+    Return,
+    Complete,
+    Cancel,
+    Escalate,
+}
+
+impl TaskCommand {
+    pub const ALL: [TaskCommand; 13] = [
+        TaskCommand::Assign,
+        TaskCommand::Claim,
+        TaskCommand::Acknowledge,
+        TaskCommand::Start,
+        TaskCommand::TickChecklistItem,
+        TaskCommand::LogCall,
+        TaskCommand::Comment,
+        TaskCommand::Submit,
+        TaskCommand::Approve,
+        TaskCommand::Return,
+        TaskCommand::Complete,
+        TaskCommand::Cancel,
+        TaskCommand::Escalate,
+    ];
+
+    /// The candidate events that would carry this command (placeholder text;
+    /// for Assign, one per possible assignee; for a checklist tick, one per
+    /// open item). The command is available if any of them would apply.
+    fn candidates(self, state: &TaskState, team: &Team) -> Vec<Action> {
+        let text = || "-".to_owned();
+        match self {
+            TaskCommand::Assign => team
+                .members
+                .values()
+                .filter(|m| m.active && state.assignee.as_deref() != Some(m.user_id.as_str()))
+                .map(|m| Action::Assigned {
+                    to: m.user_id.clone(),
+                })
+                .collect(),
+            TaskCommand::Claim => vec![Action::Claimed],
+            TaskCommand::Acknowledge => vec![Action::Acknowledged { note: text() }],
+            TaskCommand::Start => vec![Action::Started],
+            TaskCommand::TickChecklistItem => state
+                .checklist
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.done.is_none())
+                .filter_map(|(i, _)| u32::try_from(i).ok())
+                .map(|item| Action::ChecklistItemDone { item })
+                .take(1)
+                .collect(),
+            TaskCommand::LogCall => vec![Action::CallLogged {
+                attempt: CallAttempt {
+                    outcome: CallOutcome::NoAnswer,
+                    contact_used: None,
+                    notes: text(),
+                    answers: Vec::new(),
+                    next_attempt_due: None,
+                },
+            }],
+            TaskCommand::Comment => vec![Action::Commented { text: text() }],
+            TaskCommand::Submit => vec![Action::Submitted { note: text() }],
+            TaskCommand::Approve => vec![Action::Approved {
+                heads: Vec::new(),
+                note: text(),
+            }],
+            TaskCommand::Return => vec![Action::Returned { feedback: text() }],
+            TaskCommand::Complete => vec![Action::Completed { note: text() }],
+            TaskCommand::Cancel => vec![Action::Cancelled { reason: text() }],
+            TaskCommand::Escalate => vec![Action::Escalated { reason: text() }],
+        }
+    }
 }
 
 /// Key figures for one owner over a period.
@@ -373,8 +463,29 @@ impl Store {
         let patient = task_doc::patient(&doc);
         st.docs.put(&doc_id, doc);
         let team = st.team.as_ref().ok_or(Error::NotEnrolled)?;
-        let state =
-            derive(task_id, events, team).ok_or_else(|| Error::TaskNotFound(task_id.into()))?;
+        let state = derive(task_id, events.clone(), team)
+            .ok_or_else(|| Error::TaskNotFound(task_id.into()))?;
+        // Each command is offered only if the same fold that validates it
+        // would apply it now: the buttons cannot disagree with the rules.
+        let available = match &st.user {
+            Some(user) => TaskCommand::ALL
+                .into_iter()
+                .filter(|command| {
+                    command.candidates(&state, team).into_iter().any(|action| {
+                        would_apply(
+                            task_id,
+                            &events,
+                            &st.actor_hex,
+                            user,
+                            st.clock.now(),
+                            action,
+                            team,
+                        )
+                    })
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let escalations = db
             .summaries("task_id = ?1", "task_id", &[&task_id])?
             .pop()
@@ -384,6 +495,7 @@ impl Store {
             state,
             patient,
             escalations,
+            available,
             unreadable_events,
         })
     }

@@ -274,3 +274,50 @@ fn a_change_the_relay_refused_is_shown_to_its_author_and_not_offered_again() {
     c.at("max").outbox_delivered(&delivered).unwrap();
     assert!(c.at("max").outbox(100).unwrap().is_empty());
 }
+
+#[test]
+fn task_detail_offers_exactly_the_commands_the_rules_would_apply() {
+    use TaskCommand::*;
+    let c = Clinic::with(&["max", "ana", "fay"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    let pooled_task = c.at("max").delegate(pooled(Role::FrontDesk)).unwrap();
+    c.sync();
+    let offered = |user: &str, task: &str| c.at(user).task_detail(task).unwrap().available;
+
+    let ana = offered("ana", &t);
+    for cmd in [Acknowledge, Start, TickChecklistItem, LogCall, Submit] {
+        assert!(ana.contains(&cmd), "assignee lacks {cmd:?}: {ana:?}");
+    }
+    for cmd in [Assign, Claim, Approve, Return, Cancel] {
+        assert!(!ana.contains(&cmd), "assignee offered {cmd:?}");
+    }
+    // Not trusted: completing without review is not offered, and is refused.
+    assert!(!ana.contains(&Complete));
+    assert_eq!(refusal(c.at("ana").complete(&t, "")), Refusal::NeedsReview);
+    let max = offered("max", &t);
+    assert!(max.contains(&Assign) && max.contains(&Cancel) && !max.contains(&Acknowledge));
+    assert!(!max.contains(&Approve), "nothing submitted yet");
+    assert!(offered("fay", &pooled_task).contains(&Claim));
+    assert!(
+        !offered("ana", &pooled_task).contains(&Claim),
+        "another role's pool"
+    );
+
+    c.at("ana").submit(&t, "").unwrap();
+    c.sync();
+    let max = offered("max", &t);
+    assert!(max.contains(&Approve) && max.contains(&Return));
+    assert!(!offered("ana", &t).contains(&Approve));
+
+    c.at("max").approve(&t, "").unwrap();
+    let closed = offered("max", &t);
+    for cmd in [Approve, Return, LogCall, Submit, Assign, Cancel] {
+        assert!(
+            !closed.contains(&cmd),
+            "offered {cmd:?} on a completed task"
+        );
+    }
+}

@@ -1,0 +1,38 @@
+package app.handoff.android
+
+import android.app.Application
+import androidx.work.Constraints
+import androidx.work.ExistingPeriodicWorkPolicy
+import androidx.work.NetworkType
+import androidx.work.PeriodicWorkRequestBuilder
+import androidx.work.WorkManager
+import app.handoff.sdk.Handoff
+import java.io.File
+import java.util.TimeZone
+import java.util.concurrent.TimeUnit
+import kotlinx.coroutines.sync.Mutex
+import kotlinx.coroutines.sync.withLock
+
+/** Holds the one open store of the process. */
+class HandoffApplication : Application() {
+    private val lock = Mutex()
+    private var handoff: Handoff? = null
+
+    suspend fun handoff(): Handoff = lock.withLock {
+        handoff ?: Handoff.open(
+            path = File(noBackupFilesDir, "handoff.db").path,
+            key = KeyVault(this).storeKey(),
+            utcOffsetMinutes = TimeZone.getDefault().getOffset(System.currentTimeMillis()) / 60_000,
+        ).also { handoff = it }
+    }
+
+    override fun onCreate() {
+        super.onCreate()
+        // Background sync when the app is closed; live sync runs while it is open.
+        val work = PeriodicWorkRequestBuilder<SyncWorker>(15, TimeUnit.MINUTES)
+            .setConstraints(Constraints.Builder().setRequiredNetworkType(NetworkType.CONNECTED).build())
+            .build()
+        WorkManager.getInstance(this)
+            .enqueueUniquePeriodicWork("handoff-sync", ExistingPeriodicWorkPolicy.KEEP, work)
+    }
+}

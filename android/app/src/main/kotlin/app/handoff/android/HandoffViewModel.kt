@@ -1,0 +1,84 @@
+package app.handoff.android
+
+import android.app.Application
+import androidx.lifecycle.AndroidViewModel
+import androidx.lifecycle.viewModelScope
+import app.handoff.ffi.CallAttempt
+import app.handoff.ffi.Enrolment
+import app.handoff.ffi.HandoffException
+import app.handoff.ffi.TaskDetail
+import app.handoff.sdk.Handoff
+import app.handoff.sdk.SyncStatus
+import app.handoff.sdk.Views
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.SharingStarted
+import kotlinx.coroutines.flow.StateFlow
+import kotlinx.coroutines.flow.flatMapLatest
+import kotlinx.coroutines.flow.filterNotNull
+import kotlinx.coroutines.flow.stateIn
+import kotlinx.coroutines.launch
+
+/**
+ * Screens read [views], [syncStatus] and [message]; every action goes to the
+ * core through [Handoff]. A refused action becomes a message with the core's
+ * own reason: no rule is checked here.
+ */
+class HandoffViewModel(app: Application) : AndroidViewModel(app) {
+    private val handoff = MutableStateFlow<Handoff?>(null)
+    val enrolment = MutableStateFlow<Enrolment?>(null)
+    val message = MutableStateFlow<String?>(null)
+    val detail = MutableStateFlow<TaskDetail?>(null)
+
+    val views: StateFlow<Views?> = handoff.filterNotNull().flatMapLatest { it.views }
+        .stateIn(viewModelScope, SharingStarted.Eagerly, null)
+    val syncStatus: StateFlow<SyncStatus> = handoff.filterNotNull().flatMapLatest { it.syncStatus }
+        .stateIn(viewModelScope, SharingStarted.Eagerly, SyncStatus.Idle)
+
+    init {
+        viewModelScope.launch {
+            val h = (app as HandoffApplication).handoff()
+            handoff.value = h
+            enrolment.value = h.enrolment()
+            if (enrolment.value != null) h.startLiveSync()
+        }
+    }
+
+    private fun act(block: suspend Handoff.() -> Unit) {
+        val h = handoff.value ?: return
+        viewModelScope.launch {
+            try {
+                h.block()
+                detail.value?.let { detail.value = h.taskDetail(it.taskId) }
+            } catch (e: HandoffException) {
+                message.value = e.userMessage()
+            }
+            if (syncStatus.value is SyncStatus.Revoked) {
+                KeyVault(getApplication()).forget()
+                enrolment.value = null
+            }
+        }
+    }
+
+    fun enrol(relayUrl: String, invite: String) = act {
+        enrolment.value = enrol(relayUrl, invite)
+        startLiveSync()
+    }
+
+    fun open(taskId: String) = act { detail.value = taskDetail(taskId) }
+    fun closeDetail() { detail.value = null }
+    fun claim(taskId: String) = act { claim(taskId) }
+    fun acknowledge(taskId: String, note: String) = act { acknowledge(taskId, note) }
+    fun tick(taskId: String, item: Int) = act { tickChecklistItem(taskId, item.toUInt()) }
+    fun logCall(taskId: String, attempt: CallAttempt) = act { logCallAttempt(taskId, attempt) }
+    fun submit(taskId: String, note: String) = act { submit(taskId, note) }
+    fun approve(taskId: String) = act { approve(taskId) }
+    fun returnWork(taskId: String, feedback: String) = act { returnWithFeedback(taskId, feedback) }
+    fun dismiss(key: String) = act { dismissAttention(key) }
+    fun refresh() = act { syncNow() }
+    suspend fun kpis(fromMillis: Long, toMillis: Long) = handoff.value?.kpis(fromMillis, toMillis) ?: emptyList()
+    fun clearMessage() { message.value = null }
+
+    override fun onCleared() {
+        handoff.value?.stopLiveSync()
+    }
+}

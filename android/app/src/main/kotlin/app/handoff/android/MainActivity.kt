@@ -1,0 +1,31 @@
+package app.handoff.android
+
+import android.os.Bundle
+import androidx.activity.ComponentActivity
+import androidx.activity.compose.setContent
+import androidx.activity.viewModels
+import androidx.compose.material3.MaterialTheme
+import androidx.compose.runtime.collectAsState
+import androidx.compose.runtime.getValue
+import app.handoff.android.ui.EnrolScreen
+import app.handoff.android.ui.HomeScreen
+import app.handoff.android.ui.TaskDetailScreen
+
+class MainActivity : ComponentActivity() {
+    private val model: HandoffViewModel by viewModels()
+
+    override fun onCreate(savedInstanceState: Bundle?) {
+        super.onCreate(savedInstanceState)
+        setContent {
+            MaterialTheme {
+                val enrolment by model.enrolment.collectAsState()
+                val detail by model.detail.collectAsState()
+                when {
+                    enrolment == null -> EnrolScreen(model)
+                    detail != null -> TaskDetailScreen(model, detail!!)
+                    else -> HomeScreen(model, enrolment!!)
+                }
+            }
+        }
+    }
+}

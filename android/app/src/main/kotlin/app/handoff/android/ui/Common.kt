@@ -1,0 +1,70 @@
+package app.handoff.android.ui
+
+import androidx.compose.foundation.clickable
+import androidx.compose.foundation.layout.Column
+import androidx.compose.foundation.layout.Row
+import androidx.compose.foundation.layout.fillMaxWidth
+import androidx.compose.foundation.layout.padding
+import androidx.compose.material3.AlertDialog
+import androidx.compose.material3.MaterialTheme
+import androidx.compose.material3.Text
+import androidx.compose.material3.TextButton
+import androidx.compose.runtime.Composable
+import androidx.compose.runtime.collectAsState
+import androidx.compose.runtime.getValue
+import androidx.compose.ui.Modifier
+import androidx.compose.ui.unit.dp
+import app.handoff.android.HandoffViewModel
+import app.handoff.ffi.TaskSummary
+import app.handoff.sdk.SyncStatus
+import java.text.DateFormat
+import java.util.Date
+
+fun formatTime(millis: Long?): String =
+    millis?.let { DateFormat.getDateTimeInstance(DateFormat.SHORT, DateFormat.SHORT).format(Date(it)) } ?: "—"
+
+/** The words for what the core computed; no decision is made here. */
+fun label(e: Enum<*>): String = e.name.lowercase().replace('_', ' ')
+
+@Composable
+fun SyncBanner(status: SyncStatus) {
+    val text = when (status) {
+        SyncStatus.Idle -> "Not syncing"
+        is SyncStatus.Synced -> "Synced ${formatTime(status.atMillis)}"
+        is SyncStatus.Offline -> "Offline — your work is saved and will sync"
+        is SyncStatus.AuthFailed -> "Sign-in problem: ${status.reason}"
+        SyncStatus.Revoked -> "This phone was removed from the team"
+    }
+    Text(text, style = MaterialTheme.typography.labelMedium, modifier = Modifier.padding(8.dp))
+}
+
+@Composable
+fun TaskRow(task: TaskSummary, onOpen: (String) -> Unit) {
+    Column(
+        Modifier
+            .fillMaxWidth()
+            .clickable { onOpen(task.taskId) }
+            .padding(12.dp),
+    ) {
+        Text(task.title, style = MaterialTheme.typography.titleMedium)
+        Row {
+            Text("${label(task.status)} · ${label(task.priority)} · next ${formatTime(task.nextDeadlineAt)}")
+        }
+        if (task.escalations.isNotEmpty()) {
+            Text(task.escalations.joinToString { label(it) }, color = MaterialTheme.colorScheme.error)
+        }
+        if (task.staleApproval) Text("Approval needs another look", color = MaterialTheme.colorScheme.error)
+    }
+}
+
+@Composable
+fun MessageDialog(model: HandoffViewModel) {
+    val message by model.message.collectAsState()
+    message?.let {
+        AlertDialog(
+            onDismissRequest = model::clearMessage,
+            confirmButton = { TextButton(onClick = model::clearMessage) { Text("OK") } },
+            text = { Text(it) },
+        )
+    }
+}

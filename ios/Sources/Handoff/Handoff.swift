@@ -1,0 +1,156 @@
+// The Swift twin of android/sdk/.../Handoff.kt: views and sync state as
+// published properties, commands as async functions that run off the main
+// actor and refresh the views. Nothing is computed here: the core owns every
+// rule and view. Keep the two files in step.
+import Foundation
+@_exported import HandoffFFI
+
+/// The lists the screens render, read together from the core.
+public struct Views: Equatable {
+    public let queue: MyQueue
+    public let pool: [TaskSummary]
+    public let inbox: [ReviewItem]
+    public let attention: [AttentionItem]
+}
+
+/// What the sync indicator shows.
+public enum SyncStatus: Equatable {
+    case idle
+    case synced(at: Date, report: SyncReport)
+    /// No signal or relay down; work waits in the outbox.
+    case offline(reason: String, retryInMs: UInt64)
+    case authFailed(code: String, reason: String)
+    /// The practice removed this device; its data is gone.
+    case revoked
+}
+
+/// A phone's session with its store. Errors are `HandoffError`;
+/// `userMessage()` gives the sentence to show.
+@MainActor
+public final class Handoff: ObservableObject {
+    @Published public private(set) var views: Views?
+    @Published public private(set) var syncStatus: SyncStatus = .idle
+
+    private let store: TaskStore
+    private var live: SyncHandle?
+
+    init(store: TaskStore) {
+        self.store = store
+    }
+
+    /// Open the store at `path` with the 32-byte key from the Keychain.
+    /// Throws `HandoffError.WrongKey` for a wrong key.
+    public static func open(path: String, key: Data, utcOffsetMinutes: Int32 = 0) async throws -> Handoff {
+        let store = try await Task.detached { try TaskStore.open(path: path, key: key, utcOffsetMinutes: utcOffsetMinutes) }.value
+        let handoff = Handoff(store: store)
+        try await handoff.refresh()
+        return handoff
+    }
+
+    private func off<T: Sendable>(_ body: @escaping @Sendable (TaskStore) throws -> T) async throws -> T {
+        let store = self.store
+        return try await Task.detached { try body(store) }.value
+    }
+
+    public func enrolment() async throws -> Enrolment? { try await off { try $0.enrolment() } }
+    public func team() async throws -> Team? { try await off { $0.team() } }
+
+    /// Redeem an invite, fetch the team and its tasks.
+    public func enrol(relayUrl: String, invite: String) async throws -> Enrolment {
+        let enrolment = try await off { try $0.enrol(relayUrl: relayUrl, invite: invite) }
+        try await refresh()
+        return enrolment
+    }
+
+    /// Re-read every list from the core.
+    public func refresh() async throws {
+        views = try await off { store in
+            guard try store.enrolment() != nil else { return nil }
+            return Views(queue: try store.myQueue(), pool: try store.sharedPool(),
+                         inbox: try store.reviewInbox(), attention: try store.needsAttention())
+        }
+    }
+
+    public func taskDetail(_ taskId: String) async throws -> TaskDetail { try await off { try $0.taskDetail(taskId: taskId) } }
+    public func kpis(from: Date, to: Date) async throws -> [OwnerKpis] {
+        try await off { try $0.kpis(fromMs: Int64(from.timeIntervalSince1970 * 1000), toMs: Int64(to.timeIntervalSince1970 * 1000)) }
+    }
+
+    // MARK: commands: durable when they return; live sync is nudged
+
+    @discardableResult
+    private func command<T: Sendable>(_ body: @escaping @Sendable (TaskStore) throws -> T) async throws -> T {
+        let result = try await off(body)
+        live?.syncNow()
+        try await refresh()
+        return result
+    }
+
+    public func delegate(_ task: NewTask) async throws -> String { try await command { try $0.delegate(task: task) } }
+    public func assign(_ taskId: String, to: String) async throws { try await command { try $0.assign(taskId: taskId, to: to) } }
+    public func claim(_ taskId: String) async throws { try await command { try $0.claim(taskId: taskId) } }
+    public func acknowledge(_ taskId: String, note: String = "") async throws { try await command { try $0.acknowledge(taskId: taskId, note: note) } }
+    public func start(_ taskId: String) async throws { try await command { try $0.start(taskId: taskId) } }
+    public func tickChecklistItem(_ taskId: String, item: UInt32) async throws { try await command { try $0.tickChecklistItem(taskId: taskId, item: item) } }
+    public func logCallAttempt(_ taskId: String, _ attempt: CallAttempt) async throws { try await command { try $0.logCallAttempt(taskId: taskId, attempt: attempt) } }
+    public func comment(_ taskId: String, _ text: String) async throws { try await command { try $0.comment(taskId: taskId, text: text) } }
+    public func submit(_ taskId: String, note: String = "") async throws { try await command { try $0.submit(taskId: taskId, note: note) } }
+    public func approve(_ taskId: String, note: String = "") async throws { try await command { try $0.approve(taskId: taskId, note: note) } }
+    public func returnWithFeedback(_ taskId: String, _ feedback: String) async throws { try await command { try $0.returnWithFeedback(taskId: taskId, feedback: feedback) } }
+    public func complete(_ taskId: String, note: String = "") async throws { try await command { try $0.complete(taskId: taskId, note: note) } }
+    public func cancel(_ taskId: String, reason: String) async throws { try await command { try $0.cancel(taskId: taskId, reason: reason) } }
+    public func escalate(_ taskId: String, reason: String) async throws { try await command { try $0.escalate(taskId: taskId, reason: reason) } }
+    public func dismissAttention(_ key: String) async throws { try await command { try $0.dismissAttention(key: key) } }
+
+    // MARK: sync
+
+    /// One round now (pull-to-refresh, or a background task).
+    @discardableResult
+    public func syncNow() async throws -> SyncReport {
+        defer { Task { try? await self.refresh() } }
+        do {
+            let report = try await off { try $0.syncNow() }
+            syncStatus = .synced(at: Date(), report: report)
+            return report
+        } catch HandoffError.Offline(let reason) {
+            syncStatus = .offline(reason: reason, retryInMs: 0)
+            throw HandoffError.Offline(reason: reason)
+        } catch HandoffError.DeviceRevoked {
+            syncStatus = .revoked
+            throw HandoffError.DeviceRevoked
+        }
+    }
+
+    /// Keep syncing while the app is in the foreground.
+    public func startLiveSync() throws {
+        guard live == nil else { return }
+        live = try store.startSync(listener: Listener(owner: self))
+    }
+
+    public func stopLiveSync() {
+        live?.stop()
+        live = nil
+        if syncStatus != .revoked { syncStatus = .idle }
+    }
+
+    fileprivate func hear(_ event: SyncEvent) {
+        switch event {
+        case .synced(let report): syncStatus = .synced(at: Date(), report: report)
+        case .offline(let reason, let retry): syncStatus = .offline(reason: reason, retryInMs: retry)
+        case .authFailed(let code, let reason): syncStatus = .authFailed(code: code, reason: reason)
+        case .revoked: syncStatus = .revoked
+        case .dataChanged: break
+        }
+        if case .dataChanged = event { Task { try? await refresh() } }
+        if case .revoked = event { Task { try? await refresh() } }
+    }
+}
+
+/// Called on the core's sync thread: hop to the main actor.
+private final class Listener: SyncListener, @unchecked Sendable {
+    weak var owner: Handoff?
+    init(owner: Handoff) { self.owner = owner }
+    func onSyncEvent(event: SyncEvent) {
+        Task { @MainActor [weak owner] in owner?.hear(event) }
+    }
+}
