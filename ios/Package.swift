@@ -13,7 +13,10 @@ let package = Package(
     ],
     targets: [
         .binaryTarget(name: "HandoffFFIC", path: "build/HandoffFFIC.xcframework"),
-        .target(name: "HandoffFFI", dependencies: ["HandoffFFIC"], path: "Sources/HandoffFFI"),
+        // The Rust static library calls Security.framework (TLS certificate
+        // checks); a static library brings no link commands of its own.
+        .target(name: "HandoffFFI", dependencies: ["HandoffFFIC"], path: "Sources/HandoffFFI",
+                linkerSettings: [.linkedFramework("Security"), .linkedFramework("CoreFoundation")]),
         .target(name: "Handoff", dependencies: ["HandoffFFI"], path: "Sources/Handoff"),
         .testTarget(name: "HandoffTests", dependencies: ["Handoff"], path: "Tests/HandoffTests"),
     ]

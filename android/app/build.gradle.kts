@@ -1,5 +1,7 @@
 // The Compose app. Its native library comes from cargo-ndk (see README.md):
 // `cargo ndk -t arm64-v8a -t armeabi-v7a -t x86_64 -o android/app/src/main/jniLibs build --release -p handoff-ffi`
+import org.jetbrains.kotlin.gradle.dsl.JvmTarget
+
 plugins {
     id("com.android.application")
     kotlin("android")
@@ -25,8 +27,11 @@ android {
         sourceCompatibility = JavaVersion.VERSION_17
         targetCompatibility = JavaVersion.VERSION_17
     }
-    kotlinOptions { jvmTarget = "17" }
+}
 
+// `android { kotlinOptions {} }` is an error since Kotlin 2.2: use compilerOptions.
+kotlin {
+    compilerOptions { jvmTarget.set(JvmTarget.JVM_17) }
 }
 
 val repoRoot = rootDir.parentFile

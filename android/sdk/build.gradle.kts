@@ -5,12 +5,14 @@ plugins {
     kotlin("jvm")
 }
 
-kotlin {
-    jvmToolchain(17)
-}
-
 val repoRoot = rootDir.parentFile
 val generatedBindings = File(repoRoot, "target/bindings/kotlin")
+
+kotlin {
+    jvmToolchain(17)
+    // KotlinSourceSet.kotlin (the Java SourceSet has no typed `kotlin` accessor).
+    sourceSets["main"].kotlin.srcDir(generatedBindings)
+}
 
 val generateBindings by tasks.registering(Exec::class) {
     description = "Build handoff-ffi for the host and generate its Kotlin bindings."
@@ -23,7 +25,6 @@ val generateBindings by tasks.registering(Exec::class) {
     )
 }
 
-sourceSets["main"].kotlin.srcDir(generatedBindings)
 tasks.named("compileKotlin") { dependsOn(generateBindings) }
 
 dependencies {

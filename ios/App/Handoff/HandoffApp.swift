@@ -14,7 +14,7 @@ struct HandoffApp: App {
         }
         .onChange(of: phase) { phase in
             // Live sync while in the foreground; BGAppRefresh otherwise.
-            if phase == .active { session.handoff.map { try? $0.startLiveSync() } }
+            if phase == .active { try? session.handoff?.startLiveSync() }
             if phase == .background { session.handoff?.stopLiveSync(); Session.scheduleRefresh() }
         }
         .backgroundTask(.appRefresh(Session.refreshTask)) {
@@ -28,7 +28,7 @@ struct HandoffApp: App {
 /// Owns the one open store; shows the core's own message for any error.
 @MainActor
 final class Session: ObservableObject {
-    static let refreshTask = "app.handoff.sync"
+    nonisolated static let refreshTask = "app.handoff.sync"
     @Published var handoff: Handoff?
     @Published var enrolment: Enrolment?
     @Published var message: String?
@@ -59,7 +59,8 @@ final class Session: ObservableObject {
         }
     }
 
-    static func scheduleRefresh() {
+    /// nonisolated: also called from the (non-main-actor) background task.
+    nonisolated static func scheduleRefresh() {
         let request = BGAppRefreshTaskRequest(identifier: refreshTask)
         request.earliestBeginDate = Date(timeIntervalSinceNow: 15 * 60)
         try? BGTaskScheduler.shared.submit(request)

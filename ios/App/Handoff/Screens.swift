@@ -101,7 +101,9 @@ struct HomeView: View {
                         ForEach(v.pool, id: \.taskId) { t in
                             HStack {
                                 NavigationLink(value: t.taskId) { TaskRow(task: t) }
+                                // borderless: otherwise a tap anywhere on the row fires it.
                                 Button("Claim") { Task { await session.run { try await handoff.claim(t.taskId) } } }
+                                    .buttonStyle(.borderless)
                             }
                         }
                     }
@@ -211,10 +213,10 @@ struct TaskDetailView: View {
                     }
                     if can.contains(.submit) { Button("Submit for review") { act { try await handoff.submit(taskId) } } }
                 }
-                if can.contains(.approve) || can.contains(.return) {
+                if can.contains(.approve) || can.contains(.`return`) {
                     Section("Review") {
                         if can.contains(.approve) { Button("Approve") { act { try await handoff.approve(taskId) } } }
-                        if can.contains(.return) {
+                        if can.contains(.`return`) {
                             TextField("Feedback", text: $feedback)
                             Button("Return with feedback") { act { try await handoff.returnWithFeedback(taskId, feedback) } }
                         }

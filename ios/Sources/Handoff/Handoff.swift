@@ -64,7 +64,7 @@ public final class Handoff: ObservableObject {
 
     /// Re-read every list from the core.
     public func refresh() async throws {
-        views = try await off { store in
+        views = try await off { store -> Views? in
             guard try store.enrolment() != nil else { return nil }
             return Views(queue: try store.myQueue(), pool: try store.sharedPool(),
                          inbox: try store.reviewInbox(), attention: try store.needsAttention())

@@ -10,6 +10,7 @@ import app.handoff.ffi.TaskDetail
 import app.handoff.sdk.Handoff
 import app.handoff.sdk.SyncStatus
 import app.handoff.sdk.Views
+import kotlinx.coroutines.ExperimentalCoroutinesApi
 import kotlinx.coroutines.flow.MutableStateFlow
 import kotlinx.coroutines.flow.SharingStarted
 import kotlinx.coroutines.flow.StateFlow
@@ -23,6 +24,7 @@ import kotlinx.coroutines.launch
  * core through [Handoff]. A refused action becomes a message with the core's
  * own reason: no rule is checked here.
  */
+@OptIn(ExperimentalCoroutinesApi::class) // flatMapLatest
 class HandoffViewModel(app: Application) : AndroidViewModel(app) {
     private val handoff = MutableStateFlow<Handoff?>(null)
     val enrolment = MutableStateFlow<Enrolment?>(null)
@@ -40,6 +42,23 @@ class HandoffViewModel(app: Application) : AndroidViewModel(app) {
             handoff.value = h
             enrolment.value = h.enrolment()
             if (enrolment.value != null) h.startLiveSync()
+        }
+        // Live sync brought news: the open task is re-read too.
+        viewModelScope.launch {
+            views.collect {
+                val open = detail.value ?: return@collect
+                detail.value = runCatching { handoff.value?.taskDetail(open.taskId) }.getOrNull()
+            }
+        }
+        // Revoked while live: the core wiped the store; drop the key and go back to enrolment.
+        viewModelScope.launch {
+            syncStatus.collect {
+                if (it is SyncStatus.Revoked && enrolment.value != null) {
+                    KeyVault(getApplication()).forget()
+                    enrolment.value = null
+                    detail.value = null
+                }
+            }
         }
     }
 

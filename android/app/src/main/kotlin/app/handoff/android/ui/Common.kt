@@ -39,9 +39,9 @@ fun SyncBanner(status: SyncStatus) {
 }
 
 @Composable
-fun TaskRow(task: TaskSummary, onOpen: (String) -> Unit) {
+fun TaskRow(task: TaskSummary, onOpen: (String) -> Unit, modifier: Modifier = Modifier) {
     Column(
-        Modifier
+        modifier
             .fillMaxWidth()
             .clickable { onOpen(task.taskId) }
             .padding(12.dp),

@@ -19,6 +19,7 @@ import androidx.compose.runtime.getValue
 import androidx.compose.runtime.mutableStateOf
 import androidx.compose.runtime.remember
 import androidx.compose.runtime.setValue
+import androidx.compose.ui.Alignment
 import androidx.compose.ui.Modifier
 import androidx.compose.ui.unit.dp
 import app.handoff.android.HandoffViewModel
@@ -48,8 +49,9 @@ fun HomeScreen(model: HandoffViewModel, me: Enrolment) {
                     item { KpiCard(model, me) }
                 }
                 1 -> items(v.pool, key = { it.taskId }) { t ->
-                    Row {
-                        TaskRow(t, model::open)
+                    Row(verticalAlignment = Alignment.CenterVertically) {
+                        // weight: a fillMaxWidth row would leave the button no room.
+                        TaskRow(t, model::open, Modifier.weight(1f))
                         Button(onClick = { model.claim(t.taskId) }) { Text("Claim") }
                     }
                 }
