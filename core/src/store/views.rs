@@ -467,20 +467,13 @@ impl Store {
             .ok_or_else(|| Error::TaskNotFound(task_id.into()))?;
         // Each command is offered only if the same fold that validates it
         // would apply it now: the buttons cannot disagree with the rules.
+        let now = st.clock.now();
         let available = match &st.user {
             Some(user) => TaskCommand::ALL
                 .into_iter()
                 .filter(|command| {
                     command.candidates(&state, team).into_iter().any(|action| {
-                        would_apply(
-                            task_id,
-                            &events,
-                            &st.actor_hex,
-                            user,
-                            st.clock.now(),
-                            action,
-                            team,
-                        )
+                        would_apply(task_id, &events, &st.actor_hex, user, now, action, team)
                     })
                 })
                 .collect(),

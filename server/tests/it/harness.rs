@@ -280,6 +280,20 @@ pub fn manager_and(relay: &Relay, user: &str, role: &str) -> (String, Phone, Pho
     (team, max, other)
 }
 
+/// Like [`manager_and`], but assistant `ana` reaches the relay through
+/// `proxy_url` (a counting or cutting proxy); `max` talks to it directly.
+pub fn manager_and_proxied(relay: &Relay, proxy_url: &str) -> (Phone, Phone) {
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(relay, &invite);
+    let ana = Phone::new();
+    ana.engine
+        .enrol(proxy_url, &relay.invite(&team, "ana", "clinical_assistant"))
+        .unwrap();
+    ana.sync();
+    max.sync();
+    (max, ana)
+}
+
 /// `max` hands a call to `user` (on phone `to`); both phones have the task.
 pub fn hand_over(max: &Phone, to: &Phone, title: &str, user: &str) -> String {
     let task = max

@@ -318,17 +318,7 @@ fn connections_cut_mid_request_and_mid_response_lose_and_double_nothing() {
     use crate::proxy::{Cut, Proxy};
     let relay = Relay::start();
     let proxy = Proxy::to(&relay.url);
-    let (team, invite) = relay.create_team("Clinic", "max");
-    let max = Phone::enrolled(&relay, &invite);
-    let ana = Phone::new();
-    ana.engine
-        .enrol(
-            &proxy.url,
-            &relay.invite(&team, "ana", "clinical_assistant"),
-        )
-        .unwrap();
-    ana.sync();
-    max.sync();
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
     let task = hand_over(&max, &ana, "Call", "ana");
     for _ in 0..50 {
         ana.store

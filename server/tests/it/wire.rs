@@ -13,17 +13,7 @@ use crate::proxy::Proxy;
 fn one_logged_call_costs_its_change_plus_a_small_envelope() {
     let relay = Relay::start();
     let proxy = Proxy::to(&relay.url);
-    let (team, invite) = relay.create_team("Clinic", "max");
-    let max = Phone::enrolled(&relay, &invite);
-    let ana = Phone::new();
-    ana.engine
-        .enrol(
-            &proxy.url,
-            &relay.invite(&team, "ana", "clinical_assistant"),
-        )
-        .unwrap();
-    ana.sync();
-    max.sync();
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
     let task = hand_over(&max, &ana, "Call", "ana");
     // Warm: one call synced, so the connection is open as it would be.
     ana.store
