@@ -6,6 +6,7 @@
 //! derived from them does not depend on automerge history and survives a
 //! redaction, which re-creates the document.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -162,6 +163,43 @@ impl Action {
 }
 
 impl Event {
+    /// The next event a device writes to a task: after every event it has
+    /// seen (`deps` is their frontier, `lt` one more than the latest).
+    pub fn next(
+        events: &[Event],
+        actor: &str,
+        user: &str,
+        now: Timestamp,
+        action: Action,
+    ) -> Event {
+        let referenced: HashSet<&EventId> = events.iter().flat_map(|e| e.deps.iter()).collect();
+        let mut deps: Vec<EventId> = events
+            .iter()
+            .map(|e| &e.id)
+            .filter(|id| !referenced.contains(id))
+            .cloned()
+            .collect();
+        deps.sort();
+        deps.dedup();
+        Event {
+            id: EventId {
+                actor: actor.into(),
+                n: events
+                    .iter()
+                    .filter(|e| e.id.actor == actor)
+                    .map(|e| e.id.n)
+                    .max()
+                    .unwrap_or(0)
+                    + 1,
+            },
+            deps,
+            lt: events.iter().map(|e| e.lt).max().unwrap_or(0) + 1,
+            at: now,
+            by: user.into(),
+            action,
+        }
+    }
+
     /// The order every replica folds events in: causal (Lamport), then the
     /// author's clock, then the id. Total and the same everywhere.
     pub fn order_key(&self) -> (u64, Timestamp, &str, u32) {

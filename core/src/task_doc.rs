@@ -18,7 +18,7 @@ use crate::team::AsRefStr;
 
 /// A new task document. The actor is set first: setting it later would
 /// commit the layout as a separate change that never reaches the outbox.
-pub(crate) fn new_doc(task_id: &str, generation: i64, actor: &ActorId) -> Result<AutoCommit> {
+pub fn new_doc(task_id: &str, generation: i64, actor: &ActorId) -> Result<AutoCommit> {
     let mut doc = AutoCommit::new().with_actor(actor.clone());
     doc.put(ROOT, "task_id", task_id)?;
     doc.put(ROOT, "generation", generation)?;
@@ -75,7 +75,7 @@ pub fn events(doc: &AutoCommit) -> (Vec<Event>, usize) {
     (events, skipped)
 }
 
-pub(crate) fn append(doc: &mut AutoCommit, event: &Event) -> Result<()> {
+pub fn append(doc: &mut AutoCommit, event: &Event) -> Result<()> {
     let list = match events_obj(doc) {
         Some(l) => l,
         None => doc.put_object(ROOT, "events", ObjType::List)?,

@@ -535,7 +535,7 @@ impl Store {
             None => task_doc::events(&doc).0,
         };
         let now = st.clock.now();
-        let event = next_event(&events, &st.actor_hex, &user, now, action(&mut doc));
+        let event = Event::next(&events, &st.actor_hex, &user, now, action(&mut doc));
         events.push(event.clone());
         let state = match checked(task_id, events.clone(), &event, team) {
             Ok(s) => s,
@@ -779,36 +779,6 @@ impl Store {
     }
 }
 
-/// The next event this device writes to a task: after everything it has seen.
-fn next_event(events: &[Event], actor: &str, user: &str, now: Timestamp, action: Action) -> Event {
-    let referenced: HashSet<&EventId> = events.iter().flat_map(|e| e.deps.iter()).collect();
-    let mut deps: Vec<EventId> = events
-        .iter()
-        .map(|e| &e.id)
-        .filter(|id| !referenced.contains(id))
-        .cloned()
-        .collect();
-    deps.sort();
-    deps.dedup();
-    Event {
-        id: EventId {
-            actor: actor.into(),
-            n: events
-                .iter()
-                .filter(|e| e.id.actor == actor)
-                .map(|e| e.id.n)
-                .max()
-                .unwrap_or(0)
-                + 1,
-        },
-        deps,
-        lt: events.iter().map(|e| e.lt).max().unwrap_or(0) + 1,
-        at: now,
-        by: user.into(),
-        action,
-    }
-}
-
 /// Derive the state with `event` added and insist it took effect.
 /// Would `user` doing `action` on this device take effect now? (No write.)
 fn would_apply(
@@ -820,7 +790,7 @@ fn would_apply(
     action: Action,
     team: &Team,
 ) -> bool {
-    let event = next_event(events, actor, user, now, action);
+    let event = Event::next(events, actor, user, now, action);
     let mut candidate = events.to_vec();
     candidate.push(event.clone());
     checked(task_id, candidate, &event, team).is_ok()
