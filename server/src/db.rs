@@ -129,11 +129,30 @@ impl Db {
             tx.pragma_update(None, "user_version", VERSION)?;
             tx.commit()?;
         }
+        // A push is acknowledged only once it would survive a power cut: the
+        // writer syncs the WAL at every commit (the feed writer batches
+        // concurrent pushes into one commit, so one sync serves them all).
+        conn.pragma_update(None, "synchronous", "FULL")?;
         Ok(Db {
             path,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Copy the WAL back into the database file, off the write path: the
+    /// relay runs this on a timer and turns off checkpoints inside commits.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.read(|c| {
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+
+    /// Leave checkpoints to [`Db::checkpoint`] (the relay's timer thread).
+    pub fn checkpoint_in_background(&self) -> Result<()> {
+        self.write().pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
     }
 
     pub fn write(&self) -> MutexGuard<'_, Connection> {

@@ -37,12 +37,25 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
         ));
     }
     let db = Db::open(&config.db_path)?;
+    db.checkpoint_in_background()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = api::App {
         relay: Arc::new(Relay::new(db)),
         metrics: Arc::new(metrics::Metrics::default()),
         shutdown: stop_rx,
     };
+    {
+        let db = app.relay.db.clone();
+        std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                if let Err(e) = db.checkpoint() {
+                    tracing::warn!("checkpoint failed: {e}");
+                }
+            })
+            .map_err(|e| Error::Storage(format!("cannot start the checkpointer: {e}")))?;
+    }
     let router = api::router(app);
     let listener = std::net::TcpListener::bind(config.bind)
         .map_err(|e| Error::Storage(format!("cannot bind {}: {e}", config.bind)))?;

@@ -1,13 +1,18 @@
 //! The relay's logic, without HTTP: per-team state rebuilt from the feed,
 //! what a push may store, what a device may pull, enrolment.
 //!
-//! Each team's state sits behind its own mutex. A push validates every
-//! change against that state (the core's own derivation decides who may
-//! read and write what), appends the accepted ones to the feed in one
-//! SQLite transaction, then wakes the team's long-polls.
+//! Each loaded team has its state behind a mutex and one thread that writes
+//! its feed. Pushes queue for that thread, which takes every push waiting
+//! as one batch: it validates each change against the team's state (the
+//! core's own derivation decides who may read and write what), appends the
+//! accepted ones to the feed in one SQLite transaction, answers every push
+//! of the batch, then wakes the team's long-polls. Concurrent pushes thus
+//! share one commit and never contend for the state.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use handoff_core::access::{may_change_team, may_read_task};
@@ -20,7 +25,7 @@ use handoff_core::team::{Team, TeamWriter};
 use handoff_core::{is_valid_id, Device, Member, Role};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::db::{Db, DeviceRow, FeedRow, InviteRow, TeamRow};
 use crate::error::{Error, Result};
@@ -30,6 +35,11 @@ pub const PAGE_CHANGES: usize = 1000;
 pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Feed entries one pull looks at before answering (most may be invisible).
 const PAGE_SCAN: usize = 20_000;
+/// Bytes of each team's newest changes kept in memory: live devices pull
+/// only these, without touching SQLite.
+const RECENT_BYTES: usize = 4 * 1024 * 1024;
+/// Most pushes one feed write takes together.
+const MAX_BATCH: usize = 256;
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -86,7 +96,65 @@ pub struct TeamState {
     feed: Vec<FeedEntry>,
     actors: HashMap<String, Arc<str>>,
     hashes: HashSet<ChangeHash>,
-    head: watch::Sender<u64>,
+    /// The bytes of the newest changes, seqs `head - len + 1 ..= head`.
+    recent: VecDeque<Arc<[u8]>>,
+    recent_bytes: usize,
+    /// Devices waiting in a long-poll, by actor: each is woken only by
+    /// changes it may read.
+    waiters: HashMap<Arc<str>, Waiter>,
+}
+
+struct Waiter {
+    user: String,
+    wake: watch::Sender<u64>,
+}
+
+fn refuse(code: RefusalCode, reason: &str) -> Verdict {
+    Verdict::Refused {
+        code,
+        reason: reason.to_owned(),
+    }
+}
+
+/// A pushed change, checked for form and decoded before it queues for the
+/// feed writer (so that this work runs on the request's own thread).
+pub struct Incoming {
+    doc: String,
+    /// The change and the events it inserts, or why it cannot be stored.
+    decoded: std::result::Result<(Change, Vec<Event>), Verdict>,
+}
+
+impl Incoming {
+    pub fn decode(change: DocChange) -> Incoming {
+        let decoded = if change.bytes.len() > MAX_CHANGE {
+            Err(refuse(RefusalCode::TooLarge, "the change is too large"))
+        } else if !is_valid_id(&change.doc) {
+            Err(refuse(RefusalCode::InvalidChange, "bad document id"))
+        } else {
+            match Change::from_bytes(change.bytes) {
+                Ok(c) if change.doc == TEAM_DOC => Ok((c, Vec::new())),
+                Ok(c) => {
+                    let events = events_in_change(&c);
+                    Ok((c, events))
+                }
+                Err(_) => Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "not an automerge change",
+                )),
+            }
+        };
+        Incoming {
+            doc: change.doc,
+            decoded,
+        }
+    }
+}
+
+/// One feed entry as a pull sends it: the bytes when they are in memory.
+pub struct PageEntry {
+    pub seq: u64,
+    pub doc: Arc<str>,
+    pub bytes: Option<Arc<[u8]>>,
 }
 
 impl TeamState {
@@ -103,7 +171,9 @@ impl TeamState {
             feed: Vec::new(),
             actors: HashMap::new(),
             hashes: HashSet::new(),
-            head: watch::channel(0).0,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            waiters: HashMap::new(),
         };
         let mut team_changes = Vec::new();
         let mut failed = None;
@@ -112,6 +182,7 @@ impl TeamState {
                 let doc: Arc<str> = st.doc_key(&r.doc_id);
                 let size = r.bytes.len() as u32;
                 st.hashes.insert(ChangeHash(r.hash));
+                st.remember(Arc::from(r.bytes.as_slice()));
                 let change = Change::from_bytes(r.bytes);
                 let actor = match &change {
                     Ok(c) => st.actor_key(&c.actor_id().to_hex_string()),
@@ -142,7 +213,6 @@ impl TeamState {
         st.team_doc.set_actor(relay_actor);
         st.team = Team::read(&st.team_doc);
         st.rederive_all();
-        st.head.send_replace(st.feed.len() as u64);
         Ok(st)
     }
 
@@ -171,8 +241,49 @@ impl TeamState {
         self.feed.len() as u64
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.head.subscribe()
+    /// Keep the newest change's bytes, forgetting the oldest beyond the budget.
+    fn remember(&mut self, bytes: Arc<[u8]>) {
+        self.recent_bytes += bytes.len();
+        self.recent.push_back(bytes);
+        while self.recent_bytes > RECENT_BYTES && self.recent.len() > 1 {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_bytes -= old.len();
+            }
+        }
+    }
+
+    /// The feed entries at `seqs`, with their bytes where they are in memory.
+    pub fn page(&self, seqs: &[u64]) -> Vec<PageEntry> {
+        let first_recent = self.head() + 1 - self.recent.len() as u64;
+        seqs.iter()
+            .filter_map(|&seq| {
+                let entry = self.feed.get(usize::try_from(seq).ok()?.checked_sub(1)?)?;
+                let bytes = seq
+                    .checked_sub(first_recent)
+                    .and_then(|i| self.recent.get(i as usize))
+                    .cloned();
+                Some(PageEntry {
+                    seq,
+                    doc: entry.doc.clone(),
+                    bytes,
+                })
+            })
+            .collect()
+    }
+
+    /// Wait for news for this device: the receiver changes when a change
+    /// it may read (and did not write) enters the feed.
+    pub fn wait(&mut self, caller: &Caller) -> watch::Receiver<u64> {
+        let head = self.head();
+        let actor = self.actor_key(&caller.actor);
+        self.waiters
+            .entry(actor)
+            .or_insert_with(|| Waiter {
+                user: caller.user_id.clone(),
+                wake: watch::channel(head).0,
+            })
+            .wake
+            .subscribe()
     }
 
     /// May this user read this document now?
@@ -211,31 +322,13 @@ impl TeamState {
     }
 
     /// Check one pushed change against the team's rules; on success, take
-    /// it into the state and return its feed row (not yet written).
-    fn admit(
-        &mut self,
-        caller: &Caller,
-        change: &DocChange,
-    ) -> std::result::Result<Option<FeedRow>, Verdict> {
-        let refuse = |code: RefusalCode, reason: &str| Verdict::Refused {
-            code,
-            reason: reason.to_owned(),
-        };
-        if change.bytes.len() > MAX_CHANGE {
-            return Err(refuse(RefusalCode::TooLarge, "the change is too large"));
-        }
-        if !is_valid_id(&change.doc) {
-            return Err(refuse(RefusalCode::InvalidChange, "bad document id"));
-        }
-        let Ok(c) = Change::from_bytes(change.bytes.clone()) else {
-            return Err(refuse(
-                RefusalCode::InvalidChange,
-                "not an automerge change",
-            ));
-        };
+    /// it into the state (`Ok(true)`; the caller writes its feed row).
+    /// `Ok(false)`: the relay already has it.
+    fn admit(&mut self, caller: &Caller, change: &Incoming) -> std::result::Result<bool, Verdict> {
+        let (c, new_events) = change.decoded.as_ref().map_err(Clone::clone)?;
         let hash = c.hash();
         if self.hashes.contains(&hash) {
-            return Ok(None);
+            return Ok(false);
         }
         if c.actor_id().to_hex_string() != caller.actor {
             return Err(refuse(
@@ -257,7 +350,7 @@ impl TeamState {
                 ));
             }
             let mut doc = self.team_doc.clone();
-            if doc.apply_changes([c]).is_err() {
+            if doc.apply_changes([c.clone()]).is_err() {
                 return Err(refuse(
                     RefusalCode::InvalidChange,
                     "the change does not apply",
@@ -274,7 +367,6 @@ impl TeamState {
             self.team = team;
             self.rederive_all();
         } else {
-            let new_events = events_in_change(&c);
             // Events from other devices come only as copies into a redacted
             // task's next generation, of events the relay already has.
             if new_events.iter().any(|e| {
@@ -286,35 +378,42 @@ impl TeamState {
                 ));
             }
             let key = self.doc_key(&change.doc);
-            let (events, prior) = match self.docs.get(&key) {
-                Some(e) => (e.events.clone(), e.state.as_ref()),
-                None => (Vec::new(), None),
+            let (all, state, history) = {
+                let entry = self.docs.get(&key);
+                let events: &[Event] = entry.map_or(&[], |e| e.events.as_slice());
+                let prior = entry.and_then(|e| e.state.as_ref());
+                // Write access is judged on the task as its author saw it (the
+                // events the new ones build on): a claim that lost a race to
+                // another claim is still the front desk's to make, and is kept
+                // so that both phones derive who won. Usually the author had
+                // seen every event, and that task is the one already derived.
+                let past = causal_past(events, new_events);
+                let derived;
+                let seen = if new_events.is_empty() || past.len() == events.len() {
+                    prior
+                } else {
+                    let past: Vec<Event> = past.iter().map(|&i| events[i].clone()).collect();
+                    derived = derive(&change.doc, &past, &self.team);
+                    derived.as_ref()
+                };
+                let may_write = match (seen, prior) {
+                    (Some(seen), _) => may_read_task(&self.team, &caller.user_id, seen),
+                    // A new task: its own `created` event decides below.
+                    (None, None) => true,
+                    (None, Some(_)) => false,
+                };
+                if !may_write {
+                    return Err(refuse(
+                        RefusalCode::Forbidden,
+                        "this task is not yours to change",
+                    ));
+                }
+                let mut all = events.to_vec();
+                all.extend(new_events.iter().cloned());
+                let (state, history) = derive_with_history(&change.doc, all.clone(), &self.team);
+                (all, state, history)
             };
-            // Write access is judged on the task as its author saw it (the
-            // events the new ones build on): a claim that lost a race to
-            // another claim is still the front desk's to make, and is kept
-            // so that both phones derive who won.
-            let seen = if new_events.is_empty() {
-                prior.cloned()
-            } else {
-                derive(&change.doc, &causal_past(&events, &new_events), &self.team)
-            };
-            let may_write = match (&seen, prior) {
-                (Some(seen), _) => may_read_task(&self.team, &caller.user_id, seen),
-                // A new task: its own `created` event decides below.
-                (None, None) => true,
-                (None, Some(_)) => false,
-            };
-            if !may_write {
-                return Err(refuse(
-                    RefusalCode::Forbidden,
-                    "this task is not yours to change",
-                ));
-            }
-            let mut all = events;
-            all.extend(new_events.iter().cloned());
-            let (state, history) = derive_with_history(&change.doc, all.clone(), &self.team);
-            for e in &new_events {
+            for e in new_events {
                 let id = e.id.to_string();
                 if let Some(h) = history.iter().find(|h| h.event_id == id) {
                     if let Outcome::Refused { refusal } = &h.outcome {
@@ -330,12 +429,7 @@ impl TeamState {
             });
             self.docs.insert(key, DocEntry { events: all, state });
         }
-        Ok(Some(FeedRow {
-            seq: 0,
-            doc_id: change.doc.clone(),
-            hash: hash.0,
-            bytes: change.bytes.clone(),
-        }))
+        Ok(true)
     }
 
     fn known_in_earlier_generation(&self, doc: &str, event: &Event) -> bool {
@@ -357,9 +451,10 @@ impl TeamState {
         })
     }
 
-    fn record(&mut self, rows: &[FeedRow], actor: &str) {
-        let actor = self.actor_key(actor);
-        for r in rows {
+    /// Take committed rows into the feed (each with the device that wrote
+    /// it) and wake the long-polls.
+    fn record(&mut self, rows: &[(FeedRow, Arc<str>)]) {
+        for (r, actor) in rows {
             let doc = self.doc_key(&r.doc_id);
             self.feed.push(FeedEntry {
                 doc,
@@ -367,6 +462,22 @@ impl TeamState {
                 actor: actor.clone(),
             });
             self.hashes.insert(ChangeHash(r.hash));
+            self.remember(Arc::from(r.bytes.as_slice()));
+        }
+        let head = self.head();
+        let mut gone = Vec::new();
+        for (actor, w) in &self.waiters {
+            if w.wake.receiver_count() == 0 {
+                gone.push(actor.clone());
+            } else if rows
+                .iter()
+                .any(|(r, author)| author != actor && self.visible(&r.doc_id, &w.user))
+            {
+                w.wake.send_replace(head);
+            }
+        }
+        for actor in gone {
+            self.waiters.remove(&actor);
         }
     }
 }
@@ -375,24 +486,22 @@ fn derive(doc: &str, events: &[Event], team: &Team) -> Option<TaskState> {
     handoff_core::derive::derive(doc, events.to_vec(), team)
 }
 
-/// The events `new` build on, transitively.
-fn causal_past(events: &[Event], new: &[Event]) -> Vec<Event> {
-    let by_id: HashMap<&handoff_core::EventId, &Event> =
-        events.iter().map(|e| (&e.id, e)).collect();
-    let mut seen: HashSet<&handoff_core::EventId> = HashSet::new();
+/// The positions in `events` of the events `new` build on, transitively,
+/// in list order.
+fn causal_past(events: &[Event], new: &[Event]) -> Vec<usize> {
+    let by_id: HashMap<&handoff_core::EventId, usize> =
+        events.iter().enumerate().map(|(i, e)| (&e.id, i)).collect();
+    let mut seen = vec![false; events.len()];
     let mut stack: Vec<&handoff_core::EventId> = new.iter().flat_map(|e| e.deps.iter()).collect();
     while let Some(id) = stack.pop() {
-        if let Some(e) = by_id.get(id) {
-            if seen.insert(id) {
-                stack.extend(e.deps.iter());
+        if let Some(&i) = by_id.get(id) {
+            if !seen[i] {
+                seen[i] = true;
+                stack.extend(events[i].deps.iter());
             }
         }
     }
-    events
-        .iter()
-        .filter(|e| seen.contains(&e.id))
-        .cloned()
-        .collect()
+    (0..events.len()).filter(|&i| seen[i]).collect()
 }
 
 /// Refusals that say the user's role or identity does not allow the action:
@@ -412,48 +521,172 @@ fn is_role_refusal(r: &Refusal) -> bool {
 
 /// The relay: the database and the loaded teams.
 pub struct Relay {
-    pub db: Db,
-    teams: Mutex<HashMap<String, Arc<Mutex<TeamState>>>>,
+    pub db: Arc<Db>,
+    teams: Mutex<HashMap<String, Arc<LoadedTeam>>>,
 }
+
+/// A team in memory: its state, and the queue of its feed writer thread.
+pub struct LoadedTeam {
+    state: Mutex<TeamState>,
+    pushes: Mutex<mpsc::Sender<PushJob>>,
+    /// A write failed after the state took it in: the state is ahead of the
+    /// database and is rebuilt from the feed on next use.
+    failed: AtomicBool,
+}
+
+impl LoadedTeam {
+    pub fn state(&self) -> MutexGuard<'_, TeamState> {
+        lock(&self.state)
+    }
+}
+
+/// One push waiting for the feed writer.
+struct PushJob {
+    caller: Caller,
+    changes: Vec<Incoming>,
+    reply: oneshot::Sender<Result<Vec<Verdict>>>,
+}
+
+/// A push's answer, once the feed writer has taken it.
+pub type PushReceipt = oneshot::Receiver<Result<Vec<Verdict>>>;
 
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The feed writer of one team: takes every push waiting as one batch,
+/// one transaction, until the team is unloaded.
+fn feed_writer(db: Arc<Db>, team: Weak<LoadedTeam>, jobs: mpsc::Receiver<PushJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
+        let Some(team) = team.upgrade() else {
+            return;
+        };
+        if let Err(e) = write_batch(&db, &team, batch) {
+            team.failed.store(true, Ordering::Release);
+            tracing::error!("a feed write failed; the team is reloaded on next use: {e}");
+            return;
+        }
+    }
+}
+
+/// Admit every change of every push in order, store the admitted ones in
+/// one transaction, take them into the feed, then answer each push. On a
+/// storage error every push of the batch is answered with it.
+fn write_batch(db: &Db, team: &LoadedTeam, batch: Vec<PushJob>) -> Result<()> {
+    let mut st = team.state();
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut rows: Vec<(FeedRow, Arc<str>)> = Vec::new();
+    for job in batch {
+        let actor = st.actor_key(&job.caller.actor);
+        let mut verdicts = Vec::with_capacity(job.changes.len());
+        for change in job.changes {
+            match st.admit(&job.caller, &change) {
+                Ok(true) => {
+                    let Ok((c, _)) = &change.decoded else {
+                        continue;
+                    };
+                    let row = FeedRow {
+                        seq: st.head() + rows.len() as u64 + 1,
+                        doc_id: change.doc,
+                        hash: c.hash().0,
+                        bytes: c.raw_bytes().to_vec(),
+                    };
+                    // Later changes may build on it, and a second copy of
+                    // it is a duplicate.
+                    st.hashes.insert(ChangeHash(row.hash));
+                    rows.push((row, actor.clone()));
+                    verdicts.push(Verdict::Stored);
+                }
+                Ok(false) => verdicts.push(Verdict::Duplicate),
+                Err(v) => verdicts.push(v),
+            }
+        }
+        answers.push((job.reply, verdicts));
+    }
+    let written = (|| {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let conn = db.write();
+        let tx = conn.unchecked_transaction()?;
+        for (r, _) in &rows {
+            Db::append_feed(&tx, &st.team_id, r)?;
+        }
+        tx.commit()?;
+        Ok::<_, Error>(())
+    })();
+    if let Err(e) = written {
+        let message = e.to_string();
+        for (reply, _) in answers {
+            let _ = reply.send(Err(Error::Storage(message.clone())));
+        }
+        return Err(e);
+    }
+    st.record(&rows);
+    drop(st);
+    for (reply, verdicts) in answers {
+        let _ = reply.send(Ok(verdicts));
+    }
+    Ok(())
+}
+
 impl Relay {
     pub fn new(db: Db) -> Relay {
         Relay {
-            db,
+            db: Arc::new(db),
             teams: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The team's state, loading it from the feed on first use.
-    pub fn team(&self, team_id: &str) -> Result<Arc<Mutex<TeamState>>> {
-        if let Some(t) = lock(&self.teams).get(team_id) {
-            return Ok(t.clone());
+    /// The team if it is in memory (no I/O: for async handlers).
+    pub fn loaded(&self, team_id: &str) -> Option<Arc<LoadedTeam>> {
+        lock(&self.teams)
+            .get(team_id)
+            .filter(|t| !t.failed.load(Ordering::Acquire))
+            .cloned()
+    }
+
+    /// The team, loading it from the feed on first use (blocking).
+    pub fn team(&self, team_id: &str) -> Result<Arc<LoadedTeam>> {
+        if let Some(t) = self.loaded(team_id) {
+            return Ok(t);
         }
         let row = self
             .db
             .read(|c| Db::team(c, team_id))?
             .ok_or(Error::NotFound("no such team"))?;
-        let state = Arc::new(Mutex::new(TeamState::load(&self.db, &row)?));
-        Ok(lock(&self.teams)
-            .entry(team_id.to_owned())
-            .or_insert(state)
-            .clone())
-    }
-
-    fn forget_team(&self, team_id: &str) {
-        lock(&self.teams).remove(team_id);
+        let state = TeamState::load(&self.db, &row)?;
+        let mut teams = lock(&self.teams);
+        if let Some(t) = teams
+            .get(team_id)
+            .filter(|t| !t.failed.load(Ordering::Acquire))
+        {
+            return Ok(t.clone());
+        }
+        let (tx, rx) = mpsc::channel();
+        let team = Arc::new(LoadedTeam {
+            state: Mutex::new(state),
+            pushes: Mutex::new(tx),
+            failed: AtomicBool::new(false),
+        });
+        let (db, weak) = (self.db.clone(), Arc::downgrade(&team));
+        std::thread::Builder::new()
+            .name("feed-writer".into())
+            .spawn(move || feed_writer(db, weak, rx))
+            .map_err(|e| Error::Storage(format!("cannot start a feed writer: {e}")))?;
+        teams.insert(team_id.to_owned(), team.clone());
+        Ok(team)
     }
 
     pub fn loaded_feed_length(&self) -> u64 {
         let teams: Vec<_> = lock(&self.teams).values().cloned().collect();
-        teams.iter().map(|t| lock(t).head()).sum()
+        teams.iter().map(|t| t.state().head()).sum()
     }
 
-    /// Who is calling, from the bearer token.
+    /// Who is calling, from the bearer token. One indexed read, so that a
+    /// revocation by the admin command counts from the very next request.
     pub fn authenticate(&self, token: &str) -> Result<Caller> {
         let hash = sha256(token.as_bytes());
         let device = self
@@ -470,59 +703,29 @@ impl Relay {
         })
     }
 
-    /// Store what may be stored, one verdict per change, in order.
-    pub fn push(&self, caller: &Caller, changes: &[DocChange]) -> Result<Vec<Verdict>> {
-        let team = self.team(&caller.team_id)?;
-        let mut st = lock(&team);
-        let mut verdicts = Vec::with_capacity(changes.len());
-        let mut rows = Vec::new();
-        for change in changes {
-            match st.admit(caller, change) {
-                Ok(Some(mut row)) => {
-                    row.seq = st.head() + rows.len() as u64 + 1;
-                    // Later changes in this batch may build on it, and a
-                    // second copy of it in the batch is a duplicate.
-                    st.hashes.insert(ChangeHash(row.hash));
-                    rows.push(row);
-                    verdicts.push(Verdict::Stored);
-                }
-                Ok(None) => verdicts.push(Verdict::Duplicate),
-                Err(v) => verdicts.push(v),
-            }
+    /// Queue a push for the team's feed writer; the receipt answers one
+    /// verdict per change, in order.
+    pub fn push(&self, team: &LoadedTeam, caller: Caller, changes: Vec<Incoming>) -> PushReceipt {
+        let (reply, receipt) = oneshot::channel();
+        let job = PushJob {
+            caller,
+            changes,
+            reply,
+        };
+        if let Err(mpsc::SendError(job)) = lock(&team.pushes).send(job) {
+            let _ = job
+                .reply
+                .send(Err(Error::Storage("the feed writer stopped".into())));
         }
-        if rows.is_empty() {
-            return Ok(verdicts);
-        }
-        let written = (|| {
-            let conn = self.db.write();
-            let tx = conn.unchecked_transaction()?;
-            for r in &rows {
-                Db::append_feed(&tx, &st.team_id, r)?;
-            }
-            tx.commit()?;
-            Ok::<_, Error>(())
-        })();
-        if let Err(e) = written {
-            // Memory ran ahead of the database: rebuild from the feed.
-            drop(st);
-            self.forget_team(&caller.team_id);
-            return Err(e);
-        }
-        st.record(&rows, &caller.actor);
-        let head = st.head();
-        st.head.send_replace(head);
-        Ok(verdicts)
+        receipt
     }
 
     /// Every change of a document the caller may read that is not behind
     /// `have` (heads the caller holds; unknown ones are ignored).
     pub fn repair(&self, caller: &Caller, doc: &str, have: &[[u8; 32]]) -> Result<Vec<Vec<u8>>> {
         let team = self.team(&caller.team_id)?;
-        {
-            let st = lock(&team);
-            if !st.visible(doc, &caller.user_id) {
-                return Err(Error::NotFound("no such document"));
-            }
+        if !team.state().visible(doc, &caller.user_id) {
+            return Err(Error::NotFound("no such document"));
         }
         let changes = self.db.read(|c| Db::doc_changes(c, &caller.team_id, doc))?;
         let mut am = AutoCommit::new();
@@ -571,40 +774,42 @@ impl Relay {
         }
         let role = Role::parse(&row.role).ok_or(Error::Storage("invite has a bad role".into()))?;
         let team = self.team(&row.team_id)?;
-        let mut st = lock(&team);
+        let mut st = team.state();
         if self.db.read(|c| Db::device(c, &actor))?.is_some() {
             return Err(Error::Conflict("this device is already enrolled".into()));
         }
-        let mut doc = st.team_doc.clone();
-        {
-            let mut w = TeamWriter(&mut doc);
-            if !st.team.members.contains_key(&row.user_id) {
-                w.member(&Member {
-                    user_id: row.user_id.clone(),
-                    name: row.name.clone(),
-                    role,
-                    trusted: false,
-                    active: true,
-                })?;
-            }
-            w.device(&Device {
-                actor: actor.clone(),
-                user_id: row.user_id.clone(),
-                revoked: false,
-            })?;
-        }
-        doc.commit();
-        let change = doc
-            .get_last_local_change()
-            .ok_or(Error::Storage("enrolment wrote nothing".into()))?;
-        let feed_row = FeedRow {
-            seq: st.head() + 1,
-            doc_id: TEAM_DOC.into(),
-            hash: change.hash().0,
-            bytes: change.raw_bytes().to_vec(),
+        let member = (!st.team.members.contains_key(&row.user_id)).then(|| Member {
+            user_id: row.user_id.clone(),
+            name: row.name.clone(),
+            role,
+            trusted: false,
+            active: true,
+        });
+        let device = Device {
+            actor: actor.clone(),
+            user_id: row.user_id.clone(),
+            revoked: false,
         };
-        let token = random_hex(32);
-        {
+        // Written straight into the team's document: if anything below
+        // fails, the whole state is dropped and rebuilt from the feed.
+        let written = (|| {
+            let mut w = TeamWriter(&mut st.team_doc);
+            if let Some(m) = &member {
+                w.member(m)?;
+            }
+            w.device(&device)?;
+            st.team_doc.commit();
+            let change = st
+                .team_doc
+                .get_last_local_change()
+                .ok_or(Error::Storage("enrolment wrote nothing".into()))?;
+            let feed_row = FeedRow {
+                seq: st.head() + 1,
+                doc_id: TEAM_DOC.into(),
+                hash: change.hash().0,
+                bytes: change.raw_bytes().to_vec(),
+            };
+            let token = random_hex(32);
             let conn = self.db.write();
             let tx = conn.unchecked_transaction()?;
             if !Db::redeem_invite(&tx, &code_hash, &actor, now)? {
@@ -624,14 +829,26 @@ impl Relay {
             )?;
             Db::append_feed(&tx, &row.team_id, &feed_row)?;
             tx.commit()?;
+            Ok((token, feed_row))
+        })();
+        let (token, feed_row) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                team.failed.store(true, Ordering::Release);
+                return Err(e);
+            }
+        };
+        // The team as Team::read would now read it, without re-reading every
+        // entry: a new device cannot have written anything yet, so only a
+        // new member can change what earlier events derive to.
+        st.team.devices.insert(actor, device);
+        if let Some(m) = member {
+            st.team.members.insert(m.user_id.clone(), m);
+            st.rederive_all();
         }
-        st.team_doc = doc;
-        st.team = Team::read(&st.team_doc);
-        st.rederive_all();
         let relay_actor = st.team_doc.get_actor().to_hex_string();
-        st.record(std::slice::from_ref(&feed_row), &relay_actor);
-        let head = st.head();
-        st.head.send_replace(head);
+        let relay_actor = st.actor_key(&relay_actor);
+        st.record(&[(feed_row, relay_actor)]);
         Ok((token, row))
     }
 }
