@@ -5,6 +5,7 @@
 mod access;
 mod bad_input;
 mod harness;
+mod load;
 mod proxy;
 mod sync;
 mod wire;
