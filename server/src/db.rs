@@ -9,9 +9,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
-const V1: &str = "
+const SCHEMA: &str = "
 CREATE TABLE teams (
     team_id     TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
@@ -49,6 +49,9 @@ CREATE TABLE devices (
 CREATE INDEX devices_team ON devices(team_id);
 
 -- Each team's append-only feed of automerge changes, in causal order.
+-- Only the primary key is indexed: a commit then appends to the end of one
+-- b-tree. The relay finds a change by hash, and a document's changes, in
+-- the index it rebuilds in memory from this table.
 CREATE TABLE feed (
     team_id TEXT NOT NULL REFERENCES teams(team_id),
     seq     INTEGER NOT NULL,
@@ -57,9 +60,18 @@ CREATE TABLE feed (
     bytes   BLOB NOT NULL,
     PRIMARY KEY (team_id, seq)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX feed_hash ON feed(team_id, hash);
-CREATE INDEX feed_doc ON feed(team_id, doc_id, seq);
 ";
+
+/// Schema upgrades, one step per version.
+fn upgrade_from(tx: &Connection, version: i64) -> Result<()> {
+    match version {
+        // v1 indexed the feed by hash and by document: each commit wrote to
+        // three b-trees, two of them at random places.
+        1 => tx.execute_batch("DROP INDEX feed_hash; DROP INDEX feed_doc;")?,
+        _ => return Err(Error::Storage(format!("no upgrade from schema {version}"))),
+    }
+    Ok(())
+}
 
 pub struct Db {
     path: PathBuf,
@@ -123,9 +135,15 @@ impl Db {
                 "the database was written by a newer relay (schema {version})"
             )));
         }
-        if version == 0 {
+        if version < VERSION {
             let tx = conn.unchecked_transaction()?;
-            tx.execute_batch(V1)?;
+            if version == 0 {
+                tx.execute_batch(SCHEMA)?;
+            } else {
+                for v in version..VERSION {
+                    upgrade_from(&tx, v)?;
+                }
+            }
             tx.pragma_update(None, "user_version", VERSION)?;
             tx.commit()?;
         }
@@ -357,12 +375,20 @@ impl Db {
             .optional()?)
     }
 
-    pub fn doc_changes(conn: &Connection, team_id: &str, doc_id: &str) -> Result<Vec<Vec<u8>>> {
-        let mut stmt = conn.prepare_cached(
-            "SELECT bytes FROM feed WHERE team_id = ?1 AND doc_id = ?2 ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([team_id, doc_id], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    /// The bytes of the changes at these seqs.
+    pub fn changes_at(conn: &Connection, team_id: &str, seqs: &[u64]) -> Result<Vec<Vec<u8>>> {
+        let mut stmt =
+            conn.prepare_cached("SELECT bytes FROM feed WHERE team_id = ?1 AND seq = ?2")?;
+        let mut out = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            if let Some(bytes) = stmt
+                .query_row(params![team_id, seq as i64], |r| r.get(0))
+                .optional()?
+            {
+                out.push(bytes);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -94,6 +94,8 @@ pub struct TeamState {
     docs: HashMap<Arc<str>, DocEntry>,
     /// Each feed entry's document, size and author; index = seq - 1.
     feed: Vec<FeedEntry>,
+    /// Each document's feed entries, oldest first (for repair).
+    seqs_by_doc: HashMap<Arc<str>, Vec<u64>>,
     actors: HashMap<String, Arc<str>>,
     hashes: HashSet<ChangeHash>,
     /// The bytes of the newest changes, seqs `head - len + 1 ..= head`.
@@ -169,6 +171,7 @@ impl TeamState {
             team: Team::default(),
             docs: HashMap::new(),
             feed: Vec::new(),
+            seqs_by_doc: HashMap::new(),
             actors: HashMap::new(),
             hashes: HashSet::new(),
             recent: VecDeque::new(),
@@ -193,6 +196,7 @@ impl TeamState {
                     size,
                     actor,
                 });
+                st.seqs_by_doc.entry(doc.clone()).or_default().push(r.seq);
                 match change {
                     Ok(c) if &*doc == TEAM_DOC => team_changes.push(c),
                     Ok(c) => {
@@ -218,7 +222,7 @@ impl TeamState {
 
     /// Share one allocation per document id.
     fn doc_key(&self, doc: &str) -> Arc<str> {
-        match self.docs.get_key_value(doc) {
+        match self.seqs_by_doc.get_key_value(doc) {
             Some((k, _)) => k.clone(),
             None => Arc::from(doc),
         }
@@ -456,6 +460,7 @@ impl TeamState {
     fn record(&mut self, rows: &[(FeedRow, Arc<str>)]) {
         for (r, actor) in rows {
             let doc = self.doc_key(&r.doc_id);
+            self.seqs_by_doc.entry(doc.clone()).or_default().push(r.seq);
             self.feed.push(FeedEntry {
                 doc,
                 size: r.bytes.len() as u32,
@@ -724,10 +729,16 @@ impl Relay {
     /// `have` (heads the caller holds; unknown ones are ignored).
     pub fn repair(&self, caller: &Caller, doc: &str, have: &[[u8; 32]]) -> Result<Vec<Vec<u8>>> {
         let team = self.team(&caller.team_id)?;
-        if !team.state().visible(doc, &caller.user_id) {
-            return Err(Error::NotFound("no such document"));
-        }
-        let changes = self.db.read(|c| Db::doc_changes(c, &caller.team_id, doc))?;
+        let seqs = {
+            let st = team.state();
+            if !st.visible(doc, &caller.user_id) {
+                return Err(Error::NotFound("no such document"));
+            }
+            st.seqs_by_doc.get(doc).cloned().unwrap_or_default()
+        };
+        let changes = self
+            .db
+            .read(|c| Db::changes_at(c, &caller.team_id, &seqs))?;
         let mut am = AutoCommit::new();
         let parsed: Vec<Change> = changes
             .into_iter()

@@ -7,5 +7,6 @@ mod bad_input;
 mod harness;
 mod load;
 mod proxy;
+mod storage;
 mod sync;
 mod wire;

@@ -1,0 +1,65 @@
+//! The relay's database file: an old schema upgrades to exactly the fresh
+//! one, and keeps its feed.
+
+use automerge::AutoCommit;
+use handoff_core::team::TeamWriter;
+use handoff_server::{Db, Relay};
+use rusqlite::{params, Connection};
+
+fn schema(path: &std::path::Path) -> Vec<(String, String, Option<String>)> {
+    let conn = Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn user_version(path: &std::path::Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_relay_database_of_schema_1_upgrades_to_the_fresh_schema_and_keeps_its_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    // A team and its first feed entry, as the schema-1 relay wrote them.
+    let relay_actor = "0123456789abcdef0123456789abcdef";
+    let mut doc = AutoCommit::new().with_actor(hex::decode(relay_actor).unwrap().into());
+    TeamWriter(&mut doc).init("Old clinic").unwrap();
+    doc.commit();
+    let change = doc.get_last_local_change().unwrap();
+    {
+        let conn = Connection::open(&old).unwrap();
+        conn.execute_batch(include_str!("relay_schema_v1.sql"))
+            .unwrap();
+        conn.execute(
+            "INSERT INTO teams (team_id, name, relay_actor, created_at) VALUES ('t1', 'Old clinic', ?1, 0)",
+            [relay_actor],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO feed (team_id, seq, doc_id, hash, bytes) VALUES ('t1', 1, 'team', ?1, ?2)",
+            params![&change.hash().0[..], change.raw_bytes()],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+    }
+
+    let upgraded = Db::open(&old).unwrap();
+    let fresh = dir.path().join("fresh.db");
+    drop(Db::open(&fresh).unwrap());
+    assert_eq!(schema(&old), schema(&fresh));
+    assert_eq!(user_version(&old), handoff_server::db::VERSION);
+    assert_eq!(user_version(&fresh), handoff_server::db::VERSION);
+
+    let relay = Relay::new(upgraded);
+    let team = relay.team("t1").unwrap();
+    assert_eq!(team.state().head(), 1);
+    assert_eq!(relay.loaded_feed_length(), 1);
+}
