@@ -1,13 +1,15 @@
 //! The relay's logic, without HTTP: per-team state rebuilt from the feed,
 //! what a push may store, what a device may pull, enrolment.
 //!
-//! Each loaded team has its state behind a mutex and one thread that writes
-//! its feed. Pushes queue for that thread, which takes every push waiting
-//! as one batch: it validates each change against the team's state (the
-//! core's own derivation decides who may read and write what), appends the
-//! accepted ones to the feed in one SQLite transaction, answers every push
-//! of the batch, then wakes the team's long-polls. Concurrent pushes thus
-//! share one commit and never contend for the state.
+//! Each loaded team has its state behind a mutex and a two-stage feed
+//! writer. Pushes queue for its first thread, which takes every push
+//! waiting as one batch and validates each change against the team's state
+//! (the core's own derivation decides who may read and write what). The
+//! second thread appends the accepted changes of every batch waiting to the
+//! feed in one SQLite transaction, synced to disk, then takes them into the
+//! feed in memory, wakes the long-polls that may read them and answers the
+//! pushes. So concurrent pushes share one commit, and the next batch is
+//! validated while the last one is being synced.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +96,8 @@ pub struct TeamState {
     docs: HashMap<Arc<str>, DocEntry>,
     /// Each feed entry's document, size and author; index = seq - 1.
     feed: Vec<FeedEntry>,
+    /// Changes admitted and given seqs after `head`, not yet committed.
+    uncommitted: u64,
     /// Each document's feed entries, oldest first (for repair).
     seqs_by_doc: HashMap<Arc<str>, Vec<u64>>,
     actors: HashMap<String, Arc<str>>,
@@ -171,6 +175,7 @@ impl TeamState {
             team: Team::default(),
             docs: HashMap::new(),
             feed: Vec::new(),
+            uncommitted: 0,
             seqs_by_doc: HashMap::new(),
             actors: HashMap::new(),
             hashes: HashSet::new(),
@@ -533,7 +538,7 @@ pub struct Relay {
 /// A team in memory: its state, and the queue of its feed writer thread.
 pub struct LoadedTeam {
     state: Mutex<TeamState>,
-    pushes: Mutex<mpsc::Sender<PushJob>>,
+    jobs: Mutex<mpsc::Sender<Job>>,
     /// A write failed after the state took it in: the state is ahead of the
     /// database and is rebuilt from the feed on next use.
     failed: AtomicBool,
@@ -545,11 +550,32 @@ impl LoadedTeam {
     }
 }
 
+/// Where a push's verdicts go.
+type Reply = oneshot::Sender<Result<Vec<Verdict>>>;
+
 /// One push waiting for the feed writer.
-struct PushJob {
+struct Push {
     caller: Caller,
     changes: Vec<Incoming>,
-    reply: oneshot::Sender<Result<Vec<Verdict>>>,
+    reply: Reply,
+}
+
+/// Work for a team's feed writer.
+enum Job {
+    Push(Push),
+    /// Runs alone: after every admitted change is committed, before the
+    /// next push is admitted (enrolment writes the feed itself).
+    Alone(Box<dyn FnOnce(&LoadedTeam) + Send>),
+}
+
+/// Changes admitted into the state, waiting to be committed.
+enum Admitted {
+    Batch {
+        rows: Vec<(FeedRow, Arc<str>)>,
+        answers: Vec<(Reply, Vec<Verdict>)>,
+    },
+    /// Acknowledged once everything before it is committed.
+    Flush(mpsc::SyncSender<()>),
 }
 
 /// A push's answer, once the feed writer has taken it.
@@ -559,47 +585,86 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The feed writer of one team: takes every push waiting as one batch,
-/// one transaction, until the team is unloaded.
-fn feed_writer(db: Arc<Db>, team: Weak<LoadedTeam>, jobs: mpsc::Receiver<PushJob>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
+/// The first stage of a team's feed writer: admit every push waiting as
+/// one batch, hand the batch to the committer, until the team is unloaded.
+fn admitter(db: Arc<Db>, team: Weak<LoadedTeam>, jobs: mpsc::Receiver<Job>) {
+    let (to_commit, admitted) = mpsc::sync_channel::<Admitted>(4);
+    {
+        let team = team.clone();
+        let spawned = std::thread::Builder::new()
+            .name("feed-commit".into())
+            .spawn(move || committer(&db, team, admitted));
+        if spawned.is_err() {
+            return;
+        }
+    }
+    let mut next = None;
+    loop {
+        let Some(first) = next.take().or_else(|| jobs.recv().ok()) else {
+            return;
+        };
         let Some(team) = team.upgrade() else {
             return;
         };
-        if let Err(e) = write_batch(&db, &team, batch) {
-            team.failed.store(true, Ordering::Release);
-            tracing::error!("a feed write failed; the team is reloaded on next use: {e}");
+        let mut pushes = Vec::new();
+        match first {
+            Job::Alone(work) => {
+                let (done, flushed) = mpsc::sync_channel(1);
+                if to_commit.send(Admitted::Flush(done)).is_err() || flushed.recv().is_err() {
+                    return;
+                }
+                work(&team);
+                continue;
+            }
+            Job::Push(push) => pushes.push(push),
+        }
+        while pushes.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(Job::Push(push)) => pushes.push(push),
+                Ok(alone) => {
+                    next = Some(alone);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let batch = admit_batch(&team, pushes);
+        if to_commit.send(batch).is_err() {
             return;
         }
     }
 }
 
-/// Admit every change of every push in order, store the admitted ones in
-/// one transaction, take them into the feed, then answer each push. On a
-/// storage error every push of the batch is answered with it.
-fn write_batch(db: &Db, team: &LoadedTeam, batch: Vec<PushJob>) -> Result<()> {
+/// Admit every change of every push in order. The admitted changes get
+/// their seqs now (after those still being committed).
+fn admit_batch(team: &LoadedTeam, pushes: Vec<Push>) -> Admitted {
     let mut st = team.state();
-    let mut answers = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(pushes.len());
     let mut rows: Vec<(FeedRow, Arc<str>)> = Vec::new();
-    for job in batch {
-        let actor = st.actor_key(&job.caller.actor);
-        let mut verdicts = Vec::with_capacity(job.changes.len());
-        for change in job.changes {
-            match st.admit(&job.caller, &change) {
+    for Push {
+        caller,
+        changes,
+        reply,
+    } in pushes
+    {
+        let actor = st.actor_key(&caller.actor);
+        let mut verdicts = Vec::with_capacity(changes.len());
+        for change in changes {
+            match st.admit(&caller, &change) {
                 Ok(true) => {
                     let Ok((c, _)) = &change.decoded else {
                         continue;
                     };
                     let row = FeedRow {
-                        seq: st.head() + rows.len() as u64 + 1,
+                        seq: st.head() + st.uncommitted + 1,
                         doc_id: change.doc,
                         hash: c.hash().0,
                         bytes: c.raw_bytes().to_vec(),
                     };
+                    st.uncommitted += 1;
                     // Later changes may build on it, and a second copy of
-                    // it is a duplicate.
+                    // it is a duplicate (answered only once it is committed:
+                    // answers go out in order).
                     st.hashes.insert(ChangeHash(row.hash));
                     rows.push((row, actor.clone()));
                     verdicts.push(Verdict::Stored);
@@ -608,33 +673,77 @@ fn write_batch(db: &Db, team: &LoadedTeam, batch: Vec<PushJob>) -> Result<()> {
                 Err(v) => verdicts.push(v),
             }
         }
-        answers.push((job.reply, verdicts));
+        answers.push((reply, verdicts));
     }
-    let written = (|| {
-        if rows.is_empty() {
-            return Ok(());
+    Admitted::Batch { rows, answers }
+}
+
+/// The second stage: commit every admitted batch waiting in one
+/// transaction, take the rows into the feed, answer the pushes. After a
+/// storage error the team's state is ahead of its database: it is marked
+/// failed (reloaded from the feed on next use) and every push still queued
+/// is answered with the error.
+fn committer(db: &Db, team: Weak<LoadedTeam>, admitted: mpsc::Receiver<Admitted>) {
+    let mut failure: Option<String> = None;
+    while let Ok(first) = admitted.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(admitted.try_iter());
+        let Some(team) = team.upgrade() else {
+            return;
+        };
+        let mut rows = Vec::new();
+        let mut answers = Vec::new();
+        let mut flushes = Vec::new();
+        for a in waiting {
+            match a {
+                Admitted::Batch {
+                    rows: r,
+                    answers: a,
+                } => {
+                    rows.extend(r);
+                    answers.extend(a);
+                }
+                Admitted::Flush(done) => flushes.push(done),
+            }
         }
-        let conn = db.write();
-        let tx = conn.unchecked_transaction()?;
-        for (r, _) in &rows {
-            Db::append_feed(&tx, &st.team_id, r)?;
+        if failure.is_none() && !rows.is_empty() {
+            let team_id = team.state().team_id.clone();
+            let written = (|| {
+                let conn = db.write();
+                let tx = conn.unchecked_transaction()?;
+                for (r, _) in &rows {
+                    Db::append_feed(&tx, &team_id, r)?;
+                }
+                tx.commit()?;
+                Ok::<_, Error>(())
+            })();
+            if let Err(e) = written {
+                team.failed.store(true, Ordering::Release);
+                tracing::error!("a feed write failed; the team is reloaded on next use: {e}");
+                failure = Some(e.to_string());
+            }
         }
-        tx.commit()?;
-        Ok::<_, Error>(())
-    })();
-    if let Err(e) = written {
-        let message = e.to_string();
-        for (reply, _) in answers {
-            let _ = reply.send(Err(Error::Storage(message.clone())));
+        match &failure {
+            None => {
+                {
+                    let mut st = team.state();
+                    st.uncommitted -= rows.len() as u64;
+                    st.record(&rows);
+                }
+                for (reply, verdicts) in answers {
+                    let _ = reply.send(Ok(verdicts));
+                }
+            }
+            Some(message) => {
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(Error::Storage(message.clone())));
+                }
+            }
         }
-        return Err(e);
+        for done in flushes {
+            let _ = done.send(());
+        }
     }
-    st.record(&rows);
-    drop(st);
-    for (reply, verdicts) in answers {
-        let _ = reply.send(Ok(verdicts));
-    }
-    Ok(())
 }
 
 impl Relay {
@@ -673,13 +782,13 @@ impl Relay {
         let (tx, rx) = mpsc::channel();
         let team = Arc::new(LoadedTeam {
             state: Mutex::new(state),
-            pushes: Mutex::new(tx),
+            jobs: Mutex::new(tx),
             failed: AtomicBool::new(false),
         });
         let (db, weak) = (self.db.clone(), Arc::downgrade(&team));
         std::thread::Builder::new()
-            .name("feed-writer".into())
-            .spawn(move || feed_writer(db, weak, rx))
+            .name("feed-admit".into())
+            .spawn(move || admitter(db, weak, rx))
             .map_err(|e| Error::Storage(format!("cannot start a feed writer: {e}")))?;
         teams.insert(team_id.to_owned(), team.clone());
         Ok(team)
@@ -712,16 +821,13 @@ impl Relay {
     /// verdict per change, in order.
     pub fn push(&self, team: &LoadedTeam, caller: Caller, changes: Vec<Incoming>) -> PushReceipt {
         let (reply, receipt) = oneshot::channel();
-        let job = PushJob {
+        // If the writer stopped, the reply is dropped with the job and the
+        // receipt says so.
+        let _ = lock(&team.jobs).send(Job::Push(Push {
             caller,
             changes,
             reply,
-        };
-        if let Err(mpsc::SendError(job)) = lock(&team.pushes).send(job) {
-            let _ = job
-                .reply
-                .send(Err(Error::Storage("the feed writer stopped".into())));
-        }
+        }));
         receipt
     }
 
@@ -785,83 +891,108 @@ impl Relay {
         }
         let role = Role::parse(&row.role).ok_or(Error::Storage("invite has a bad role".into()))?;
         let team = self.team(&row.team_id)?;
-        let mut st = team.state();
-        if self.db.read(|c| Db::device(c, &actor))?.is_some() {
-            return Err(Error::Conflict("this device is already enrolled".into()));
-        }
-        let member = (!st.team.members.contains_key(&row.user_id)).then(|| Member {
-            user_id: row.user_id.clone(),
-            name: row.name.clone(),
-            role,
-            trusted: false,
-            active: true,
-        });
-        let device = Device {
-            actor: actor.clone(),
-            user_id: row.user_id.clone(),
-            revoked: false,
+        // Enrolment writes the team document and the feed itself: it runs
+        // alone in the team's writer, between two batches of pushes.
+        let (done, result) = mpsc::sync_channel(1);
+        let db = self.db.clone();
+        let work = move |team: &LoadedTeam| {
+            let _ = done.send(enrol_device(&db, team, &code_hash, actor, row, role, now));
         };
-        // Written straight into the team's document: if anything below
-        // fails, the whole state is dropped and rebuilt from the feed.
-        let written = (|| {
-            let mut w = TeamWriter(&mut st.team_doc);
-            if let Some(m) = &member {
-                w.member(m)?;
-            }
-            w.device(&device)?;
-            st.team_doc.commit();
-            let change = st
-                .team_doc
-                .get_last_local_change()
-                .ok_or(Error::Storage("enrolment wrote nothing".into()))?;
-            let feed_row = FeedRow {
-                seq: st.head() + 1,
-                doc_id: TEAM_DOC.into(),
-                hash: change.hash().0,
-                bytes: change.raw_bytes().to_vec(),
-            };
-            let token = random_hex(32);
-            let conn = self.db.write();
-            let tx = conn.unchecked_transaction()?;
-            if !Db::redeem_invite(&tx, &code_hash, &actor, now)? {
-                return Err(Error::InviteUsed);
-            }
-            Db::insert_device(
-                &tx,
-                &DeviceRow {
-                    actor: actor.clone(),
-                    team_id: row.team_id.clone(),
-                    user_id: row.user_id.clone(),
-                    role: row.role.clone(),
-                    enrolled_at: now,
-                    revoked_at: None,
-                },
-                &sha256(token.as_bytes()),
-            )?;
-            Db::append_feed(&tx, &row.team_id, &feed_row)?;
-            tx.commit()?;
-            Ok((token, feed_row))
-        })();
-        let (token, feed_row) = match written {
-            Ok(w) => w,
-            Err(e) => {
-                team.failed.store(true, Ordering::Release);
-                return Err(e);
-            }
-        };
-        // The team as Team::read would now read it, without re-reading every
-        // entry: a new device cannot have written anything yet, so only a
-        // new member can change what earlier events derive to.
-        st.team.devices.insert(actor, device);
-        if let Some(m) = member {
-            st.team.members.insert(m.user_id.clone(), m);
-            st.rederive_all();
-        }
-        let relay_actor = st.team_doc.get_actor().to_hex_string();
-        let relay_actor = st.actor_key(&relay_actor);
-        st.record(&[(feed_row, relay_actor)]);
-        Ok((token, row))
+        let stopped = || Error::Storage("the feed writer stopped".into());
+        lock(&team.jobs)
+            .send(Job::Alone(Box::new(work)))
+            .map_err(|_| stopped())?;
+        result.recv().map_err(|_| stopped())?
     }
+}
+
+/// Bind a device (and, the first time, its user) in the team document and
+/// the relay's database, in one transaction with the invite's redemption.
+fn enrol_device(
+    db: &Db,
+    team: &LoadedTeam,
+    code_hash: &[u8; 32],
+    actor: String,
+    row: InviteRow,
+    role: Role,
+    now: i64,
+) -> Result<(String, InviteRow)> {
+    let mut st = team.state();
+    if db.read(|c| Db::device(c, &actor))?.is_some() {
+        return Err(Error::Conflict("this device is already enrolled".into()));
+    }
+    let member = (!st.team.members.contains_key(&row.user_id)).then(|| Member {
+        user_id: row.user_id.clone(),
+        name: row.name.clone(),
+        role,
+        trusted: false,
+        active: true,
+    });
+    let device = Device {
+        actor: actor.clone(),
+        user_id: row.user_id.clone(),
+        revoked: false,
+    };
+    // Written straight into the team's document: if anything below
+    // fails, the whole state is dropped and rebuilt from the feed.
+    let written = (|| {
+        let mut w = TeamWriter(&mut st.team_doc);
+        if let Some(m) = &member {
+            w.member(m)?;
+        }
+        w.device(&device)?;
+        st.team_doc.commit();
+        let change = st
+            .team_doc
+            .get_last_local_change()
+            .ok_or(Error::Storage("enrolment wrote nothing".into()))?;
+        let feed_row = FeedRow {
+            seq: st.head() + 1,
+            doc_id: TEAM_DOC.into(),
+            hash: change.hash().0,
+            bytes: change.raw_bytes().to_vec(),
+        };
+        let token = random_hex(32);
+        let conn = db.write();
+        let tx = conn.unchecked_transaction()?;
+        if !Db::redeem_invite(&tx, code_hash, &actor, now)? {
+            return Err(Error::InviteUsed);
+        }
+        Db::insert_device(
+            &tx,
+            &DeviceRow {
+                actor: actor.clone(),
+                team_id: row.team_id.clone(),
+                user_id: row.user_id.clone(),
+                role: row.role.clone(),
+                enrolled_at: now,
+                revoked_at: None,
+            },
+            &sha256(token.as_bytes()),
+        )?;
+        Db::append_feed(&tx, &row.team_id, &feed_row)?;
+        tx.commit()?;
+        Ok((token, feed_row))
+    })();
+    let (token, feed_row) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            team.failed.store(true, Ordering::Release);
+            return Err(e);
+        }
+    };
+    // The team as Team::read would now read it, without re-reading every
+    // entry: a new device cannot have written anything yet, so only a
+    // new member can change what earlier events derive to.
+    st.team.devices.insert(actor, device);
+    if let Some(m) = member {
+        st.team.members.insert(m.user_id.clone(), m);
+        st.rederive_all();
+    }
+    let relay_actor = st.team_doc.get_actor().to_hex_string();
+    let relay_actor = st.actor_key(&relay_actor);
+    st.record(&[(feed_row, relay_actor)]);
+    Ok((token, row))
 }
 
 /// Start a team: its row, its document (written by the relay's own actor)
