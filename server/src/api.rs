@@ -81,7 +81,12 @@ async fn health() -> Response {
 }
 
 async fn metrics(State(app): State<App>) -> Response {
-    let feed = app.relay.loaded_feed_length();
+    let db = &app.relay.db;
+    let feed = (
+        app.relay.loaded_feed_length(),
+        db.feed_commits.load(Ordering::Relaxed),
+        db.feed_changes.load(Ordering::Relaxed),
+    );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(feed),

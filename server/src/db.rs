@@ -3,6 +3,7 @@
 //! the writer writes).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -77,6 +78,9 @@ pub struct Db {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Feed transactions committed, and the changes in them (for /metrics).
+    pub feed_commits: AtomicU64,
+    pub feed_changes: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +159,8 @@ impl Db {
             path,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
+            feed_commits: AtomicU64::new(0),
+            feed_changes: AtomicU64::new(0),
         })
     }
 
@@ -352,6 +358,24 @@ impl Db {
             &row.hash[..],
             row.bytes
         ])?;
+        Ok(())
+    }
+
+    /// Append rows to a team's feed in one transaction.
+    pub fn append_feed_batch<'a>(
+        &self,
+        team_id: &str,
+        rows: impl ExactSizeIterator<Item = &'a FeedRow>,
+    ) -> Result<()> {
+        let n = rows.len() as u64;
+        let conn = self.write();
+        let tx = conn.unchecked_transaction()?;
+        for r in rows {
+            Db::append_feed(&tx, team_id, r)?;
+        }
+        tx.commit()?;
+        self.feed_commits.fetch_add(1, Ordering::Relaxed);
+        self.feed_changes.fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
 

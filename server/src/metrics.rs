@@ -39,7 +39,9 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, feed_length: u64) -> String {
+    /// `feed` = (changes in the loaded feeds, feed commits, changes committed).
+    pub fn render(&self, feed: (u64, u64, u64)) -> String {
+        let (feed_length, commits, committed) = feed;
         let mut out = String::new();
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(out, "# TYPE handoff_requests_total counter");
@@ -85,6 +87,10 @@ impl Metrics {
         }
         let _ = writeln!(out, "# TYPE handoff_feed_length gauge");
         let _ = writeln!(out, "handoff_feed_length {feed_length}");
+        let _ = writeln!(out, "# TYPE handoff_feed_commits_total counter");
+        let _ = writeln!(out, "handoff_feed_commits_total {commits}");
+        let _ = writeln!(out, "# TYPE handoff_feed_changes_committed_total counter");
+        let _ = writeln!(out, "handoff_feed_changes_committed_total {committed}");
         let _ = writeln!(out, "# TYPE handoff_long_polls gauge");
         let _ = writeln!(
             out,

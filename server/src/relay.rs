@@ -708,15 +708,7 @@ fn committer(db: &Db, team: Weak<LoadedTeam>, admitted: mpsc::Receiver<Admitted>
         }
         if failure.is_none() && !rows.is_empty() {
             let team_id = team.state().team_id.clone();
-            let written = (|| {
-                let conn = db.write();
-                let tx = conn.unchecked_transaction()?;
-                for (r, _) in &rows {
-                    Db::append_feed(&tx, &team_id, r)?;
-                }
-                tx.commit()?;
-                Ok::<_, Error>(())
-            })();
+            let written = db.append_feed_batch(&team_id, rows.iter().map(|(r, _)| r));
             if let Err(e) = written {
                 team.failed.store(true, Ordering::Release);
                 tracing::error!("a feed write failed; the team is reloaded on next use: {e}");

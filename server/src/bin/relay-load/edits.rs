@@ -491,10 +491,14 @@ pub async fn run(bin: &Path, args: Args) -> Result<Report> {
         unseen: Mutex::new(HashMap::new()),
         samples: Mutex::new(Samples::default()),
     });
-    let period = (args.rate > 0)
-        .then(|| Duration::from_secs_f64(args.devices as f64 / f64::from(args.rate)));
+    // The offered rate is shared by each device's part in the work (a
+    // manager delegates and approves for nine assistants).
+    let planned: usize = plans.iter().map(Vec::len).sum();
     let mut tasks = Vec::new();
     for (me, plan) in enrolled.into_iter().zip(plans) {
+        let period = (args.rate > 0 && !plan.is_empty()).then(|| {
+            Duration::from_secs_f64(planned as f64 / (f64::from(args.rate) * plan.len() as f64))
+        });
         let phone = Arc::new(Phone {
             token: me.token,
             plan,
@@ -518,9 +522,19 @@ pub async fn run(bin: &Path, args: Args) -> Result<Report> {
     tokio::time::sleep_until(measure.start.into()).await;
     let cpu_start = server.cpu()?;
     let me_start = crate::cpu_time("/proc/self/stat")?;
+    let commits_start = server.metric("handoff_feed_commits_total").await?;
+    let committed_start = server
+        .metric("handoff_feed_changes_committed_total")
+        .await?;
     tokio::time::sleep_until(measure.end.into()).await;
     let cpu = server.cpu()?.saturating_sub(cpu_start);
     let me_cpu = crate::cpu_time("/proc/self/stat")?.saturating_sub(me_start);
+    let commits = server.metric("handoff_feed_commits_total").await? - commits_start;
+    let per_commit = (server
+        .metric("handoff_feed_changes_committed_total")
+        .await?
+        - committed_start)
+        / commits.max(1.0);
     measure.writing.store(false, Ordering::Relaxed);
     // Let the last edits of the window reach another device.
     let drain = Instant::now() + Duration::from_secs(10);
@@ -552,7 +566,7 @@ pub async fn run(bin: &Path, args: Args) -> Result<Report> {
          relay CPU per edit   {cpu_per_edit_us:.1} µs ({cpu:.2} s over the window)\n\
          made → other device  p50 {p50:.2} ms   p99 {p99:.2} ms   ({n} edits; {unseen} not seen)\n\
          made → acked         p50 {a50:.2} ms   p99 {a99:.2} ms\n\
-         pushes {pushes}, pulls {pulls}, refused {refused}, errors {errors}\n\
+         pushes {pushes}, pulls {pulls}, feed commits {commits:.0} ({per_commit:.1} edits each), refused {refused}, errors {errors}\n\
          load generator CPU   {me:.2} s (planning {planned} edits took {planning:.1} s before the clock started)",
         devices = args.devices,
         managers = args.managers,
@@ -600,6 +614,8 @@ pub async fn run(bin: &Path, args: Args) -> Result<Report> {
         "ack_p99_ms": ms(percentile(&s.ack_us, 99.0)),
         "pushes": s.pushes,
         "pulls": s.pulls,
+        "feed_commits": commits,
+        "edits_per_commit": per_commit,
         "refused": refused,
         "errors": s.errors.len(),
         "load_generator_cpu_s": me_cpu.as_secs_f64(),

@@ -185,8 +185,8 @@ impl Server {
         Ok((field("VmRSS:"), field("VmHWM:")))
     }
 
-    /// Waiting long-polls, from the relay's own metrics.
-    pub async fn waiting_long_polls(&self) -> Result<i64> {
+    /// One figure from the relay's own `/metrics`.
+    pub async fn metric(&self, name: &str) -> Result<f64> {
         let mut conn = http::Conn::new(&self.addr);
         let reply = conn
             .request("GET", "/metrics", None, "", &[])
@@ -194,9 +194,14 @@ impl Server {
             .map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&reply.body);
         text.lines()
-            .find_map(|l| l.strip_prefix("handoff_long_polls "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| "the relay's metrics lack the long-poll gauge".into())
+            .ok_or_else(|| format!("the relay's metrics lack {name}"))
+    }
+
+    /// Waiting long-polls, from the relay's own metrics.
+    pub async fn waiting_long_polls(&self) -> Result<i64> {
+        Ok(self.metric("handoff_long_polls").await? as i64)
     }
 }
 
