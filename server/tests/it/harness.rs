@@ -16,16 +16,23 @@ pub struct Relay {
     pub url: String,
     child: Option<Child>,
     port: u16,
+    /// More arguments for `serve` (TLS).
+    extra: Vec<String>,
 }
 
 impl Relay {
     pub fn start() -> Relay {
+        Relay::start_with(&[])
+    }
+
+    pub fn start_with(serve_args: &[&str]) -> Relay {
         let dir = tempfile::tempdir().unwrap();
         let mut relay = Relay {
             dir,
             url: String::new(),
             child: None,
             port: 0,
+            extra: serve_args.iter().map(|a| a.to_string()).collect(),
         };
         relay.spawn();
         relay
@@ -43,6 +50,7 @@ impl Relay {
                 .arg("--db")
                 .arg(self.db())
                 .args(["serve", "--bind", &format!("127.0.0.1:{}", self.port)])
+                .args(&self.extra)
                 .env("HANDOFF_LOG", "warn")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

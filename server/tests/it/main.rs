@@ -9,4 +9,5 @@ mod load;
 mod proxy;
 mod storage;
 mod sync;
+mod tls;
 mod wire;

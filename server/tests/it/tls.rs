@@ -1,0 +1,80 @@
+//! The relay over TLS (rustls), as phones reach it outside loopback.
+
+use handoff_core::Error;
+
+use crate::harness::{Phone, Relay};
+
+/// A self-signed certificate for 127.0.0.1, as PEM files in `dir`.
+fn certificate(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (made.cert.pem(), cert, key)
+}
+
+#[test]
+fn the_relay_serves_https_with_its_certificate_and_a_phone_refuses_one_it_cannot_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pem, cert, key) = certificate(dir.path());
+    let relay = Relay::start_with(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(relay.url.starts_with("https://127.0.0.1:"), "{}", relay.url);
+    let (_, invite) = relay.create_team("Riverside", "max");
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // A client that trusts exactly this certificate gets answers.
+        let trusting = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        let health = trusting
+            .get(format!("{}/health", relay.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        assert_eq!(health.text().await.unwrap(), r#"{"status":"ok"}"#);
+        let pull = trusting
+            .get(format!("{}/v1/pull", relay.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pull.status(), 401, "no token over TLS is still no token");
+
+        // Plain http to the TLS port gets no HTTP answer at all.
+        let plain = reqwest::Client::new()
+            .get(relay.url.replace("https://", "http://") + "/health")
+            .send()
+            .await;
+        assert!(plain.is_err(), "{plain:?}");
+    });
+
+    // A phone verifies the relay's certificate against the platform's
+    // roots: a self-signed one is refused, and nothing is enrolled.
+    let phone = Phone::new();
+    let refused = phone.engine.enrol(&relay.url, &invite).unwrap_err();
+    assert!(matches!(refused, Error::Offline(_)), "{refused:?}");
+    assert!(phone.store.relay_settings().unwrap().is_none());
+    // The refused connection reached nothing: no device was enrolled.
+    let devices = relay.admin(&["devices", "--team", &relay_team(&relay)]);
+    assert!(devices.trim().is_empty(), "{devices}");
+}
+
+fn relay_team(relay: &Relay) -> String {
+    relay
+        .admin(&["teams"])
+        .lines()
+        .next()
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_owned()
+}
