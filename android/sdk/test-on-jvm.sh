@@ -27,14 +27,19 @@ if ! grep -qx "$KOTLIN_VERSION" <(node -p "require('$kotlin_home/package.json').
     (cd "$tools" && npm install --no-audit --no-fund --silent "kotlin-compiler@$KOTLIN_VERSION")
 fi
 
-echo "== build the library and the relay"
-cargo build --locked -p handoff-ffi -p handoff-server
+echo "== build the library, the relay and the generator"
+# The whole workspace with every target: the same features `cargo test
+# --workspace` resolved, so after it nothing is rebuilt (building only some
+# packages, or `cargo run -p uniffi-bindgen`, resolves other features and
+# rebuilds minutes of dependencies).
+cargo build --locked --workspace --all-targets
 lib=$root/target/debug/libhandoff_ffi.so
+bindgen=$root/target/debug/uniffi-bindgen
 
 echo "== generate bindings (Kotlin, Swift)"
 rm -rf target/bindings
-cargo uniffi-bindgen generate --no-format --library "$lib" --language kotlin --out-dir target/bindings/kotlin
-cargo uniffi-bindgen generate --no-format --library "$lib" --language swift --out-dir target/bindings/swift
+"$bindgen" generate --no-format --library "$lib" --language kotlin --out-dir target/bindings/kotlin
+"$bindgen" generate --no-format --library "$lib" --language swift --out-dir target/bindings/swift
 test -s target/bindings/swift/HandoffFFI.swift
 
 echo "== compile the Kotlin layer and its tests"
