@@ -90,7 +90,6 @@ struct FeedEntry {
 
 /// One team, rebuilt from its feed when first needed.
 pub struct TeamState {
-    team_id: String,
     team_doc: AutoCommit,
     team: Team,
     docs: HashMap<Arc<str>, DocEntry>,
@@ -170,7 +169,6 @@ impl TeamState {
                 .map_err(|_| Error::Storage("relay actor is not hex".into()))?,
         );
         let mut st = TeamState {
-            team_id: row.team_id.clone(),
             team_doc: AutoCommit::new(),
             team: Team::default(),
             docs: HashMap::new(),
@@ -587,13 +585,13 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The first stage of a team's feed writer: admit every push waiting as
 /// one batch, hand the batch to the committer, until the team is unloaded.
-fn admitter(db: Arc<Db>, team: Weak<LoadedTeam>, jobs: mpsc::Receiver<Job>) {
+fn admitter(db: Arc<Db>, team_id: String, team: Weak<LoadedTeam>, jobs: mpsc::Receiver<Job>) {
     let (to_commit, admitted) = mpsc::sync_channel::<Admitted>(4);
     {
         let team = team.clone();
         let spawned = std::thread::Builder::new()
             .name("feed-commit".into())
-            .spawn(move || committer(&db, team, admitted));
+            .spawn(move || committer(&db, &team_id, team, admitted));
         if spawned.is_err() {
             return;
         }
@@ -683,7 +681,7 @@ fn admit_batch(team: &LoadedTeam, pushes: Vec<Push>) -> Admitted {
 /// storage error the team's state is ahead of its database: it is marked
 /// failed (reloaded from the feed on next use) and every push still queued
 /// is answered with the error.
-fn committer(db: &Db, team: Weak<LoadedTeam>, admitted: mpsc::Receiver<Admitted>) {
+fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Receiver<Admitted>) {
     let mut failure: Option<String> = None;
     while let Ok(first) = admitted.recv() {
         let mut waiting = vec![first];
@@ -707,8 +705,7 @@ fn committer(db: &Db, team: Weak<LoadedTeam>, admitted: mpsc::Receiver<Admitted>
             }
         }
         if failure.is_none() && !rows.is_empty() {
-            let team_id = team.state().team_id.clone();
-            let written = db.append_feed_batch(&team_id, rows.iter().map(|(r, _)| r));
+            let written = db.append_feed_batch(team_id, rows.iter().map(|(r, _)| r));
             if let Err(e) = written {
                 team.failed.store(true, Ordering::Release);
                 tracing::error!("a feed write failed; the team is reloaded on next use: {e}");
@@ -777,10 +774,10 @@ impl Relay {
             jobs: Mutex::new(tx),
             failed: AtomicBool::new(false),
         });
-        let (db, weak) = (self.db.clone(), Arc::downgrade(&team));
+        let (db, weak, id) = (self.db.clone(), Arc::downgrade(&team), team_id.to_owned());
         std::thread::Builder::new()
             .name("feed-admit".into())
-            .spawn(move || admitter(db, weak, rx))
+            .spawn(move || admitter(db, id, weak, rx))
             .map_err(|e| Error::Storage(format!("cannot start a feed writer: {e}")))?;
         teams.insert(team_id.to_owned(), team.clone());
         Ok(team)

@@ -475,12 +475,6 @@ pub async fn run(bin: &Path, args: Args) -> Result<Report> {
     let enrolled = crate::enrol_all(&server.addr, codes, 4).await?;
     let planned_at = Instant::now();
     let plans = plan(&enrolled, &args)?;
-    if std::env::var("RELAY_LOAD_DEBUG").is_ok() {
-        eprintln!(
-            "plan lengths: {:?}",
-            plans.iter().map(Vec::len).collect::<Vec<_>>()
-        );
-    }
     let planning = planned_at.elapsed();
 
     let warm = Instant::now() + Duration::from_secs_f64(args.warmup);
