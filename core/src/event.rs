@@ -163,6 +163,30 @@ impl Action {
 }
 
 impl Event {
+    /// This event with its free text removed (call notes and answers,
+    /// comments, notes, feedback): what a redacted task keeps of it.
+    pub fn scrubbed(&self) -> Event {
+        const R: &str = "[redacted]";
+        let mut e = self.clone();
+        match &mut e.action {
+            Action::CallLogged { attempt } => {
+                attempt.notes = R.into();
+                attempt.contact_used = None;
+                for a in &mut attempt.answers {
+                    a.answer = R.into();
+                }
+            }
+            Action::Commented { text } => *text = R.into(),
+            Action::Acknowledged { note }
+            | Action::Submitted { note }
+            | Action::Approved { note, .. }
+            | Action::Completed { note } => *note = String::new(),
+            Action::Returned { feedback } => *feedback = R.into(),
+            _ => {}
+        }
+        e
+    }
+
     /// The next event a device writes to a task: after every event it has
     /// seen (`deps` is their frontier, `lt` one more than the latest).
     pub fn next(

@@ -2,15 +2,17 @@
 //! One writer connection, a small pool of readers (WAL lets them read while
 //! the writer writes).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use handoff_core::event::EventId;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE teams (
@@ -63,12 +65,26 @@ CREATE TABLE feed (
 ) WITHOUT ROWID;
 ";
 
+/// Added in schema 3.
+const RETIRED_EVENTS: &str = "
+-- The event ids (no content) of redacted tasks' older documents, whose
+-- changes were deleted from the feed: a device moving its copy of such a
+-- task to the newer document may bring these events along.
+CREATE TABLE retired_events (
+    team_id  TEXT NOT NULL REFERENCES teams(team_id),
+    task_id  TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (team_id, task_id, event_id)
+) WITHOUT ROWID;
+";
+
 /// Schema upgrades, one step per version.
 fn upgrade_from(tx: &Connection, version: i64) -> Result<()> {
     match version {
         // v1 indexed the feed by hash and by document: each commit wrote to
         // three b-trees, two of them at random places.
         1 => tx.execute_batch("DROP INDEX feed_hash; DROP INDEX feed_doc;")?,
+        2 => tx.execute_batch(RETIRED_EVENTS)?,
         _ => return Err(Error::Storage(format!("no upgrade from schema {version}"))),
     }
     Ok(())
@@ -81,6 +97,9 @@ pub struct Db {
     /// Feed transactions committed, and the changes in them (for /metrics).
     pub feed_commits: AtomicU64,
     pub feed_changes: AtomicU64,
+    /// Rows were deleted: the next checkpoint also empties the WAL, which
+    /// still holds their old pages.
+    truncate_wal: AtomicBool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +127,14 @@ pub struct InviteRow {
     pub role: String,
     pub expires_at: i64,
     pub redeemed_at: Option<i64>,
+}
+
+/// A redacted task's older document, to delete from the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredDoc {
+    pub task_id: String,
+    pub seqs: Vec<u64>,
+    pub event_ids: Vec<String>,
 }
 
 /// One row of a feed.
@@ -143,6 +170,7 @@ impl Db {
             let tx = conn.unchecked_transaction()?;
             if version == 0 {
                 tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(RETIRED_EVENTS)?;
             } else {
                 for v in version..VERSION {
                     upgrade_from(&tx, v)?;
@@ -155,22 +183,43 @@ impl Db {
         // writer syncs the WAL at every commit (the feed writer batches
         // concurrent pushes into one commit, so one sync serves them all).
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Deleted rows (a redacted task's older document) are overwritten,
+        // not left in free pages.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         Ok(Db {
             path,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             feed_commits: AtomicU64::new(0),
             feed_changes: AtomicU64::new(0),
+            truncate_wal: AtomicBool::new(false),
         })
     }
 
     /// Copy the WAL back into the database file, off the write path: the
     /// relay runs this on a timer and turns off checkpoints inside commits.
     pub fn checkpoint(&self) -> Result<()> {
+        if self.truncate_wal.swap(false, Ordering::AcqRel) {
+            // Waits for readers to move on; if one does not in time, the
+            // next tick tries again.
+            let busy: i64 = self
+                .read(|c| Ok(c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?))?;
+            if busy != 0 {
+                self.truncate_wal.store(true, Ordering::Release);
+            }
+            return Ok(());
+        }
         self.read(|c| {
             c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
             Ok(())
         })
+    }
+
+    /// Copy the whole WAL into the database file and empty it (at shutdown).
+    pub fn checkpoint_truncate(&self) -> Result<()> {
+        self.write()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// Leave checkpoints to [`Db::checkpoint`] (the relay's timer thread).
@@ -377,6 +426,57 @@ impl Db {
         self.feed_commits.fetch_add(1, Ordering::Relaxed);
         self.feed_changes.fetch_add(n, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Delete retired documents' rows from a team's feed and keep their
+    /// event ids, in one transaction; the deleted rows' hashes.
+    pub fn retire_docs(&self, team_id: &str, docs: &[RetiredDoc]) -> Result<Vec<[u8; 32]>> {
+        let conn = self.write();
+        let tx = conn.unchecked_transaction()?;
+        let mut hashes = Vec::new();
+        {
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM feed WHERE team_id = ?1 AND seq = ?2 RETURNING hash",
+            )?;
+            let mut keep = tx.prepare_cached(
+                "INSERT OR IGNORE INTO retired_events (team_id, task_id, event_id)
+                 VALUES (?1, ?2, ?3)",
+            )?;
+            for doc in docs {
+                for &seq in &doc.seqs {
+                    let hash: Option<Vec<u8>> = delete
+                        .query_row(params![team_id, seq as i64], |r| r.get(0))
+                        .optional()?;
+                    if let Some(h) = hash.and_then(|h| <[u8; 32]>::try_from(h).ok()) {
+                        hashes.push(h);
+                    }
+                }
+                for id in &doc.event_ids {
+                    keep.execute(params![team_id, doc.task_id, id])?;
+                }
+            }
+        }
+        tx.commit()?;
+        self.truncate_wal.store(true, Ordering::Release);
+        Ok(hashes)
+    }
+
+    /// Event ids of retired documents, by task.
+    pub fn retired_events(
+        conn: &Connection,
+        team_id: &str,
+    ) -> Result<HashMap<String, Vec<EventId>>> {
+        let mut stmt =
+            conn.prepare("SELECT task_id, event_id FROM retired_events WHERE team_id = ?1")?;
+        let mut rows = stmt.query([team_id])?;
+        let mut out: HashMap<String, Vec<EventId>> = HashMap::new();
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(1)?;
+            if let Ok(id) = id.parse() {
+                out.entry(r.get(0)?).or_default().push(id);
+            }
+        }
+        Ok(out)
     }
 
     /// The whole feed of a team, oldest first (to rebuild its state).

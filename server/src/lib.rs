@@ -56,6 +56,7 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
             })
             .map_err(|e| Error::Storage(format!("cannot start the checkpointer: {e}")))?;
     }
+    let db = app.relay.db.clone();
     let router = api::router(app);
     let listener = std::net::TcpListener::bind(config.bind)
         .map_err(|e| Error::Storage(format!("cannot bind {}: {e}", config.bind)))?;
@@ -104,6 +105,9 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
                 .map_err(|e| Error::Storage(e.to_string()))?;
         }
     }
+    // Requests are finished: fold the WAL into the database file and empty
+    // it, so no page of a deleted row outlives the relay in it.
+    db.checkpoint_truncate()?;
     Ok(())
 }
 

@@ -19,17 +19,17 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use handoff_core::access::{may_change_team, may_read_task};
 use handoff_core::derive::{derive_with_history, Outcome, Refusal, TaskState};
-use handoff_core::event::Event;
+use handoff_core::event::{Event, EventId};
 use handoff_core::store::TEAM_DOC;
 use handoff_core::sync::wire::{DocChange, RefusalCode, Verdict, MAX_CHANGE};
-use handoff_core::task_doc::events_in_change;
+use handoff_core::task_doc::{self, events_in_change};
 use handoff_core::team::{Team, TeamWriter};
 use handoff_core::{is_valid_id, Device, Member, Role};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 
-use crate::db::{Db, DeviceRow, FeedRow, InviteRow, TeamRow};
+use crate::db::{Db, DeviceRow, FeedRow, InviteRow, RetiredDoc, TeamRow};
 use crate::error::{Error, Result};
 
 /// Changes per pull page, and bytes.
@@ -107,6 +107,37 @@ pub struct TeamState {
     /// Devices waiting in a long-poll, by actor: each is woken only by
     /// changes it may read.
     waiters: HashMap<Arc<str>, Waiter>,
+    /// Each task's newest document generation. A redaction re-creates a
+    /// task as `<task>.<generation>`; older generations are retired.
+    generations: HashMap<String, u32>,
+    /// The event ids of retired generations, by task: a device moving its
+    /// copy to the newer document may bring them along.
+    retired_events: HashMap<String, HashSet<EventId>>,
+    /// Set by admitting the first change of a task's newer generation: the
+    /// relay's own change carrying over the events that generation lacks,
+    /// and the older documents to delete once it is committed.
+    carry_over: Vec<(String, Change)>,
+    retiring: Vec<Arc<str>>,
+}
+
+/// A task document's id: `<task>` for generation 0, `<task>.<g>` after
+/// `g` redactions.
+fn task_and_generation(doc: &str) -> (&str, u32) {
+    match doc.rsplit_once('.') {
+        Some((task, g)) => match g.parse() {
+            Ok(g) => (task, g),
+            Err(_) => (doc, 0),
+        },
+        None => (doc, 0),
+    }
+}
+
+fn doc_id_of(task: &str, generation: u32) -> String {
+    if generation == 0 {
+        task.to_owned()
+    } else {
+        format!("{task}.{generation}")
+    }
 }
 
 struct Waiter {
@@ -180,11 +211,22 @@ impl TeamState {
             recent: VecDeque::new(),
             recent_bytes: 0,
             waiters: HashMap::new(),
+            generations: HashMap::new(),
+            retired_events: HashMap::new(),
+            carry_over: Vec::new(),
+            retiring: Vec::new(),
         };
+        for (task, ids) in db.read(|conn| Db::retired_events(conn, &row.team_id))? {
+            st.retired_events.entry(task).or_default().extend(ids);
+        }
         let mut team_changes = Vec::new();
         let mut failed = None;
         db.read(|conn| {
             Db::feed(conn, &row.team_id, |r| {
+                // Rows of retired documents are gone: keep their seqs.
+                while (st.feed.len() as u64) + 1 < r.seq {
+                    st.push_retired_entry();
+                }
                 let doc: Arc<str> = st.doc_key(&r.doc_id);
                 let size = r.bytes.len() as u32;
                 st.hashes.insert(ChangeHash(r.hash));
@@ -203,6 +245,9 @@ impl TeamState {
                 match change {
                     Ok(c) if &*doc == TEAM_DOC => team_changes.push(c),
                     Ok(c) => {
+                        let (task, generation) = task_and_generation(&doc);
+                        let newest = st.generations.entry(task.to_owned()).or_insert(0);
+                        *newest = (*newest).max(generation);
                         let entry = st.docs.entry(doc).or_insert_with(|| DocEntry {
                             events: Vec::new(),
                             state: None,
@@ -220,7 +265,86 @@ impl TeamState {
         st.team_doc.set_actor(relay_actor);
         st.team = Team::read(&st.team_doc);
         st.rederive_all();
+        // The relay stopped between committing a newer generation and
+        // deleting the older: delete it now.
+        let superseded: Vec<Arc<str>> = st
+            .docs
+            .keys()
+            .filter(|doc| {
+                let (task, generation) = task_and_generation(doc);
+                st.generations.get(task).is_some_and(|&g| g > generation)
+            })
+            .cloned()
+            .collect();
+        if !superseded.is_empty() {
+            let plan = st.retirement_plan(&superseded);
+            let hashes = db.retire_docs(&row.team_id, &plan)?;
+            st.forget_retired(&superseded, &hashes);
+        }
         Ok(st)
+    }
+
+    /// A feed entry whose document was retired: nobody reads it.
+    fn push_retired_entry(&mut self) {
+        let none = self.actor_key("");
+        self.feed.push(FeedEntry {
+            doc: Arc::from(""),
+            size: 0,
+            actor: none,
+        });
+        self.remember(Arc::from(&[][..]));
+    }
+
+    /// What the database must delete and keep for these documents.
+    fn retirement_plan(&self, docs: &[Arc<str>]) -> Vec<RetiredDoc> {
+        docs.iter()
+            .map(|doc| RetiredDoc {
+                task_id: task_and_generation(doc).0.to_owned(),
+                seqs: self.seqs_by_doc.get(doc).cloned().unwrap_or_default(),
+                event_ids: self
+                    .docs
+                    .get(doc)
+                    .map(|e| e.events.iter().map(|e| e.id.to_string()).collect())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Drop retired documents from memory once their rows are deleted:
+    /// their events (patient text included), their bytes, their hashes.
+    /// Their event ids stay, for devices that still carry them over.
+    fn forget_retired(&mut self, docs: &[Arc<str>], hashes: &[[u8; 32]]) {
+        let first_recent = self.head() + 1 - self.recent.len() as u64;
+        let none = self.actor_key("");
+        let retired: Arc<str> = Arc::from("");
+        for doc in docs {
+            let task = task_and_generation(doc).0.to_owned();
+            if let Some(entry) = self.docs.remove(doc) {
+                self.retired_events
+                    .entry(task)
+                    .or_default()
+                    .extend(entry.events.into_iter().map(|e| e.id));
+            }
+            for seq in self.seqs_by_doc.remove(doc).unwrap_or_default() {
+                if let Some(entry) = self.feed.get_mut(seq as usize - 1) {
+                    *entry = FeedEntry {
+                        doc: retired.clone(),
+                        size: 0,
+                        actor: none.clone(),
+                    };
+                }
+                if let Some(bytes) = seq
+                    .checked_sub(first_recent)
+                    .and_then(|i| self.recent.get_mut(i as usize))
+                {
+                    self.recent_bytes -= bytes.len();
+                    *bytes = Arc::from(&[][..]);
+                }
+            }
+        }
+        for h in hashes {
+            self.hashes.remove(&ChangeHash(*h));
+        }
     }
 
     /// Share one allocation per document id.
@@ -298,6 +422,12 @@ impl TeamState {
         if doc == TEAM_DOC {
             return true;
         }
+        // A redacted task's older document is hidden from the moment its
+        // newer one is admitted (it is deleted once that is committed).
+        let (task, generation) = task_and_generation(doc);
+        if self.generations.get(task).is_some_and(|&g| g > generation) {
+            return false;
+        }
         match self.docs.get(doc).and_then(|e| e.state.as_ref()) {
             Some(state) => may_read_task(&self.team, user, state),
             None => false,
@@ -342,6 +472,34 @@ impl TeamState {
                 RefusalCode::ActorMismatch,
                 "the change was written by another device",
             ));
+        }
+        let (task, generation) = task_and_generation(&change.doc);
+        let newest = match change.doc == TEAM_DOC {
+            true => None,
+            false => self.generations.get(task).copied(),
+        };
+        if newest.is_some_and(|newest| generation < newest) {
+            return Err(refuse(
+                RefusalCode::Retired,
+                "the task's patient details were removed and it moved to a new document",
+            ));
+        }
+        // A newer generation of a known task is a redaction: only someone
+        // who may delegate, and may see the task, re-creates it.
+        let redaction = newest.filter(|&newest| generation > newest);
+        if let Some(newest) = redaction {
+            let current = self
+                .docs
+                .get(doc_id_of(task, newest).as_str())
+                .and_then(|e| e.state.as_ref());
+            let allowed = self.team.permissions(&caller.user_id).may_delegate
+                && current.is_some_and(|s| may_read_task(&self.team, &caller.user_id, s));
+            if !allowed {
+                return Err(refuse(
+                    RefusalCode::Forbidden,
+                    "only a delegator who sees the task may remove its patient details",
+                ));
+            }
         }
         if c.deps().iter().any(|d| !self.hashes.contains(d)) {
             return Err(refuse(
@@ -434,28 +592,117 @@ impl TeamState {
                 s.history = history;
                 s
             });
+            let retiring = match redaction {
+                Some(_) => Some(self.retirement(&key, &all, c)?),
+                None => None,
+            };
             self.docs.insert(key, DocEntry { events: all, state });
+            let newest = self
+                .generations
+                .entry(task.to_owned())
+                .or_insert(generation);
+            *newest = (*newest).max(generation);
+            if let Some((older, carried)) = retiring {
+                self.retiring.extend(older);
+                self.carry_over.extend(carried);
+            }
         }
         Ok(true)
     }
 
-    fn known_in_earlier_generation(&self, doc: &str, event: &Event) -> bool {
-        let Some((task, generation)) = doc.rsplit_once('.') else {
-            return false;
-        };
-        let Ok(generation) = generation.parse::<u32>() else {
-            return false;
-        };
-        (0..generation).any(|g| {
-            let earlier = if g == 0 {
-                task.to_owned()
-            } else {
-                format!("{task}.{g}")
+    /// `doc` is a task's new generation, holding `events`, and `root` its
+    /// first change: the older generations to retire, and the relay's own
+    /// change carrying over (scrubbed) any event of theirs the redaction
+    /// missed, so that nothing the relay acknowledged is lost with them.
+    #[allow(clippy::type_complexity)]
+    fn retirement(
+        &self,
+        doc: &str,
+        events: &[Event],
+        root: &Change,
+    ) -> std::result::Result<(Vec<Arc<str>>, Option<(String, Change)>), Verdict> {
+        let (task, generation) = task_and_generation(doc);
+        let older: Vec<Arc<str>> = (0..generation)
+            .filter_map(|g| {
+                self.docs
+                    .get_key_value(doc_id_of(task, g).as_str())
+                    .map(|(k, _)| k.clone())
+            })
+            .collect();
+        let mut have: HashSet<EventId> = events.iter().map(|e| e.id.clone()).collect();
+        let mut missed = Vec::new();
+        for old in &older {
+            for e in self.docs.get(old).map_or(&[][..], |e| e.events.as_slice()) {
+                if have.insert(e.id.clone()) {
+                    missed.push(e.scrubbed());
+                }
+            }
+        }
+        let mut carry_over = None;
+        if !missed.is_empty() {
+            let relay_actor = self.team_doc.get_actor().clone();
+            let carried = (|| {
+                let mut am = AutoCommit::new();
+                am.apply_changes([root.clone()]).ok()?;
+                am.set_actor(relay_actor);
+                for e in &missed {
+                    task_doc::append(&mut am, e).ok()?;
+                }
+                am.commit()?;
+                am.get_last_local_change()
+            })();
+            let Some(carried) = carried else {
+                return Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "the new document does not take the older one's events",
+                ));
             };
-            self.docs
-                .get(earlier.as_str())
-                .is_some_and(|e| e.events.iter().any(|x| x.id == event.id))
-        })
+            carry_over = Some((doc.to_owned(), carried));
+        }
+        Ok((older, carry_over))
+    }
+
+    fn known_in_earlier_generation(&self, doc: &str, event: &Event) -> bool {
+        let (task, generation) = task_and_generation(doc);
+        self.retired_events
+            .get(task)
+            .is_some_and(|ids| ids.contains(&event.id))
+            || (0..generation).any(|g| {
+                self.docs
+                    .get(doc_id_of(task, g).as_str())
+                    .is_some_and(|e| e.events.iter().any(|x| x.id == event.id))
+            })
+    }
+
+    /// Give a change the next seq (it is committed with the batch).
+    fn next_row(&mut self, doc: String, c: &Change) -> FeedRow {
+        let row = FeedRow {
+            seq: self.head() + self.uncommitted + 1,
+            doc_id: doc,
+            hash: c.hash().0,
+            bytes: c.raw_bytes().to_vec(),
+        };
+        self.uncommitted += 1;
+        // Later changes may build on it, and a second copy of it is a
+        // duplicate (answered only once it is committed: answers go out in
+        // order).
+        self.hashes.insert(c.hash());
+        row
+    }
+
+    /// Take the relay's own carry-over change into the state, as `admit`
+    /// takes a device's.
+    fn admit_carry_over(&mut self, doc: &str, c: &Change) {
+        let key = self.doc_key(doc);
+        let team = &self.team;
+        if let Some(entry) = self.docs.get_mut(&key) {
+            entry.events.extend(events_in_change(c));
+            let (state, history) = derive_with_history(doc, entry.events.clone(), team);
+            entry.state = state.map(|mut s| {
+                s.history = history;
+                s
+            });
+        }
     }
 
     /// Take committed rows into the feed (each with the device that wrote
@@ -571,6 +818,8 @@ enum Admitted {
     Batch {
         rows: Vec<(FeedRow, Arc<str>)>,
         answers: Vec<(Reply, Vec<Verdict>)>,
+        /// Older generations of redacted tasks, deleted once `rows` are in.
+        retire: Vec<Arc<str>>,
     },
     /// Acknowledged once everything before it is committed.
     Flush(mpsc::SyncSender<()>),
@@ -639,6 +888,9 @@ fn admit_batch(team: &LoadedTeam, pushes: Vec<Push>) -> Admitted {
     let mut st = team.state();
     let mut answers = Vec::with_capacity(pushes.len());
     let mut rows: Vec<(FeedRow, Arc<str>)> = Vec::new();
+    let mut retire = Vec::new();
+    let relay_actor = st.team_doc.get_actor().to_hex_string();
+    let relay_actor = st.actor_key(&relay_actor);
     for Push {
         caller,
         changes,
@@ -653,19 +905,15 @@ fn admit_batch(team: &LoadedTeam, pushes: Vec<Push>) -> Admitted {
                     let Ok((c, _)) = &change.decoded else {
                         continue;
                     };
-                    let row = FeedRow {
-                        seq: st.head() + st.uncommitted + 1,
-                        doc_id: change.doc,
-                        hash: c.hash().0,
-                        bytes: c.raw_bytes().to_vec(),
-                    };
-                    st.uncommitted += 1;
-                    // Later changes may build on it, and a second copy of
-                    // it is a duplicate (answered only once it is committed:
-                    // answers go out in order).
-                    st.hashes.insert(ChangeHash(row.hash));
+                    let row = st.next_row(change.doc, c);
                     rows.push((row, actor.clone()));
                     verdicts.push(Verdict::Stored);
+                    for (doc, carried) in std::mem::take(&mut st.carry_over) {
+                        st.admit_carry_over(&doc, &carried);
+                        let row = st.next_row(doc, &carried);
+                        rows.push((row, relay_actor.clone()));
+                    }
+                    retire.append(&mut st.retiring);
                 }
                 Ok(false) => verdicts.push(Verdict::Duplicate),
                 Err(v) => verdicts.push(v),
@@ -673,7 +921,11 @@ fn admit_batch(team: &LoadedTeam, pushes: Vec<Push>) -> Admitted {
         }
         answers.push((reply, verdicts));
     }
-    Admitted::Batch { rows, answers }
+    Admitted::Batch {
+        rows,
+        answers,
+        retire,
+    }
 }
 
 /// The second stage: commit every admitted batch waiting in one
@@ -692,14 +944,17 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
         let mut rows = Vec::new();
         let mut answers = Vec::new();
         let mut flushes = Vec::new();
+        let mut retire = Vec::new();
         for a in waiting {
             match a {
                 Admitted::Batch {
                     rows: r,
                     answers: a,
+                    retire: t,
                 } => {
                     rows.extend(r);
                     answers.extend(a);
+                    retire.extend(t);
                 }
                 Admitted::Flush(done) => flushes.push(done),
             }
@@ -722,6 +977,12 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
                 for (reply, verdicts) in answers {
                     let _ = reply.send(Ok(verdicts));
                 }
+                if !retire.is_empty() {
+                    if let Err(e) = retire_docs(db, team_id, &team, &retire) {
+                        // Still refused for pushes; deleted at the next load.
+                        tracing::error!("deleting retired documents failed: {e}");
+                    }
+                }
             }
             Some(message) => {
                 for (reply, _) in answers {
@@ -733,6 +994,15 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
             let _ = done.send(());
         }
     }
+}
+
+/// Delete retired documents from the feed (the newer generation is
+/// committed), then from memory.
+fn retire_docs(db: &Db, team_id: &str, team: &LoadedTeam, docs: &[Arc<str>]) -> Result<()> {
+    let plan = team.state().retirement_plan(docs);
+    let hashes = db.retire_docs(team_id, &plan)?;
+    team.state().forget_retired(docs, &hashes);
+    Ok(())
 }
 
 impl Relay {

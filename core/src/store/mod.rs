@@ -98,6 +98,9 @@ pub struct MergeReport {
     pub duplicates: usize,
     /// Changes that did not decode; nothing of them was kept.
     pub invalid: usize,
+    /// Changes to a task document this device already replaced by a newer
+    /// generation (a redaction): dropped, the relay carries their events.
+    pub retired: usize,
     pub tasks_updated: usize,
     /// Documents still missing some changes their new changes build on
     /// (they just became visible to this device): ask the relay to repair.
@@ -591,7 +594,7 @@ impl Store {
         let new_id = format!("{task_id}.{generation}");
         let mut doc = task_doc::new_doc(task_id, generation, &st.actor)?;
         for e in &events {
-            task_doc::append(&mut doc, &scrub(e))?;
+            task_doc::append(&mut doc, &e.scrubbed())?;
         }
         let state = derive(task_id, task_doc::events(&doc).0, team)
             .ok_or(Error::Corrupt("task has no created event"))?;
@@ -630,6 +633,10 @@ impl Store {
             let mut touched = BTreeSet::new();
             let mut team_changed = false;
             for (doc_id, changes) in by_doc {
+                if doc_id != TEAM_DOC && superseded(&tx, doc_id)? {
+                    report.retired += changes.len();
+                    continue;
+                }
                 let kind = if doc_id == TEAM_DOC { "team" } else { "task" };
                 docs::insert_document(&tx, doc_id, kind, None, 0)?;
                 let mut doc = match st.docs.take(doc_id) {
@@ -865,9 +872,11 @@ fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> 
                     .into_iter()
                     .map(|e| e.id)
                     .collect();
+                // Scrubbed like the redaction's own copies: the newer
+                // document is one whose patient details were removed.
                 for e in task_doc::events(&dropped).0 {
                     if !have.contains(&e.id) {
-                        task_doc::append(&mut keep, &e)?;
+                        task_doc::append(&mut keep, &e.scrubbed())?;
                     }
                 }
                 docs::commit_local(conn, &keep_id, &mut keep, st.clock.now())?;
@@ -900,6 +909,27 @@ fn finish_reindex(
     }
 }
 
+/// Is `doc_id` an older generation of a task this device already holds in
+/// a newer document? (Task document ids are `<task>` for generation 0 and
+/// `<task>.<generation>` after redactions.)
+fn superseded(conn: &Connection, doc_id: &str) -> Result<bool> {
+    let (task, generation) = match doc_id.rsplit_once('.') {
+        Some((task, g)) => match g.parse::<i64>() {
+            Ok(g) => (task, g),
+            Err(_) => (doc_id, 0),
+        },
+        None => (doc_id, 0),
+    };
+    let current: Option<i64> = conn
+        .prepare_cached(
+            "SELECT d.generation FROM tasks t JOIN documents d ON d.doc_id = t.doc_id
+             WHERE t.task_id = ?1",
+        )?
+        .query_row([task], |r| r.get(0))
+        .optional()?;
+    Ok(current.is_some_and(|current| current > generation))
+}
+
 /// A retired document: gone from this device, and its unsent changes with it
 /// (their events live on in the document that replaced it).
 fn retire(conn: &Connection, doc_id: &str) -> Result<()> {
@@ -922,28 +952,6 @@ fn reindex_all(conn: &Connection, st: &mut State, team: &Team) -> Result<usize> 
 }
 
 /// The same event without free text that may name the patient.
-fn scrub(e: &Event) -> Event {
-    const R: &str = "[redacted]";
-    let mut e = e.clone();
-    match &mut e.action {
-        Action::CallLogged { attempt } => {
-            attempt.notes = R.into();
-            attempt.contact_used = None;
-            for a in &mut attempt.answers {
-                a.answer = R.into();
-            }
-        }
-        Action::Commented { text } => *text = R.into(),
-        Action::Acknowledged { note }
-        | Action::Submitted { note }
-        | Action::Approved { note, .. }
-        | Action::Completed { note } => *note = String::new(),
-        Action::Returned { feedback } => *feedback = R.into(),
-        _ => {}
-    }
-    e
-}
-
 fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
     Ok(conn
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")?

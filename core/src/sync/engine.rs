@@ -307,9 +307,16 @@ impl Inner {
                 report.pulled += merged.applied;
                 report.tasks_updated += merged.tasks_updated;
                 for doc in merged.incomplete {
-                    let repaired = self.repair(&relay, &doc).await?;
-                    report.pulled += repaired.applied;
-                    report.tasks_updated += repaired.tasks_updated;
+                    match self.repair(&relay, &doc).await {
+                        Ok(repaired) => {
+                            report.pulled += repaired.applied;
+                            report.tasks_updated += repaired.tasks_updated;
+                        }
+                        // No longer readable by this device (reassigned,
+                        // or replaced by a redaction): nothing to repair.
+                        Err(Error::Relay { status: 404, .. }) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             if reply.cursor != cursor {

@@ -61,6 +61,10 @@ pub enum RefusalCode {
     MissingDependencies,
     /// Larger than [`MAX_CHANGE`].
     TooLarge,
+    /// The task moved to a newer document (its patient details were
+    /// removed): the relay keeps nothing of the older one. The device moves
+    /// its events over when the newer document reaches it.
+    Retired,
 }
 
 impl RefusalCode {
@@ -72,6 +76,7 @@ impl RefusalCode {
             RefusalCode::NotPermitted => "not_permitted",
             RefusalCode::MissingDependencies => "missing_dependencies",
             RefusalCode::TooLarge => "too_large",
+            RefusalCode::Retired => "retired",
         }
     }
 }

@@ -7,6 +7,7 @@ mod bad_input;
 mod harness;
 mod load;
 mod proxy;
+mod redaction;
 mod storage;
 mod sync;
 mod tls;

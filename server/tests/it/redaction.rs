@@ -1,0 +1,172 @@
+//! Redaction through the relay: the older document of a redacted task is
+//! deleted from the relay's files, nothing anyone logged is lost, and the
+//! older document stays closed after a restart.
+
+use handoff_core::sync::wire::{self, DocChange, PushReply, PushRequest, RefusalCode, Verdict};
+use handoff_core::*;
+
+use crate::harness::*;
+
+const NAME: &[u8] = b"Jordan Quill";
+
+fn quill_call(outcome: CallOutcome) -> CallAttempt {
+    CallAttempt {
+        outcome,
+        contact_used: Some("mobile".into()),
+        notes: "Jordan Quill says the wound is healing".into(),
+        answers: Vec::new(),
+        next_attempt_due: None,
+    }
+}
+
+/// Do the relay's files (database and WAL, whichever exist) hold `needle`?
+fn relay_files_hold(relay: &Relay, needle: &[u8]) -> bool {
+    ["", "-wal"].iter().any(|ext| {
+        let path = format!("{}{ext}", relay.db().display());
+        std::fs::read(path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+    })
+}
+
+fn push(relay: &Relay, phone: &Phone, changes: Vec<DocChange>) -> Vec<Verdict> {
+    let body = wire::encode(&PushRequest { changes });
+    let (rt, client) = http();
+    rt.block_on(async {
+        let r = client
+            .post(format!("{}/v1/push", relay.url))
+            .bearer_auth(phone.settings().token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        wire::decode::<PushReply>(&r.bytes().await.unwrap())
+            .unwrap()
+            .verdicts
+    })
+}
+
+#[test]
+fn the_relay_deletes_a_redacted_tasks_history_and_loses_no_call() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let mut new = task_for("Post-op call", Some("ana"), None);
+    new.patient = Some(PatientRef {
+        display_name: "Jordan Quill".into(),
+        phone: Some("555-0199".into()),
+        record_ref: Some("MRN-4471".into()),
+    });
+    let task = max.store.delegate(new).unwrap();
+    max.sync();
+    ana.sync();
+    // ana's first call reaches the relay, not max: his redaction misses it.
+    ana.store
+        .log_call(&task, quill_call(CallOutcome::NoAnswer))
+        .unwrap();
+    ana.sync();
+    assert!(
+        relay_files_hold(&relay, NAME),
+        "control: the relay has the name"
+    );
+
+    // max redacts; meanwhile ana logs a second call offline.
+    max.store.redact_patient(&task).unwrap();
+    ana.store
+        .log_call(&task, quill_call(CallOutcome::Reached))
+        .unwrap();
+    let stale: Vec<DocChange> = ana
+        .store
+        .outbox(10)
+        .unwrap()
+        .into_iter()
+        .map(|c| DocChange {
+            doc: c.doc_id,
+            bytes: c.bytes,
+        })
+        .collect();
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].doc, task, "written to the older document");
+
+    max.sync(); // the relay retires the older document, keeps ana's first call
+    ana.sync(); // her second call is refused there, and moves to the new one
+    ana.sync();
+    max.sync();
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    assert_converged(&[&max, &ana, &lee]);
+    for (who, phone) in [("max", &max), ("ana", &ana), ("lee", &lee)] {
+        let d = phone.store.task_detail(&task).unwrap();
+        assert_eq!(d.patient, None, "on {who}");
+        let outcomes: Vec<_> = d.state.calls.iter().map(|c| c.attempt.outcome).collect();
+        assert_eq!(
+            outcomes,
+            vec![CallOutcome::NoAnswer, CallOutcome::Reached],
+            "both calls, once each, on {who}"
+        );
+        assert!(d
+            .state
+            .calls
+            .iter()
+            .all(|c| c.attempt.notes == "[redacted]"));
+        assert!(phone.store.needs_attention().unwrap().is_empty(), "{who}");
+        assert!(phone.store.outbox(10).unwrap().is_empty(), "{who}");
+    }
+
+    // Nothing of the older document is left in the relay's files.
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(!relay_files_hold(&relay, NAME));
+    assert!(!relay_files_hold(&relay, b"MRN-4471"));
+
+    // After a restart the older document stays closed, and the newer one
+    // still serves a phone that has never seen the task.
+    relay.spawn();
+    let verdicts = push(&relay, &ana, stale);
+    assert!(
+        matches!(
+            verdicts.as_slice(),
+            [Verdict::Refused {
+                code: RefusalCode::Retired,
+                ..
+            }]
+        ),
+        "{verdicts:?}"
+    );
+    let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
+    assert_eq!(
+        mia.store.task_detail(&task).unwrap().state,
+        max.store.task_detail(&task).unwrap().state
+    );
+}
+
+#[test]
+fn only_a_delegator_may_start_a_tasks_next_generation() {
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Post-op call", "ana");
+    // ana's phone, tampered with, re-creates the task as if redacting it.
+    let actor = automerge::ActorId::from(hex::decode(ana.store.device_actor()).unwrap());
+    let mut doc = task_doc::new_doc(&task, 1, &actor).unwrap();
+    doc.commit();
+    let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let verdicts = push(
+        &relay,
+        &ana,
+        vec![DocChange {
+            doc: format!("{task}.1"),
+            bytes: change,
+        }],
+    );
+    assert!(
+        matches!(
+            verdicts.as_slice(),
+            [Verdict::Refused {
+                code: RefusalCode::Forbidden,
+                ..
+            }]
+        ),
+        "{verdicts:?}"
+    );
+    // The task is untouched and still takes ana's work.
+    ana.store.log_call(&task, call(CallOutcome::Busy)).unwrap();
+    ana.sync();
+    max.sync();
+    assert_eq!(max.store.task_detail(&task).unwrap().state.calls.len(), 1);
+}
