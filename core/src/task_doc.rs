@@ -27,6 +27,66 @@ pub fn new_doc(task_id: &str, generation: i64, actor: &ActorId) -> Result<AutoCo
     Ok(doc)
 }
 
+/// A task document's id: `<task>` for generation 0, `<task>.<g>` after `g`
+/// redactions.
+pub fn doc_id_of(task: &str, generation: i64) -> String {
+    if generation == 0 {
+        task.to_owned()
+    } else {
+        format!("{task}.{generation}")
+    }
+}
+
+/// The task and generation a document id names. Only the form
+/// [`doc_id_of`] writes counts: `a.01` or `a.0` is generation 0 of a task
+/// so named.
+pub fn split_doc_id(doc: &str) -> (&str, i64) {
+    if let Some((task, g)) = doc.rsplit_once('.') {
+        if let Ok(generation) = g.parse::<u32>() {
+            if generation > 0 && g == generation.to_string() {
+                return (task, i64::from(generation));
+            }
+        }
+    }
+    (doc, 0)
+}
+
+/// Does this document hold what its id says (its `task_id` and
+/// `generation`)? A document that does not is ignored: it could otherwise
+/// pose as a newer generation of someone else's task.
+pub fn matches_id(doc: &AutoCommit, doc_id: &str) -> bool {
+    task_id(doc).is_some_and(|task| doc_id_of(&task, generation(doc)) == doc_id)
+}
+
+/// The `task_id` and `generation` a change writes at the document's root
+/// (a task document's first change writes both), if it writes them.
+pub fn layout_in_change(change: &automerge::Change) -> (Option<String>, Option<i64>) {
+    let mut task = None;
+    let mut generation = None;
+    for op in change.decode().operations {
+        if !matches!(op.obj, automerge::legacy::ObjectId::Root) {
+            continue;
+        }
+        let key = match &op.key {
+            automerge::legacy::Key::Map(k) => k.as_str(),
+            _ => continue,
+        };
+        match (key, &op.action) {
+            ("task_id", automerge::legacy::OpType::Put(ScalarValue::Str(s))) => {
+                task = Some(s.to_string());
+            }
+            ("generation", automerge::legacy::OpType::Put(ScalarValue::Int(g))) => {
+                generation = Some(*g);
+            }
+            ("generation", automerge::legacy::OpType::Put(ScalarValue::Uint(g))) => {
+                generation = i64::try_from(*g).ok();
+            }
+            _ => {}
+        }
+    }
+    (task, generation)
+}
+
 pub fn task_id(doc: &AutoCommit) -> Option<String> {
     match doc.get(ROOT, "task_id") {
         Ok(Some((v, _))) => v.as_str().map(str::to_owned),

@@ -67,13 +67,15 @@ CREATE TABLE feed (
 
 /// Added in schema 3.
 const RETIRED_EVENTS: &str = "
--- The event ids (no content) of redacted tasks' older documents, whose
--- changes were deleted from the feed: a device moving its copy of such a
--- task to the newer document may bring these events along.
+-- The events of redacted tasks' older documents, whose changes were
+-- deleted from the feed: their ids and the SHA-256 of their scrubbed JSON
+-- (no content). A device moving its copy of such a task to the newer
+-- document may bring these events along, scrubbed.
 CREATE TABLE retired_events (
     team_id  TEXT NOT NULL REFERENCES teams(team_id),
     task_id  TEXT NOT NULL,
     event_id TEXT NOT NULL,
+    digest   BLOB NOT NULL,
     PRIMARY KEY (team_id, task_id, event_id)
 ) WITHOUT ROWID;
 ";
@@ -134,7 +136,8 @@ pub struct InviteRow {
 pub struct RetiredDoc {
     pub task_id: String,
     pub seqs: Vec<u64>,
-    pub event_ids: Vec<String>,
+    /// Event id, and the SHA-256 of the event's scrubbed JSON.
+    pub events: Vec<(String, [u8; 32])>,
 }
 
 /// One row of a feed.
@@ -439,8 +442,8 @@ impl Db {
                 "DELETE FROM feed WHERE team_id = ?1 AND seq = ?2 RETURNING hash",
             )?;
             let mut keep = tx.prepare_cached(
-                "INSERT OR IGNORE INTO retired_events (team_id, task_id, event_id)
-                 VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO retired_events (team_id, task_id, event_id, digest)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?;
             for doc in docs {
                 for &seq in &doc.seqs {
@@ -451,8 +454,8 @@ impl Db {
                         hashes.push(h);
                     }
                 }
-                for id in &doc.event_ids {
-                    keep.execute(params![team_id, doc.task_id, id])?;
+                for (id, digest) in &doc.events {
+                    keep.execute(params![team_id, doc.task_id, id, &digest[..]])?;
                 }
             }
         }
@@ -461,19 +464,20 @@ impl Db {
         Ok(hashes)
     }
 
-    /// Event ids of retired documents, by task.
+    /// Retired documents' events (id → digest), by task.
     pub fn retired_events(
         conn: &Connection,
         team_id: &str,
-    ) -> Result<HashMap<String, Vec<EventId>>> {
-        let mut stmt =
-            conn.prepare("SELECT task_id, event_id FROM retired_events WHERE team_id = ?1")?;
+    ) -> Result<HashMap<String, HashMap<EventId, [u8; 32]>>> {
+        let mut stmt = conn
+            .prepare("SELECT task_id, event_id, digest FROM retired_events WHERE team_id = ?1")?;
         let mut rows = stmt.query([team_id])?;
-        let mut out: HashMap<String, Vec<EventId>> = HashMap::new();
+        let mut out: HashMap<String, HashMap<EventId, [u8; 32]>> = HashMap::new();
         while let Some(r) = rows.next()? {
             let id: String = r.get(1)?;
-            if let Ok(id) = id.parse() {
-                out.entry(r.get(0)?).or_default().push(id);
+            let digest: Vec<u8> = r.get(2)?;
+            if let (Ok(id), Ok(digest)) = (id.parse(), <[u8; 32]>::try_from(digest)) {
+                out.entry(r.get(0)?).or_default().insert(id, digest);
             }
         }
         Ok(out)

@@ -22,7 +22,7 @@ use handoff_core::derive::{derive_with_history, Outcome, Refusal, TaskState};
 use handoff_core::event::{Event, EventId};
 use handoff_core::store::TEAM_DOC;
 use handoff_core::sync::wire::{DocChange, RefusalCode, Verdict, MAX_CHANGE};
-use handoff_core::task_doc::{self, events_in_change};
+use handoff_core::task_doc::{self, doc_id_of, events_in_change, layout_in_change, split_doc_id};
 use handoff_core::team::{Team, TeamWriter};
 use handoff_core::{is_valid_id, Device, Member, Role};
 use rand::RngCore;
@@ -109,35 +109,16 @@ pub struct TeamState {
     waiters: HashMap<Arc<str>, Waiter>,
     /// Each task's newest document generation. A redaction re-creates a
     /// task as `<task>.<generation>`; older generations are retired.
-    generations: HashMap<String, u32>,
-    /// The event ids of retired generations, by task: a device moving its
-    /// copy to the newer document may bring them along.
-    retired_events: HashMap<String, HashSet<EventId>>,
+    generations: HashMap<String, i64>,
+    /// The events of retired generations, by task, as digests of their
+    /// scrubbed form: a device moving its copy to the newer document may
+    /// bring them along, unchanged but for the scrubbing.
+    retired_events: HashMap<String, HashMap<EventId, [u8; 32]>>,
     /// Set by admitting the first change of a task's newer generation: the
     /// relay's own change carrying over the events that generation lacks,
     /// and the older documents to delete once it is committed.
     carry_over: Vec<(String, Change)>,
     retiring: Vec<Arc<str>>,
-}
-
-/// A task document's id: `<task>` for generation 0, `<task>.<g>` after
-/// `g` redactions.
-fn task_and_generation(doc: &str) -> (&str, u32) {
-    match doc.rsplit_once('.') {
-        Some((task, g)) => match g.parse() {
-            Ok(g) => (task, g),
-            Err(_) => (doc, 0),
-        },
-        None => (doc, 0),
-    }
-}
-
-fn doc_id_of(task: &str, generation: u32) -> String {
-    if generation == 0 {
-        task.to_owned()
-    } else {
-        format!("{task}.{generation}")
-    }
 }
 
 struct Waiter {
@@ -216,9 +197,7 @@ impl TeamState {
             carry_over: Vec::new(),
             retiring: Vec::new(),
         };
-        for (task, ids) in db.read(|conn| Db::retired_events(conn, &row.team_id))? {
-            st.retired_events.entry(task).or_default().extend(ids);
-        }
+        st.retired_events = db.read(|conn| Db::retired_events(conn, &row.team_id))?;
         let mut team_changes = Vec::new();
         let mut failed = None;
         db.read(|conn| {
@@ -245,7 +224,7 @@ impl TeamState {
                 match change {
                     Ok(c) if &*doc == TEAM_DOC => team_changes.push(c),
                     Ok(c) => {
-                        let (task, generation) = task_and_generation(&doc);
+                        let (task, generation) = split_doc_id(&doc);
                         let newest = st.generations.entry(task.to_owned()).or_insert(0);
                         *newest = (*newest).max(generation);
                         let entry = st.docs.entry(doc).or_insert_with(|| DocEntry {
@@ -271,7 +250,7 @@ impl TeamState {
             .docs
             .keys()
             .filter(|doc| {
-                let (task, generation) = task_and_generation(doc);
+                let (task, generation) = split_doc_id(doc);
                 st.generations.get(task).is_some_and(|&g| g > generation)
             })
             .cloned()
@@ -299,12 +278,17 @@ impl TeamState {
     fn retirement_plan(&self, docs: &[Arc<str>]) -> Vec<RetiredDoc> {
         docs.iter()
             .map(|doc| RetiredDoc {
-                task_id: task_and_generation(doc).0.to_owned(),
+                task_id: split_doc_id(doc).0.to_owned(),
                 seqs: self.seqs_by_doc.get(doc).cloned().unwrap_or_default(),
-                event_ids: self
+                events: self
                     .docs
                     .get(doc)
-                    .map(|e| e.events.iter().map(|e| e.id.to_string()).collect())
+                    .map(|e| {
+                        e.events
+                            .iter()
+                            .map(|e| (e.id.to_string(), scrubbed_digest(e)))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             })
             .collect()
@@ -318,12 +302,13 @@ impl TeamState {
         let none = self.actor_key("");
         let retired: Arc<str> = Arc::from("");
         for doc in docs {
-            let task = task_and_generation(doc).0.to_owned();
+            let task = split_doc_id(doc).0.to_owned();
             if let Some(entry) = self.docs.remove(doc) {
+                let digests = entry.events.iter().map(scrubbed_digest);
                 self.retired_events
                     .entry(task)
                     .or_default()
-                    .extend(entry.events.into_iter().map(|e| e.id));
+                    .extend(entry.events.iter().map(|e| e.id.clone()).zip(digests));
             }
             for seq in self.seqs_by_doc.remove(doc).unwrap_or_default() {
                 if let Some(entry) = self.feed.get_mut(seq as usize - 1) {
@@ -424,7 +409,7 @@ impl TeamState {
         }
         // A redacted task's older document is hidden from the moment its
         // newer one is admitted (it is deleted once that is committed).
-        let (task, generation) = task_and_generation(doc);
+        let (task, generation) = split_doc_id(doc);
         if self.generations.get(task).is_some_and(|&g| g > generation) {
             return false;
         }
@@ -473,7 +458,7 @@ impl TeamState {
                 "the change was written by another device",
             ));
         }
-        let (task, generation) = task_and_generation(&change.doc);
+        let (task, generation) = split_doc_id(&change.doc);
         let newest = match change.doc == TEAM_DOC {
             true => None,
             false => self.generations.get(task).copied(),
@@ -483,6 +468,24 @@ impl TeamState {
                 RefusalCode::Retired,
                 "the task's patient details were removed and it moved to a new document",
             ));
+        }
+        if change.doc != TEAM_DOC && generation > newest.map_or(0, |n| n + 1) {
+            return Err(refuse(
+                RefusalCode::InvalidChange,
+                "no such generation of this task",
+            ));
+        }
+        // A document's first change must lay out what its id says, once.
+        if change.doc != TEAM_DOC && c.deps().is_empty() {
+            let laid_out = layout_in_change(c);
+            if self.docs.contains_key(change.doc.as_str())
+                || laid_out != (Some(task.to_owned()), Some(generation))
+            {
+                return Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "a task document starts once, with its own id and generation",
+                ));
+            }
         }
         // A newer generation of a known task is a redaction: only someone
         // who may delegate, and may see the task, re-creates it.
@@ -621,7 +624,7 @@ impl TeamState {
         events: &[Event],
         root: &Change,
     ) -> std::result::Result<(Vec<Arc<str>>, Option<(String, Change)>), Verdict> {
-        let (task, generation) = task_and_generation(doc);
+        let (task, generation) = split_doc_id(doc);
         let older: Vec<Arc<str>> = (0..generation)
             .filter_map(|g| {
                 self.docs
@@ -662,15 +665,21 @@ impl TeamState {
         Ok((older, carry_over))
     }
 
+    /// Is `event` (written by another device) a copy of one in an earlier
+    /// generation of its task, unchanged or scrubbed?
     fn known_in_earlier_generation(&self, doc: &str, event: &Event) -> bool {
-        let (task, generation) = task_and_generation(doc);
-        self.retired_events
+        let (task, generation) = split_doc_id(doc);
+        let retired = self
+            .retired_events
             .get(task)
-            .is_some_and(|ids| ids.contains(&event.id))
+            .and_then(|events| events.get(&event.id))
+            .is_some_and(|digest| *digest == digest_of(event));
+        retired
             || (0..generation).any(|g| {
                 self.docs
                     .get(doc_id_of(task, g).as_str())
-                    .is_some_and(|e| e.events.iter().any(|x| x.id == event.id))
+                    .and_then(|e| e.events.iter().find(|x| x.id == event.id))
+                    .is_some_and(|x| x == event || x.scrubbed() == *event)
             })
     }
 
@@ -979,8 +988,9 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
                 }
                 if !retire.is_empty() {
                     if let Err(e) = retire_docs(db, team_id, &team, &retire) {
-                        // Still refused for pushes; deleted at the next load.
-                        tracing::error!("deleting retired documents failed: {e}");
+                        // Hidden and refused already; the reload deletes them.
+                        team.failed.store(true, Ordering::Release);
+                        tracing::error!("deleting retired documents failed; the team is reloaded on next use: {e}");
                     }
                 }
             }
@@ -994,6 +1004,15 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
             let _ = done.send(());
         }
     }
+}
+
+/// What the relay keeps of a retired event: the digest of its scrubbed form.
+fn scrubbed_digest(e: &Event) -> [u8; 32] {
+    digest_of(&e.scrubbed())
+}
+
+fn digest_of(e: &Event) -> [u8; 32] {
+    sha256(&serde_json::to_vec(e).unwrap_or_default())
 }
 
 /// Delete retired documents from the feed (the newer generation is

@@ -591,7 +591,7 @@ impl Store {
         };
         let generation = task_doc::generation(&old) + 1;
         let (events, _) = task_doc::events(&old);
-        let new_id = format!("{task_id}.{generation}");
+        let new_id = task_doc::doc_id_of(task_id, generation);
         let mut doc = task_doc::new_doc(task_id, generation, &st.actor)?;
         for e in &events {
             task_doc::append(&mut doc, &e.scrubbed())?;
@@ -721,15 +721,42 @@ impl Store {
     }
 
     /// The relay refused this change: keep it, stop offering it, and show it
-    /// to its author in "needs attention".
+    /// to its author in "needs attention". Then set it aside: the task's
+    /// document is rebuilt without it, and this device's later changes that
+    /// built on it are written again on the rebuilt document, so that they
+    /// reach the relay (instead of being refused as `missing_dependencies`)
+    /// and this copy of the task ends the same as everyone else's.
     pub fn outbox_refused(&self, id: i64, code: &str, reason: &str) -> Result<()> {
-        let db = self.lock();
-        db.conn
-            .prepare_cached(
-                "UPDATE outbox SET refused_code = ?2, refused_reason = ?3 WHERE id = ?1",
-            )?
-            .execute(params![id, code, reason])?;
-        Ok(())
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let row: Option<(String, Vec<u8>)> = conn
+            .prepare_cached("SELECT doc_id, bytes FROM outbox WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        // Already written again by an earlier refusal's setting aside.
+        let Some((doc_id, bytes)) = row else {
+            return Ok(());
+        };
+        let tx = conn.unchecked_transaction()?;
+        tx.prepare_cached(
+            "UPDATE outbox SET refused_code = ?2, refused_reason = ?3 WHERE id = ?1",
+        )?
+        .execute(params![id, code, reason])?;
+        // A change to a retired document stays in it: the document's events
+        // move to the newer one when it arrives.
+        let result = match (doc_id.as_str(), Change::from_bytes(bytes)) {
+            (TEAM_DOC, _) | (_, Err(_)) => Ok(()),
+            _ if code == crate::sync::wire::RefusalCode::Retired.as_str() => Ok(()),
+            (_, Ok(refused)) => set_aside(&tx, st, &doc_id, &refused),
+        };
+        match result.and_then(|()| Ok(tx.commit()?)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Memory may be ahead of the rolled-back database.
+                st.docs.remove(&doc_id);
+                Err(e)
+            }
+        }
     }
 
     // ---- housekeeping ---------------------------------------------------
@@ -836,6 +863,11 @@ fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> 
         st.docs.put(doc_id, doc);
         return Ok(false);
     };
+    if !task_doc::matches_id(&doc, doc_id) {
+        // Not what its id says: never let it stand for a task.
+        st.docs.put(doc_id, doc);
+        return Ok(false);
+    }
     let generation = task_doc::generation(&doc);
     docs::insert_document(conn, doc_id, "task", Some(&task_id), generation)?;
     let current: Option<(String, bool)> = conn
@@ -909,17 +941,77 @@ fn finish_reindex(
     }
 }
 
-/// Is `doc_id` an older generation of a task this device already holds in
-/// a newer document? (Task document ids are `<task>` for generation 0 and
-/// `<task>.<generation>` after redactions.)
-fn superseded(conn: &Connection, doc_id: &str) -> Result<bool> {
-    let (task, generation) = match doc_id.rsplit_once('.') {
-        Some((task, g)) => match g.parse::<i64>() {
-            Ok(g) => (task, g),
-            Err(_) => (doc_id, 0),
-        },
-        None => (doc_id, 0),
+/// Rebuild a task document without `refused` and the changes that build on
+/// it; write those changes' events again as new changes (queued for the
+/// relay), drop their old outbox rows, and re-derive the task. A document's
+/// first change is not set aside (nothing would be left to rebuild on).
+fn set_aside(conn: &Connection, st: &mut State, doc_id: &str, refused: &Change) -> Result<()> {
+    if refused.deps().is_empty() {
+        return Ok(());
+    }
+    let Some(mut doc) = (match st.docs.take(doc_id) {
+        Some(d) => Some(d),
+        None => docs::load(conn, doc_id, &st.actor)?,
+    }) else {
+        return Ok(());
     };
+    if doc.get_change_by_hash(&refused.hash()).is_none() {
+        st.docs.put(doc_id, doc);
+        return Ok(());
+    }
+    let mut aside = HashSet::from([refused.hash()]);
+    let mut kept = Vec::new();
+    let mut redo = Vec::new();
+    // Causal order: a change comes after everything it builds on.
+    for c in doc.get_changes(&[]) {
+        if c.hash() == refused.hash() {
+            continue;
+        }
+        if c.deps().iter().any(|d| aside.contains(d)) {
+            aside.insert(c.hash());
+            redo.push(c.clone());
+        } else {
+            kept.push(c.clone());
+        }
+    }
+    let mut rebuilt = AutoCommit::new();
+    rebuilt.apply_changes(kept)?;
+    rebuilt.set_actor(st.actor.clone());
+    for hash in &aside {
+        conn.prepare_cached("DELETE FROM changes WHERE doc_id = ?1 AND hash = ?2")?
+            .execute(params![doc_id, hash.as_ref()])?;
+    }
+    docs::compact(conn, doc_id, &mut rebuilt)?;
+    let mut have: HashSet<EventId> = HashSet::new();
+    have.extend(task_doc::events(&rebuilt).0.into_iter().map(|e| e.id));
+    let now = st.clock.now();
+    let mut events = task_doc::events(&rebuilt).0;
+    for c in &redo {
+        for e in task_doc::events_in_change(c) {
+            if have.insert(e.id.clone()) {
+                // Same event, now after what is left of the task: it no
+                // longer names the set-aside event as seen (the relay judges
+                // access on what an event builds on).
+                let mut again = Event::next(&events, &e.id.actor, &e.by, e.at, e.action);
+                again.id = e.id;
+                task_doc::append(&mut rebuilt, &again)?;
+                events.push(again);
+            }
+        }
+        docs::commit_local(conn, doc_id, &mut rebuilt, now)?;
+        conn.prepare_cached("DELETE FROM outbox WHERE doc_id = ?1 AND hash = ?2")?
+            .execute(params![doc_id, c.hash().as_ref()])?;
+    }
+    st.docs.put(doc_id, rebuilt);
+    let team = st.team.clone().unwrap_or_default();
+    reindex_doc(conn, st, &team, doc_id)?;
+    Ok(())
+}
+
+/// Is `doc_id` an older generation of a task this device already holds in
+/// a newer document? (See [`task_doc::doc_id_of`].)
+fn superseded(conn: &Connection, doc_id: &str) -> Result<bool> {
+    let (task, generation) = task_doc::split_doc_id(doc_id);
     let current: Option<i64> = conn
         .prepare_cached(
             "SELECT d.generation FROM tasks t JOIN documents d ON d.doc_id = t.doc_id

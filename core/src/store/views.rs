@@ -416,7 +416,8 @@ impl Store {
         // The outbox holds only this device's own changes.
         if db.st.user.as_deref() == Some(user) {
             let mut stmt = db.conn.prepare_cached(
-                "SELECT o.id, d.task_id, t.title, o.refused_code, o.refused_reason, o.queued_at
+                "SELECT o.id, d.task_id, t.title, o.refused_code, o.refused_reason, o.queued_at,
+                        o.bytes
                  FROM outbox o LEFT JOIN documents d ON d.doc_id = o.doc_id
                  LEFT JOIN tasks t ON t.task_id = d.task_id
                  WHERE o.refused_code IS NOT NULL
@@ -424,11 +425,16 @@ impl Store {
                  ORDER BY o.id",
             )?;
             for row in stmt.query_map([], |r| {
+                // What the refused change did, named like the other items.
+                let action = automerge::Change::from_bytes(r.get::<_, Vec<u8>>(6)?)
+                    .ok()
+                    .and_then(|c| crate::task_doc::events_in_change(&c).into_iter().next())
+                    .map_or("sync", |e| e.action.name());
                 Ok(AttentionItem {
                     key: format!("outbox:{}", r.get::<_, i64>(0)?),
                     task_id: r.get(1)?,
                     title: r.get(2)?,
-                    action: "sync".into(),
+                    action: action.into(),
                     code: r.get(3)?,
                     reason: r.get(4)?,
                     at: r.get(5)?,

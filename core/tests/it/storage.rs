@@ -148,3 +148,74 @@ fn redaction_recreates_the_task_without_the_patients_history_and_loses_no_work()
         Err(Error::Refused(Refusal::NotPermitted { .. }))
     ));
 }
+
+#[test]
+fn a_document_that_is_not_what_its_id_says_is_ignored() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    let before = c.at("ana").task_detail(&t).unwrap();
+    // A document named "decoy" whose layout claims to be generation 9 of t.
+    let actor = automerge::ActorId::from(hex::decode(c.at("max").device_actor()).unwrap());
+    let mut decoy = task_doc::new_doc(&t, 9, &actor).unwrap();
+    decoy.commit();
+    let bytes = decoy.get_last_local_change().unwrap().raw_bytes().to_vec();
+    c.at("ana")
+        .apply_remote(&[("decoy".to_owned(), bytes)])
+        .unwrap();
+    assert_eq!(c.at("ana").task_detail(&t).unwrap(), before);
+    assert_eq!(c.at("ana").task_ids().unwrap(), vec![t.clone()]);
+    // And the real document still takes work.
+    c.at("max").comment(&t, "still here").unwrap();
+    c.sync();
+    assert_eq!(c.at("ana").task_detail(&t).unwrap().state.comments.len(), 1);
+}
+
+#[test]
+fn a_refused_change_is_set_aside_and_the_work_built_on_it_is_written_again() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    let ana = c.at("ana");
+    ana.log_call(&t, call(CallOutcome::Reached)).unwrap();
+    ana.submit(&t, "done").unwrap();
+    ana.comment(&t, "left the plan at the desk").unwrap();
+    let queued = ana.outbox(10).unwrap();
+    assert_eq!(queued.len(), 3);
+    // The relay took the call, refused the submission, and so the comment.
+    ana.outbox_delivered(&[queued[0].id]).unwrap();
+    ana.outbox_refused(queued[1].id, "not_permitted", "not allowed")
+        .unwrap();
+    ana.outbox_refused(queued[2].id, "missing_dependencies", "builds on it")
+        .unwrap();
+    let d = ana.task_detail(&t).unwrap();
+    assert_eq!(
+        d.state.status,
+        TaskStatus::InProgress,
+        "submission set aside"
+    );
+    assert_eq!((d.state.calls.len(), d.state.comments.len()), (1, 1));
+    let again = ana.outbox(10).unwrap();
+    assert_eq!(again.len(), 1, "the comment, written again");
+    let attention = ana.needs_attention().unwrap();
+    assert_eq!(attention.len(), 1, "{attention:?}");
+    assert_eq!(attention[0].action, "submitted");
+    // What is queued applies on a device that never saw the submission.
+    c.at("max")
+        .apply_remote(&[
+            (queued[0].doc_id.clone(), queued[0].bytes.clone()),
+            (again[0].doc_id.clone(), again[0].bytes.clone()),
+        ])
+        .unwrap();
+    assert_eq!(c.at("max").task_detail(&t).unwrap().state, d.state);
+    // And the store reopens to the same.
+    let reopened = reopen(&c, 1, "ana");
+    assert_eq!(reopened.task_detail(&t).unwrap().state, d.state);
+    assert_eq!(reopened.outbox(10).unwrap(), again);
+}

@@ -45,7 +45,8 @@ fn a_device_of_one_team_reads_nothing_of_another() {
         let reply: PullReply = wire::decode(&r.bytes().await.unwrap()).unwrap();
         assert!(reply.changes.iter().all(|c| c.doc == "team"));
     });
-    // Writing under A's document id from B lands in B's namespace, never in A's.
+    // Writing under A's document id from B is refused (the change lays out
+    // another task), and touches nothing of A's.
     let before = max.store.task_detail(&secret).unwrap().state;
     zoe.store
         .delegate(task_for("B's task", Some("zoe"), None))
@@ -65,7 +66,17 @@ fn a_device_of_one_team_reads_nothing_of_another() {
             .await
             .unwrap();
         let reply: PushReply = wire::decode(&r.bytes().await.unwrap()).unwrap();
-        assert_eq!(reply.verdicts, vec![Verdict::Stored]);
+        assert!(
+            matches!(
+                reply.verdicts.as_slice(),
+                [Verdict::Refused {
+                    code: RefusalCode::InvalidChange,
+                    ..
+                }]
+            ),
+            "{:?}",
+            reply.verdicts
+        );
     });
     max.sync();
     assert_eq!(max.store.task_ids().unwrap(), vec![secret.clone()]);
@@ -215,6 +226,74 @@ fn a_change_the_relay_refuses_shows_in_needs_attention_and_does_not_stall_the_qu
         "never reached anyone"
     );
     assert_eq!(max.store.task_detail(&mine).unwrap().state.calls.len(), 1);
+}
+
+fn set_trusted(max: &Phone, user: &str, trusted: bool) {
+    max.store
+        .put_member(&Member {
+            user_id: user.into(),
+            name: user.into(),
+            role: Role::ClinicalAssistant,
+            trusted,
+            active: true,
+        })
+        .unwrap();
+    max.sync();
+}
+
+#[test]
+fn work_built_on_a_refused_change_still_reaches_everyone_and_the_task_goes_on() {
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    set_trusted(&max, "ana", true);
+    let task = hand_over(&max, &ana, "Post-op call", "ana");
+    // Ana may no longer close tasks without review; her phone is offline.
+    set_trusted(&max, "ana", false);
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    ana.store.complete(&task, "all good").unwrap();
+    ana.store
+        .comment(&task, "patient asked for a copy of the plan")
+        .unwrap();
+    let report = ana.sync();
+    assert_eq!(
+        report.refused, 2,
+        "the completion, and the comment behind it"
+    );
+    // The completion is set aside on her phone, the comment written again.
+    let detail = ana.store.task_detail(&task).unwrap();
+    assert_eq!(detail.state.status, TaskStatus::InProgress);
+    assert_eq!(detail.state.comments.len(), 1);
+    let attention = ana.store.needs_attention().unwrap();
+    assert_eq!(attention.len(), 1, "{attention:?}");
+    assert_eq!(
+        (attention[0].action.as_str(), attention[0].code.as_str()),
+        ("completed", "not_permitted")
+    );
+    ana.sync();
+    max.sync();
+    assert_converged(&[&max, &ana]);
+    assert_eq!(
+        max.store.task_detail(&task).unwrap().state.comments.len(),
+        1
+    );
+    assert!(
+        ana.store.needs_attention().unwrap().len() == 1,
+        "only the completion"
+    );
+    // Nothing lost, nothing stalled: she submits, the manager approves.
+    ana.store.submit(&task, "reached, plan sent").unwrap();
+    ana.sync();
+    max.sync();
+    max.store.approve(&task, "thanks").unwrap();
+    max.sync();
+    ana.sync();
+    assert_converged(&[&max, &ana]);
+    let done = max.store.task_detail(&task).unwrap().state;
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!((done.calls.len(), done.comments.len()), (1, 1));
+    assert!(ana.store.outbox(10).unwrap().is_empty());
 }
 
 #[test]

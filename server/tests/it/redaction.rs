@@ -164,6 +164,24 @@ fn only_a_delegator_may_start_a_tasks_next_generation() {
         ),
         "{verdicts:?}"
     );
+    // A delegator may only start the next generation, laid out as its id says.
+    let max_actor = automerge::ActorId::from(hex::decode(max.store.device_actor()).unwrap());
+    for (doc_id, generation) in [(format!("{task}.5"), 5), (format!("{task}.1"), 2)] {
+        let mut doc = task_doc::new_doc(&task, generation, &max_actor).unwrap();
+        doc.commit();
+        let bytes = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+        let verdicts = push(&relay, &max, vec![DocChange { doc: doc_id, bytes }]);
+        assert!(
+            matches!(
+                verdicts.as_slice(),
+                [Verdict::Refused {
+                    code: RefusalCode::InvalidChange,
+                    ..
+                }]
+            ),
+            "{verdicts:?}"
+        );
+    }
     // The task is untouched and still takes ana's work.
     ana.store.log_call(&task, call(CallOutcome::Busy)).unwrap();
     ana.sync();
