@@ -726,37 +726,54 @@ impl Store {
     /// built on it are written again on the rebuilt document, so that they
     /// reach the relay (instead of being refused as `missing_dependencies`)
     /// and this copy of the task ends the same as everyone else's.
-    pub fn outbox_refused(&self, id: i64, code: &str, reason: &str) -> Result<()> {
+    ///
+    /// Returns `None` when the change is no longer queued (an earlier
+    /// refusal's setting aside wrote it again), else how many changes were
+    /// written again (to push now).
+    pub fn outbox_refused(&self, id: i64, code: &str, reason: &str) -> Result<Option<usize>> {
+        use crate::sync::wire::RefusalCode;
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         let row: Option<(String, Vec<u8>)> = conn
             .prepare_cached("SELECT doc_id, bytes FROM outbox WHERE id = ?1")?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        // Already written again by an earlier refusal's setting aside.
         let Some((doc_id, bytes)) = row else {
-            return Ok(());
+            return Ok(None);
         };
-        let tx = conn.unchecked_transaction()?;
+        let mut tx = conn.unchecked_transaction()?;
         tx.prepare_cached(
             "UPDATE outbox SET refused_code = ?2, refused_reason = ?3 WHERE id = ?1",
         )?
         .execute(params![id, code, reason])?;
-        // A change to a retired document stays in it: the document's events
-        // move to the newer one when it arrives.
-        let result = match (doc_id.as_str(), Change::from_bytes(bytes)) {
-            (TEAM_DOC, _) | (_, Err(_)) => Ok(()),
-            _ if code == crate::sync::wire::RefusalCode::Retired.as_str() => Ok(()),
-            (_, Ok(refused)) => set_aside(&tx, st, &doc_id, &refused),
-        };
-        match result.and_then(|()| Ok(tx.commit()?)) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // Memory may be ahead of the rolled-back database.
-                st.docs.remove(&doc_id);
-                Err(e)
+        // Not set aside: a change to a retired document (its events move to
+        // the newer one when that arrives), and one refused only for what it
+        // builds on (the cause was set aside already, or cannot be: the
+        // change keeps the user's work visible where it is).
+        let keep_in_place = [RefusalCode::Retired, RefusalCode::MissingDependencies]
+            .iter()
+            .any(|c| c.as_str() == code);
+        let mut written_again = 0;
+        match Change::from_bytes(bytes) {
+            Ok(refused) if doc_id != TEAM_DOC && !keep_in_place => {
+                let sp = tx.savepoint()?;
+                match set_aside(&sp, st, &doc_id, &refused) {
+                    Ok(n) => {
+                        sp.commit()?;
+                        written_again = n;
+                    }
+                    // The refusal is still recorded; the document stays as
+                    // it was (its later changes will be refused too).
+                    Err(_) => {
+                        drop(sp);
+                        st.docs.remove(&doc_id);
+                    }
+                }
             }
+            _ => {}
         }
+        tx.commit()?;
+        Ok(Some(written_again))
     }
 
     // ---- housekeeping ---------------------------------------------------
@@ -945,19 +962,19 @@ fn finish_reindex(
 /// it; write those changes' events again as new changes (queued for the
 /// relay), drop their old outbox rows, and re-derive the task. A document's
 /// first change is not set aside (nothing would be left to rebuild on).
-fn set_aside(conn: &Connection, st: &mut State, doc_id: &str, refused: &Change) -> Result<()> {
+fn set_aside(conn: &Connection, st: &mut State, doc_id: &str, refused: &Change) -> Result<usize> {
     if refused.deps().is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let Some(mut doc) = (match st.docs.take(doc_id) {
         Some(d) => Some(d),
         None => docs::load(conn, doc_id, &st.actor)?,
     }) else {
-        return Ok(());
+        return Ok(0);
     };
     if doc.get_change_by_hash(&refused.hash()).is_none() {
         st.docs.put(doc_id, doc);
-        return Ok(());
+        return Ok(0);
     }
     let mut aside = HashSet::from([refused.hash()]);
     let mut kept = Vec::new();
@@ -986,26 +1003,42 @@ fn set_aside(conn: &Connection, st: &mut State, doc_id: &str, refused: &Change) 
     have.extend(task_doc::events(&rebuilt).0.into_iter().map(|e| e.id));
     let now = st.clock.now();
     let mut events = task_doc::events(&rebuilt).0;
+    let mut written = 0;
     for c in &redo {
         for e in task_doc::events_in_change(c) {
-            if have.insert(e.id.clone()) {
+            if !have.insert(e.id.clone()) {
+                continue;
+            }
+            let again = if e.id.actor == st.actor_hex {
                 // Same event, now after what is left of the task: it no
-                // longer names the set-aside event as seen (the relay judges
-                // access on what an event builds on).
+                // longer names the set-aside event as seen (the relay
+                // judges access on what an event builds on).
                 let mut again = Event::next(&events, &e.id.actor, &e.by, e.at, e.action);
                 again.id = e.id;
-                task_doc::append(&mut rebuilt, &again)?;
-                events.push(again);
-            }
+                again
+            } else {
+                // Another device's event copied here (a redaction's
+                // carry-over): copies stay exact.
+                e
+            };
+            task_doc::append(&mut rebuilt, &again)?;
+            events.push(again);
         }
-        docs::commit_local(conn, doc_id, &mut rebuilt, now)?;
-        conn.prepare_cached("DELETE FROM outbox WHERE doc_id = ?1 AND hash = ?2")?
-            .execute(params![doc_id, c.hash().as_ref()])?;
+        // A change with nothing left to write keeps its row: it is refused
+        // in turn and shown, never silently dropped (and its id, maybe the
+        // newest, is not freed for reuse while verdicts are read).
+        if docs::commit_local(conn, doc_id, &mut rebuilt, now)?.is_some() {
+            written += 1;
+            conn.prepare_cached("DELETE FROM outbox WHERE doc_id = ?1 AND hash = ?2")?
+                .execute(params![doc_id, c.hash().as_ref()])?;
+        }
     }
-    st.docs.put(doc_id, rebuilt);
+    // Reloaded from the database: it also holds changes still waiting for
+    // their dependencies, which the rebuilt document does not.
+    drop(rebuilt);
     let team = st.team.clone().unwrap_or_default();
     reindex_doc(conn, st, &team, doc_id)?;
-    Ok(())
+    Ok(written)
 }
 
 /// Is `doc_id` an older generation of a task this device already holds in

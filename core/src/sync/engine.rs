@@ -351,19 +351,28 @@ impl Inner {
                 ));
             }
             let mut delivered = Vec::with_capacity(batch.len());
+            let mut written_again = 0;
             for (change, verdict) in batch.iter().zip(reply.verdicts) {
                 match verdict {
                     Verdict::Stored | Verdict::Duplicate => delivered.push(change.id),
                     Verdict::Refused { code, reason } => {
-                        self.store
-                            .outbox_refused(change.id, code.as_str(), &reason)?;
-                        report.refused += 1;
+                        // `None`: set aside with an earlier refusal and
+                        // written again; not this change's refusal to count.
+                        if let Some(n) =
+                            self.store
+                                .outbox_refused(change.id, code.as_str(), &reason)?
+                        {
+                            report.refused += 1;
+                            written_again += n;
+                        }
                     }
                 }
             }
             self.store.outbox_delivered(&delivered)?;
             report.pushed += delivered.len();
-            if batch.len() < PUSH_BATCH {
+            // Work written again after a refusal goes out now, not at the
+            // next round.
+            if batch.len() < PUSH_BATCH && written_again == 0 {
                 return Ok(());
             }
         }

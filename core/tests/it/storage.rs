@@ -190,10 +190,18 @@ fn a_refused_change_is_set_aside_and_the_work_built_on_it_is_written_again() {
     assert_eq!(queued.len(), 3);
     // The relay took the call, refused the submission, and so the comment.
     ana.outbox_delivered(&[queued[0].id]).unwrap();
-    ana.outbox_refused(queued[1].id, "not_permitted", "not allowed")
-        .unwrap();
-    ana.outbox_refused(queued[2].id, "missing_dependencies", "builds on it")
-        .unwrap();
+    assert_eq!(
+        ana.outbox_refused(queued[1].id, "not_permitted", "not allowed")
+            .unwrap(),
+        Some(1),
+        "one change written again"
+    );
+    assert_eq!(
+        ana.outbox_refused(queued[2].id, "missing_dependencies", "builds on it")
+            .unwrap(),
+        None,
+        "that one is gone: written again already"
+    );
     let d = ana.task_detail(&t).unwrap();
     assert_eq!(
         d.state.status,
