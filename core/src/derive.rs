@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Action, Event};
+use crate::event::{Action, Event, EventId};
 use crate::model::{
     CallAttempt, CallOutcome, DelegationLevel, Handoff, Role, TaskId, Timestamp, UserId, HOUR_MS,
 };
@@ -297,13 +297,45 @@ pub fn derive_with_history(
     team: &Team,
 ) -> (Option<TaskState>, Vec<HistoryEntry>) {
     let events = order_events(events);
-    let position: HashMap<_, _> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.id.clone(), i))
+    let (state, outcomes) = {
+        let sorted: Vec<&Event> = events.iter().collect();
+        fold(task_id, &sorted, team)
+    };
+    let history = events
+        .into_iter()
+        .zip(outcomes)
+        .map(|(e, outcome)| HistoryEntry {
+            event_id: e.id.to_string(),
+            at: e.at,
+            by: e.by,
+            action: e.action,
+            outcome,
+        })
         .collect();
+    (state, history)
+}
+
+/// The state and what became of each event, from borrowed events and
+/// without building the history (the relay re-derives a task at every
+/// change it admits). Outcomes come in fold order, with their event.
+pub fn derive_outcomes<'e>(
+    task_id: &str,
+    events: &'e [Event],
+    team: &Team,
+) -> (Option<TaskState>, Vec<(&'e Event, Outcome)>) {
+    let mut sorted: Vec<&Event> = events.iter().collect();
+    sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    sorted.dedup_by(|b, a| a.id == b.id);
+    let (state, outcomes) = fold(task_id, &sorted, team);
+    (state, sorted.into_iter().zip(outcomes).collect())
+}
+
+/// Fold events already in fold order (see [`order_events`]).
+fn fold(task_id: &str, events: &[&Event], team: &Team) -> (Option<TaskState>, Vec<Outcome>) {
+    let position: HashMap<&EventId, usize> =
+        events.iter().enumerate().map(|(i, e)| (&e.id, i)).collect();
     let mut ancestors: Vec<Ancestors> = Vec::with_capacity(events.len());
-    for e in &events {
+    for e in events {
         let mut set = Ancestors::default();
         for d in &e.deps {
             if let Some(&p) = position.get(d) {
@@ -335,19 +367,7 @@ pub fn derive_with_history(
             fold.outcomes[i] = outcome;
         }
     }
-    let outcomes = fold.outcomes;
-    let history = events
-        .into_iter()
-        .zip(outcomes)
-        .map(|(e, outcome)| HistoryEntry {
-            event_id: e.id.to_string(),
-            at: e.at,
-            by: e.by,
-            action: e.action,
-            outcome,
-        })
-        .collect();
-    (fold.state, history)
+    (fold.state, fold.outcomes)
 }
 
 struct Fold<'a> {

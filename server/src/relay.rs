@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use handoff_core::access::{may_change_team, may_read_task};
-use handoff_core::derive::{derive_with_history, Outcome, Refusal, TaskState};
+use handoff_core::derive::{derive_outcomes, HistoryEntry, Outcome, Refusal, TaskState};
 use handoff_core::event::{Event, EventId};
 use handoff_core::store::TEAM_DOC;
 use handoff_core::sync::wire::{DocChange, RefusalCode, Verdict, MAX_CHANGE};
@@ -546,7 +546,7 @@ impl TeamState {
                 ));
             }
             let key = self.doc_key(&change.doc);
-            let (all, state, history) = {
+            {
                 let entry = self.docs.get(&key);
                 let events: &[Event] = entry.map_or(&[], |e| e.events.as_slice());
                 let prior = entry.and_then(|e| e.state.as_ref());
@@ -576,30 +576,45 @@ impl TeamState {
                         "this task is not yours to change",
                     ));
                 }
-                let mut all = events.to_vec();
-                all.extend(new_events.iter().cloned());
-                let (state, history) = derive_with_history(&change.doc, all.clone(), &self.team);
-                (all, state, history)
-            };
-            for e in new_events {
-                let id = e.id.to_string();
-                if let Some(h) = history.iter().find(|h| h.event_id == id) {
-                    if let Outcome::Refused { refusal } = &h.outcome {
-                        if is_role_refusal(refusal) {
-                            return Err(refuse(RefusalCode::NotPermitted, &refusal.to_string()));
-                        }
-                    }
-                }
             }
-            let state = state.map(|mut s| {
-                s.history = history;
-                s
+            // Taken out to grow in place; put back as it was on a refusal.
+            let mut entry = self.docs.remove(&key).unwrap_or(DocEntry {
+                events: Vec::new(),
+                state: None,
             });
-            let retiring = match redaction {
-                Some(_) => Some(self.retirement(&key, &all, c)?),
-                None => None,
+            let before = entry.events.len();
+            entry.events.extend(new_events.iter().cloned());
+            let (state, refused) = {
+                let (state, not_applied) = derive_kept(&change.doc, &entry.events, &self.team);
+                let refused = new_events.iter().find_map(|e| {
+                    not_applied.iter().find_map(|(x, o)| match o {
+                        Outcome::Refused { refusal }
+                            if x.id == e.id && is_role_refusal(refusal) =>
+                        {
+                            Some(refuse(RefusalCode::NotPermitted, &refusal.to_string()))
+                        }
+                        _ => None,
+                    })
+                });
+                (state, refused)
             };
-            self.docs.insert(key, DocEntry { events: all, state });
+            let retiring = match (refused, redaction) {
+                (Some(verdict), _) => Err(verdict),
+                (None, Some(_)) => self.retirement(&key, &entry.events, c).map(Some),
+                (None, None) => Ok(None),
+            };
+            let retiring = match retiring {
+                Ok(r) => r,
+                Err(verdict) => {
+                    entry.events.truncate(before);
+                    if before > 0 || entry.state.is_some() {
+                        self.docs.insert(key, entry);
+                    }
+                    return Err(verdict);
+                }
+            };
+            entry.state = state;
+            self.docs.insert(key, entry);
             let newest = self
                 .generations
                 .entry(task.to_owned())
@@ -706,11 +721,7 @@ impl TeamState {
         let team = &self.team;
         if let Some(entry) = self.docs.get_mut(&key) {
             entry.events.extend(events_in_change(c));
-            let (state, history) = derive_with_history(doc, entry.events.clone(), team);
-            entry.state = state.map(|mut s| {
-                s.history = history;
-                s
-            });
+            entry.state = derive(doc, &entry.events, team);
         }
     }
 
@@ -747,7 +758,36 @@ impl TeamState {
 }
 
 fn derive(doc: &str, events: &[Event], team: &Team) -> Option<TaskState> {
-    handoff_core::derive::derive(doc, events.to_vec(), team)
+    derive_kept(doc, events, team).0
+}
+
+/// A task as the relay keeps it: the state, whose history holds only the
+/// events that did not take effect (all that visibility reads: whoever lost
+/// a race keeps seeing the task), and those events with their outcome.
+fn derive_kept<'e>(
+    doc: &str,
+    events: &'e [Event],
+    team: &Team,
+) -> (Option<TaskState>, Vec<(&'e Event, Outcome)>) {
+    let (state, outcomes) = derive_outcomes(doc, events, team);
+    let not_applied: Vec<(&Event, Outcome)> = outcomes
+        .into_iter()
+        .filter(|(_, o)| *o != Outcome::Applied)
+        .collect();
+    let state = state.map(|mut s| {
+        s.history = not_applied
+            .iter()
+            .map(|(e, outcome)| HistoryEntry {
+                event_id: e.id.to_string(),
+                at: e.at,
+                by: e.by.clone(),
+                action: e.action.clone(),
+                outcome: outcome.clone(),
+            })
+            .collect();
+        s
+    });
+    (state, not_applied)
 }
 
 /// The positions in `events` of the events `new` build on, transitively,
