@@ -188,3 +188,60 @@ fn only_a_delegator_may_start_a_tasks_next_generation() {
     max.sync();
     assert_eq!(max.store.task_detail(&task).unwrap().state.calls.len(), 1);
 }
+
+#[test]
+fn a_relay_stopped_between_a_redaction_and_its_cleanup_finishes_it_when_it_loads() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let mut new = task_for("Post-op call", Some("ana"), None);
+    new.patient = Some(PatientRef {
+        display_name: "Jordan Quill".into(),
+        phone: None,
+        record_ref: None,
+    });
+    let task = max.store.delegate(new).unwrap();
+    max.sync();
+    ana.sync();
+    ana.store
+        .log_call(&task, quill_call(CallOutcome::NoAnswer))
+        .unwrap();
+    ana.sync();
+    max.sync();
+    assert_eq!(relay.terminate().code(), Some(0));
+
+    // The state a crash leaves: the new generation is in the feed, the
+    // older one not yet deleted.
+    max.store.redact_patient(&task).unwrap();
+    let root = max.store.outbox(10).unwrap().remove(0);
+    assert_eq!(root.doc_id, format!("{task}.1"));
+    let hash = automerge::Change::from_bytes(root.bytes.clone())
+        .unwrap()
+        .hash();
+    {
+        let db = rusqlite::Connection::open(relay.db()).unwrap();
+        let seq: i64 = db
+            .query_row(
+                "SELECT max(seq) FROM feed WHERE team_id = ?1",
+                [&team],
+                |r| r.get(0),
+            )
+            .unwrap();
+        db.execute(
+            "INSERT INTO feed (team_id, seq, doc_id, hash, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![team, seq + 1, root.doc_id, &hash.0[..], root.bytes],
+        )
+        .unwrap();
+    }
+    assert!(relay_files_hold(&relay, NAME), "control");
+
+    relay.spawn();
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    max.sync();
+    ana.sync();
+    assert_converged(&[&max, &ana, &lee]);
+    let d = lee.store.task_detail(&task).unwrap();
+    assert_eq!(d.patient, None);
+    assert_eq!(d.state.calls.len(), 1);
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(!relay_files_hold(&relay, NAME));
+}
