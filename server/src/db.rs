@@ -391,6 +391,15 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The actors of a team's revoked devices.
+    pub fn revoked_devices(conn: &Connection, team_id: &str) -> Result<Vec<String>> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT actor FROM devices WHERE team_id = ?1 AND revoked_at IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([team_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn revoke_device(conn: &Connection, actor: &str, now: i64) -> Result<bool> {
         let n = conn.execute(
             "UPDATE devices SET revoked_at = ?2 WHERE actor = ?1 AND revoked_at IS NULL",

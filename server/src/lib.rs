@@ -56,6 +56,18 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
             })
             .map_err(|e| Error::Storage(format!("cannot start the checkpointer: {e}")))?;
     }
+    {
+        let relay = app.relay.clone();
+        std::thread::Builder::new()
+            .name("revocations".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                if let Err(e) = relay.reflect_revocations() {
+                    tracing::warn!("reading revocations failed: {e}");
+                }
+            })
+            .map_err(|e| Error::Storage(format!("cannot start the revocation timer: {e}")))?;
+    }
     let db = app.relay.db.clone();
     let router = api::router(app);
     let listener = std::net::TcpListener::bind(config.bind)

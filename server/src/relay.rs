@@ -1181,6 +1181,40 @@ impl Relay {
             .collect())
     }
 
+    /// Write into each loaded team's document the devices revoked since
+    /// (the admin command changes only the database, beside a live relay),
+    /// so the team's phones list them as revoked. Runs on a timer; a team
+    /// loaded later is brought up to date the same way.
+    pub fn reflect_revocations(&self) -> Result<()> {
+        let teams: Vec<(String, Arc<LoadedTeam>)> = lock(&self.teams)
+            .iter()
+            .filter(|(_, t)| !t.failed.load(Ordering::Acquire))
+            .map(|(id, t)| (id.clone(), t.clone()))
+            .collect();
+        for (team_id, team) in teams {
+            let revoked = self.db.read(|c| Db::revoked_devices(c, &team_id))?;
+            let pending: Vec<String> = {
+                let st = team.state();
+                revoked
+                    .into_iter()
+                    .filter(|a| st.team.devices.get(a).is_some_and(|d| !d.revoked))
+                    .collect()
+            };
+            if pending.is_empty() {
+                continue;
+            }
+            let db = self.db.clone();
+            let work = move |team: &LoadedTeam| {
+                if let Err(e) = mark_revoked(&db, team, &team_id, &pending) {
+                    tracing::warn!("writing a revocation into the team document failed: {e}");
+                }
+            };
+            // Runs alone in the team's writer, like enrolment.
+            let _ = lock(&team.jobs).send(Job::Alone(Box::new(work)));
+        }
+        Ok(())
+    }
+
     /// Redeem an invite: bind the device's actor to the invited user, write
     /// the member and the device into the team document, return the token.
     pub fn enrol(&self, invite: &str, actor: &str) -> Result<(String, InviteRow)> {
@@ -1222,6 +1256,59 @@ impl Relay {
             .map_err(|_| stopped())?;
         result.recv().map_err(|_| stopped())?
     }
+}
+
+/// Mark devices revoked in the team document (one change by the relay's
+/// actor, its own feed commit), so every phone of the team lists them as
+/// revoked. Their past events stay valid.
+fn mark_revoked(db: &Db, team: &LoadedTeam, team_id: &str, actors: &[String]) -> Result<()> {
+    let mut st = team.state();
+    let devices: Vec<Device> = actors
+        .iter()
+        .filter_map(|a| st.team.devices.get(a))
+        .filter(|d| !d.revoked)
+        .map(|d| Device {
+            revoked: true,
+            ..d.clone()
+        })
+        .collect();
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let written = (|| {
+        let mut w = TeamWriter(&mut st.team_doc);
+        for d in &devices {
+            w.device(d)?;
+        }
+        st.team_doc.commit();
+        let change = st
+            .team_doc
+            .get_last_local_change()
+            .ok_or(Error::Storage("revocation wrote nothing".into()))?;
+        let feed_row = FeedRow {
+            seq: st.head() + 1,
+            doc_id: TEAM_DOC.into(),
+            hash: change.hash().0,
+            bytes: change.raw_bytes().to_vec(),
+        };
+        db.append_feed_batch(team_id, std::iter::once(&feed_row))?;
+        Ok(feed_row)
+    })();
+    let feed_row = match written {
+        Ok(row) => row,
+        Err(e) => {
+            // The document in memory may hold the change: rebuild it.
+            team.failed.store(true, Ordering::Release);
+            return Err(e);
+        }
+    };
+    for d in devices {
+        st.team.devices.insert(d.actor.clone(), d);
+    }
+    let relay_actor = st.team_doc.get_actor().to_hex_string();
+    let relay_actor = st.actor_key(&relay_actor);
+    st.record(&[(feed_row, relay_actor)]);
+    Ok(())
 }
 
 /// Bind a device (and, the first time, its user) in the team document and

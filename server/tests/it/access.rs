@@ -92,7 +92,8 @@ fn a_revoked_device_gets_401_wipes_its_store_and_reads_nothing_more() {
     let token = ana.settings().token;
     let listed = relay.admin(&["devices", "--team", &team]);
     assert!(listed.contains(&ana.store.device_actor()));
-    relay.admin(&["revoke", "--device", &ana.store.device_actor()]);
+    let ana_actor = ana.store.device_actor();
+    relay.admin(&["revoke", "--device", &ana_actor]);
 
     assert!(matches!(ana.engine.sync_now(), Err(Error::DeviceRevoked)));
     assert!(ana.store.was_wiped().unwrap());
@@ -126,6 +127,26 @@ fn a_revoked_device_gets_401_wipes_its_store_and_reads_nothing_more() {
         let body: wire::ErrorBody = r.json_body().await;
         assert_eq!(body.code, "device_revoked");
     });
+    // The relay writes the revocation into the team document: the team's
+    // other phones list the device as revoked, and its past work stands.
+    eventually(10, "max's phone lists ana's device as revoked", || {
+        max.sync();
+        max.store
+            .team()
+            .unwrap()
+            .devices
+            .get(&ana_actor)
+            .is_some_and(|d| d.revoked)
+    });
+    assert_eq!(
+        max.store
+            .task_detail(&task)
+            .unwrap()
+            .state
+            .assignee
+            .as_deref(),
+        Some("ana")
+    );
 }
 
 fn hex_key() -> String {
