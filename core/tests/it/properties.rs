@@ -42,6 +42,8 @@ enum Op {
     Complete,
     Cancel,
     Escalate,
+    /// Remove the patient's details (a new document generation).
+    Redact,
     /// A partial sync between two replicas while the rest stay apart.
     Deliver {
         to: usize,
@@ -71,6 +73,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Complete),
         1 => Just(Op::Cancel),
         1 => Just(Op::Escalate),
+        2 => Just(Op::Redact),
         2 => (0..5usize).prop_map(|to| Op::Deliver { to }),
     ]
 }
@@ -129,6 +132,10 @@ fn run_case(replicas: usize, steps: &[(usize, usize, Op)], delivery_seed: u64) {
             Op::Complete => s.complete(&task, ""),
             Op::Cancel => s.cancel(&task, "no longer needed"),
             Op::Escalate => s.escalate(&task, "patient upset"),
+            Op::Redact => {
+                let _ = s.redact_patient(&task);
+                continue;
+            }
             Op::Deliver { to } => {
                 stores[to % replicas].apply_remote(&outbox(s)).unwrap();
                 continue;
@@ -137,8 +144,9 @@ fn run_case(replicas: usize, steps: &[(usize, usize, Op)], delivery_seed: u64) {
     }
 
     // The partition heals: each replica gets everyone's changes, shuffled,
-    // with duplicates, in uneven batches.
-    let everything: Vec<(String, Vec<u8>)> = stores.iter().flat_map(outbox).collect();
+    // with duplicates, in uneven batches. Twice: a replica that moves a
+    // redacted task to its newer document writes the events the redaction
+    // missed as new changes, which the others then need.
     let mut rng = delivery_seed;
     let mut next = || {
         rng ^= rng << 13;
@@ -146,21 +154,24 @@ fn run_case(replicas: usize, steps: &[(usize, usize, Op)], delivery_seed: u64) {
         rng ^= rng << 17;
         rng
     };
-    for s in &stores {
-        let mut batch: Vec<_> = everything
-            .iter()
-            .chain(everything.iter().take(5))
-            .cloned()
-            .collect();
-        for i in (1..batch.len()).rev() {
-            batch.swap(i, (next() % (i as u64 + 1)) as usize);
-        }
-        let mut rest = &batch[..];
-        while !rest.is_empty() {
-            let n = (1 + next() % 7) as usize;
-            let (now, later) = rest.split_at(n.min(rest.len()));
-            s.apply_remote(now).unwrap();
-            rest = later;
+    for _round in 0..2 {
+        let everything: Vec<(String, Vec<u8>)> = stores.iter().flat_map(outbox).collect();
+        for s in &stores {
+            let mut batch: Vec<_> = everything
+                .iter()
+                .chain(everything.iter().take(5))
+                .cloned()
+                .collect();
+            for i in (1..batch.len()).rev() {
+                batch.swap(i, (next() % (i as u64 + 1)) as usize);
+            }
+            let mut rest = &batch[..];
+            while !rest.is_empty() {
+                let n = (1 + next() % 7) as usize;
+                let (now, later) = rest.split_at(n.min(rest.len()));
+                s.apply_remote(now).unwrap();
+                rest = later;
+            }
         }
     }
 
