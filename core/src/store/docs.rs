@@ -210,9 +210,10 @@ impl DocCache {
         self.events.clear();
     }
 
-    /// The document's events as parsed at `heads`, if still current.
-    pub fn events(&self, doc_id: &str, heads: &[ChangeHash]) -> Option<&[Event]> {
-        match self.events.get(doc_id) {
+    /// The document's events as parsed at `heads`, if still current, taken
+    /// out of the cache (put back with [`DocCache::put_events`]).
+    pub fn take_events(&mut self, doc_id: &str, heads: &[ChangeHash]) -> Option<Vec<Event>> {
+        match self.events.remove(doc_id) {
             Some((at, events)) if at.as_slice() == heads => Some(events),
             _ => None,
         }

@@ -21,7 +21,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, SystemClock};
-use crate::derive::{derive, derive_with_history, Refusal, TaskState};
+use crate::derive::{derive, derive_outcomes, HistoryEntry, Refusal, TaskState};
 use crate::error::{Error, Result};
 use crate::event::{Action, Event, EventId};
 use crate::model::{
@@ -436,7 +436,7 @@ impl Store {
                 assignee: new.assignee,
             },
         };
-        let state = checked(&task_id, vec![event.clone()], &event, team)?;
+        let state = checked(&task_id, std::slice::from_ref(&event), &event, team)?;
         let mut doc = task_doc::new_doc(&task_id, 0, &st.actor)?;
         if let Some(p) = &new.patient {
             task_doc::put_patient(&mut doc, p)?;
@@ -533,17 +533,20 @@ impl Store {
                 .ok_or(Error::Corrupt("indexed task has no document"))?,
         };
         let heads = doc.get_heads();
-        let mut events = match st.docs.events(&doc_id, &heads) {
-            Some(events) => events.to_vec(),
+        // Taken out of the cache (not copied), put back below.
+        let mut events = match st.docs.take_events(&doc_id, &heads) {
+            Some(events) => events,
             None => task_doc::events(&doc).0,
         };
         let now = st.clock.now();
         let event = Event::next(&events, &st.actor_hex, &user, now, action(&mut doc));
         events.push(event.clone());
-        let state = match checked(task_id, events.clone(), &event, team) {
+        let state = match checked(task_id, &events, &event, team) {
             Ok(s) => s,
             Err(e) => {
+                events.pop();
                 st.docs.put(&doc_id, doc);
+                st.docs.put_events(&doc_id, heads, events);
                 return Err(e);
             }
         };
@@ -844,21 +847,29 @@ fn would_apply(
     let event = Event::next(events, actor, user, now, action);
     let mut candidate = events.to_vec();
     candidate.push(event.clone());
-    checked(task_id, candidate, &event, team).is_ok()
+    checked(task_id, &candidate, &event, team).is_ok()
 }
 
-fn checked(task_id: &str, events: Vec<Event>, event: &Event, team: &Team) -> Result<TaskState> {
-    let (state, history) = derive_with_history(task_id, events, team);
-    let id = event.id.to_string();
-    let outcome = history
+fn checked(task_id: &str, events: &[Event], event: &Event, team: &Team) -> Result<TaskState> {
+    let (state, outcomes) = derive_outcomes(task_id, events, team);
+    let refusal = outcomes
         .iter()
-        .find(|h| h.event_id == id)
-        .map(|h| &h.outcome);
-    match (state, outcome.and_then(|o| o.refusal())) {
-        (_, Some(r)) => Err(r.clone().into()),
+        .find(|(e, _)| e.id == event.id)
+        .and_then(|(_, o)| o.refusal().cloned());
+    match (state, refusal) {
+        (_, Some(r)) => Err(r.into()),
         (None, None) => Err(Refusal::NotCreatedYet.into()),
         (Some(mut state), None) => {
-            state.history = history;
+            state.history = outcomes
+                .into_iter()
+                .map(|(e, outcome)| HistoryEntry {
+                    event_id: e.id.to_string(),
+                    at: e.at,
+                    by: e.by.clone(),
+                    action: e.action.clone(),
+                    outcome,
+                })
+                .collect();
             Ok(state)
         }
     }

@@ -1,0 +1,67 @@
+//! Time `log_call` on the benchmark's fixture, outside criterion: for A/B
+//! comparisons of two builds on a noisy machine (copy each build's binary,
+//! then alternate their runs).
+//!
+//!     cargo bench -p handoff-core --bench store -- cold_open   # the first run builds the fixture
+//!     cargo build --release -p handoff-core --example write_loop
+//!     target/release/examples/write_loop target/tmp/bench-v7/clinic.db 8000
+//!
+//! The store is a fresh copy of the fixture in the system's temp directory,
+//! every open task's document loaded first (the "task already open" case),
+//! synchronous=NORMAL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use handoff_core::*;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(fixture), Some(n)) = (args.next(), args.next()) else {
+        eprintln!("usage: write_loop <fixture.db> <writes>");
+        std::process::exit(2);
+    };
+    let n: u32 = n.parse().expect("writes: a number");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clinic.db");
+    std::fs::copy(&fixture, &path).expect("copy the fixture");
+    let store = Store::open(
+        &path,
+        &[9; 32],
+        StoreOptions {
+            durability: Durability::Normal,
+            doc_cache_capacity: 4096,
+            clock: Arc::new(ManualClock::at(1_772_442_000_000 + 400 * DAY_MS)),
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open the fixture (built by the store benchmark)");
+    let open: Vec<TaskId> = (0..20)
+        .flat_map(|i| {
+            let q = store.queue_of(&format!("staff{i}")).unwrap();
+            [q.overdue, q.today, q.upcoming].concat()
+        })
+        .map(|t| t.task_id)
+        .collect();
+    for t in &open {
+        store.task_detail(t).unwrap();
+    }
+    let attempt = CallAttempt {
+        outcome: CallOutcome::Busy,
+        contact_used: Some("mobile".into()),
+        notes: "Left message with spouse; patient recovering, mild pain".into(),
+        answers: vec![ScriptAnswer {
+            question: "Pain 0-10?".into(),
+            answer: "3".into(),
+        }],
+        next_attempt_due: None,
+    };
+    let started = Instant::now();
+    let mut j = 0;
+    for _ in 0..n {
+        j = (j + 7919) % open.len();
+        store.log_call(&open[j], attempt.clone()).unwrap();
+    }
+    println!("{:?} per write ({n} writes)", started.elapsed() / n);
+}
