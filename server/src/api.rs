@@ -2,12 +2,14 @@
 //! only translate: bodies in, [`Relay`] calls, bodies out. Every error is a
 //! 4xx/5xx with a JSON body, and a rejected request stores nothing.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -31,6 +33,44 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Turns true when the server is shutting down: long-polls answer at once.
     pub shutdown: watch::Receiver<bool>,
+    pub enrol_guard: Arc<EnrolGuard>,
+}
+
+/// Failed enrolments one address may make per minute before it is refused
+/// (429) without the invite even being looked at: guessing invite codes
+/// stays impractical, and an attacker cannot burn through them.
+pub const ENROL_FAILURES_PER_MINUTE: u32 = 20;
+
+/// Failed enrolment attempts per client address, in one-minute windows.
+/// Behind a proxy every phone shares the proxy's address.
+#[derive(Default)]
+pub struct EnrolGuard {
+    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl EnrolGuard {
+    fn window() -> Duration {
+        Duration::from_secs(60)
+    }
+
+    fn blocked(&self, ip: IpAddr) -> bool {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.get(&ip).is_some_and(|(since, n)| {
+            since.elapsed() < Self::window() && *n >= ENROL_FAILURES_PER_MINUTE
+        })
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() > 100_000 {
+            failures.retain(|_, (since, _)| since.elapsed() < Self::window());
+        }
+        let entry = failures.entry(ip).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= Self::window() {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
 }
 
 pub fn router(app: App) -> Router {
@@ -151,12 +191,33 @@ fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
         .map_err(|_| Error::BadRequest("bad_body", "the body does not decode".into()))
 }
 
-async fn enrol(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
-    let bytes = read_body(&headers, body).await?;
-    let request: EnrolRequest = serde_json::from_slice(&bytes)
-        .map_err(|_| Error::BadRequest("bad_body", "expected {\"invite\", \"actor\"}".into()))?;
-    let relay = app.relay.clone();
-    let (token, invite) = blocking(move || relay.enrol(&request.invite, &request.actor)).await?;
+async fn enrol(
+    State(app): State<App>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let ip = client.ip();
+    if app.enrol_guard.blocked(ip) {
+        return Err(Error::TooManyAttempts);
+    }
+    let attempt = async {
+        let bytes = read_body(&headers, body).await?;
+        let request: EnrolRequest = serde_json::from_slice(&bytes).map_err(|_| {
+            Error::BadRequest("bad_body", "expected {\"invite\", \"actor\"}".into())
+        })?;
+        let relay = app.relay.clone();
+        blocking(move || relay.enrol(&request.invite, &request.actor)).await
+    };
+    let (token, invite) = match attempt.await {
+        Ok(enrolled) => enrolled,
+        Err(e) => {
+            if !matches!(e, Error::Storage(_)) {
+                app.enrol_guard.failed(ip);
+            }
+            return Err(e);
+        }
+    };
     let role = Role::parse(&invite.role).ok_or(Error::Storage("invite has a bad role".into()))?;
     tracing::info!(team = %invite.team_id, "device enrolled");
     Ok(axum::Json(EnrolReply {

@@ -26,6 +26,8 @@ pub enum Error {
     Conflict(String),
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("too many failed attempts from this address; try again in a minute")]
+    TooManyAttempts,
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -59,6 +61,7 @@ impl Error {
             Error::InviteExpired => (StatusCode::GONE, "invite_expired"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Error::TooManyAttempts => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
             Error::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -43,6 +43,7 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
         relay: Arc::new(Relay::new(db)),
         metrics: Arc::new(metrics::Metrics::default()),
         shutdown: stop_rx,
+        enrol_guard: Arc::default(),
     };
     {
         let db = app.relay.db.clone();
@@ -88,7 +89,7 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
             handle.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
         });
     }
-    let service = router.into_make_service();
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
     match &config.tls {
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();

@@ -201,3 +201,45 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
     max.store.comment(&task, "still fine").unwrap();
     assert_eq!(max.sync().pushed, 1);
 }
+
+#[test]
+fn an_address_that_keeps_guessing_invites_is_turned_away_and_others_are_not() {
+    let relay = Relay::start();
+    let (team, _) = relay.create_team("Clinic", "max");
+    let invite = relay.invite(&team, "ana", "front_desk");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Another loopback address: the guesser.
+    let guesser = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let enrol = |client: &reqwest::Client, code: &str, actor: &str| {
+        rt.block_on(async {
+            let r = client
+                .post(format!("{}/v1/enrol", relay.url))
+                .body(serde_json::json!({"invite": code, "actor": actor}).to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: wire::ErrorBody = r.json_body().await;
+            (status, body.code)
+        })
+    };
+    for i in 0..20 {
+        let (status, code) = enrol(&guesser, &format!("0000-0000-0000-{i:04}"), "aa11");
+        assert_eq!((status, code.as_str()), (404, "not_found"));
+    }
+    // Now even a good invite is not looked at from there, and stays unused.
+    assert_eq!(
+        enrol(&guesser, &invite, "aa11"),
+        (429, "too_many_attempts".to_owned())
+    );
+    // A phone elsewhere enrols with it.
+    let ana = Phone::enrolled(&relay, &invite);
+    assert!(ana.store.team().is_some());
+}
