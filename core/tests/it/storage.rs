@@ -227,3 +227,43 @@ fn a_refused_change_is_set_aside_and_the_work_built_on_it_is_written_again() {
     assert_eq!(reopened.task_detail(&t).unwrap().state, d.state);
     assert_eq!(reopened.outbox(10).unwrap(), again);
 }
+
+#[test]
+fn a_refused_change_already_folded_into_the_snapshot_is_set_aside_too() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    let ana = c.at("ana");
+    ana.submit(&t, "done").unwrap();
+    // Enough work on top of it that the document is compacted.
+    for i in 0..40 {
+        ana.comment(&t, &format!("note {i}")).unwrap();
+    }
+    let queued = ana.outbox(100).unwrap();
+    assert_eq!(queued.len(), 41);
+    assert_eq!(
+        ana.outbox_refused(queued[0].id, "not_permitted", "not allowed")
+            .unwrap(),
+        Some(40)
+    );
+    let d = ana.task_detail(&t).unwrap();
+    assert_eq!(d.state.status, TaskStatus::Assigned);
+    assert_eq!(d.state.comments.len(), 40);
+    let again = ana.outbox(100).unwrap();
+    assert_eq!(again.len(), 40);
+    // Everything queued applies on a phone that never saw the submission.
+    c.at("max")
+        .apply_remote(
+            &again
+                .iter()
+                .map(|o| (o.doc_id.clone(), o.bytes.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+    assert_eq!(c.at("max").task_detail(&t).unwrap().state, d.state);
+    let reopened = reopen(&c, 1, "ana");
+    assert_eq!(reopened.task_detail(&t).unwrap().state, d.state);
+}
