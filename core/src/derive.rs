@@ -189,6 +189,19 @@ pub struct HistoryEntry {
     pub outcome: Outcome,
 }
 
+impl HistoryEntry {
+    /// The history line of one event and what became of it.
+    pub fn of(e: &Event, outcome: Outcome) -> HistoryEntry {
+        HistoryEntry {
+            event_id: e.id.to_string(),
+            at: e.at,
+            by: e.by.clone(),
+            action: e.action.clone(),
+            outcome,
+        }
+    }
+}
+
 /// Everything a device knows about a task, derived from its events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskState {

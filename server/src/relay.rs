@@ -698,6 +698,23 @@ impl TeamState {
             })
     }
 
+    /// Commit what the relay wrote into the team document as its own change,
+    /// as the next feed row (run alone in the feed writer: nothing is
+    /// waiting to be committed).
+    fn commit_team_change(&mut self, what: &str) -> Result<FeedRow> {
+        self.team_doc.commit();
+        let change = self
+            .team_doc
+            .get_last_local_change()
+            .ok_or_else(|| Error::Storage(format!("{what} wrote nothing")))?;
+        Ok(FeedRow {
+            seq: self.head() + 1,
+            doc_id: TEAM_DOC.into(),
+            hash: change.hash().0,
+            bytes: change.raw_bytes().to_vec(),
+        })
+    }
+
     /// Give a change the next seq (it is committed with the batch).
     fn next_row(&mut self, doc: String, c: &Change) -> FeedRow {
         let row = FeedRow {
@@ -777,13 +794,7 @@ fn derive_kept<'e>(
     let state = state.map(|mut s| {
         s.history = not_applied
             .iter()
-            .map(|(e, outcome)| HistoryEntry {
-                event_id: e.id.to_string(),
-                at: e.at,
-                by: e.by.clone(),
-                action: e.action.clone(),
-                outcome: outcome.clone(),
-            })
+            .map(|(e, outcome)| HistoryEntry::of(e, outcome.clone()))
             .collect();
         s
     });
@@ -1280,17 +1291,7 @@ fn mark_revoked(db: &Db, team: &LoadedTeam, team_id: &str, actors: &[String]) ->
         for d in &devices {
             w.device(d)?;
         }
-        st.team_doc.commit();
-        let change = st
-            .team_doc
-            .get_last_local_change()
-            .ok_or(Error::Storage("revocation wrote nothing".into()))?;
-        let feed_row = FeedRow {
-            seq: st.head() + 1,
-            doc_id: TEAM_DOC.into(),
-            hash: change.hash().0,
-            bytes: change.raw_bytes().to_vec(),
-        };
+        let feed_row = st.commit_team_change("revocation")?;
         db.append_feed_batch(team_id, std::iter::once(&feed_row))?;
         Ok(feed_row)
     })();
@@ -1346,17 +1347,7 @@ fn enrol_device(
             w.member(m)?;
         }
         w.device(&device)?;
-        st.team_doc.commit();
-        let change = st
-            .team_doc
-            .get_last_local_change()
-            .ok_or(Error::Storage("enrolment wrote nothing".into()))?;
-        let feed_row = FeedRow {
-            seq: st.head() + 1,
-            doc_id: TEAM_DOC.into(),
-            hash: change.hash().0,
-            bytes: change.raw_bytes().to_vec(),
-        };
+        let feed_row = st.commit_team_change("enrolment")?;
         let token = random_hex(32);
         let conn = db.write();
         let tx = conn.unchecked_transaction()?;

@@ -862,13 +862,7 @@ fn checked(task_id: &str, events: &[Event], event: &Event, team: &Team) -> Resul
         (Some(mut state), None) => {
             state.history = outcomes
                 .into_iter()
-                .map(|(e, outcome)| HistoryEntry {
-                    event_id: e.id.to_string(),
-                    at: e.at,
-                    by: e.by.clone(),
-                    action: e.action.clone(),
-                    outcome,
-                })
+                .map(|(e, outcome)| HistoryEntry::of(e, outcome))
                 .collect();
             Ok(state)
         }
