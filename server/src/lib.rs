@@ -9,6 +9,7 @@ pub mod relay;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use db::Db;
 pub use error::{Error, Result};
@@ -45,30 +46,14 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
         shutdown: stop_rx,
         enrol_guard: Arc::default(),
     };
-    {
-        let db = app.relay.db.clone();
-        std::thread::Builder::new()
-            .name("checkpoint".into())
-            .spawn(move || loop {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                if let Err(e) = db.checkpoint() {
-                    tracing::warn!("checkpoint failed: {e}");
-                }
-            })
-            .map_err(|e| Error::Storage(format!("cannot start the checkpointer: {e}")))?;
-    }
-    {
-        let relay = app.relay.clone();
-        std::thread::Builder::new()
-            .name("revocations".into())
-            .spawn(move || loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                if let Err(e) = relay.reflect_revocations() {
-                    tracing::warn!("reading revocations failed: {e}");
-                }
-            })
-            .map_err(|e| Error::Storage(format!("cannot start the revocation timer: {e}")))?;
-    }
+    let db = app.relay.db.clone();
+    every("checkpoint", Duration::from_millis(500), move || {
+        db.checkpoint()
+    })?;
+    let relay = app.relay.clone();
+    every("revocations", Duration::from_secs(1), move || {
+        relay.reflect_revocations()
+    })?;
     let db = app.relay.db.clone();
     let router = api::router(app);
     let listener = std::net::TcpListener::bind(config.bind)
@@ -122,6 +107,26 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
     // it, so no page of a deleted row outlives the relay in it.
     db.checkpoint_truncate()?;
     Ok(())
+}
+
+/// Run `work` on its own thread every `period` for the life of the process;
+/// a failure is logged and the next tick tries again.
+fn every(
+    name: &str,
+    period: Duration,
+    work: impl Fn() -> Result<()> + Send + 'static,
+) -> Result<()> {
+    let what = name.to_owned();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            if let Err(e) = work() {
+                tracing::warn!("{what} failed: {e}");
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| Error::Storage(format!("cannot start the {name} timer: {e}")))
 }
 
 async fn shutdown_signal() {

@@ -19,6 +19,25 @@ fn quill_call(outcome: CallOutcome) -> CallAttempt {
     }
 }
 
+/// max hands ana a call about Jordan Quill (phone and record number too);
+/// she logs one attempt and syncs it.
+fn quill_task_with_a_call(max: &Phone, ana: &Phone) -> String {
+    let mut new = task_for("Post-op call", Some("ana"), None);
+    new.patient = Some(PatientRef {
+        display_name: "Jordan Quill".into(),
+        phone: Some("555-0199".into()),
+        record_ref: Some("MRN-4471".into()),
+    });
+    let task = max.store.delegate(new).unwrap();
+    max.sync();
+    ana.sync();
+    ana.store
+        .log_call(&task, quill_call(CallOutcome::NoAnswer))
+        .unwrap();
+    ana.sync();
+    task
+}
+
 /// Do the relay's files (database and WAL, whichever exist) hold `needle`?
 fn relay_files_hold(relay: &Relay, needle: &[u8]) -> bool {
     ["", "-wal"].iter().any(|ext| {
@@ -49,20 +68,8 @@ fn push(relay: &Relay, phone: &Phone, changes: Vec<DocChange>) -> Vec<Verdict> {
 fn the_relay_deletes_a_redacted_tasks_history_and_loses_no_call() {
     let mut relay = Relay::start();
     let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
-    let mut new = task_for("Post-op call", Some("ana"), None);
-    new.patient = Some(PatientRef {
-        display_name: "Jordan Quill".into(),
-        phone: Some("555-0199".into()),
-        record_ref: Some("MRN-4471".into()),
-    });
-    let task = max.store.delegate(new).unwrap();
-    max.sync();
-    ana.sync();
     // ana's first call reaches the relay, not max: his redaction misses it.
-    ana.store
-        .log_call(&task, quill_call(CallOutcome::NoAnswer))
-        .unwrap();
-    ana.sync();
+    let task = quill_task_with_a_call(&max, &ana);
     assert!(
         relay_files_hold(&relay, NAME),
         "control: the relay has the name"
@@ -193,19 +200,7 @@ fn only_a_delegator_may_start_a_tasks_next_generation() {
 fn a_relay_stopped_between_a_redaction_and_its_cleanup_finishes_it_when_it_loads() {
     let mut relay = Relay::start();
     let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
-    let mut new = task_for("Post-op call", Some("ana"), None);
-    new.patient = Some(PatientRef {
-        display_name: "Jordan Quill".into(),
-        phone: None,
-        record_ref: None,
-    });
-    let task = max.store.delegate(new).unwrap();
-    max.sync();
-    ana.sync();
-    ana.store
-        .log_call(&task, quill_call(CallOutcome::NoAnswer))
-        .unwrap();
-    ana.sync();
+    let task = quill_task_with_a_call(&max, &ana);
     max.sync();
     assert_eq!(relay.terminate().code(), Some(0));
 
