@@ -6,6 +6,7 @@
 //!     cargo build --release -p handoff-core --example write_loop
 //!     target/release/examples/write_loop target/tmp/bench-v7/clinic.db 8000
 //!
+//! It prints the median, 99th percentile, slowest and mean write.
 //! The store is a fresh copy of the fixture in the system's temp directory,
 //! every open task's document loaded first (the "task already open" case),
 //! synchronous=NORMAL.
@@ -57,11 +58,23 @@ fn main() {
         }],
         next_attempt_due: None,
     };
+    let mut took = Vec::with_capacity(n as usize);
     let started = Instant::now();
     let mut j = 0;
     for _ in 0..n {
         j = (j + 7919) % open.len();
+        let t = Instant::now();
         store.log_call(&open[j], attempt.clone()).unwrap();
+        took.push(t.elapsed());
     }
-    println!("{:?} per write ({n} writes)", started.elapsed() / n);
+    let mean = started.elapsed() / n;
+    took.sort();
+    let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
+    println!(
+        "median {:?} p99 {:?} max {:?} mean {:?} ({n} writes)",
+        at(0.5),
+        at(0.99),
+        took[took.len() - 1],
+        mean
+    );
 }

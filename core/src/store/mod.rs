@@ -5,6 +5,7 @@
 //! index rows it changes and its outbox entry: when a call returns `Ok`, the
 //! write is durable; when it returns `Err`, nothing was written.
 
+mod checkpoint;
 mod docs;
 mod enrolment;
 mod index;
@@ -19,6 +20,8 @@ use automerge::{ActorId, AutoCommit, Change};
 use rand::RngCore;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
+
+use checkpoint::Checkpointer;
 
 use crate::clock::{Clock, SystemClock};
 use crate::derive::{derive, derive_outcomes, HistoryEntry, Refusal, TaskState};
@@ -109,6 +112,9 @@ pub struct MergeReport {
 
 pub struct Store {
     db: Mutex<Db>,
+    /// Declared after `db`: the writer's connection closes first, which
+    /// stops the thread.
+    _checkpointer: Option<Checkpointer>,
 }
 
 struct Db {
@@ -132,46 +138,14 @@ impl Store {
         if key.len() != 32 {
             return Err(Error::InvalidInput("the store key must be 32 bytes".into()));
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        // SQLCipher logs to stderr unless told not to.
-        conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()))
-            .optional()?;
-        conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(key)))?;
-        // Page MACs with SHA-256: phone and PC CPUs have SHA instructions
-        // for it (not for SHA-512), and each write MACs every page it touches.
-        // Part of the file format: every open must say the same.
-        conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256;")?;
-        // The first read tells whether the key opens the file.
-        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-            r.get::<_, i64>(0)
-        }) {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::NotADatabase =>
-            {
-                return Err(Error::WrongKey)
-            }
-            Err(e) => return Err(e.into()),
-        }
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            match options.durability {
-                Durability::Full => "FULL",
-                Durability::Normal => "NORMAL",
-            },
-        )?;
+        let path = path.as_ref();
+        let mut conn = connect(path, key, options.durability)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // rusqlite keeps 16 prepared statements by default; the write path
         // alone uses more, and re-parsing them cost most of a write.
         conn.set_prepared_statement_cache_capacity(128);
         schema::upgrade(&conn)?;
+        let checkpointer = Checkpointer::start(&mut conn, connect(path, key, options.durability)?)?;
 
         let actor_hex = match meta(&conn, "actor")? {
             Some(a) => a,
@@ -202,6 +176,7 @@ impl Store {
         }
         Ok(Store {
             db: Mutex::new(Db { conn, st }),
+            _checkpointer: checkpointer,
         })
     }
 
@@ -1082,6 +1057,50 @@ fn reindex_all(conn: &Connection, st: &mut State, team: &Team) -> Result<usize> 
 }
 
 /// The same event without free text that may name the patient.
+/// A connection to the store file, keyed, in WAL mode, syncing as the
+/// options say. The writer and the checkpoint thread each have one.
+fn connect(path: &Path, key: &[u8], durability: Durability) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // SQLCipher logs to stderr unless told not to.
+    conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()))
+        .optional()?;
+    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(key)))?;
+    // Page MACs with SHA-256: phone and PC CPUs have SHA instructions
+    // for it (not for SHA-512), and each write MACs every page it touches.
+    // Part of the file format: every open must say the same.
+    conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256;")?;
+    // The first read tells whether the key opens the file.
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            return Err(Error::WrongKey)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        },
+    )?;
+    // The writer and the checkpoint thread rarely want the same lock (a
+    // full checkpoint after a wipe); the one that waits, waits this long.
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
 fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
     Ok(conn
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")?

@@ -267,3 +267,39 @@ fn a_refused_change_already_folded_into_the_snapshot_is_set_aside_too() {
     let reopened = reopen(&c, 1, "ana");
     assert_eq!(reopened.task_detail(&t).unwrap().state, d.state);
 }
+
+/// Checkpoints run on the store's own thread, and the log still starts over:
+/// the WAL stays near SQLite's usual thousand pages instead of growing until
+/// the writer's fallback (without the thread it reaches 6,000 here).
+#[test]
+fn the_write_ahead_log_is_checkpointed_off_the_write_path_and_stays_short() {
+    let c = Clinic::with(&["max", "ana"]);
+    let tasks: Vec<TaskId> = (0..8)
+        .map(|_| {
+            c.at("max")
+                .delegate(task_for("ana", DelegationLevel::Delegable))
+                .unwrap()
+        })
+        .collect();
+    c.sync();
+    let wal = c.dir.path().join("1-ana.db-wal");
+    let frame = 4096 + 24;
+    // About five pages a write: several times the thousand-page threshold.
+    let writes = 1500;
+    for i in 0..writes {
+        c.at("ana")
+            .comment(&tasks[i % tasks.len()], &format!("note {i}"))
+            .unwrap();
+    }
+    let longest = std::fs::metadata(&wal).unwrap().len() / frame;
+    assert!(
+        longest < 2500,
+        "the log reached {longest} pages over {writes} writes"
+    );
+    let again = reopen(&c, 1, "ana");
+    let comments: usize = tasks
+        .iter()
+        .map(|t| again.task_detail(t).unwrap().state.comments.len())
+        .sum();
+    assert_eq!(comments, writes);
+}
