@@ -7,7 +7,7 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 const V1: &str = "
 -- Who this device is: its automerge actor id and, once enrolled, its user.
@@ -102,10 +102,28 @@ CREATE TABLE attention (
 ) WITHOUT ROWID;
 CREATE INDEX attention_user ON attention(user_id);
 
--- Attention items the user has seen and put away.
+-- Attention items the user has seen and put away, by their key (since v2:
+-- '<task id>/<event id>', or 'outbox:<change hash>').
 CREATE TABLE dismissed (
     event_id TEXT PRIMARY KEY
 ) WITHOUT ROWID;
+";
+
+/// v2 changes no table: the keys of dismissed attention items. Event ids
+/// repeat across tasks (each task counts its events per device), and outbox
+/// ids are reused once the rows above them are delivered, so a v1 key could
+/// hide a later item that merely shared it. Each v1 key becomes the keys of
+/// the items it hid then, and nothing else.
+const V2: &str = "
+CREATE TEMP TABLE dismissed_v1 AS SELECT event_id FROM dismissed;
+DELETE FROM dismissed;
+INSERT OR IGNORE INTO dismissed (event_id)
+    SELECT a.task_id || '/' || a.event_id
+    FROM attention a JOIN dismissed_v1 d ON d.event_id = a.event_id;
+INSERT OR IGNORE INTO dismissed (event_id)
+    SELECT 'outbox:' || lower(hex(o.hash))
+    FROM outbox o JOIN dismissed_v1 d ON d.event_id = 'outbox:' || o.id;
+DROP TABLE temp.dismissed_v1;
 ";
 
 /// Bring a database to [`VERSION`].
@@ -126,6 +144,7 @@ pub fn upgrade(conn: &Connection) -> Result<()> {
 fn upgrade_from(conn: &Connection, from: i64) -> Result<()> {
     match from {
         0 => conn.execute_batch(V1)?,
+        1 => conn.execute_batch(V2)?,
         _ => return Err(Error::Corrupt("unknown schema version")),
     }
     Ok(())

@@ -394,10 +394,12 @@ impl Store {
         let db = self.lock();
         let mut items = Vec::new();
         let mut stmt = db.conn.prepare_cached(
-            "SELECT a.event_id, a.task_id, t.title, a.action, a.code, a.reason, a.at
+            "SELECT a.task_id || '/' || a.event_id, a.task_id, t.title, a.action, a.code,
+                    a.reason, a.at
              FROM attention a JOIN tasks t ON t.task_id = a.task_id
              WHERE a.user_id = ?1 AND t.archived = 0
-               AND NOT EXISTS (SELECT 1 FROM dismissed d WHERE d.event_id = a.event_id)
+               AND NOT EXISTS (SELECT 1 FROM dismissed d
+                               WHERE d.event_id = a.task_id || '/' || a.event_id)
              ORDER BY a.at, a.event_id",
         )?;
         for row in stmt.query_map([user], |r| {
@@ -416,12 +418,13 @@ impl Store {
         // The outbox holds only this device's own changes.
         if db.st.user.as_deref() == Some(user) {
             let mut stmt = db.conn.prepare_cached(
-                "SELECT o.id, d.task_id, t.title, o.refused_code, o.refused_reason, o.queued_at,
-                        o.bytes
+                "SELECT 'outbox:' || lower(hex(o.hash)), d.task_id, t.title, o.refused_code,
+                        o.refused_reason, o.queued_at, o.bytes
                  FROM outbox o LEFT JOIN documents d ON d.doc_id = o.doc_id
                  LEFT JOIN tasks t ON t.task_id = d.task_id
                  WHERE o.refused_code IS NOT NULL
-                   AND NOT EXISTS (SELECT 1 FROM dismissed x WHERE x.event_id = 'outbox:' || o.id)
+                   AND NOT EXISTS (SELECT 1 FROM dismissed x
+                                   WHERE x.event_id = 'outbox:' || lower(hex(o.hash)))
                  ORDER BY o.id",
             )?;
             for row in stmt.query_map([], |r| {
@@ -431,7 +434,7 @@ impl Store {
                     .and_then(|c| crate::task_doc::events_in_change(&c).into_iter().next())
                     .map_or("sync", |e| e.action.name());
                 Ok(AttentionItem {
-                    key: format!("outbox:{}", r.get::<_, i64>(0)?),
+                    key: r.get(0)?,
                     task_id: r.get(1)?,
                     title: r.get(2)?,
                     action: action.into(),

@@ -8,14 +8,22 @@ use crate::clinic::*;
 
 /// What `sqlite_master` held at schema version 1 (`tests/it/schema_v1.sql`).
 const FROZEN_V1: &str = include_str!("schema_v1.sql");
+/// And at version 2, the current one (`tests/it/schema_v2.sql`).
+const FROZEN_V2: &str = include_str!("schema_v2.sql");
 
-fn schema_of(path: &std::path::Path) -> String {
+/// A raw connection to a store file, keyed as the store keys it.
+fn raw(path: &std::path::Path) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.execute_batch(&format!(
         "PRAGMA key = \"x'{}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
         hex::encode(KEY)
     ))
     .unwrap();
+    conn
+}
+
+fn schema_of(path: &std::path::Path) -> String {
+    let conn = raw(path);
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
@@ -38,15 +46,82 @@ fn a_fresh_store_has_exactly_the_frozen_schema_of_its_version() {
     let actual = schema_of(&path);
     if std::env::var_os("HANDOFF_BLESS_SCHEMA").is_some() {
         std::fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schema_v1.sql"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schema_v2.sql"),
             &actual,
         )
         .unwrap();
     }
     assert_eq!(
-        actual, FROZEN_V1,
-        "the schema changed: add a version and an upgrade step instead of editing v1"
+        actual, FROZEN_V2,
+        "the schema changed: add a version and an upgrade step instead of editing v2"
     );
+}
+
+/// v2 re-keys what the user dismissed: a v1 key (a bare event id) hid every
+/// item on any task that shared it, and kept hiding later ones.
+#[test]
+fn a_v1_store_upgrades_to_v2_keeping_what_was_dismissed_and_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    {
+        let conn = raw(&path);
+        // The frozen file lists indexes before their tables.
+        let (indexes, tables): (Vec<&str>, Vec<&str>) = FROZEN_V1
+            .split(";\n")
+            .partition(|sql| sql.contains("CREATE INDEX"));
+        for sql in tables.into_iter().chain(indexes) {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO meta VALUES ('user', 'fred');
+             INSERT INTO documents VALUES ('t1', 'task', 't1', 0), ('t2', 'task', 't2', 0);
+             INSERT INTO tasks (task_id, doc_id, title, status, level, priority, category,
+                                created_by, created_at, updated_at)
+             VALUES ('t1', 't1', 'Call back', 'in_progress', 'delegable', 1, 'other', 'max', 0, 0),
+                    ('t2', 't2', 'Book scan', 'in_progress', 'delegable', 1, 'other', 'max', 0, 0),
+                    ('t3', 't3', 'Refill', 'in_progress', 'delegable', 1, 'other', 'max', 0, 0);
+             INSERT INTO attention VALUES
+                ('t1', 'ab:2', 'fred', 'claimed', 'already_taken', 'Fay has it', 1),
+                ('t2', 'ab:2', 'fred', 'claimed', 'already_taken', 'Fay has it', 2),
+                ('t2', 'ab:3', 'fred', 'commented', 'closed', 'the task was closed', 3);
+             INSERT INTO outbox (id, doc_id, hash, bytes, queued_at, refused_code, refused_reason)
+             VALUES (1, 't1', x'0a0b', x'00', 4, 'forbidden', 'not yours'),
+                    (2, 't2', x'0c0d', x'00', 5, 'forbidden', 'not yours');
+             INSERT INTO dismissed VALUES ('ab:2'), ('outbox:1');",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path, &KEY, StoreOptions::default()).unwrap();
+    assert_eq!(
+        schema_of(&path),
+        FROZEN_V2,
+        "an upgraded store is a fresh one"
+    );
+    let shown = |store: &Store| -> Vec<(Option<String>, String)> {
+        store
+            .attention_of("fred")
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.task_id, a.code))
+            .collect()
+    };
+    // What was hidden before the upgrade stays hidden, and nothing else is.
+    assert_eq!(
+        shown(&store),
+        vec![
+            (Some("t2".into()), "closed".into()),
+            (Some("t2".into()), "forbidden".into()),
+        ]
+    );
+    // A later lost race that happens to reuse the event id is shown.
+    raw(&path)
+        .execute_batch(
+            "INSERT INTO attention VALUES
+                ('t3', 'ab:2', 'fred', 'claimed', 'already_taken', 'Fay has it', 6)",
+        )
+        .unwrap();
+    assert_eq!(shown(&store).len(), 3);
 }
 
 #[test]

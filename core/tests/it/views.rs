@@ -321,3 +321,31 @@ fn task_detail_offers_exactly_the_commands_the_rules_would_apply() {
         );
     }
 }
+
+/// Each device counts its events per task, so the same event id turns up on
+/// many tasks: putting away one lost race must not hide the next one.
+#[test]
+fn dismissing_one_attention_item_hides_that_item_only() {
+    let c = Clinic::with(&["max", "fay", "fred"]);
+    let race = |c: &Clinic| {
+        let t = c.at("max").delegate(pooled(Role::FrontDesk)).unwrap();
+        c.sync();
+        c.at("fay").claim(&t).unwrap();
+        c.clock.advance(1000);
+        c.at("fred").claim(&t).unwrap();
+        c.sync();
+        t
+    };
+    let first = race(&c);
+    let lost = c.at("fred").needs_attention().unwrap();
+    assert_eq!(lost.len(), 1);
+    c.at("fred").dismiss_attention(&lost[0].key).unwrap();
+    assert!(c.at("fred").needs_attention().unwrap().is_empty());
+
+    let second = race(&c);
+    assert_ne!(first, second);
+    let lost_again = c.at("fred").needs_attention().unwrap();
+    assert_eq!(lost_again.len(), 1, "the second lost claim is shown");
+    assert_eq!(lost_again[0].task_id.as_deref(), Some(second.as_str()));
+    assert_ne!(lost_again[0].key, lost[0].key);
+}
