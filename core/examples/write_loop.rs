@@ -4,7 +4,7 @@
 //!
 //!     cargo bench -p handoff-core --bench store -- cold_open   # the first run builds the fixture
 //!     cargo build --release -p handoff-core --example write_loop
-//!     target/release/examples/write_loop target/tmp/bench-v7/clinic.db 8000
+//!     target/release/examples/write_loop target/tmp/bench-v7/clinic.db 8000 [full] [inline-checkpoints]
 //!
 //! It prints the median, 99th percentile, slowest and mean write.
 //! The store is a fresh copy of the fixture in the system's temp directory,
@@ -20,10 +20,11 @@ use handoff_core::*;
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(fixture), Some(n)) = (args.next(), args.next()) else {
-        eprintln!("usage: write_loop <fixture.db> <writes>");
+        eprintln!("usage: write_loop <fixture.db> <writes> [full] [inline-checkpoints]");
         std::process::exit(2);
     };
     let n: u32 = n.parse().expect("writes: a number");
+    let flags: Vec<String> = args.collect();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("clinic.db");
     std::fs::copy(&fixture, &path).expect("copy the fixture");
@@ -31,7 +32,12 @@ fn main() {
         &path,
         &[9; 32],
         StoreOptions {
-            durability: Durability::Normal,
+            durability: if flags.contains(&"full".to_string()) {
+                Durability::Full
+            } else {
+                Durability::Normal
+            },
+            checkpoint_thread: !flags.contains(&"inline-checkpoints".to_string()),
             doc_cache_capacity: 4096,
             clock: Arc::new(ManualClock::at(1_772_442_000_000 + 400 * DAY_MS)),
             ..StoreOptions::default()

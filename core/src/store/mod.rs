@@ -62,6 +62,9 @@ pub struct StoreOptions {
     /// Task documents kept loaded in memory (a write to a loaded document
     /// skips reading and parsing it).
     pub doc_cache_capacity: usize,
+    /// Checkpoint the WAL on the store's own thread (the default), or in
+    /// the commit that crosses SQLite's threshold, as SQLite does by itself.
+    pub checkpoint_thread: bool,
 }
 
 impl Default for StoreOptions {
@@ -71,6 +74,7 @@ impl Default for StoreOptions {
             utc_offset_minutes: 0,
             clock: Arc::new(SystemClock),
             doc_cache_capacity: 256,
+            checkpoint_thread: true,
         }
     }
 }
@@ -145,7 +149,11 @@ impl Store {
         // alone uses more, and re-parsing them cost most of a write.
         conn.set_prepared_statement_cache_capacity(128);
         schema::upgrade(&conn)?;
-        let checkpointer = Checkpointer::start(&mut conn, connect(path, key, options.durability)?)?;
+        let checkpointer = if options.checkpoint_thread {
+            Checkpointer::start(&mut conn, connect(path, key, options.durability)?)?
+        } else {
+            None
+        };
 
         let actor_hex = match meta(&conn, "actor")? {
             Some(a) => a,
@@ -262,7 +270,10 @@ impl Store {
         self.write_team(true, |w| w.member(member))
     }
 
-    /// Bind a device's actor id to a user (what the relay does at enrolment).
+    /// Bind a device's actor id to a user: what the relay does at enrolment,
+    /// for a team kept without one (tests, the example). Revoking a device is
+    /// the relay's alone (`handoff-server revoke`): it refuses any phone's
+    /// change to the team's devices, and writes the revocation itself.
     pub fn register_device(&self, actor_hex: &str, user: &str) -> Result<()> {
         check_actor(actor_hex)?;
         self.write_team(true, |w| {
@@ -270,26 +281,6 @@ impl Store {
                 actor: actor_hex.to_ascii_lowercase(),
                 user_id: user.into(),
                 revoked: false,
-            })
-        })
-    }
-
-    pub fn revoke_device(&self, actor_hex: &str) -> Result<()> {
-        check_actor(actor_hex)?;
-        let actor = actor_hex.to_ascii_lowercase();
-        let user = {
-            let db = self.lock();
-            let team = db.st.team.as_ref().ok_or(Error::NotEnrolled)?;
-            team.devices
-                .get(&actor)
-                .map(|d| d.user_id.clone())
-                .ok_or_else(|| Error::InvalidInput("no such device".into()))?
-        };
-        self.write_team(false, |w| {
-            w.device(&Device {
-                actor,
-                user_id: user,
-                revoked: true,
             })
         })
     }
