@@ -246,7 +246,7 @@ impl TaskState {
     pub fn review_due(&self, team: &Team) -> Option<Timestamp> {
         match (self.status, &self.submitted) {
             (TaskStatus::Submitted, Some((_, at))) => {
-                Some(*at + i64::from(team.policy.review_within_hours) * HOUR_MS)
+                Some(at.saturating_add(i64::from(team.policy.review_within_hours) * HOUR_MS))
             }
             _ => None,
         }

@@ -214,10 +214,17 @@ impl Event {
                     .map(|e| e.id.n)
                     .max()
                     .unwrap_or(0)
-                    + 1,
+                    .saturating_add(1),
             },
             deps,
-            lt: events.iter().map(|e| e.lt).max().unwrap_or(0) + 1,
+            // Saturating: the relay refuses events that jump this far ahead,
+            // but a store may hold one from before it did.
+            lt: events
+                .iter()
+                .map(|e| e.lt)
+                .max()
+                .unwrap_or(0)
+                .saturating_add(1),
             at: now,
             by: user.into(),
             action,

@@ -61,30 +61,8 @@ pub fn matches_id(doc: &AutoCommit, doc_id: &str) -> bool {
 /// The `task_id` and `generation` a change writes at the document's root
 /// (a task document's first change writes both), if it writes them.
 pub fn layout_in_change(change: &automerge::Change) -> (Option<String>, Option<i64>) {
-    let mut task = None;
-    let mut generation = None;
-    for op in change.decode().operations {
-        if !matches!(op.obj, automerge::legacy::ObjectId::Root) {
-            continue;
-        }
-        let key = match &op.key {
-            automerge::legacy::Key::Map(k) => k.as_str(),
-            _ => continue,
-        };
-        match (key, &op.action) {
-            ("task_id", automerge::legacy::OpType::Put(ScalarValue::Str(s))) => {
-                task = Some(s.to_string());
-            }
-            ("generation", automerge::legacy::OpType::Put(ScalarValue::Int(g))) => {
-                generation = Some(*g);
-            }
-            ("generation", automerge::legacy::OpType::Put(ScalarValue::Uint(g))) => {
-                generation = i64::try_from(*g).ok();
-            }
-            _ => {}
-        }
-    }
-    (task, generation)
+    let read = read_change(change);
+    (read.task_id, read.generation)
 }
 
 pub fn task_id(doc: &AutoCommit) -> Option<String> {
@@ -122,10 +100,7 @@ pub fn events(doc: &AutoCommit) -> (Vec<Event>, usize) {
     let events = doc
         .list_range(&list, ..)
         .filter_map(|item| {
-            let parsed = item
-                .value
-                .as_ref_str()
-                .and_then(|s| serde_json::from_str::<Event>(s).ok());
+            let parsed = item.value.as_ref_str().and_then(parse_event);
             if parsed.is_none() {
                 skipped += 1;
             }
@@ -184,20 +159,141 @@ pub(crate) fn patient(doc: &AutoCommit) -> Option<PatientRef> {
     })
 }
 
+/// An event as a document holds it: JSON, with its clock reading and
+/// Lamport time in range. One out of range (written by hand, not by an app)
+/// is skipped like one that does not parse: arithmetic on it would
+/// overflow, and it would sort after every event written later.
+fn parse_event(s: &str) -> Option<Event> {
+    /// Year 5138, in ms since 1970.
+    const LATEST: i64 = 100_000_000_000_000;
+    /// More events than a task will ever see.
+    const MAX_LT: u64 = 1 << 40;
+    let e: Event = serde_json::from_str(s).ok()?;
+    ((0..=LATEST).contains(&e.at) && e.lt <= MAX_LT).then_some(e)
+}
+
 /// The events a change inserts (what the relay checks before storing it),
 /// without loading the document. Strings that are not events are skipped,
 /// as [`events`] skips them.
 pub fn events_in_change(change: &automerge::Change) -> Vec<Event> {
-    change
-        .decode()
-        .operations
-        .iter()
-        .filter(|op| op.insert)
-        .filter_map(|op| match &op.action {
-            automerge::legacy::OpType::Put(ScalarValue::Str(s)) => {
-                serde_json::from_str::<Event>(s).ok()
+    read_change(change).events
+}
+
+/// What a change does to a task document, read once from its operations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRead {
+    /// The events it inserts (strings that are not events are skipped).
+    pub events: Vec<Event>,
+    /// The `task_id` and `generation` it writes at the root, if it does.
+    pub task_id: Option<String>,
+    pub generation: Option<i64>,
+    pub shape: Shape,
+}
+
+/// The only two kinds of change a task document takes. The events list is
+/// named by the operation that made it, `"<counter>@<actor hex>"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// A document's first change: `task_id`, `generation`, the events list,
+    /// the patient map and its fields, and events appended to that list.
+    Layout { events_list: String },
+    /// Events (strings) appended to one list, and nothing else; `None` for
+    /// a change with no operations.
+    Appends { list: Option<String> },
+    /// Anything else: deleting or overwriting events, the layout or
+    /// values of another type. Taken in, it would quietly remove events or
+    /// the whole task from every phone, while the relay still counted them.
+    Malformed(&'static str),
+}
+
+/// Read a change's events, layout and shape in one pass.
+pub fn read_change(change: &automerge::Change) -> ChangeRead {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    let decoded = change.decode();
+    let actor = decoded.actor_id.to_hex_string();
+    let first = decoded.deps.is_empty();
+    let mut read = ChangeRead {
+        events: Vec::new(),
+        task_id: None,
+        generation: None,
+        shape: Shape::Appends { list: None },
+    };
+    let mut events_list: Option<String> = None;
+    let mut patient: Option<String> = None;
+    let mut malformed: Option<&'static str> = None;
+    let mut appended_to: Option<String> = None;
+    for (i, op) in decoded.operations.iter().enumerate() {
+        let id = format!("{}@{actor}", decoded.start_op.get() + i as u64);
+        let obj = match &op.obj {
+            ObjectId::Root => None,
+            ObjectId::Id(o) => Some(format!("{}@{}", o.0, o.1.to_hex_string())),
+        };
+        let key = match &op.key {
+            Key::Map(k) => Some(k.as_str()),
+            Key::Seq(_) => None,
+        };
+        if op.insert {
+            if let OpType::Put(ScalarValue::Str(s)) = &op.action {
+                read.events.extend(parse_event(s));
             }
-            _ => None,
-        })
-        .collect()
+        }
+        match (&op.action, obj.as_deref(), key) {
+            (OpType::Put(ScalarValue::Str(s)), None, Some("task_id")) => {
+                read.task_id = Some(s.to_string());
+            }
+            (OpType::Put(ScalarValue::Int(g)), None, Some("generation")) => {
+                read.generation = Some(*g);
+            }
+            (OpType::Put(ScalarValue::Uint(g)), None, Some("generation")) => {
+                read.generation = i64::try_from(*g).ok();
+            }
+            _ => {}
+        }
+        let fits = match (&op.action, obj.as_deref(), key) {
+            _ if !op.pred.is_empty() => false,
+            (OpType::Put(ScalarValue::Str(_)), Some(list), None) if op.insert => match &appended_to
+            {
+                Some(l) if l != list => false,
+                _ => {
+                    appended_to = Some(list.to_owned());
+                    !first || events_list.as_deref() == Some(list)
+                }
+            },
+            _ if !first || op.insert => false,
+            (OpType::Put(ScalarValue::Str(_)), None, Some("task_id")) => true,
+            (OpType::Put(ScalarValue::Int(_) | ScalarValue::Uint(_)), None, Some("generation")) => {
+                true
+            }
+            (OpType::Make(ObjType::List), None, Some("events")) if events_list.is_none() => {
+                events_list = Some(id);
+                true
+            }
+            (OpType::Make(ObjType::Map), None, Some("patient")) if patient.is_none() => {
+                patient = Some(id);
+                true
+            }
+            (
+                OpType::Put(ScalarValue::Str(_)),
+                Some(map),
+                Some("display_name" | "phone" | "record_ref"),
+            ) => patient.as_deref() == Some(map),
+            _ => false,
+        };
+        if !fits && malformed.is_none() {
+            malformed = Some(if first {
+                "a task document's first change lays it out and appends events, nothing else"
+            } else {
+                "a change to a task document only appends events"
+            });
+        }
+    }
+    read.shape = match (malformed, first, events_list) {
+        (Some(why), _, _) => Shape::Malformed(why),
+        (None, true, Some(events_list)) => Shape::Layout { events_list },
+        (None, true, None) => {
+            Shape::Malformed("a task document's first change makes its events list")
+        }
+        (None, false, _) => Shape::Appends { list: appended_to },
+    };
+    read
 }

@@ -22,7 +22,9 @@ use handoff_core::derive::{derive_outcomes, HistoryEntry, Outcome, Refusal, Task
 use handoff_core::event::{Event, EventId};
 use handoff_core::store::TEAM_DOC;
 use handoff_core::sync::wire::{DocChange, RefusalCode, Verdict, MAX_CHANGE};
-use handoff_core::task_doc::{self, doc_id_of, events_in_change, layout_in_change, split_doc_id};
+use handoff_core::task_doc::{
+    self, doc_id_of, events_in_change, read_change, split_doc_id, ChangeRead, Shape,
+};
 use handoff_core::team::{Team, TeamWriter};
 use handoff_core::{is_valid_id, Device, Member, Role};
 use rand::RngCore;
@@ -79,6 +81,9 @@ pub struct Caller {
 struct DocEntry {
     events: Vec<Event>,
     state: Option<TaskState>,
+    /// The list its first change made for events: every later change may
+    /// only append to it (`task_doc::Shape`).
+    events_list: Option<String>,
 }
 
 struct FeedEntry {
@@ -137,8 +142,9 @@ fn refuse(code: RefusalCode, reason: &str) -> Verdict {
 /// feed writer (so that this work runs on the request's own thread).
 pub struct Incoming {
     doc: String,
-    /// The change and the events it inserts, or why it cannot be stored.
-    decoded: std::result::Result<(Change, Vec<Event>), Verdict>,
+    /// The change and what it does to its document (a team change: no
+    /// events), or why it cannot be stored.
+    decoded: std::result::Result<(Change, ChangeRead), Verdict>,
 }
 
 impl Incoming {
@@ -149,10 +155,18 @@ impl Incoming {
             Err(refuse(RefusalCode::InvalidChange, "bad document id"))
         } else {
             match Change::from_bytes(change.bytes) {
-                Ok(c) if change.doc == TEAM_DOC => Ok((c, Vec::new())),
+                Ok(c) if change.doc == TEAM_DOC => Ok((
+                    c,
+                    ChangeRead {
+                        events: Vec::new(),
+                        task_id: None,
+                        generation: None,
+                        shape: Shape::Appends { list: None },
+                    },
+                )),
                 Ok(c) => {
-                    let events = events_in_change(&c);
-                    Ok((c, events))
+                    let read = read_change(&c);
+                    Ok((c, read))
                 }
                 Err(_) => Err(refuse(
                     RefusalCode::InvalidChange,
@@ -230,8 +244,13 @@ impl TeamState {
                         let entry = st.docs.entry(doc).or_insert_with(|| DocEntry {
                             events: Vec::new(),
                             state: None,
+                            events_list: None,
                         });
-                        entry.events.extend(events_in_change(&c));
+                        let read = read_change(&c);
+                        if let Shape::Layout { events_list } = read.shape {
+                            entry.events_list.get_or_insert(events_list);
+                        }
+                        entry.events.extend(read.events);
                     }
                     Err(_) => failed = Some(r.seq),
                 }
@@ -447,7 +466,8 @@ impl TeamState {
     /// it into the state (`Ok(true)`; the caller writes its feed row).
     /// `Ok(false)`: the relay already has it.
     fn admit(&mut self, caller: &Caller, change: &Incoming) -> std::result::Result<bool, Verdict> {
-        let (c, new_events) = change.decoded.as_ref().map_err(Clone::clone)?;
+        let (c, read) = change.decoded.as_ref().map_err(Clone::clone)?;
+        let new_events = &read.events;
         let hash = c.hash();
         if self.hashes.contains(&hash) {
             return Ok(false);
@@ -475,11 +495,14 @@ impl TeamState {
                 "no such generation of this task",
             ));
         }
+        if let Shape::Malformed(why) = &read.shape {
+            return Err(refuse(RefusalCode::InvalidChange, why));
+        }
         // A document's first change must lay out what its id says, once.
         if change.doc != TEAM_DOC && c.deps().is_empty() {
-            let laid_out = layout_in_change(c);
+            let laid_out = (read.task_id.as_deref(), read.generation);
             if self.docs.contains_key(change.doc.as_str())
-                || laid_out != (Some(task.to_owned()), Some(generation))
+                || laid_out != (Some(task), Some(generation))
             {
                 return Err(refuse(
                     RefusalCode::InvalidChange,
@@ -535,6 +558,20 @@ impl TeamState {
             self.team = team;
             self.rederive_all();
         } else {
+            // After its first change, a task document only grows by events
+            // appended to the list that change made.
+            if let Shape::Appends { list: Some(list) } = &read.shape {
+                let own = self
+                    .docs
+                    .get(change.doc.as_str())
+                    .and_then(|e| e.events_list.as_deref());
+                if own != Some(list.as_str()) {
+                    return Err(refuse(
+                        RefusalCode::InvalidChange,
+                        "a change to a task document only appends events to its list",
+                    ));
+                }
+            }
             // Events from other devices come only as copies into a redacted
             // task's next generation, of events the relay already has.
             if new_events.iter().any(|e| {
@@ -581,6 +618,10 @@ impl TeamState {
             let mut entry = self.docs.remove(&key).unwrap_or(DocEntry {
                 events: Vec::new(),
                 state: None,
+                events_list: match &read.shape {
+                    Shape::Layout { events_list } => Some(events_list.clone()),
+                    _ => None,
+                },
             });
             let before = entry.events.len();
             entry.events.extend(new_events.iter().cloned());

@@ -246,12 +246,13 @@ fn summary(row: &Row<'_>, team: &Team, now: Timestamp) -> rusqlite::Result<TaskS
         }
         if category == Category::FollowUpCall
             && first_reached.is_none()
-            && created_at + i64::from(p.follow_up_within_hours) * HOUR_MS < now
+            && created_at.saturating_add(i64::from(p.follow_up_within_hours) * HOUR_MS) < now
         {
             escalations.push(Escalation::FollowUpWindowMissed);
         }
         if status == TaskStatus::Submitted
-            && submitted_at.is_some_and(|s| s + i64::from(p.review_within_hours) * HOUR_MS < now)
+            && submitted_at
+                .is_some_and(|s| s.saturating_add(i64::from(p.review_within_hours) * HOUR_MS) < now)
         {
             escalations.push(Escalation::ReviewOverdue);
         }
@@ -376,8 +377,8 @@ impl Store {
             Ok(ReviewItem {
                 task,
                 submitted_at,
-                review_due_at: submitted_at + window,
-                overdue: submitted_at + window < now,
+                review_due_at: submitted_at.saturating_add(window),
+                overdue: submitted_at.saturating_add(window) < now,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -88,3 +88,58 @@ fn a_task_arriving_before_the_team_knows_its_author_is_fixed_when_the_team_catch
     let s = c.at("fay").task_detail(&t).unwrap().state;
     assert_eq!(s.assignee.as_deref(), Some("fred"));
 }
+
+/// The relay takes a task document's changes only in two shapes (a first
+/// change that lays it out, then events appended to its list): everything
+/// the app itself writes has one of them, redaction included.
+#[test]
+fn every_change_the_app_writes_to_a_task_has_a_shape_the_relay_takes() {
+    use handoff_core::task_doc::{read_change, Shape};
+    let c = Clinic::with(&["max", "ana"]);
+    // Every change either phone wrote, in order, taken before each exchange.
+    let mut written: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut take = |c: &Clinic| {
+        for user in ["max", "ana"] {
+            for change in outbox(c.at(user)) {
+                if !written.contains(&change) {
+                    written.push(change);
+                }
+            }
+        }
+    };
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    take(&c);
+    c.sync();
+    c.at("ana").start(&t).unwrap();
+    c.at("ana").log_call(&t, call(CallOutcome::Busy)).unwrap();
+    c.at("ana").comment(&t, "left a message").unwrap();
+    c.at("ana").submit(&t, "done").unwrap();
+    take(&c);
+    c.sync();
+    c.at("max").redact_patient(&t).unwrap();
+    c.at("max").approve(&t, "thanks").unwrap();
+    take(&c);
+    let mut lists: std::collections::HashMap<String, String> = Default::default();
+    let mut layouts = 0;
+    for (doc, bytes) in written {
+        if doc == store::TEAM_DOC {
+            continue;
+        }
+        let change = automerge::Change::from_bytes(bytes).unwrap();
+        match read_change(&change).shape {
+            Shape::Layout { events_list } => {
+                layouts += 1;
+                lists.insert(doc.clone(), events_list);
+            }
+            Shape::Appends { list } => {
+                assert_eq!(list.as_ref(), lists.get(&doc), "{doc}: appends to its list");
+            }
+            Shape::Malformed(why) => panic!("{doc}: {why}"),
+        }
+    }
+    // The task's layout, and its redacted generation's.
+    assert_eq!(layouts, 2);
+}

@@ -4,6 +4,7 @@
 
 mod access;
 mod bad_input;
+mod crafted;
 mod harness;
 mod load;
 mod proxy;
