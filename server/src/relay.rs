@@ -1001,7 +1001,23 @@ fn admit_batch(team: &LoadedTeam, pushes: Vec<Push>) -> Admitted {
         let actor = st.actor_key(&caller.actor);
         let mut verdicts = Vec::with_capacity(changes.len());
         for change in changes {
-            match st.admit(&caller, &change) {
+            // A panic while admitting (a bug, or automerge on a change it
+            // chokes on) must not end the team's feed writer: the change is
+            // refused, so its phone stops sending it, and the team, whose
+            // state it may have left half changed, is reloaded from its
+            // feed on next use.
+            let admitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                st.admit(&caller, &change)
+            }))
+            .unwrap_or_else(|_| {
+                team.failed.store(true, Ordering::Release);
+                tracing::error!("admitting a change panicked; the team is reloaded on next use");
+                Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "the relay could not read this change",
+                ))
+            });
+            match admitted {
                 Ok(true) => {
                     let Ok((c, _)) = &change.decoded else {
                         continue;
