@@ -93,6 +93,54 @@ impl Team {
     }
 }
 
+/// Does a change to the team document `doc` only do what the app does: set
+/// the team's name, or set entries in its sections, each the JSON of what
+/// that section holds? One that deletes, makes objects (a new `members` map
+/// would replace every member) or writes anything else is refused by the
+/// relay: read back, it would silently drop members, roles or the policy.
+pub fn change_fits(change: &automerge::Change, doc: &AutoCommit) -> bool {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    let sections: Vec<(String, &str)> = [MEMBERS, DEVICES, ROLES, SOPS, POLICY]
+        .iter()
+        .filter_map(|s| match doc.get(ROOT, *s) {
+            Ok(Some((automerge::Value::Object(ObjType::Map), id))) => Some((id.to_string(), *s)),
+            _ => None,
+        })
+        .collect();
+    change.decode().operations.iter().all(|op| {
+        let (OpType::Put(automerge::ScalarValue::Str(value)), Key::Map(key), false) =
+            (&op.action, &op.key, op.insert)
+        else {
+            return false;
+        };
+        let obj = match &op.obj {
+            ObjectId::Root => return key.as_str() == "name",
+            ObjectId::Id(o) => format!("{}@{}", o.0, o.1.to_hex_string()),
+        };
+        let parses =
+            |json: &str| -> bool {
+                match sections.iter().find(|(id, _)| *id == obj).map(|(_, s)| *s) {
+                    Some(MEMBERS) => serde_json::from_str::<Member>(json)
+                        .is_ok_and(|m| m.user_id == key.as_str()),
+                    Some(DEVICES) => {
+                        serde_json::from_str::<Device>(json).is_ok_and(|d| d.actor == key.as_str())
+                    }
+                    Some(ROLES) => {
+                        Role::parse(key).is_some()
+                            && serde_json::from_str::<RolePermissions>(json).is_ok()
+                    }
+                    Some(SOPS) => serde_json::from_str::<SopTemplate>(json)
+                        .is_ok_and(|t| t.id == key.as_str()),
+                    Some(POLICY) => {
+                        key.as_str() == "current" && serde_json::from_str::<Policy>(json).is_ok()
+                    }
+                    _ => false,
+                }
+            };
+        parses(value)
+    })
+}
+
 fn read_map<T: DeserializeOwned>(doc: &AutoCommit, map: &str) -> BTreeMap<String, T> {
     let Ok(Some((_, obj))) = doc.get(ROOT, map) else {
         return BTreeMap::new();

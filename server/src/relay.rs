@@ -25,7 +25,7 @@ use handoff_core::sync::wire::{DocChange, RefusalCode, Verdict, MAX_CHANGE};
 use handoff_core::task_doc::{
     self, doc_id_of, events_in_change, read_change, split_doc_id, ChangeRead, Shape,
 };
-use handoff_core::team::{Team, TeamWriter};
+use handoff_core::team::{self, Team, TeamWriter};
 use handoff_core::{is_valid_id, Device, Member, Role};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -538,6 +538,12 @@ impl TeamState {
                 return Err(refuse(
                     RefusalCode::Forbidden,
                     "your role may not change the team",
+                ));
+            }
+            if !team::change_fits(c, &self.team_doc) {
+                return Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "a change to the team only sets its name, members, roles, templates or policy",
                 ));
             }
             let mut doc = self.team_doc.clone();

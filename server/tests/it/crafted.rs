@@ -1,8 +1,10 @@
-//! Valid automerge changes with hostile contents, pushed by an enrolled
-//! phone: events that do not parse or lie about their ids, times and
-//! authors, a document laid out wrongly, values of the wrong type. The relay
-//! answers each one (stored, or refused with a reason) and never fails; the
-//! phones that pull what it stored never fail either, and agree.
+//! Valid automerge changes with hostile contents, pushed by enrolled
+//! phones: events that do not parse or lie about their ids, times and
+//! authors, a task document laid out wrongly, values of the wrong type, and
+//! from the manager's phone a team document with sections replaced, entries
+//! deleted or garbled. The relay answers each one (stored, or refused with a
+//! reason) and never fails; the phones that pull what it stored never fail
+//! either, agree, and keep every member.
 //!
 //! Seeded, so a failure replays: `HANDOFF_CRAFTED_SEED=<n>` runs one seed.
 
@@ -10,7 +12,7 @@ use std::collections::HashMap;
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ObjType, ReadDoc, ScalarValue, ROOT};
-use handoff_core::sync::wire::{self, DocChange, PushReply, PushRequest, Verdict};
+use handoff_core::sync::wire::{self, DocChange, PullReply, PushReply, PushRequest, Verdict};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -204,6 +206,85 @@ fn edit(rng: &mut StdRng, doc: &mut AutoCommit, actor: &str, seen: &[String], ha
 /// Lamport time of 2^64 - 1, a due time past i64), and one more.
 const SEEDS: &[u64] = &[7, 1, 4, 20, 12];
 
+/// One to three edits to the team document, from legitimate (a new member,
+/// a new name, a policy at its limits) to destructive.
+fn team_edit(rng: &mut StdRng, doc: &mut AutoCommit) {
+    // Edits that no longer apply (the document was already broken) are
+    // skipped: the test then fails on the members it checks.
+    let members = match doc.get(ROOT, "members") {
+        Ok(Some((automerge::Value::Object(ObjType::Map), id))) => id,
+        _ => return,
+    };
+    for _ in 0..rng.random_range(1..4) {
+        match rng.random_range(0..10) {
+            0 => {
+                let _ = doc.put(ROOT, "members", "nobody");
+            }
+            1 => {
+                let _ = doc.put_object(ROOT, "policy", ObjType::Map);
+            }
+            2 => {
+                let _ = doc.delete(&members, "ana");
+            }
+            3 => {
+                let _ = doc.put(&members, "ana", "{\"user_id\": \"ana\"");
+            }
+            4 => {
+                let other =
+                    r#"{"user_id":"zed","name":"Zed","role":"admin","trusted":true,"active":true}"#;
+                let _ = doc.put(&members, "ana", other);
+            }
+            5 => {
+                let _ = doc.put(&members, "ana", 7);
+            }
+            6 => {
+                let _ = doc.put(ROOT, "name", "Clinic, renamed");
+            }
+            7 => {
+                let policy = match doc.get(ROOT, "policy") {
+                    Ok(Some((_, id))) => id,
+                    _ => continue,
+                };
+                let hours = *pick(rng, &[0u32, 1, u32::MAX]);
+                let json = json!({"follow_up_within_hours": hours, "max_call_attempts": hours,
+                    "review_within_hours": hours, "archive_after_days": hours});
+                let _ = doc.put(&policy, "current", json.to_string());
+            }
+            _ => {
+                let zed = r#"{"user_id":"zed","name":"Zed","role":"front_desk","trusted":false,"active":true}"#;
+                let _ = doc.put(&members, "zed", zed);
+            }
+        }
+    }
+}
+
+/// Everything in the feed `token` may read.
+fn pull_all(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> Vec<DocChange> {
+    let mut all = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let reply: PullReply = rt.block_on(async {
+            let r = client
+                .get(format!("{url}/v1/pull?cursor={cursor}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            wire::decode(&r.bytes().await.unwrap()).unwrap()
+        });
+        all.extend(reply.changes);
+        cursor = reply.cursor;
+        if !reply.more {
+            return all;
+        }
+    }
+}
+
 #[test]
 fn hostile_but_valid_changes_are_answered_and_break_no_relay_and_no_phone() {
     let seeds: Vec<u64> = match std::env::var("HANDOFF_CRAFTED_SEED") {
@@ -249,7 +330,17 @@ fn crafted_pushes(seed: u64) {
     let actor_hex = ana.store.device_actor();
     let actor = ActorId::from(hex::decode(&actor_hex).unwrap());
     let token = ana.settings().token;
+    let max_token = max.settings().token;
     let (rt, client) = http();
+    let max_actor = ActorId::from(hex::decode(max.store.device_actor()).unwrap());
+    let mut team_doc = AutoCommit::new();
+    for c in pull_all(&rt, &client, &relay.url, &max_token) {
+        if c.doc == "team" {
+            team_doc.load_incremental(&c.bytes).unwrap();
+        }
+    }
+    let mut team_doc = team_doc.with_actor(max_actor);
+    let members_before = max.store.team().unwrap().members;
 
     // Each document id's state as the relay has it (what it stored).
     let mut docs: HashMap<String, AutoCommit> = HashMap::new();
@@ -257,17 +348,26 @@ fn crafted_pushes(seed: u64) {
     let mut stored = 0;
     let mut answers: HashMap<String, usize> = HashMap::new();
     for i in 0..PUSHES {
-        let id = match rng.random_range(0..10) {
-            0 => format!("{task}.1"),
-            1 => format!("{task}.{}", rng.random_range(2..5)),
-            2 => format!("crafted-{}", rng.random_range(0..3)),
-            _ => task.clone(),
+        // One push in eight is the manager's, to the team document.
+        let by_manager = rng.random_range(0..8) == 0;
+        let (id, mut doc) = if by_manager {
+            let mut doc = team_doc.clone();
+            team_edit(&mut rng, &mut doc);
+            ("team".to_string(), doc)
+        } else {
+            let id = match rng.random_range(0..10) {
+                0 => format!("{task}.1"),
+                1 => format!("{task}.{}", rng.random_range(2..5)),
+                2 => format!("crafted-{}", rng.random_range(0..3)),
+                _ => task.clone(),
+            };
+            let mut doc = docs
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| AutoCommit::new().with_actor(actor.clone()));
+            edit(&mut rng, &mut doc, &actor_hex, &seen, &handoff);
+            (id, doc)
         };
-        let mut doc = docs
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| AutoCommit::new().with_actor(actor.clone()));
-        edit(&mut rng, &mut doc, &actor_hex, &seen, &handoff);
         if doc.commit().is_none() {
             continue;
         }
@@ -275,7 +375,7 @@ fn crafted_pushes(seed: u64) {
         let (status, body) = rt.block_on(async {
             let r = client
                 .post(format!("{}/v1/push", relay.url))
-                .bearer_auth(&token)
+                .bearer_auth(if by_manager { &max_token } else { &token })
                 .body(wire::encode(&PushRequest {
                     changes: vec![DocChange {
                         doc: id.clone(),
@@ -300,7 +400,11 @@ fn crafted_pushes(seed: u64) {
             *answers.entry(answer).or_default() += 1;
             if matches!(reply.verdicts[0], Verdict::Stored) {
                 stored += 1;
-                docs.insert(id, doc);
+                if by_manager {
+                    team_doc = doc;
+                } else {
+                    docs.insert(id, doc);
+                }
             }
         }
         if i % 50 == 49 {
@@ -317,6 +421,13 @@ fn crafted_pushes(seed: u64) {
         phone.sync();
     }
     assert_converged(&[&max, &lee]);
+    // Whatever the manager's phone sent, nobody lost their place in the team.
+    for phone in [&max, &ana, &lee] {
+        let members = phone.store.team().unwrap().members;
+        for (id, before) in &members_before {
+            assert_eq!(members.get(id), Some(before), "seed {seed}: member {id}");
+        }
+    }
     let detail = max.store.task_detail(&task).unwrap();
     assert_eq!(detail.state.handoff.title, "Call back");
 }
