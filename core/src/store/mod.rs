@@ -149,11 +149,6 @@ impl Store {
         // alone uses more, and re-parsing them cost most of a write.
         conn.set_prepared_statement_cache_capacity(128);
         schema::upgrade(&conn)?;
-        let checkpointer = if options.checkpoint_thread {
-            Checkpointer::start(&mut conn, connect(path, key, options.durability)?)?
-        } else {
-            None
-        };
 
         let actor_hex = match meta(&conn, "actor")? {
             Some(a) => a,
@@ -182,6 +177,13 @@ impl Store {
             st.team = Some(Team::read(&doc));
             st.docs.put(TEAM_DOC, doc);
         }
+        // Last: once started, the thread ends only when `conn` is dropped,
+        // so no early return may come after it.
+        let checkpointer = if options.checkpoint_thread {
+            Checkpointer::start(&mut conn, connect(path, key, options.durability)?)?
+        } else {
+            None
+        };
         Ok(Store {
             db: Mutex::new(Db { conn, st }),
             _checkpointer: checkpointer,
@@ -613,22 +615,49 @@ impl Store {
                     None => docs::load(&tx, doc_id, &st.actor)?
                         .unwrap_or_else(|| AutoCommit::new().with_actor(st.actor.clone())),
                 };
-                let mut fresh = Vec::new();
+                let mut candidates = Vec::new();
                 let mut seen = HashSet::new();
                 for c in changes {
-                    if seen.insert(c.hash()) && docs::store_change(&tx, doc_id, &c, Some(&mut doc))?
-                    {
-                        fresh.push(c);
+                    if seen.insert(c.hash()) && doc.get_change_by_hash(&c.hash()).is_none() {
+                        candidates.push(c);
                     } else {
                         report.duplicates += 1;
                     }
                 }
-                report.applied += fresh.len();
-                if fresh.is_empty() {
+                // All at once; if automerge refuses one (a second change with
+                // a device's sequence number, say), one at a time from the
+                // stored document, leaving out what it refuses: one bad change
+                // must not stop every later sync.
+                let taken = match doc.apply_changes(candidates.iter().cloned()) {
+                    Ok(()) => candidates,
+                    Err(_) => {
+                        doc = docs::load(&tx, doc_id, &st.actor)?
+                            .unwrap_or_else(|| AutoCommit::new().with_actor(st.actor.clone()));
+                        let mut taken = Vec::with_capacity(candidates.len());
+                        for c in candidates {
+                            if doc.apply_changes([c.clone()]).is_ok() {
+                                taken.push(c);
+                            } else {
+                                report.invalid += 1;
+                            }
+                        }
+                        taken
+                    }
+                };
+                let mut fresh = 0;
+                for c in &taken {
+                    // Already stored: a change still waiting for its dependencies.
+                    if docs::store_change(&tx, doc_id, c, None)? {
+                        fresh += 1;
+                    } else {
+                        report.duplicates += 1;
+                    }
+                }
+                report.applied += fresh;
+                if fresh == 0 {
                     st.docs.put(doc_id, doc);
                     continue;
                 }
-                doc.apply_changes(fresh)?;
                 if !doc.get_missing_deps(&[]).is_empty() {
                     report.incomplete.push(doc_id.to_owned());
                 }
