@@ -84,6 +84,28 @@ struct DocEntry {
     /// The list its first change made for events: every later change may
     /// only append to it (`task_doc::Shape`).
     events_list: Option<String>,
+    /// Each device's last automerge sequence number in this document. A
+    /// device's next change must take the next one: two changes with one
+    /// number would make automerge refuse the second on every phone, and
+    /// with it every sync round that pulled it.
+    seqs: HashMap<Arc<str>, u64>,
+}
+
+impl DocEntry {
+    fn new(events_list: Option<String>) -> DocEntry {
+        DocEntry {
+            events: Vec::new(),
+            state: None,
+            events_list,
+            seqs: HashMap::new(),
+        }
+    }
+
+    /// Take a change's sequence number as its device's last.
+    fn count(&mut self, actor: Arc<str>, seq: u64) {
+        let last = self.seqs.entry(actor).or_insert(0);
+        *last = (*last).max(seq);
+    }
 }
 
 struct FeedEntry {
@@ -105,7 +127,9 @@ pub struct TeamState {
     /// Each document's feed entries, oldest first (for repair).
     seqs_by_doc: HashMap<Arc<str>, Vec<u64>>,
     actors: HashMap<String, Arc<str>>,
-    hashes: HashSet<ChangeHash>,
+    /// Every change in the feed, with its document: a change may only
+    /// build on changes of its own document.
+    hashes: HashMap<ChangeHash, Arc<str>>,
     /// The bytes of the newest changes, seqs `head - len + 1 ..= head`.
     recent: VecDeque<Arc<[u8]>>,
     recent_bytes: usize,
@@ -202,7 +226,7 @@ impl TeamState {
             uncommitted: 0,
             seqs_by_doc: HashMap::new(),
             actors: HashMap::new(),
-            hashes: HashSet::new(),
+            hashes: HashMap::new(),
             recent: VecDeque::new(),
             recent_bytes: 0,
             waiters: HashMap::new(),
@@ -222,7 +246,7 @@ impl TeamState {
                 }
                 let doc: Arc<str> = st.doc_key(&r.doc_id);
                 let size = r.bytes.len() as u32;
-                st.hashes.insert(ChangeHash(r.hash));
+                st.hashes.insert(ChangeHash(r.hash), doc.clone());
                 st.remember(Arc::from(r.bytes.as_slice()));
                 let change = Change::from_bytes(r.bytes);
                 let actor = match &change {
@@ -232,7 +256,7 @@ impl TeamState {
                 st.feed.push(FeedEntry {
                     doc: doc.clone(),
                     size,
-                    actor,
+                    actor: actor.clone(),
                 });
                 st.seqs_by_doc.entry(doc.clone()).or_default().push(r.seq);
                 match change {
@@ -241,11 +265,8 @@ impl TeamState {
                         let (task, generation) = split_doc_id(&doc);
                         let newest = st.generations.entry(task.to_owned()).or_insert(0);
                         *newest = (*newest).max(generation);
-                        let entry = st.docs.entry(doc).or_insert_with(|| DocEntry {
-                            events: Vec::new(),
-                            state: None,
-                            events_list: None,
-                        });
+                        let entry = st.docs.entry(doc).or_insert_with(|| DocEntry::new(None));
+                        entry.count(actor, c.seq());
                         let read = read_change(&c);
                         if let Shape::Layout { events_list } = read.shape {
                             entry.events_list.get_or_insert(events_list);
@@ -469,7 +490,7 @@ impl TeamState {
         let (c, read) = change.decoded.as_ref().map_err(Clone::clone)?;
         let new_events = &read.events;
         let hash = c.hash();
-        if self.hashes.contains(&hash) {
+        if self.hashes.contains_key(&hash) {
             return Ok(false);
         }
         if c.actor_id().to_hex_string() != caller.actor {
@@ -527,10 +548,19 @@ impl TeamState {
                 ));
             }
         }
-        if c.deps().iter().any(|d| !self.hashes.contains(d)) {
+        if c.deps().iter().any(|d| !self.hashes.contains_key(d)) {
             return Err(refuse(
                 RefusalCode::MissingDependencies,
                 "it builds on a change the relay does not have",
+            ));
+        }
+        if c.deps()
+            .iter()
+            .any(|d| self.hashes.get(d).is_some_and(|of| **of != *change.doc))
+        {
+            return Err(refuse(
+                RefusalCode::InvalidChange,
+                "it builds on a change of another document",
             ));
         }
         if change.doc == TEAM_DOC {
@@ -565,18 +595,37 @@ impl TeamState {
             self.rederive_all();
         } else {
             // After its first change, a task document only grows by events
-            // appended to the list that change made.
-            if let Shape::Appends { list: Some(list) } = &read.shape {
+            // appended to the list that change made; nothing but a first
+            // change starts one (not even a change with no operations).
+            if let Shape::Appends { list } = &read.shape {
                 let own = self
                     .docs
                     .get(change.doc.as_str())
                     .and_then(|e| e.events_list.as_deref());
-                if own != Some(list.as_str()) {
+                let fits = match (own, list) {
+                    (None, _) => false,
+                    (Some(own), Some(list)) => own == list,
+                    (Some(_), None) => true,
+                };
+                if !fits {
                     return Err(refuse(
                         RefusalCode::InvalidChange,
                         "a change to a task document only appends events to its list",
                     ));
                 }
+            }
+            let device = self.actor_key(&caller.actor);
+            let last = self
+                .docs
+                .get(change.doc.as_str())
+                .and_then(|e| e.seqs.get(&device))
+                .copied()
+                .unwrap_or(0);
+            if c.seq() != last + 1 {
+                return Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "it does not follow the device's last change to this document",
+                ));
             }
             // Events from other devices come only as copies into a redacted
             // task's next generation, of events the relay already has.
@@ -621,13 +670,11 @@ impl TeamState {
                 }
             }
             // Taken out to grow in place; put back as it was on a refusal.
-            let mut entry = self.docs.remove(&key).unwrap_or(DocEntry {
-                events: Vec::new(),
-                state: None,
-                events_list: match &read.shape {
+            let mut entry = self.docs.remove(&key).unwrap_or_else(|| {
+                DocEntry::new(match &read.shape {
                     Shape::Layout { events_list } => Some(events_list.clone()),
                     _ => None,
-                },
+                })
             });
             let before = entry.events.len();
             entry.events.extend(new_events.iter().cloned());
@@ -661,6 +708,7 @@ impl TeamState {
                 }
             };
             entry.state = state;
+            entry.count(device, c.seq());
             self.docs.insert(key, entry);
             let newest = self
                 .generations
@@ -774,7 +822,8 @@ impl TeamState {
         // Later changes may build on it, and a second copy of it is a
         // duplicate (answered only once it is committed: answers go out in
         // order).
-        self.hashes.insert(c.hash());
+        let key = self.doc_key(&row.doc_id);
+        self.hashes.insert(c.hash(), key);
         row
     }
 
@@ -782,8 +831,10 @@ impl TeamState {
     /// takes a device's.
     fn admit_carry_over(&mut self, doc: &str, c: &Change) {
         let key = self.doc_key(doc);
+        let relay = self.actor_key(&c.actor_id().to_hex_string());
         let team = &self.team;
         if let Some(entry) = self.docs.get_mut(&key) {
+            entry.count(relay, c.seq());
             entry.events.extend(events_in_change(c));
             entry.state = derive(doc, &entry.events, team);
         }
@@ -795,12 +846,12 @@ impl TeamState {
         for (r, actor) in rows {
             let doc = self.doc_key(&r.doc_id);
             self.seqs_by_doc.entry(doc.clone()).or_default().push(r.seq);
+            self.hashes.insert(ChangeHash(r.hash), doc.clone());
             self.feed.push(FeedEntry {
                 doc,
                 size: r.bytes.len() as u32,
                 actor: actor.clone(),
             });
-            self.hashes.insert(ChangeHash(r.hash));
             self.remember(Arc::from(r.bytes.as_slice()));
         }
         let head = self.head();

@@ -344,6 +344,7 @@ fn crafted_pushes(seed: u64) {
 
     // Each document id's state as the relay has it (what it stored).
     let mut docs: HashMap<String, AutoCommit> = HashMap::new();
+    let mut earlier: HashMap<String, AutoCommit> = HashMap::new();
     docs.insert(task.clone(), real.with_actor(actor.clone()));
     let mut stored = 0;
     let mut answers: HashMap<String, usize> = HashMap::new();
@@ -361,14 +362,26 @@ fn crafted_pushes(seed: u64) {
                 2 => format!("crafted-{}", rng.random_range(0..3)),
                 _ => task.clone(),
             };
-            let mut doc = docs
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| AutoCommit::new().with_actor(actor.clone()));
-            edit(&mut rng, &mut doc, &actor_hex, &seen, &handoff);
+            // Now and then the change builds on another document's changes
+            // (the team's, or the task's under another id).
+            // Or on the document as it was before ana's last stored change:
+            // the new change takes that one's sequence number again.
+            let base = match rng.random_range(0..12) {
+                0 => Some(team_doc.clone().with_actor(actor.clone())),
+                1 => docs.get(&task).cloned(),
+                2 => earlier.get(&id).cloned(),
+                _ => docs.get(&id).cloned(),
+            };
+            let mut doc = base.unwrap_or_else(|| AutoCommit::new().with_actor(actor.clone()));
+            if rng.random_range(0..10) == 0 {
+                // A change with no operations at all.
+                doc.empty_change(automerge::transaction::CommitOptions::default());
+            } else {
+                edit(&mut rng, &mut doc, &actor_hex, &seen, &handoff);
+            }
             (id, doc)
         };
-        if doc.commit().is_none() {
+        if doc.commit().is_none() && doc.get_last_local_change().is_none() {
             continue;
         }
         let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
@@ -402,8 +415,8 @@ fn crafted_pushes(seed: u64) {
                 stored += 1;
                 if by_manager {
                     team_doc = doc;
-                } else {
-                    docs.insert(id, doc);
+                } else if let Some(before) = docs.insert(id.clone(), doc) {
+                    earlier.insert(id, before);
                 }
             }
         }
