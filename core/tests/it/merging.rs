@@ -143,3 +143,49 @@ fn every_change_the_app_writes_to_a_task_has_a_shape_the_relay_takes() {
     // The task's layout, and its redacted generation's.
     assert_eq!(layouts, 2);
 }
+
+/// Two different changes with one device's sequence number cannot both be
+/// in a document: automerge refuses the second. It is counted invalid and
+/// left out, and the rest of the batch, and every later sync, goes on.
+#[test]
+fn a_change_automerge_refuses_is_left_out_and_sync_goes_on() {
+    use automerge::transaction::Transactable;
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    let mut doc = automerge::AutoCommit::new();
+    for (d, bytes) in outbox(c.at("max")) {
+        if d == t {
+            doc.load_incremental(&bytes).unwrap();
+        }
+    }
+    c.sync();
+    let actor = automerge::ActorId::from(vec![0x5a; 16]);
+    let twin = |text: &str| {
+        let mut d = doc.clone().with_actor(actor.clone());
+        let list = match automerge::ReadDoc::get(&d, automerge::ROOT, "events") {
+            Ok(Some((_, id))) => id,
+            _ => panic!("no events list"),
+        };
+        let n = automerge::ReadDoc::length(&d, &list);
+        d.insert(&list, n, text).unwrap();
+        d.commit();
+        d.get_last_local_change().unwrap().raw_bytes().to_vec()
+    };
+    let (first, second) = (twin("one"), twin("two"));
+    c.at("max").comment(&t, "after the twins").unwrap();
+    let mut batch = vec![(t.clone(), first), (t.clone(), second)];
+    batch.extend(outbox(c.at("max")));
+    let report = c.at("ana").apply_remote(&batch).unwrap();
+    assert_eq!(report.invalid, 1, "{report:?}");
+    assert_eq!(
+        c.at("ana").task_detail(&t).unwrap().state,
+        c.at("max").task_detail(&t).unwrap().state
+    );
+    // The refused one is not kept: the store reopens and syncs on.
+    c.at("max").comment(&t, "later").unwrap();
+    c.send("max", "ana");
+    assert_eq!(c.at("ana").task_detail(&t).unwrap().state.comments.len(), 2);
+}
