@@ -487,6 +487,15 @@ impl TeamState {
     /// it into the state (`Ok(true)`; the caller writes its feed row).
     /// `Ok(false)`: the relay already has it.
     fn admit(&mut self, caller: &Caller, change: &Incoming) -> std::result::Result<bool, Verdict> {
+        // Tests of the panic path set this on a debug build: no input is
+        // known to make admission panic.
+        #[cfg(debug_assertions)]
+        if std::env::var("HANDOFF_TEST_PANIC_ON_DOC").is_ok_and(|d| d == change.doc) {
+            #[allow(clippy::panic)]
+            {
+                panic!("admission panic injected by a test");
+            }
+        }
         let (c, read) = change.decoded.as_ref().map_err(Clone::clone)?;
         let new_events = &read.events;
         let hash = c.hash();
@@ -981,6 +990,9 @@ enum Admitted {
     },
     /// Acknowledged once everything before it is committed.
     Flush(mpsc::SyncSender<()>),
+    /// Admission failed (a panic) or the team had failed already: nothing
+    /// of it is written, and the committer writes nothing more.
+    Failed(Vec<Reply>),
 }
 
 /// A push's answer, once the feed writer has taken it.
@@ -1044,36 +1056,51 @@ fn admitter(db: Arc<Db>, team_id: String, team: Weak<LoadedTeam>, jobs: mpsc::Re
 /// their seqs now (after those still being committed).
 fn admit_batch(team: &LoadedTeam, pushes: Vec<Push>) -> Admitted {
     let mut st = team.state();
+    if team.failed.load(Ordering::Acquire) {
+        // The state is not to be trusted; the next request reloads it.
+        return Admitted::Failed(pushes.into_iter().map(|p| p.reply).collect());
+    }
     let mut answers = Vec::with_capacity(pushes.len());
     let mut rows: Vec<(FeedRow, Arc<str>)> = Vec::new();
     let mut retire = Vec::new();
     let relay_actor = st.team_doc.get_actor().to_hex_string();
     let relay_actor = st.actor_key(&relay_actor);
-    for Push {
+    let mut pushes = pushes.into_iter();
+    while let Some(Push {
         caller,
         changes,
         reply,
-    } in pushes
+    }) = pushes.next()
     {
         let actor = st.actor_key(&caller.actor);
         let mut verdicts = Vec::with_capacity(changes.len());
         for change in changes {
-            // A panic while admitting (a bug, or automerge on a change it
-            // chokes on) must not end the team's feed writer: the change is
-            // refused, so its phone stops sending it, and the team, whose
-            // state it may have left half changed, is reloaded from its
-            // feed on next use.
-            let admitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                st.admit(&caller, &change)
-            }))
-            .unwrap_or_else(|_| {
-                team.failed.store(true, Ordering::Release);
-                tracing::error!("admitting a change panicked; the team is reloaded on next use");
-                Err(refuse(
+            let hash = change.decoded.as_ref().ok().map(|(c, _)| c.hash());
+            if hash.is_some_and(|h| lock(poisoned()).contains(&h)) {
+                verdicts.push(refuse(
                     RefusalCode::InvalidChange,
                     "the relay could not read this change",
-                ))
-            });
+                ));
+                continue;
+            }
+            // A panic while admitting (a bug; no input is known to cause
+            // one) must not end the team's feed writer. The state may be
+            // half changed: nothing of this batch is written, every push in
+            // it is answered with an error to retry, the team is reloaded
+            // from its feed on next use, and the change is remembered, so
+            // that when its phone sends it again it is refused at once.
+            let admitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                st.admit(&caller, &change)
+            }));
+            let Ok(admitted) = admitted else {
+                team.failed.store(true, Ordering::Release);
+                tracing::error!("admitting a change panicked; the team is reloaded on next use");
+                lock(poisoned()).extend(hash);
+                let mut replies: Vec<Reply> = answers.into_iter().map(|(r, _)| r).collect();
+                replies.push(reply);
+                replies.extend(pushes.map(|p| p.reply));
+                return Admitted::Failed(replies);
+            };
             match admitted {
                 Ok(true) => {
                     let Ok((c, _)) = &change.decoded else {
@@ -1100,6 +1127,12 @@ fn admit_batch(team: &LoadedTeam, pushes: Vec<Push>) -> Admitted {
         answers,
         retire,
     }
+}
+
+/// Changes whose admission panicked, relay-wide: refused when sent again.
+fn poisoned() -> &'static Mutex<HashSet<ChangeHash>> {
+    static POISONED: std::sync::OnceLock<Mutex<HashSet<ChangeHash>>> = std::sync::OnceLock::new();
+    POISONED.get_or_init(Default::default)
 }
 
 /// The second stage: commit every admitted batch waiting in one
@@ -1131,6 +1164,12 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
                     retire.extend(t);
                 }
                 Admitted::Flush(done) => flushes.push(done),
+                Admitted::Failed(replies) => {
+                    failure.get_or_insert_with(|| {
+                        "the relay could not take this team's changes; try again".to_owned()
+                    });
+                    answers.extend(replies.into_iter().map(|r| (r, Vec::new())));
+                }
             }
         }
         if failure.is_none() && !rows.is_empty() {

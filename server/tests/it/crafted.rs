@@ -444,3 +444,66 @@ fn crafted_pushes(seed: u64) {
     let detail = max.store.task_detail(&task).unwrap();
     assert_eq!(detail.state.handoff.title, "Call back");
 }
+
+/// If admitting a change ever panics (a debug build injects one here: no
+/// input is known to), the relay answers that push with an error to retry,
+/// writes nothing of the batch, refuses the change when it comes again, and
+/// the team goes on.
+#[test]
+fn a_change_whose_admission_panics_is_refused_when_sent_again_and_the_team_goes_on() {
+    let relay = Relay::start_with_env(&[], &[("HANDOFF_TEST_PANIC_ON_DOC", "poison")]);
+    let (_team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = max
+        .store
+        .delegate(task_for("Call back", Some("ana"), None))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    let (rt, client) = http();
+    let token = ana.settings().token;
+    let actor = ActorId::from(hex::decode(ana.store.device_actor()).unwrap());
+    let mut doc = AutoCommit::new().with_actor(actor);
+    doc.put(ROOT, "task_id", "poison").unwrap();
+    doc.commit();
+    let bytes = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let push = |bytes: Vec<u8>| -> (u16, Vec<u8>) {
+        rt.block_on(async {
+            let r = client
+                .post(format!("{}/v1/push", relay.url))
+                .bearer_auth(&token)
+                .body(wire::encode(&PushRequest {
+                    changes: vec![DocChange {
+                        doc: "poison".into(),
+                        bytes,
+                    }],
+                }))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+        })
+    };
+    let (status, _) = push(bytes.clone());
+    assert_eq!(status, 500, "the first time: an error to retry");
+    let (status, body) = push(bytes);
+    assert_eq!(status, 200);
+    let reply: PushReply = wire::decode(&body).unwrap();
+    assert!(matches!(
+        reply.verdicts[0],
+        Verdict::Refused {
+            code: wire::RefusalCode::InvalidChange,
+            ..
+        }
+    ));
+    // The team, reloaded from its feed, goes on.
+    ana.store.comment(&task, "still here").unwrap();
+    assert_eq!(ana.sync().pushed, 1);
+    max.store.comment(&task, "me too").unwrap();
+    assert_eq!(max.sync().pushed, 1);
+    ana.sync();
+    assert_converged(&[&max, &ana]);
+    assert_eq!(
+        max.store.task_detail(&task).unwrap().state.comments.len(),
+        2
+    );
+}

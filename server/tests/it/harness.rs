@@ -18,6 +18,8 @@ pub struct Relay {
     port: u16,
     /// More arguments for `serve` (TLS).
     extra: Vec<String>,
+    /// More environment for the process.
+    env: Vec<(String, String)>,
 }
 
 impl Relay {
@@ -26,6 +28,10 @@ impl Relay {
     }
 
     pub fn start_with(serve_args: &[&str]) -> Relay {
+        Relay::start_with_env(serve_args, &[])
+    }
+
+    pub fn start_with_env(serve_args: &[&str], env: &[(&str, &str)]) -> Relay {
         let dir = tempfile::tempdir().unwrap();
         let mut relay = Relay {
             dir,
@@ -33,6 +39,10 @@ impl Relay {
             child: None,
             port: 0,
             extra: serve_args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         relay.spawn();
         relay
@@ -51,6 +61,7 @@ impl Relay {
                 .arg(self.db())
                 .args(["serve", "--bind", &format!("127.0.0.1:{}", self.port)])
                 .args(&self.extra)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .env("HANDOFF_LOG", "warn")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
