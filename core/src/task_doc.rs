@@ -208,9 +208,8 @@ pub enum Shape {
 
 /// Read a change's events, layout and shape in one pass.
 pub fn read_change(change: &automerge::Change) -> ChangeRead {
-    use automerge::legacy::{Key, ObjectId, OpType};
+    use automerge::legacy::{Key, ObjectId, OpId, OpType};
     let decoded = change.decode();
-    let actor = decoded.actor_id.to_hex_string();
     let first = decoded.deps.is_empty();
     let mut read = ChangeRead {
         events: Vec::new(),
@@ -218,15 +217,16 @@ pub fn read_change(change: &automerge::Change) -> ChangeRead {
         generation: None,
         shape: Shape::Appends { list: None },
     };
-    let mut events_list: Option<String> = None;
-    let mut patient: Option<String> = None;
+    // Objects by the operation that made them; named as strings at the end.
+    let mut events_list: Option<OpId> = None;
+    let mut patient: Option<OpId> = None;
+    let mut appended_to: Option<&OpId> = None;
     let mut malformed: Option<&'static str> = None;
-    let mut appended_to: Option<String> = None;
+    let made_here = |i: usize| OpId(decoded.start_op.get() + i as u64, decoded.actor_id.clone());
     for (i, op) in decoded.operations.iter().enumerate() {
-        let id = format!("{}@{actor}", decoded.start_op.get() + i as u64);
         let obj = match &op.obj {
             ObjectId::Root => None,
-            ObjectId::Id(o) => Some(format!("{}@{}", o.0, o.1.to_hex_string())),
+            ObjectId::Id(o) => Some(o),
         };
         let key = match &op.key {
             Key::Map(k) => Some(k.as_str()),
@@ -237,7 +237,7 @@ pub fn read_change(change: &automerge::Change) -> ChangeRead {
                 read.events.extend(parse_event(s));
             }
         }
-        match (&op.action, obj.as_deref(), key) {
+        match (&op.action, obj, key) {
             (OpType::Put(ScalarValue::Str(s)), None, Some("task_id")) => {
                 read.task_id = Some(s.to_string());
             }
@@ -249,34 +249,35 @@ pub fn read_change(change: &automerge::Change) -> ChangeRead {
             }
             _ => {}
         }
-        let fits = match (&op.action, obj.as_deref(), key) {
+        let fits = match (&op.action, obj, key) {
             _ if !op.pred.is_empty() => false,
-            (OpType::Put(ScalarValue::Str(_)), Some(list), None) if op.insert => match &appended_to
-            {
-                Some(l) if l != list => false,
-                _ => {
-                    appended_to = Some(list.to_owned());
-                    !first || events_list.as_deref() == Some(list)
+            (OpType::Put(ScalarValue::Str(_)), Some(list), None) if op.insert => {
+                match appended_to {
+                    Some(l) if l != list => false,
+                    _ => {
+                        appended_to = Some(list);
+                        !first || events_list.as_ref() == Some(list)
+                    }
                 }
-            },
+            }
             _ if !first || op.insert => false,
             (OpType::Put(ScalarValue::Str(_)), None, Some("task_id")) => true,
             (OpType::Put(ScalarValue::Int(_) | ScalarValue::Uint(_)), None, Some("generation")) => {
                 true
             }
             (OpType::Make(ObjType::List), None, Some("events")) if events_list.is_none() => {
-                events_list = Some(id);
+                events_list = Some(made_here(i));
                 true
             }
             (OpType::Make(ObjType::Map), None, Some("patient")) if patient.is_none() => {
-                patient = Some(id);
+                patient = Some(made_here(i));
                 true
             }
             (
                 OpType::Put(ScalarValue::Str(_)),
                 Some(map),
                 Some("display_name" | "phone" | "record_ref"),
-            ) => patient.as_deref() == Some(map),
+            ) => patient.as_ref() == Some(map),
             _ => false,
         };
         if !fits && malformed.is_none() {
@@ -287,13 +288,18 @@ pub fn read_change(change: &automerge::Change) -> ChangeRead {
             });
         }
     }
+    let name = |id: &OpId| format!("{}@{}", id.0, id.1.to_hex_string());
     read.shape = match (malformed, first, events_list) {
         (Some(why), _, _) => Shape::Malformed(why),
-        (None, true, Some(events_list)) => Shape::Layout { events_list },
+        (None, true, Some(list)) => Shape::Layout {
+            events_list: name(&list),
+        },
         (None, true, None) => {
             Shape::Malformed("a task document's first change makes its events list")
         }
-        (None, false, _) => Shape::Appends { list: appended_to },
+        (None, false, _) => Shape::Appends {
+            list: appended_to.map(name),
+        },
     };
     read
 }
