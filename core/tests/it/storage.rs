@@ -303,3 +303,34 @@ fn the_write_ahead_log_is_checkpointed_off_the_write_path_and_stays_short() {
         .sum();
     assert_eq!(comments, writes);
 }
+
+/// A store whose team document no longer decodes fails to open with an
+/// error, and promptly: the checkpoint thread starts only once nothing can
+/// fail (before, an error after it started left `open` waiting on it).
+#[test]
+fn a_damaged_store_fails_to_open_with_an_error_and_does_not_hang() {
+    let c = Clinic::with(&["max", "ana"]);
+    let path = c.dir.path().join("1-ana.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"x'{}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+            hex::encode(KEY)
+        ))
+        .unwrap();
+        let damaged = conn
+            .execute("UPDATE changes SET bytes = x'00' WHERE doc_id = 'team'", [])
+            .unwrap();
+        assert!(damaged > 0, "the team document has changes to damage");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opening = path.clone();
+    let clock = c.clock.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(Store::open(opening, &KEY, options(&clock)).map(|_| ()));
+    });
+    let opened = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("Store::open returned");
+    assert!(matches!(opened, Err(Error::Corrupt(_))), "{opened:?}");
+}
