@@ -112,23 +112,7 @@ impl Store {
         set_meta(&tx, "wiped", "device revoked")?;
         tx.commit()?;
         conn.execute_batch("VACUUM")?;
-        // The WAL still holds the deleted pages until it is emptied. The
-        // store's checkpoint thread may be copying it back right now (the
-        // VACUUM woke it): then the truncating checkpoint reports "busy"
-        // and must be tried again.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-            if busy == 0 {
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-                    Some("the log could not be emptied after the wipe".into()),
-                )));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        // The WAL still holds the deleted pages until it is emptied.
+        super::empty_log(conn)
     }
 }

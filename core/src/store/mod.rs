@@ -1077,6 +1077,38 @@ fn reindex_all(conn: &Connection, st: &mut State, team: &Team) -> Result<usize> 
 }
 
 /// The same event without free text that may name the patient.
+/// Copy the whole WAL back into the store file and empty it. The store's
+/// checkpoint thread may be copying it right now: then the truncating
+/// checkpoint reports "busy" and is tried again, for up to ten seconds.
+fn empty_log(conn: &Connection) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                Some("the log could not be emptied".into()),
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+impl Drop for Store {
+    /// Leave everything in the store file, as SQLite does when its last
+    /// connection closes: with the checkpoint thread's connection open, the
+    /// writer's is not the last, and which one closes last is a race. A
+    /// failure here loses nothing: the WAL stays beside the file and the
+    /// next open reads it.
+    fn drop(&mut self) {
+        let db = self.lock();
+        let _ = empty_log(&db.conn);
+    }
+}
+
 /// A connection to the store file, keyed, in WAL mode, syncing as the
 /// options say. The writer and the checkpoint thread each have one.
 fn connect(path: &Path, key: &[u8], durability: Durability) -> Result<Connection> {
