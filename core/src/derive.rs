@@ -302,6 +302,18 @@ pub fn derive(task_id: &str, events: Vec<Event>, team: &Team) -> Option<TaskStat
     })
 }
 
+/// [`derive`] from borrowed events (a cached parse stays in the cache).
+pub fn derive_borrowed(task_id: &str, events: &[Event], team: &Team) -> Option<TaskState> {
+    let (state, outcomes) = derive_outcomes(task_id, events, team);
+    state.map(|mut s| {
+        s.history = outcomes
+            .into_iter()
+            .map(|(e, outcome)| HistoryEntry::of(e, outcome))
+            .collect();
+        s
+    })
+}
+
 /// The state (if any) and what became of every event, even when the task
 /// was never created (a refused `created` event says why here).
 pub fn derive_with_history(

@@ -161,11 +161,18 @@ pub(crate) fn delete_document(conn: &Connection, doc_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// A task document's events, and how many of its list entries did not
+/// parse as one (left out, counted so the detail view can say so).
+pub(crate) struct ParsedEvents {
+    pub events: Vec<Event>,
+    pub unreadable: usize,
+}
+
 /// Loaded documents, least recently used dropped first.
 pub(crate) struct DocCache {
     docs: HashMap<String, (AutoCommit, u64)>,
     /// Parsed events of a task document, valid at these heads only.
-    events: HashMap<String, (Vec<ChangeHash>, Vec<Event>)>,
+    events: HashMap<String, (Vec<ChangeHash>, ParsedEvents)>,
     tick: u64,
     capacity: usize,
 }
@@ -210,16 +217,25 @@ impl DocCache {
         self.events.clear();
     }
 
-    /// The document's events as parsed at `heads`, if still current, taken
-    /// out of the cache (put back with [`DocCache::put_events`]).
-    pub fn take_events(&mut self, doc_id: &str, heads: &[ChangeHash]) -> Option<Vec<Event>> {
+    /// The document's events as parsed at `heads`: from the cache if still
+    /// current (taken out, not copied; put back with
+    /// [`DocCache::put_events`]), else parsed from `doc`.
+    pub fn take_events(
+        &mut self,
+        doc_id: &str,
+        doc: &AutoCommit,
+        heads: &[ChangeHash],
+    ) -> ParsedEvents {
         match self.events.remove(doc_id) {
-            Some((at, events)) if at.as_slice() == heads => Some(events),
-            _ => None,
+            Some((at, parsed)) if at.as_slice() == heads => parsed,
+            _ => {
+                let (events, unreadable) = crate::task_doc::events(doc);
+                ParsedEvents { events, unreadable }
+            }
         }
     }
 
-    pub fn put_events(&mut self, doc_id: &str, heads: Vec<ChangeHash>, events: Vec<Event>) {
+    pub fn put_events(&mut self, doc_id: &str, heads: Vec<ChangeHash>, events: ParsedEvents) {
         if self.docs.contains_key(doc_id) {
             self.events.insert(doc_id.to_owned(), (heads, events));
         }

@@ -502,19 +502,16 @@ impl Store {
         };
         let heads = doc.get_heads();
         // Taken out of the cache (not copied), put back below.
-        let mut events = match st.docs.take_events(&doc_id, &heads) {
-            Some(events) => events,
-            None => task_doc::events(&doc).0,
-        };
+        let mut parsed = st.docs.take_events(&doc_id, &doc, &heads);
         let now = st.clock.now();
-        let event = Event::next(&events, &st.actor_hex, &user, now, action(&mut doc));
-        events.push(event.clone());
-        let state = match checked(task_id, &events, &event, team) {
+        let event = Event::next(&parsed.events, &st.actor_hex, &user, now, action(&mut doc));
+        parsed.events.push(event.clone());
+        let state = match checked(task_id, &parsed.events, &event, team) {
             Ok(s) => s,
             Err(e) => {
-                events.pop();
+                parsed.events.pop();
                 st.docs.put(&doc_id, doc);
-                st.docs.put_events(&doc_id, heads, events);
+                st.docs.put_events(&doc_id, heads, parsed);
                 return Err(e);
             }
         };
@@ -531,7 +528,7 @@ impl Store {
             Ok(()) => {
                 let heads = doc.get_heads();
                 st.docs.put(&doc_id, doc);
-                st.docs.put_events(&doc_id, heads, events);
+                st.docs.put_events(&doc_id, heads, parsed);
                 Ok(state)
             }
             // The in-memory document may hold the change the database does not.

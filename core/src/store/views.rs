@@ -10,7 +10,7 @@ use rusqlite::{params, Row};
 use serde::{Deserialize, Serialize};
 
 use super::{docs, index, would_apply, Db, State, Store};
-use crate::derive::{derive, TaskState, TaskStatus};
+use crate::derive::{derive_borrowed, TaskState, TaskStatus};
 use crate::error::{Error, Result};
 use crate::event::Action;
 use crate::model::{
@@ -464,16 +464,20 @@ impl Store {
         let mut db = self.lock();
         let doc_id = index::doc_of(&db.conn, task_id)?;
         let Db { conn, st } = &mut *db;
-        let doc = match st.docs.take(&doc_id) {
+        let mut doc = match st.docs.take(&doc_id) {
             Some(d) => d,
             None => docs::load(conn, &doc_id, &st.actor)?
                 .ok_or(Error::Corrupt("indexed task has no document"))?,
         };
-        let (events, unreadable_events) = task_doc::events(&doc);
+        // Kept in the cache beside the document: the write that usually
+        // follows opening a task (logging the call) need not parse them again.
+        let heads = doc.get_heads();
+        let parsed = st.docs.take_events(&doc_id, &doc, &heads);
         let patient = task_doc::patient(&doc);
         st.docs.put(&doc_id, doc);
+        let events = &parsed.events;
         let team = st.team.as_ref().ok_or(Error::NotEnrolled)?;
-        let state = derive(task_id, events.clone(), team)
+        let state = derive_borrowed(task_id, events, team)
             .ok_or_else(|| Error::TaskNotFound(task_id.into()))?;
         // Each command is offered only if the same fold that validates it
         // would apply it now: the buttons cannot disagree with the rules.
@@ -483,12 +487,14 @@ impl Store {
                 .into_iter()
                 .filter(|command| {
                     command.candidates(&state, team).into_iter().any(|action| {
-                        would_apply(task_id, &events, &st.actor_hex, user, now, action, team)
+                        would_apply(task_id, events, &st.actor_hex, user, now, action, team)
                     })
                 })
                 .collect(),
             None => Vec::new(),
         };
+        let unreadable_events = parsed.unreadable;
+        st.docs.put_events(&doc_id, heads, parsed);
         let escalations = db
             .summaries("task_id = ?1", "task_id", &[&task_id])?
             .pop()
