@@ -92,24 +92,36 @@ fn events_obj(doc: &AutoCommit) -> Option<ObjId> {
 
 /// The events, in list order. One that does not parse (written by a newer
 /// app, or damaged) is skipped and counted, never fatal.
+///
+/// Two delegators who remove the patient's details at the same time each
+/// lay out the next generation, so its document can hold two events lists
+/// (a conflict at the root). The events are those of every list: each
+/// redactor's copies, and what was appended to either. Copies of one event
+/// share its id; [`crate::derive`] counts an id once.
 pub fn events(doc: &AutoCommit) -> (Vec<Event>, usize) {
-    let Some(list) = events_obj(doc) else {
-        return (Vec::new(), 0);
+    let lists = match doc.get_all(ROOT, "events") {
+        Ok(values) => values,
+        Err(_) => return (Vec::new(), 0),
     };
     let mut skipped = 0;
-    let events = doc
-        .list_range(&list, ..)
-        .filter_map(|item| {
+    let mut events = Vec::new();
+    for (value, list) in lists {
+        if !matches!(value, Value::Object(ObjType::List)) {
+            continue;
+        }
+        events.extend(doc.list_range(&list, ..).filter_map(|item| {
             let parsed = item.value.as_ref_str().and_then(parse_event);
             if parsed.is_none() {
                 skipped += 1;
             }
             parsed
-        })
-        .collect();
+        }));
+    }
     (events, skipped)
 }
 
+/// Append to the events list every replica with the same changes sees
+/// first (automerge's winner of a conflict at the root, see [`events`]).
 pub fn append(doc: &mut AutoCommit, event: &Event) -> Result<()> {
     let list = match events_obj(doc) {
         Some(l) => l,

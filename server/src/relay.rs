@@ -81,9 +81,10 @@ pub struct Caller {
 struct DocEntry {
     events: Vec<Event>,
     state: Option<TaskState>,
-    /// The list its first change made for events: every later change may
-    /// only append to it (`task_doc::Shape`).
-    events_list: Option<String>,
+    /// The lists its layouts made for events: every later change may only
+    /// append to one of them (`task_doc::Shape`). One, but for a redacted
+    /// generation laid out by two delegators at the same time.
+    events_lists: Vec<String>,
     /// Each device's last automerge sequence number in this document. A
     /// device's next change must take the next one: two changes with one
     /// number would make automerge refuse the second on every phone, and
@@ -92,12 +93,21 @@ struct DocEntry {
 }
 
 impl DocEntry {
-    fn new(events_list: Option<String>) -> DocEntry {
+    fn new() -> DocEntry {
         DocEntry {
             events: Vec::new(),
             state: None,
-            events_list,
+            events_lists: Vec::new(),
             seqs: HashMap::new(),
+        }
+    }
+
+    /// Take a layout's events list as one the document's events go to.
+    fn laid_out(&mut self, shape: &Shape) {
+        if let Shape::Layout { events_list } = shape {
+            if !self.events_lists.contains(events_list) {
+                self.events_lists.push(events_list.clone());
+            }
         }
     }
 
@@ -265,12 +275,10 @@ impl TeamState {
                         let (task, generation) = split_doc_id(&doc);
                         let newest = st.generations.entry(task.to_owned()).or_insert(0);
                         *newest = (*newest).max(generation);
-                        let entry = st.docs.entry(doc).or_insert_with(|| DocEntry::new(None));
+                        let entry = st.docs.entry(doc).or_insert_with(DocEntry::new);
                         entry.count(actor, c.seq());
                         let read = read_change(&c);
-                        if let Shape::Layout { events_list } = read.shape {
-                            entry.events_list.get_or_insert(events_list);
-                        }
+                        entry.laid_out(&read.shape);
                         entry.events.extend(read.events);
                     }
                     Err(_) => failed = Some(r.seq),
@@ -528,12 +536,15 @@ impl TeamState {
         if let Shape::Malformed(why) = &read.shape {
             return Err(refuse(RefusalCode::InvalidChange, why));
         }
-        // A document's first change must lay out what its id says, once.
+        // A document's first change must lay out what its id says, once;
+        // a redacted generation's may come twice: two delegators removed
+        // the patient's details at the same time, each laying it out.
+        let laid_out_again = change.doc != TEAM_DOC
+            && c.deps().is_empty()
+            && self.docs.contains_key(change.doc.as_str());
         if change.doc != TEAM_DOC && c.deps().is_empty() {
             let laid_out = (read.task_id.as_deref(), read.generation);
-            if self.docs.contains_key(change.doc.as_str())
-                || laid_out != (Some(task), Some(generation))
-            {
+            if (laid_out_again && generation == 0) || laid_out != (Some(task), Some(generation)) {
                 return Err(refuse(
                     RefusalCode::InvalidChange,
                     "a task document starts once, with its own id and generation",
@@ -541,9 +552,15 @@ impl TeamState {
             }
         }
         // A newer generation of a known task is a redaction: only someone
-        // who may delegate, and may see the task, re-creates it.
+        // who may delegate, and may see the task, re-creates it. Laying out
+        // the current generation again is one too.
         let redaction = newest.filter(|&newest| generation > newest);
-        if let Some(newest) = redaction {
+        let redacting = match redaction {
+            Some(newest) => Some(newest),
+            None if laid_out_again => Some(generation),
+            None => None,
+        };
+        if let Some(newest) = redacting {
             let current = self
                 .docs
                 .get(doc_id_of(task, newest).as_str())
@@ -610,11 +627,11 @@ impl TeamState {
                 let own = self
                     .docs
                     .get(change.doc.as_str())
-                    .and_then(|e| e.events_list.as_deref());
-                let fits = match (own, list) {
-                    (None, _) => false,
-                    (Some(own), Some(list)) => own == list,
-                    (Some(_), None) => true,
+                    .map_or(&[][..], |e| e.events_lists.as_slice());
+                let fits = match list {
+                    _ if own.is_empty() => false,
+                    Some(list) => own.contains(list),
+                    None => true,
                 };
                 if !fits {
                     return Err(refuse(
@@ -666,6 +683,8 @@ impl TeamState {
                     derived.as_ref()
                 };
                 let may_write = match (seen, prior) {
+                    // Laying out a redacted generation: judged above.
+                    _ if redacting.is_some() => true,
                     (Some(seen), _) => may_read_task(&self.team, &caller.user_id, seen),
                     // A new task: its own `created` event decides below.
                     (None, None) => true,
@@ -679,12 +698,7 @@ impl TeamState {
                 }
             }
             // Taken out to grow in place; put back as it was on a refusal.
-            let mut entry = self.docs.remove(&key).unwrap_or_else(|| {
-                DocEntry::new(match &read.shape {
-                    Shape::Layout { events_list } => Some(events_list.clone()),
-                    _ => None,
-                })
-            });
+            let mut entry = self.docs.remove(&key).unwrap_or_else(DocEntry::new);
             let before = entry.events.len();
             entry.events.extend(new_events.iter().cloned());
             let (state, refused) = {
@@ -717,6 +731,7 @@ impl TeamState {
                 }
             };
             entry.state = state;
+            entry.laid_out(&read.shape);
             entry.count(device, c.seq());
             self.docs.insert(key, entry);
             let newest = self

@@ -149,6 +149,56 @@ fn redaction_recreates_the_task_without_the_patients_history_and_loses_no_work()
     ));
 }
 
+/// Two delegators remove the patient's details at the same time: the next
+/// generation is laid out twice, with two events lists. Every replica reads
+/// both, so nothing either wrote after redacting, nor the call only one of
+/// them had seen, is lost, and all agree.
+#[test]
+fn two_redactions_at_once_keep_everyones_events() {
+    let c = Clinic::with(&["max", "ana", "lee"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::NoAnswer))
+        .unwrap();
+    c.send("ana", "lee");
+    c.at("max").redact_patient(&t).unwrap();
+    c.at("lee").redact_patient(&t).unwrap();
+    c.at("max").comment(&t, "max, after redacting").unwrap();
+    c.at("lee").comment(&t, "lee, after redacting").unwrap();
+    c.sync();
+    c.sync();
+    let first = c.at("max").task_detail(&t).unwrap();
+    for u in ["max", "ana", "lee"] {
+        let d = c.at(u).task_detail(&t).unwrap();
+        assert_eq!(d.state, first.state, "on {u}");
+        assert_eq!(d.patient, None, "on {u}");
+        assert_eq!(d.state.calls.len(), 1, "on {u}");
+        let mut comments: Vec<_> = d.state.comments.iter().map(|c| c.text.as_str()).collect();
+        comments.sort_unstable();
+        assert_eq!(
+            comments,
+            ["lee, after redacting", "max, after redacting"],
+            "on {u}"
+        );
+    }
+    // Later work lands once, whoever writes it.
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::Reached))
+        .unwrap();
+    c.sync();
+    for u in ["max", "ana", "lee"] {
+        assert_eq!(
+            c.at(u).task_detail(&t).unwrap().state.calls.len(),
+            2,
+            "on {u}"
+        );
+    }
+}
+
 #[test]
 fn a_document_that_is_not_what_its_id_says_is_ignored() {
     let c = Clinic::with(&["max", "ana"]);

@@ -240,3 +240,81 @@ fn a_relay_stopped_between_a_redaction_and_its_cleanup_finishes_it_when_it_loads
     assert_eq!(relay.terminate().code(), Some(0));
     assert!(!relay_files_hold(&relay, NAME));
 }
+
+/// Two managers remove the patient's details from one task at the same
+/// time, each offline, and each writes to the task after: the next
+/// generation is laid out twice. The relay takes both layouts (also after a
+/// restart between them and what follows), and every phone ends with the
+/// same task, with everyone's work and no patient details, in whichever
+/// order they sync.
+#[test]
+fn two_managers_redacting_at_once_lose_nothing_and_converge() {
+    for lee_first in [false, true] {
+        let mut relay = Relay::start();
+        let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+        let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+        let task = quill_task_with_a_call(&max, &ana);
+        lee.sync();
+        max.store.redact_patient(&task).unwrap();
+        lee.store.redact_patient(&task).unwrap();
+        max.store.comment(&task, "max, after redacting").unwrap();
+        lee.store.comment(&task, "lee, after redacting").unwrap();
+        let (first, second) = if lee_first {
+            (&lee, &max)
+        } else {
+            (&max, &lee)
+        };
+        first.sync();
+        // Only the second layout; the relay restarts before the comment
+        // on top of it comes.
+        let layout = second.store.outbox(1).unwrap().remove(0);
+        assert_eq!(layout.doc_id, format!("{task}.1"));
+        let verdicts = push(
+            &relay,
+            second,
+            vec![DocChange {
+                doc: layout.doc_id,
+                bytes: layout.bytes,
+            }],
+        );
+        assert!(
+            matches!(verdicts.as_slice(), [Verdict::Stored]),
+            "{verdicts:?}"
+        );
+        assert_eq!(relay.terminate().code(), Some(0));
+        relay.spawn();
+        for phone in [second, &ana, first, second] {
+            phone.sync();
+        }
+        assert_converged(&[&max, &lee, &ana]);
+        // Work after both redactions reaches everyone too.
+        ana.store
+            .log_call(&task, call(CallOutcome::Reached))
+            .unwrap();
+        lee.store.comment(&task, "lee, later").unwrap();
+        for phone in [&ana, &lee, &max, &ana, &lee] {
+            phone.sync();
+        }
+        assert_converged(&[&max, &lee, &ana]);
+        for (who, phone) in [("max", &max), ("lee", &lee), ("ana", &ana)] {
+            let d = phone.store.task_detail(&task).unwrap();
+            assert_eq!(d.patient, None, "on {who}");
+            let mut comments: Vec<_> = d.state.comments.iter().map(|c| c.text.clone()).collect();
+            comments.sort();
+            assert_eq!(
+                comments,
+                ["lee, after redacting", "lee, later", "max, after redacting"],
+                "on {who} (lee first: {lee_first})"
+            );
+            assert_eq!(d.state.calls.len(), 2, "on {who}");
+            assert!(
+                phone.store.needs_attention().unwrap().is_empty(),
+                "on {who}: {:?}",
+                phone.store.needs_attention()
+            );
+            assert!(phone.store.outbox(10).unwrap().is_empty(), "on {who}");
+        }
+        assert_eq!(relay.terminate().code(), Some(0));
+        assert!(!relay_files_hold(&relay, NAME));
+    }
+}
