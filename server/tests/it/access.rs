@@ -1,6 +1,4 @@
-use handoff_core::sync::wire::{
-    self, DocChange, PullReply, PushReply, PushRequest, RefusalCode, Verdict,
-};
+use handoff_core::sync::wire::{self, PullReply, RefusalCode, Verdict};
 use handoff_core::*;
 
 use crate::harness::*;
@@ -52,32 +50,17 @@ fn a_device_of_one_team_reads_nothing_of_another() {
         .delegate(task_for("B's task", Some("zoe"), None))
         .unwrap();
     let zoes = zoe.store.outbox(10).unwrap().remove(0);
-    rt.block_on(async {
-        let r = client
-            .post(format!("{}/v1/push", relay.url))
-            .bearer_auth(&token)
-            .body(wire::encode(&PushRequest {
-                changes: vec![DocChange {
-                    doc: secret.clone(),
-                    bytes: zoes.bytes.clone(),
-                }],
-            }))
-            .send()
-            .await
-            .unwrap();
-        let reply: PushReply = wire::decode(&r.bytes().await.unwrap()).unwrap();
-        assert!(
-            matches!(
-                reply.verdicts.as_slice(),
-                [Verdict::Refused {
-                    code: RefusalCode::InvalidChange,
-                    ..
-                }]
-            ),
-            "{:?}",
-            reply.verdicts
-        );
-    });
+    let verdicts = RawPush::to(&relay).verdicts(&token, vec![doc_change(&secret, zoes.bytes)]);
+    assert!(
+        matches!(
+            verdicts.as_slice(),
+            [Verdict::Refused {
+                code: RefusalCode::InvalidChange,
+                ..
+            }]
+        ),
+        "{verdicts:?}"
+    );
     max.sync();
     assert_eq!(max.store.task_ids().unwrap(), vec![secret.clone()]);
     assert_eq!(max.store.task_detail(&secret).unwrap().state, before);
@@ -324,30 +307,17 @@ fn a_change_written_by_another_device_is_refused() {
         .log_call(&task, call(CallOutcome::Reached))
         .unwrap();
     let anas = ana.store.outbox(10).unwrap();
-    let (rt, client) = http();
-    let token = max.settings().token;
-    rt.block_on(async {
-        let r = client
-            .post(format!("{}/v1/push", relay.url))
-            .bearer_auth(&token)
-            .body(wire::encode(&PushRequest {
-                changes: vec![DocChange {
-                    doc: task.clone(),
-                    bytes: anas[0].bytes.clone(),
-                }],
-            }))
-            .send()
-            .await
-            .unwrap();
-        let reply: PushReply = wire::decode(&r.bytes().await.unwrap()).unwrap();
-        assert!(matches!(
-            reply.verdicts[0],
-            Verdict::Refused {
-                code: RefusalCode::ActorMismatch,
-                ..
-            }
-        ));
-    });
+    let verdicts = RawPush::to(&relay).verdicts(
+        &max.settings().token,
+        vec![doc_change(&task, anas[0].bytes.clone())],
+    );
+    assert!(matches!(
+        verdicts[0],
+        Verdict::Refused {
+            code: RefusalCode::ActorMismatch,
+            ..
+        }
+    ));
     max.sync();
     assert!(max.store.task_detail(&task).unwrap().state.calls.is_empty());
 }

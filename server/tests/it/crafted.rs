@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ObjType, ReadDoc, ScalarValue, ROOT};
-use handoff_core::sync::wire::{self, DocChange, PullReply, PushReply, PushRequest, Verdict};
+use handoff_core::sync::wire::{self, DocChange, PullReply, PushReply, Verdict};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -332,6 +332,7 @@ fn crafted_pushes(seed: u64) {
     let token = ana.settings().token;
     let max_token = max.settings().token;
     let (rt, client) = http();
+    let raw = RawPush::to(&relay);
     let max_actor = ActorId::from(hex::decode(max.store.device_actor()).unwrap());
     let mut team_doc = AutoCommit::new();
     for c in pull_all(&rt, &client, &relay.url, &max_token) {
@@ -385,21 +386,12 @@ fn crafted_pushes(seed: u64) {
             continue;
         }
         let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
-        let (status, body) = rt.block_on(async {
-            let r = client
-                .post(format!("{}/v1/push", relay.url))
-                .bearer_auth(if by_manager { &max_token } else { &token })
-                .body(wire::encode(&PushRequest {
-                    changes: vec![DocChange {
-                        doc: id.clone(),
-                        bytes: change,
-                    }],
-                }))
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("push {i} (seed {seed}): the relay went away: {e}"));
-            (r.status().as_u16(), r.bytes().await.unwrap())
-        });
+        let (status, body) = raw
+            .try_send(
+                if by_manager { &max_token } else { &token },
+                vec![doc_change(&id, change)],
+            )
+            .unwrap_or_else(|e| panic!("push {i} (seed {seed}): the relay went away: {e}"));
         assert!(
             status == 200 || (400..500).contains(&status),
             "push {i} (seed {seed}) on {id}: status {status}"
@@ -459,30 +451,14 @@ fn a_change_whose_admission_panics_is_refused_when_sent_again_and_the_team_goes_
         .unwrap();
     max.sync();
     ana.sync();
-    let (rt, client) = http();
     let token = ana.settings().token;
     let actor = ActorId::from(hex::decode(ana.store.device_actor()).unwrap());
     let mut doc = AutoCommit::new().with_actor(actor);
     doc.put(ROOT, "task_id", "poison").unwrap();
     doc.commit();
     let bytes = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
-    let push = |bytes: Vec<u8>| -> (u16, Vec<u8>) {
-        rt.block_on(async {
-            let r = client
-                .post(format!("{}/v1/push", relay.url))
-                .bearer_auth(&token)
-                .body(wire::encode(&PushRequest {
-                    changes: vec![DocChange {
-                        doc: "poison".into(),
-                        bytes,
-                    }],
-                }))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
-        })
-    };
+    let raw = RawPush::to(&relay);
+    let push = |bytes: Vec<u8>| raw.send(&token, vec![doc_change("poison", bytes)]);
     let (status, _) = push(bytes.clone());
     assert_eq!(status, 500, "the first time: an error to retry");
     let (status, body) = push(bytes);

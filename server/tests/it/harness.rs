@@ -289,6 +289,71 @@ pub fn http() -> (tokio::runtime::Runtime, reqwest::Client) {
     )
 }
 
+/// Pushes a phone's engine would never make (changes written by hand,
+/// replayed, or pushed under another device's token), over one client.
+pub struct RawPush {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    url: String,
+}
+
+impl RawPush {
+    pub fn to(relay: &Relay) -> RawPush {
+        let (rt, client) = http();
+        RawPush {
+            rt,
+            client,
+            url: format!("{}/v1/push", relay.url),
+        }
+    }
+
+    /// One push of `changes` as the device holding `token`: the status and
+    /// the body of the answer.
+    pub fn send(&self, token: &str, changes: Vec<sync::wire::DocChange>) -> (u16, Vec<u8>) {
+        self.try_send(token, changes).expect("the relay answers")
+    }
+
+    /// [`RawPush::send`], or the error when no answer came.
+    pub fn try_send(
+        &self,
+        token: &str,
+        changes: Vec<sync::wire::DocChange>,
+    ) -> Result<(u16, Vec<u8>), reqwest::Error> {
+        let body = sync::wire::encode(&sync::wire::PushRequest { changes });
+        self.rt.block_on(async {
+            let r = self
+                .client
+                .post(&self.url)
+                .bearer_auth(token)
+                .body(body)
+                .send()
+                .await?;
+            Ok((r.status().as_u16(), r.bytes().await?.to_vec()))
+        })
+    }
+
+    /// The verdicts on `changes`, which must be answered 200.
+    pub fn verdicts(
+        &self,
+        token: &str,
+        changes: Vec<sync::wire::DocChange>,
+    ) -> Vec<sync::wire::Verdict> {
+        let (status, body) = self.send(token, changes);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        sync::wire::decode::<sync::wire::PushReply>(&body)
+            .unwrap()
+            .verdicts
+    }
+}
+
+/// One change of `doc`, as pushes carry it.
+pub fn doc_change(doc: &str, bytes: Vec<u8>) -> sync::wire::DocChange {
+    sync::wire::DocChange {
+        doc: doc.to_owned(),
+        bytes,
+    }
+}
+
 /// A team whose manager `max` and one more member are enrolled, and `max`
 /// has heard of the member's enrolment. Returns the team id too.
 pub fn manager_and(relay: &Relay, user: &str, role: &str) -> (String, Phone, Phone) {

@@ -2,7 +2,7 @@
 //! deleted from the relay's files, nothing anyone logged is lost, and the
 //! older document stays closed after a restart.
 
-use handoff_core::sync::wire::{self, DocChange, PushReply, PushRequest, RefusalCode, Verdict};
+use handoff_core::sync::wire::{DocChange, RefusalCode, Verdict};
 use handoff_core::*;
 
 use crate::harness::*;
@@ -47,21 +47,7 @@ fn relay_files_hold(relay: &Relay, needle: &[u8]) -> bool {
 }
 
 fn push(relay: &Relay, phone: &Phone, changes: Vec<DocChange>) -> Vec<Verdict> {
-    let body = wire::encode(&PushRequest { changes });
-    let (rt, client) = http();
-    rt.block_on(async {
-        let r = client
-            .post(format!("{}/v1/push", relay.url))
-            .bearer_auth(phone.settings().token)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        wire::decode::<PushReply>(&r.bytes().await.unwrap())
-            .unwrap()
-            .verdicts
-    })
+    RawPush::to(relay).verdicts(&phone.settings().token, changes)
 }
 
 #[test]

@@ -1,4 +1,4 @@
-use handoff_core::sync::wire::{self, DocChange, PushReply, PushRequest, Verdict};
+use handoff_core::sync::wire::Verdict;
 use handoff_core::*;
 
 use crate::harness::*;
@@ -136,32 +136,15 @@ fn a_retried_push_stores_nothing_twice() {
         .delegate(task_for("Call", Some("ana"), None))
         .unwrap();
     let outbox = max.store.outbox(10).unwrap();
-    let body = wire::encode(&PushRequest {
-        changes: outbox
-            .iter()
-            .map(|c| DocChange {
-                doc: c.doc_id.clone(),
-                bytes: c.bytes.clone(),
-            })
-            .collect(),
-    });
+    let changes: Vec<_> = outbox
+        .iter()
+        .map(|c| doc_change(&c.doc_id, c.bytes.clone()))
+        .collect();
     let token = max.settings().token;
-    let (rt, client) = http();
-    let push = || {
-        rt.block_on(async {
-            let r = client
-                .post(format!("{}/v1/push", relay.url))
-                .bearer_auth(&token)
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            wire::decode::<PushReply>(&r.bytes().await.unwrap()).unwrap()
-        })
-    };
-    assert_eq!(push().verdicts, vec![Verdict::Stored]);
-    assert_eq!(push().verdicts, vec![Verdict::Duplicate]);
+    let raw = RawPush::to(&relay);
+    let push = || raw.verdicts(&token, changes.clone());
+    assert_eq!(push(), vec![Verdict::Stored]);
+    assert_eq!(push(), vec![Verdict::Duplicate]);
     // The engine's own push of the same change is a duplicate too.
     assert_eq!(max.sync().pushed, 1);
     let report = ana.sync();
