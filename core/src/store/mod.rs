@@ -31,7 +31,7 @@ use crate::model::{
     CallAttempt, Device, Handoff, Member, PatientRef, Policy, Role, RolePermissions, SopTemplate,
     TaskId, Timestamp, UserId, DAY_MS,
 };
-use crate::task_doc;
+use crate::task_doc::{self, Shape};
 use crate::team::{Team, TeamWriter};
 
 pub use docs::{COMPACT_AFTER, TEAM_DOC};
@@ -615,10 +615,17 @@ impl Store {
                 let mut candidates = Vec::new();
                 let mut seen = HashSet::new();
                 for c in changes {
-                    if seen.insert(c.hash()) && doc.get_change_by_hash(&c.hash()).is_none() {
-                        candidates.push(c);
-                    } else {
+                    if !seen.insert(c.hash()) || doc.get_change_by_hash(&c.hash()).is_some() {
                         report.duplicates += 1;
+                    } else if kind == "task"
+                        && matches!(task_doc::read_change(&c).shape, Shape::Malformed(_))
+                    {
+                        // The relay takes only layouts and appends; a phone
+                        // holds to the same rule, so that no fault of the
+                        // relay can take events or a whole task from it.
+                        report.invalid += 1;
+                    } else {
+                        candidates.push(c);
                     }
                 }
                 // All at once; if automerge refuses one (a second change with

@@ -58,6 +58,62 @@ fn garbage_changes_are_counted_and_nothing_of_them_is_kept() {
     );
 }
 
+/// Changes that would take events or the whole task from every phone (the
+/// relay refuses them) are refused by phones too, whoever delivers them.
+#[test]
+fn changes_that_remove_events_or_relayout_a_task_are_refused() {
+    use automerge::transaction::Transactable;
+    use automerge::{ObjType, ReadDoc, ROOT};
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.at("max").comment(&t, "call after lunch").unwrap();
+    let mut doc = automerge::AutoCommit::new();
+    for (d, bytes) in outbox(c.at("max")) {
+        if d == t {
+            doc.load_incremental(&bytes).unwrap();
+        }
+    }
+    let list = match doc.get(ROOT, "events") {
+        Ok(Some((_, id))) => id,
+        _ => panic!("no events list"),
+    };
+    let mut hostile = |edit: &dyn Fn(&mut automerge::AutoCommit)| {
+        let mut d = doc.fork().with_actor(automerge::ActorId::random());
+        edit(&mut d);
+        d.commit();
+        d.get_last_local_change().unwrap().raw_bytes().to_vec()
+    };
+    let batch = vec![
+        (t.clone(), hostile(&|d| d.delete(&list, 1).unwrap())),
+        (
+            t.clone(),
+            hostile(&|d| {
+                d.put_object(ROOT, "events", ObjType::List).unwrap();
+            }),
+        ),
+        (
+            t.clone(),
+            hostile(&|d| d.put(ROOT, "task_id", "another").unwrap()),
+        ),
+        (
+            t.clone(),
+            hostile(&|d| d.put(&list, 0, "not the created event").unwrap()),
+        ),
+    ];
+    let mut all = outbox(c.at("max"));
+    all.extend(batch);
+    let report = c.at("ana").apply_remote(&all).unwrap();
+    assert_eq!(report.invalid, 4, "{report:?}");
+    assert_eq!(
+        c.at("ana").task_detail(&t).unwrap().state,
+        c.at("max").task_detail(&t).unwrap().state
+    );
+    assert_eq!(c.at("ana").task_detail(&t).unwrap().state.comments.len(), 1);
+}
+
 #[test]
 fn a_task_arriving_before_the_team_knows_its_author_is_fixed_when_the_team_catches_up() {
     let c = Clinic::with(&["max", "ana", "fay"]);
