@@ -88,7 +88,7 @@ impl Store {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         st.docs.clear();
-        st.team = None;
+        st.set_team(None);
         st.user = None;
         conn.pragma_update(None, "secure_delete", "ON")?;
         let tx = conn.unchecked_transaction()?;

@@ -13,8 +13,9 @@ pub(crate) mod schema;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use automerge::{ActorId, AutoCommit, Change};
 use rand::RngCore;
@@ -116,6 +117,11 @@ pub struct MergeReport {
 
 pub struct Store {
     db: Mutex<Db>,
+    /// The views' own connection (read only): lists render while a write
+    /// or a long merge holds `db`. WAL lets it read the last commit.
+    reader: Mutex<Connection>,
+    /// What the views need besides the index, as the writer last left it.
+    seen: RwLock<Seen>,
     /// Declared after `db`: the writer's connection closes first, which
     /// stops the thread.
     _checkpointer: Option<Checkpointer>,
@@ -131,9 +137,64 @@ struct State {
     actor_hex: String,
     user: Option<UserId>,
     team: Option<Team>,
+    /// Counts changes of `team`, so the views' copy is replaced only then.
+    team_version: u64,
     docs: docs::DocCache,
     clock: Arc<dyn Clock>,
     utc_offset_ms: i64,
+}
+
+impl State {
+    fn set_team(&mut self, team: Option<Team>) {
+        self.team = team;
+        self.team_version += 1;
+    }
+}
+
+/// The user and team as of the writer's last change, for the views.
+#[derive(Clone)]
+struct Seen {
+    user: Option<UserId>,
+    team: Option<Arc<Team>>,
+    team_version: u64,
+    clock: Arc<dyn Clock>,
+    utc_offset_ms: i64,
+}
+
+/// The writer's lock. Letting go of it hands the views the user and team as
+/// they now are: no path that changes them can forget to.
+struct Writer<'a> {
+    db: MutexGuard<'a, Db>,
+    seen: &'a RwLock<Seen>,
+}
+
+impl Deref for Writer<'_> {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        &self.db
+    }
+}
+
+impl DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Db {
+        &mut self.db
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        let st = &self.db.st;
+        let stale = {
+            let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
+            seen.team_version != st.team_version || seen.user != st.user
+        };
+        if stale {
+            let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+            seen.user = st.user.clone();
+            seen.team = st.team.clone().map(Arc::new);
+            seen.team_version = st.team_version;
+        }
+    }
 }
 
 impl Store {
@@ -169,14 +230,25 @@ impl Store {
             actor_hex,
             user,
             team: None,
+            team_version: 0,
             docs: docs::DocCache::with_capacity(options.doc_cache_capacity),
             clock: options.clock,
             utc_offset_ms: i64::from(options.utc_offset_minutes) * 60_000,
         };
         if let Some(doc) = docs::load(&conn, TEAM_DOC, &st.actor)? {
-            st.team = Some(Team::read(&doc));
+            st.set_team(Some(Team::read(&doc)));
             st.docs.put(TEAM_DOC, doc);
         }
+        let reader = connect(path, key, options.durability)?;
+        reader.pragma_update(None, "query_only", "ON")?;
+        reader.set_prepared_statement_cache_capacity(32);
+        let seen = Seen {
+            user: st.user.clone(),
+            team: st.team.clone().map(Arc::new),
+            team_version: st.team_version,
+            clock: Arc::clone(&st.clock),
+            utc_offset_ms: st.utc_offset_ms,
+        };
         // Last: once started, the thread ends only when `conn` is dropped,
         // so no early return may come after it.
         let checkpointer = if options.checkpoint_thread {
@@ -186,14 +258,28 @@ impl Store {
         };
         Ok(Store {
             db: Mutex::new(Db { conn, st }),
+            reader: Mutex::new(reader),
+            seen: RwLock::new(seen),
             _checkpointer: checkpointer,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Db> {
+    fn lock(&self) -> Writer<'_> {
         // A panic while holding the lock leaves SQLite consistent (the
         // transaction rolls back), so a poisoned lock is still usable.
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
+        Writer {
+            db: self.db.lock().unwrap_or_else(|p| p.into_inner()),
+            seen: &self.seen,
+        }
+    }
+
+    /// The views' connection, and the user and team they read with.
+    fn read(&self) -> views::Read<'_> {
+        let seen = self.seen.read().unwrap_or_else(|p| p.into_inner()).clone();
+        views::Read {
+            conn: self.reader.lock().unwrap_or_else(|p| p.into_inner()),
+            seen,
+        }
     }
 
     /// This device's automerge actor id (hex), which the relay binds to its user.
@@ -203,11 +289,11 @@ impl Store {
 
     /// The user this device is enrolled for.
     pub fn user(&self) -> Option<UserId> {
-        self.lock().st.user.clone()
+        self.read().seen.user.clone()
     }
 
     pub fn team(&self) -> Option<Team> {
-        self.lock().st.team.clone()
+        self.read().seen.team.as_deref().cloned()
     }
 
     pub fn now(&self) -> Timestamp {
@@ -248,7 +334,7 @@ impl Store {
         set_meta(&tx, "user", &first.user_id)?;
         tx.commit()?;
         st.user = Some(first.user_id);
-        st.team = Some(Team::read(&doc));
+        st.set_team(Some(Team::read(&doc)));
         st.docs.put(TEAM_DOC, doc);
         Ok(())
     }
@@ -344,7 +430,7 @@ impl Store {
         })();
         match result {
             Ok(team) => {
-                st.team = Some(team);
+                st.set_team(Some(team));
                 st.docs.put(TEAM_DOC, doc);
                 Ok(())
             }
@@ -668,7 +754,7 @@ impl Store {
                 docs::maybe_compact(&tx, doc_id, &mut doc)?;
                 if kind == "team" {
                     team_changed = true;
-                    st.team = Some(Team::read(&doc));
+                    st.set_team(Some(Team::read(&doc)));
                 } else {
                     touched.insert(doc_id.to_owned());
                 }
@@ -688,7 +774,8 @@ impl Store {
         if result.is_err() {
             // Memory may be ahead of the rolled-back database: reload from disk.
             st.docs.clear();
-            st.team = docs::load(conn, TEAM_DOC, &st.actor)?.map(|d| Team::read(&d));
+            let team = docs::load(conn, TEAM_DOC, &st.actor)?.map(|d| Team::read(&d));
+            st.set_team(team);
         }
         result.map(|()| report)
     }
@@ -1221,4 +1308,75 @@ fn check_handoff(h: &Handoff) -> Result<()> {
     check_text("outcome", &h.outcome, MAX_TEXT)?;
     check_text("why", &h.why, MAX_TEXT)?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{Category, DelegationLevel, Handoff, Priority, Role};
+
+    /// A long merge or write holds the writer; the lists still answer, from
+    /// the last commit, with the user and team as the writer left them.
+    #[test]
+    fn lists_answer_while_the_writer_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open(dir.path().join("s.db"), &[7; 32], StoreOptions::default()).expect("open");
+        store
+            .create_team(
+                "Clinic",
+                Member {
+                    user_id: "max".into(),
+                    name: "Max".into(),
+                    role: Role::Manager,
+                    trusted: true,
+                    active: true,
+                },
+            )
+            .unwrap();
+        let task = store
+            .delegate(NewTask {
+                handoff: Handoff {
+                    title: "Call back".into(),
+                    outcome: "reached".into(),
+                    why: "follow-up".into(),
+                    due: None,
+                    priority: Priority::Normal,
+                    category: Category::FollowUpCall,
+                    level: DelegationLevel::Delegable,
+                    sop: None,
+                    route_result_to: None,
+                },
+                patient: None,
+                assignee: Some("max".into()),
+                pool: None,
+            })
+            .unwrap();
+        let busy = store.lock();
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::channel();
+            let store = &store;
+            s.spawn(move || {
+                let lists = (
+                    store.my_queue().map(|q| q.upcoming.len()),
+                    store.task_ids(),
+                    store.needs_attention().map(|a| a.len()),
+                    store.team().map(|t| t.name),
+                );
+                let _ = tx.send(lists);
+            });
+            let answered = rx.recv_timeout(Duration::from_secs(30));
+            drop(busy);
+            let (queue, ids, attention, team) =
+                answered.expect("the lists answered while the writer was held");
+            assert_eq!(queue.unwrap(), 1);
+            assert_eq!(ids.unwrap(), vec![task.clone()]);
+            assert_eq!(attention.unwrap(), 0);
+            assert_eq!(team.as_deref(), Some("Clinic"));
+        });
+    }
 }

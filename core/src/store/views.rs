@@ -6,10 +6,12 @@
 //! relay's decision (minimum necessary access), so a view never needs to
 //! filter by permission beyond "whose queue".
 
-use rusqlite::{params, Row};
+use std::sync::MutexGuard;
+
+use rusqlite::{params, Connection, Row};
 use serde::{Deserialize, Serialize};
 
-use super::{docs, index, would_apply, Db, State, Store};
+use super::{docs, index, would_apply, Db, Seen, Store};
 use crate::derive::{derive_borrowed, TaskState, TaskStatus};
 use crate::error::{Error, Result};
 use crate::event::Action;
@@ -280,9 +282,41 @@ fn summary(row: &Row<'_>, team: &Team, now: Timestamp) -> rusqlite::Result<TaskS
     })
 }
 
-impl Db {
+/// Tasks of the index that are not archived, as summaries.
+fn summaries(
+    conn: &Connection,
+    team: &Team,
+    now: Timestamp,
+    sql_where: &str,
+    order: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<TaskSummary>> {
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM tasks WHERE archived = 0 AND {sql_where} ORDER BY {order}"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(args, |r| summary(r, team, now))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// What a list view reads with: the store's read-only connection and the
+/// user and team as the writer last left them (see [`Store::read`]).
+pub(super) struct Read<'a> {
+    pub(super) conn: MutexGuard<'a, Connection>,
+    pub(super) seen: Seen,
+}
+
+impl Read<'_> {
     fn team(&self) -> Result<&Team> {
-        self.st.team.as_ref().ok_or(Error::NotEnrolled)
+        self.seen.team.as_deref().ok_or(Error::NotEnrolled)
+    }
+
+    fn me(&self) -> Result<&str> {
+        self.seen.user.as_deref().ok_or(Error::NotEnrolled)
+    }
+
+    fn now(&self) -> Timestamp {
+        self.seen.clock.now()
     }
 
     fn summaries(
@@ -291,36 +325,23 @@ impl Db {
         order: &str,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<TaskSummary>> {
-        let team = self.team()?;
-        let now = self.st.clock.now();
-        let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM tasks WHERE archived = 0 AND {sql_where} ORDER BY {order}"
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(args, |r| summary(r, team, now))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-}
-
-impl State {
-    fn me(&self) -> Result<&str> {
-        self.user.as_deref().ok_or(Error::NotEnrolled)
+        summaries(&self.conn, self.team()?, self.now(), sql_where, order, args)
     }
 }
 
 impl Store {
     /// My open tasks: overdue, due today (the phone's local day), upcoming.
     pub fn my_queue(&self) -> Result<MyQueue> {
-        let me = self.lock().st.me()?.to_owned();
+        let me = self.read().me()?.to_owned();
         self.queue_of(&me)
     }
 
     /// Someone's open tasks, as they see them (managers watch progress).
     pub fn queue_of(&self, user: &str) -> Result<MyQueue> {
-        let db = self.lock();
-        let now = db.st.clock.now();
-        let local = now + db.st.utc_offset_ms;
-        let end_of_today = local - local.rem_euclid(DAY_MS) + DAY_MS - db.st.utc_offset_ms;
+        let db = self.read();
+        let now = db.now();
+        let local = now + db.seen.utc_offset_ms;
+        let end_of_today = local - local.rem_euclid(DAY_MS) + DAY_MS - db.seen.utc_offset_ms;
         let tasks = db.summaries(
             &format!("assignee = ?1 AND status IN {OPEN}"),
             "coalesce(min(coalesce(due_at, next_call_due_at), coalesce(next_call_due_at, due_at)), 9223372036854775807), priority DESC, task_id",
@@ -340,8 +361,8 @@ impl Store {
     /// Unclaimed tasks waiting in my role's pool, most urgent first.
     pub fn shared_pool(&self) -> Result<Vec<TaskSummary>> {
         let role = {
-            let db = self.lock();
-            let me = db.st.me()?;
+            let db = self.read();
+            let me = db.me()?;
             db.team()?
                 .member(me)
                 .map(|m| m.role)
@@ -351,7 +372,7 @@ impl Store {
     }
 
     pub fn pool_of(&self, role: Role) -> Result<Vec<TaskSummary>> {
-        self.lock().summaries(
+        self.read().summaries(
             "status = 'unassigned' AND pool_role = ?1",
             "priority DESC, coalesce(due_at, 9223372036854775807), created_at, task_id",
             &[&role.as_str()],
@@ -360,13 +381,13 @@ impl Store {
 
     /// Work submitted for review, oldest first; empty for a role that does not review.
     pub fn review_inbox(&self) -> Result<Vec<ReviewItem>> {
-        let db = self.lock();
+        let db = self.read();
         let team = db.team()?;
-        if !team.permissions(db.st.me()?).may_review {
+        if !team.permissions(db.me()?).may_review {
             return Ok(Vec::new());
         }
         let window = i64::from(team.policy.review_within_hours) * HOUR_MS;
-        let now = db.st.clock.now();
+        let now = db.now();
         let mut stmt = db.conn.prepare_cached(&format!(
             "SELECT {SUMMARY_COLUMNS} FROM tasks WHERE archived = 0 AND status = 'submitted'
              ORDER BY submitted_at, task_id"
@@ -387,12 +408,12 @@ impl Store {
     /// My actions that did not take effect: races lost, approvals gone
     /// stale, changes the relay refused.
     pub fn needs_attention(&self) -> Result<Vec<AttentionItem>> {
-        let me = self.lock().st.me()?.to_owned();
+        let me = self.read().me()?.to_owned();
         self.attention_of(&me)
     }
 
     pub fn attention_of(&self, user: &str) -> Result<Vec<AttentionItem>> {
-        let db = self.lock();
+        let db = self.read();
         let mut items = Vec::new();
         let mut stmt = db.conn.prepare_cached(
             "SELECT a.task_id || '/' || a.event_id, a.task_id, t.title, a.action, a.code,
@@ -417,7 +438,7 @@ impl Store {
             items.push(row?);
         }
         // The outbox holds only this device's own changes.
-        if db.st.user.as_deref() == Some(user) {
+        if db.seen.user.as_deref() == Some(user) {
             let mut stmt = db.conn.prepare_cached(
                 "SELECT 'outbox:' || lower(hex(o.hash)), d.task_id, t.title, o.refused_code,
                         o.refused_reason, o.queued_at, o.bytes
@@ -495,8 +516,7 @@ impl Store {
         };
         let unreadable_events = parsed.unreadable;
         st.docs.put_events(&doc_id, heads, parsed);
-        let escalations = db
-            .summaries("task_id = ?1", "task_id", &[&task_id])?
+        let escalations = summaries(conn, team, now, "task_id = ?1", "task_id", &[&task_id])?
             .pop()
             .map(|s| s.escalations)
             .unwrap_or_default();
@@ -511,7 +531,7 @@ impl Store {
 
     /// Every task id on this device that is not archived, in id order.
     pub fn task_ids(&self) -> Result<Vec<TaskId>> {
-        let db = self.lock();
+        let db = self.read();
         let mut stmt = db
             .conn
             .prepare_cached("SELECT task_id FROM tasks WHERE archived = 0 ORDER BY task_id")?;
@@ -526,9 +546,9 @@ impl Store {
                 "the period ends before it starts".into(),
             ));
         }
-        let db = self.lock();
+        let db = self.read();
         let team = db.team()?;
-        let now = db.st.clock.now();
+        let now = db.now();
         let window = i64::from(team.policy.follow_up_within_hours) * HOUR_MS;
         let mut by_user: std::collections::BTreeMap<String, OwnerKpis> = Default::default();
         let mut stmt = db.conn.prepare_cached(&format!(
