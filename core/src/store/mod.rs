@@ -15,7 +15,7 @@ mod views;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 
 use automerge::{ActorId, AutoCommit, Change};
 use rand::RngCore;
@@ -154,6 +154,7 @@ impl State {
 /// The user and team as of the writer's last change, for the views.
 #[derive(Clone)]
 struct Seen {
+    actor_hex: String,
     user: Option<UserId>,
     team: Option<Arc<Team>>,
     team_version: u64,
@@ -186,10 +187,13 @@ impl Drop for Writer<'_> {
         let st = &self.db.st;
         let stale = {
             let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
-            seen.team_version != st.team_version || seen.user != st.user
+            seen.team_version != st.team_version
+                || seen.user != st.user
+                || seen.actor_hex != st.actor_hex
         };
         if stale {
             let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+            seen.actor_hex = st.actor_hex.clone();
             seen.user = st.user.clone();
             seen.team = st.team.clone().map(Arc::new);
             seen.team_version = st.team_version;
@@ -243,6 +247,7 @@ impl Store {
         reader.pragma_update(None, "query_only", "ON")?;
         reader.set_prepared_statement_cache_capacity(32);
         let seen = Seen {
+            actor_hex: st.actor_hex.clone(),
             user: st.user.clone(),
             team: st.team.clone().map(Arc::new),
             team_version: st.team_version,
@@ -271,6 +276,19 @@ impl Store {
             db: self.db.lock().unwrap_or_else(|p| p.into_inner()),
             seen: &self.seen,
         }
+    }
+
+    /// The writer's lock if nobody holds it now.
+    fn try_lock(&self) -> Option<Writer<'_>> {
+        let db = match self.db.try_lock() {
+            Ok(db) => db,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(Writer {
+            db,
+            seen: &self.seen,
+        })
     }
 
     /// The views' connection, and the user and team they read with.
@@ -1319,10 +1337,11 @@ mod tests {
     use super::*;
     use crate::model::{Category, DelegationLevel, Handoff, Priority, Role};
 
-    /// A long merge or write holds the writer; the lists still answer, from
-    /// the last commit, with the user and team as the writer left them.
+    /// A long merge or write holds the writer; the lists and a task's detail
+    /// still answer, from the last commit, with the user and team as the
+    /// writer left them, and the detail is the one the writer gives.
     #[test]
-    fn lists_answer_while_the_writer_is_busy() {
+    fn views_answer_while_the_writer_is_busy() {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Store::open(dir.path().join("s.db"), &[7; 32], StoreOptions::default()).expect("open");
@@ -1356,27 +1375,30 @@ mod tests {
                 pool: None,
             })
             .unwrap();
+        let detail = store.task_detail(&task).unwrap();
         let busy = store.lock();
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
-            let store = &store;
+            let (store, task) = (&store, &task);
             s.spawn(move || {
                 let lists = (
                     store.my_queue().map(|q| q.upcoming.len()),
                     store.task_ids(),
                     store.needs_attention().map(|a| a.len()),
                     store.team().map(|t| t.name),
+                    store.task_detail(task),
                 );
                 let _ = tx.send(lists);
             });
             let answered = rx.recv_timeout(Duration::from_secs(30));
             drop(busy);
-            let (queue, ids, attention, team) =
-                answered.expect("the lists answered while the writer was held");
+            let (queue, ids, attention, team, detail_meanwhile) =
+                answered.expect("the views answered while the writer was held");
             assert_eq!(queue.unwrap(), 1);
             assert_eq!(ids.unwrap(), vec![task.clone()]);
             assert_eq!(attention.unwrap(), 0);
             assert_eq!(team.as_deref(), Some("Clinic"));
+            assert_eq!(detail_meanwhile.unwrap(), detail);
         });
     }
 }

@@ -8,13 +8,15 @@
 
 use std::sync::MutexGuard;
 
+use automerge::ActorId;
+
 use rusqlite::{params, Connection, Row};
 use serde::{Deserialize, Serialize};
 
 use super::{docs, index, would_apply, Db, Seen, Store};
 use crate::derive::{derive_borrowed, TaskState, TaskStatus};
 use crate::error::{Error, Result};
-use crate::event::Action;
+use crate::event::{Action, Event};
 use crate::model::{
     CallAttempt, CallOutcome, Category, DelegationLevel, PatientRef, Priority, Role, TaskId,
     Timestamp, UserId, DAY_MS, HOUR_MS,
@@ -329,6 +331,53 @@ impl Read<'_> {
     }
 }
 
+/// A task's document, read: what its detail is computed from.
+struct Opened<'a> {
+    task_id: &'a str,
+    events: &'a [Event],
+    unreadable: usize,
+    patient: Option<PatientRef>,
+}
+
+impl Opened<'_> {
+    fn detail(
+        self,
+        conn: &Connection,
+        team: &Team,
+        user: Option<&str>,
+        actor_hex: &str,
+        now: Timestamp,
+    ) -> Result<TaskDetail> {
+        let task_id = self.task_id;
+        let state = derive_borrowed(task_id, self.events, team)
+            .ok_or_else(|| Error::TaskNotFound(task_id.into()))?;
+        // Each command is offered only if the same fold that validates it
+        // would apply it now: the buttons cannot disagree with the rules.
+        let available = match user {
+            Some(user) => TaskCommand::ALL
+                .into_iter()
+                .filter(|command| {
+                    command.candidates(&state, team).into_iter().any(|action| {
+                        would_apply(task_id, self.events, actor_hex, user, now, action, team)
+                    })
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let escalations = summaries(conn, team, now, "task_id = ?1", "task_id", &[&task_id])?
+            .pop()
+            .map(|s| s.escalations)
+            .unwrap_or_default();
+        Ok(TaskDetail {
+            state,
+            patient: self.patient,
+            escalations,
+            available,
+            unreadable_events: self.unreadable,
+        })
+    }
+}
+
 impl Store {
     /// My open tasks: overdue, due today (the phone's local day), upcoming.
     pub fn my_queue(&self) -> Result<MyQueue> {
@@ -481,8 +530,31 @@ impl Store {
     }
 
     /// One task with its handoff, checklist, calls, reviews and full history.
+    ///
+    /// From the writer's cached document when the writer is free; while a
+    /// write or a merge holds it, from the last commit through the views'
+    /// connection, so opening a task never waits for sync.
     pub fn task_detail(&self, task_id: &str) -> Result<TaskDetail> {
-        let mut db = self.lock();
+        let Some(mut db) = self.try_lock() else {
+            let read = self.read();
+            let doc_id = index::doc_of(&read.conn, task_id)?;
+            let doc = docs::load(&read.conn, &doc_id, &ActorId::random())?
+                .ok_or(Error::Corrupt("indexed task has no document"))?;
+            let (events, unreadable) = task_doc::events(&doc);
+            let opened = Opened {
+                task_id,
+                events: &events,
+                unreadable,
+                patient: task_doc::patient(&doc),
+            };
+            return opened.detail(
+                &read.conn,
+                read.team()?,
+                read.seen.user.as_deref(),
+                &read.seen.actor_hex,
+                read.now(),
+            );
+        };
         let doc_id = index::doc_of(&db.conn, task_id)?;
         let Db { conn, st } = &mut *db;
         let mut doc = match st.docs.take(&doc_id) {
@@ -496,37 +568,24 @@ impl Store {
         let parsed = st.docs.take_events(&doc_id, &doc, &heads);
         let patient = task_doc::patient(&doc);
         st.docs.put(&doc_id, doc);
-        let events = &parsed.events;
-        let team = st.team.as_ref().ok_or(Error::NotEnrolled)?;
-        let state = derive_borrowed(task_id, events, team)
-            .ok_or_else(|| Error::TaskNotFound(task_id.into()))?;
-        // Each command is offered only if the same fold that validates it
-        // would apply it now: the buttons cannot disagree with the rules.
-        let now = st.clock.now();
-        let available = match &st.user {
-            Some(user) => TaskCommand::ALL
-                .into_iter()
-                .filter(|command| {
-                    command.candidates(&state, team).into_iter().any(|action| {
-                        would_apply(task_id, events, &st.actor_hex, user, now, action, team)
-                    })
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        let unreadable_events = parsed.unreadable;
-        st.docs.put_events(&doc_id, heads, parsed);
-        let escalations = summaries(conn, team, now, "task_id = ?1", "task_id", &[&task_id])?
-            .pop()
-            .map(|s| s.escalations)
-            .unwrap_or_default();
-        Ok(TaskDetail {
-            state,
+        let opened = Opened {
+            task_id,
+            events: &parsed.events,
+            unreadable: parsed.unreadable,
             patient,
-            escalations,
-            available,
-            unreadable_events,
-        })
+        };
+        let detail = match st.team.as_ref() {
+            Some(team) => opened.detail(
+                conn,
+                team,
+                st.user.as_deref(),
+                &st.actor_hex,
+                st.clock.now(),
+            ),
+            None => Err(Error::NotEnrolled),
+        };
+        st.docs.put_events(&doc_id, heads, parsed);
+        detail
     }
 
     /// Every task id on this device that is not archived, in id order.
