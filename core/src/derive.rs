@@ -305,13 +305,17 @@ pub fn derive(task_id: &str, events: Vec<Event>, team: &Team) -> Option<TaskStat
 /// [`derive`] from borrowed events (a cached parse stays in the cache).
 pub fn derive_borrowed(task_id: &str, events: &[Event], team: &Team) -> Option<TaskState> {
     let (state, outcomes) = derive_outcomes(task_id, events, team);
-    state.map(|mut s| {
-        s.history = outcomes
-            .into_iter()
-            .map(|(e, outcome)| HistoryEntry::of(e, outcome))
-            .collect();
-        s
-    })
+    state.map(|s| with_history(s, outcomes))
+}
+
+/// The state with its history: every event in fold order and what became
+/// of it (the outcomes [`derive_outcomes`] gives).
+pub fn with_history(mut state: TaskState, outcomes: Vec<(&Event, Outcome)>) -> TaskState {
+    state.history = outcomes
+        .into_iter()
+        .map(|(e, outcome)| HistoryEntry::of(e, outcome))
+        .collect();
+    state
 }
 
 /// The state (if any) and what became of every event, even when the task

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use checkpoint::Checkpointer;
 
 use crate::clock::{Clock, SystemClock};
-use crate::derive::{derive, derive_outcomes, HistoryEntry, Refusal, TaskState};
+use crate::derive::{derive, derive_outcomes, with_history, Refusal, TaskState};
 use crate::error::{Error, Result};
 use crate::event::{Action, Event, EventId};
 use crate::model::{
@@ -963,13 +963,7 @@ fn checked(task_id: &str, events: &[Event], event: &Event, team: &Team) -> Resul
     match (state, refusal) {
         (_, Some(r)) => Err(r.into()),
         (None, None) => Err(Refusal::NotCreatedYet.into()),
-        (Some(mut state), None) => {
-            state.history = outcomes
-                .into_iter()
-                .map(|(e, outcome)| HistoryEntry::of(e, outcome))
-                .collect();
-            Ok(state)
-        }
+        (Some(state), None) => Ok(with_history(state, outcomes)),
     }
 }
 

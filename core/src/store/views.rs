@@ -9,7 +9,6 @@
 use std::sync::MutexGuard;
 
 use automerge::ActorId;
-
 use rusqlite::{params, Connection, Row};
 use serde::{Deserialize, Serialize};
 
