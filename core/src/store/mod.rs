@@ -1179,17 +1179,27 @@ fn reindex_all(conn: &Connection, st: &mut State, team: &Team) -> Result<usize> 
     Ok(n)
 }
 
-/// The same event without free text that may name the patient.
 /// Copy the whole WAL back into the store file and empty it. The store's
-/// checkpoint thread may be copying it right now: then the truncating
-/// checkpoint reports "busy" and is tried again, for up to ten seconds.
+/// checkpoint thread may be copying it right now, or a view may be reading
+/// through the reader connection: then the truncating checkpoint reports
+/// "busy" and is tried again, for up to ten seconds.
 fn empty_log(conn: &Connection) -> Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    empty_log_within(conn, std::time::Duration::from_secs(10), || {})
+}
+
+/// [`empty_log`], trying for `patience`; `on_busy` runs after each busy try.
+fn empty_log_within(
+    conn: &Connection,
+    patience: std::time::Duration,
+    mut on_busy: impl FnMut(),
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + patience;
     loop {
         let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
         if busy == 0 {
             return Ok(());
         }
+        on_busy();
         if std::time::Instant::now() > deadline {
             return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
@@ -1394,5 +1404,64 @@ mod tests {
             assert_eq!(team.as_deref(), Some("Clinic"));
             assert_eq!(detail_meanwhile.unwrap(), detail);
         });
+    }
+
+    /// Emptying the WAL (the last step of a wipe, and of closing a store)
+    /// waits for a view that is reading at that moment: the first try
+    /// reports busy, a later one succeeds once the view is done, and the
+    /// WAL file is empty after it. Without a reader's release, it gives up
+    /// with the typed error when its patience runs out.
+    #[test]
+    fn emptying_the_log_waits_for_a_view_that_is_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Store::open(&path, &[7; 32], StoreOptions::default()).expect("open");
+        store
+            .create_team(
+                "Clinic",
+                Member {
+                    user_id: "max".into(),
+                    name: "Max".into(),
+                    role: Role::Manager,
+                    trusted: true,
+                    active: true,
+                },
+            )
+            .unwrap();
+        let reading = store.reader.lock().unwrap();
+        reading.execute_batch("BEGIN").unwrap();
+        let rows: i64 = reading
+            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
+            .unwrap();
+        assert!(rows > 0);
+        {
+            let writer = store.lock();
+            writer.conn.busy_timeout(Duration::from_millis(20)).unwrap();
+            let gave_up = empty_log_within(&writer.conn, Duration::ZERO, || {});
+            assert!(
+                matches!(gave_up, Err(Error::Sqlite(_))),
+                "a reading view keeps the log from being emptied: {gave_up:?}"
+            );
+        }
+        std::thread::scope(|s| {
+            let (busy_tx, busy_rx) = mpsc::channel();
+            let emptying = s.spawn(|| {
+                let writer = store.lock();
+                empty_log_within(&writer.conn, Duration::from_secs(30), move || {
+                    let _ = busy_tx.send(());
+                })
+            });
+            busy_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the first try found the view reading");
+            reading.execute_batch("COMMIT").unwrap();
+            drop(reading);
+            emptying
+                .join()
+                .unwrap()
+                .expect("emptied once the view was done");
+        });
+        let wal = std::fs::metadata(dir.path().join("s.db-wal")).map_or(0, |m| m.len());
+        assert_eq!(wal, 0, "the WAL is empty");
     }
 }
