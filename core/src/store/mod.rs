@@ -762,12 +762,16 @@ impl Store {
                     }
                 }
                 report.applied += fresh;
+                // Asked every time the document's changes arrive, also when
+                // all of them were stored already: a repair that failed (no
+                // signal, the app killed) is tried again when the same page
+                // is pulled again, as the cursor has not moved past it.
+                if !doc.get_missing_deps(&[]).is_empty() {
+                    report.incomplete.push(doc_id.to_owned());
+                }
                 if fresh == 0 {
                     st.docs.put(doc_id, doc);
                     continue;
-                }
-                if !doc.get_missing_deps(&[]).is_empty() {
-                    report.incomplete.push(doc_id.to_owned());
                 }
                 docs::maybe_compact(&tx, doc_id, &mut doc)?;
                 if kind == "team" {

@@ -251,3 +251,42 @@ fn a_change_automerge_refuses_is_left_out_and_sync_goes_on() {
     c.send("max", "ana");
     assert_eq!(c.at("ana").task_detail(&t).unwrap().state.comments.len(), 3);
 }
+
+/// A phone that gets a task's later changes without its history (the task
+/// was reassigned to it) hears that the task needs repair every time those
+/// changes arrive, not only the first time: if the repair failed (no signal,
+/// the app killed), the same page pulled again asks again, and the task
+/// does not stay hidden for good.
+#[test]
+fn a_task_missing_its_history_asks_for_repair_each_time_its_changes_arrive() {
+    let c = Clinic::with(&["max", "ana", "lee"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    let history = outbox(c.at("max"));
+    c.send("max", "ana");
+    c.at("ana").comment(&t, "call after lunch").unwrap();
+    let later: Vec<_> = outbox(c.at("ana"))
+        .into_iter()
+        .filter(|(d, _)| *d == t)
+        .collect();
+    assert!(!later.is_empty());
+    for _ in 0..2 {
+        let report = c.at("lee").apply_remote(&later).unwrap();
+        assert_eq!(report.incomplete, vec![t.clone()]);
+    }
+    assert!(!c.at("lee").task_ids().unwrap().contains(&t));
+    let repaired = c.at("lee").apply_remote(&history).unwrap();
+    assert!(repaired.incomplete.is_empty());
+    assert_eq!(
+        c.at("lee").task_detail(&t).unwrap().state,
+        c.at("ana").task_detail(&t).unwrap().state
+    );
+    assert!(c
+        .at("lee")
+        .apply_remote(&later)
+        .unwrap()
+        .incomplete
+        .is_empty());
+}
