@@ -819,13 +819,18 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The relay has these changes: forget them.
-    pub fn outbox_delivered(&self, ids: &[i64]) -> Result<()> {
+    /// The relay has these changes: forget them. Each goes by its id and
+    /// its bytes: SQLite gives a deleted row's id to the next change, and a
+    /// late answer to an earlier push must not take a newer change with it.
+    pub fn outbox_delivered<'a>(
+        &self,
+        sent: impl IntoIterator<Item = &'a OutgoingChange>,
+    ) -> Result<()> {
         let db = self.lock();
         let tx = db.conn.unchecked_transaction()?;
-        for id in ids {
-            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
-                .execute([id])?;
+        for change in sent {
+            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND bytes = ?2")?
+                .execute(params![change.id, change.bytes])?;
         }
         tx.commit()?;
         Ok(())
@@ -841,13 +846,19 @@ impl Store {
     /// Returns `None` when the change is no longer queued (an earlier
     /// refusal's setting aside wrote it again), else how many changes were
     /// written again (to push now).
-    pub fn outbox_refused(&self, id: i64, code: &str, reason: &str) -> Result<Option<usize>> {
+    pub fn outbox_refused(
+        &self,
+        change: &OutgoingChange,
+        code: &str,
+        reason: &str,
+    ) -> Result<Option<usize>> {
         use crate::sync::wire::RefusalCode;
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
+        let id = change.id;
         let row: Option<(String, Vec<u8>)> = conn
-            .prepare_cached("SELECT doc_id, bytes FROM outbox WHERE id = ?1")?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT doc_id, bytes FROM outbox WHERE id = ?1 AND bytes = ?2")?
+            .query_row(params![id, change.bytes], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let Some((doc_id, bytes)) = row else {
             return Ok(None);

@@ -354,13 +354,12 @@ impl Inner {
             let mut written_again = 0;
             for (change, verdict) in batch.iter().zip(reply.verdicts) {
                 match verdict {
-                    Verdict::Stored | Verdict::Duplicate => delivered.push(change.id),
+                    Verdict::Stored | Verdict::Duplicate => delivered.push(change),
                     Verdict::Refused { code, reason } => {
                         // `None`: set aside with an earlier refusal and
                         // written again; not this change's refusal to count.
                         if let Some(n) =
-                            self.store
-                                .outbox_refused(change.id, code.as_str(), &reason)?
+                            self.store.outbox_refused(change, code.as_str(), &reason)?
                         {
                             report.refused += 1;
                             written_again += n;
@@ -368,7 +367,7 @@ impl Inner {
                     }
                 }
             }
-            self.store.outbox_delivered(&delivered)?;
+            self.store.outbox_delivered(delivered.iter().copied())?;
             report.pushed += delivered.len();
             // Work written again after a refusal goes out now, not at the
             // next round.

@@ -79,13 +79,7 @@ fn finished_tasks_past_the_window_are_evicted_but_never_with_unsent_changes() {
         0,
         "the completion is not sent yet"
     );
-    let sent: Vec<i64> = c
-        .at("tom")
-        .outbox(1000)
-        .unwrap()
-        .iter()
-        .map(|o| o.id)
-        .collect();
+    let sent = c.at("tom").outbox(1000).unwrap();
     c.at("tom").outbox_delivered(&sent).unwrap();
     assert_eq!(c.at("tom").archive_finished().unwrap(), 1);
     assert!(matches!(
@@ -239,15 +233,15 @@ fn a_refused_change_is_set_aside_and_the_work_built_on_it_is_written_again() {
     let queued = ana.outbox(10).unwrap();
     assert_eq!(queued.len(), 3);
     // The relay took the call, refused the submission, and so the comment.
-    ana.outbox_delivered(&[queued[0].id]).unwrap();
+    ana.outbox_delivered(&queued[..1]).unwrap();
     assert_eq!(
-        ana.outbox_refused(queued[1].id, "not_permitted", "not allowed")
+        ana.outbox_refused(&queued[1], "not_permitted", "not allowed")
             .unwrap(),
         Some(1),
         "one change written again"
     );
     assert_eq!(
-        ana.outbox_refused(queued[2].id, "missing_dependencies", "builds on it")
+        ana.outbox_refused(&queued[2], "missing_dependencies", "builds on it")
             .unwrap(),
         None,
         "that one is gone: written again already"
@@ -295,7 +289,7 @@ fn a_refused_change_already_folded_into_the_snapshot_is_set_aside_too() {
     let queued = ana.outbox(100).unwrap();
     assert_eq!(queued.len(), 41);
     assert_eq!(
-        ana.outbox_refused(queued[0].id, "not_permitted", "not allowed")
+        ana.outbox_refused(&queued[0], "not_permitted", "not allowed")
             .unwrap(),
         Some(40)
     );
@@ -383,4 +377,40 @@ fn a_damaged_store_fails_to_open_with_an_error_and_does_not_hang() {
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("Store::open returned");
     assert!(matches!(opened, Err(Error::Corrupt(_))), "{opened:?}");
+}
+
+/// Two sync rounds can push the same outbox (pull-to-refresh while live
+/// sync runs). When the second answer arrives after the first emptied the
+/// outbox and the user wrote again, the new change has the id an answered
+/// one had: it must stay queued, and a refusal of the old change must not
+/// land on it either.
+#[test]
+fn a_late_answer_to_an_earlier_push_leaves_a_newer_change_queued() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    let max = c.at("max");
+    let pushed = max.outbox(100).unwrap();
+    max.outbox_delivered(&pushed).unwrap();
+    max.comment(&t, "call after lunch").unwrap();
+    let newer = max.outbox(100).unwrap();
+    assert_eq!(newer.len(), 1);
+    assert!(
+        pushed.iter().any(|o| o.id == newer[0].id),
+        "SQLite gave the new change an answered one's id"
+    );
+    max.outbox_delivered(&pushed).unwrap();
+    let stale = pushed.iter().find(|o| o.id == newer[0].id).unwrap();
+    assert_eq!(
+        max.outbox_refused(stale, "not_permitted", "late").unwrap(),
+        None
+    );
+    assert_eq!(
+        max.outbox(100).unwrap(),
+        newer,
+        "the comment is still queued"
+    );
+    assert!(max.needs_attention().unwrap().is_empty());
 }
