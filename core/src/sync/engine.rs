@@ -18,6 +18,11 @@ use crate::store::{RelaySettings, Store};
 
 /// Changes per push request.
 const PUSH_BATCH: usize = 256;
+/// Change bytes per push request: well inside the relay's body limit.
+const PUSH_BYTES: usize = wire::MAX_BODY / 2;
+/// The largest reply read from the relay (a repair of a long task's whole
+/// history can be large); anything longer is a faulty relay.
+const MAX_REPLY: usize = 8 * wire::MAX_BODY;
 /// How long a live pull waits on the relay for news.
 const LIVE_WAIT: Duration = Duration::from_secs(25);
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -85,11 +90,17 @@ struct Inner {
     http: reqwest::Client,
     wake: Notify,
     live: Mutex<Option<JoinHandle<()>>>,
+    /// Held while a round pushes, while it takes in what it pulled, and
+    /// while the store is wiped; not while a long-poll waits. Two rounds at
+    /// once (pull-to-refresh during live sync) then never answer for the
+    /// same outbox together, and nothing pulled is written after a wipe.
+    exchange: tokio::sync::Mutex<()>,
 }
 
 /// Live sync runs until this is dropped or stopped.
 pub struct SyncHandle {
     inner: Arc<Inner>,
+    task: tokio::task::AbortHandle,
 }
 
 impl SyncHandle {
@@ -97,9 +108,12 @@ impl SyncHandle {
     pub fn sync_now(&self) {
         self.inner.wake.notify_one();
     }
+    /// Stop this live sync (not a newer one the app started since).
     pub fn stop(&self) {
-        if let Some(task) = lock(&self.inner.live).take() {
-            task.abort();
+        self.task.abort();
+        let mut live = lock(&self.inner.live);
+        if live.as_ref().is_some_and(|t| t.id() == self.task.id()) {
+            live.take();
         }
     }
 }
@@ -118,6 +132,9 @@ impl SyncEngine {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
+            // A redirect could send a push's patient data elsewhere, or
+            // over plain http: the relay's address is the one enrolled.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Offline(format!("cannot start the HTTP client: {e}")))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -132,6 +149,7 @@ impl SyncEngine {
                 http,
                 wake: Notify::new(),
                 live: Mutex::new(None),
+                exchange: tokio::sync::Mutex::new(()),
             }),
             runtime: Some(runtime),
         })
@@ -194,12 +212,14 @@ impl SyncEngine {
             .ok_or_else(|| Error::Offline("the sync engine is shut down".into()))?;
         let inner = self.inner.clone();
         let task = rt.spawn(async move { inner.live(listener).await });
+        let handle = SyncHandle {
+            inner: self.inner.clone(),
+            task: task.abort_handle(),
+        };
         if let Some(old) = lock(&self.inner.live).replace(task) {
             old.abort();
         }
-        Ok(SyncHandle {
-            inner: self.inner.clone(),
-        })
+        Ok(handle)
     }
 }
 
@@ -244,6 +264,14 @@ impl Inner {
                     listener.on_sync_event(SyncEvent::Revoked);
                     return;
                 }
+                // The relay settings are gone: nothing to sync with.
+                Err(e @ Error::NotEnrolled) => {
+                    listener.on_sync_event(SyncEvent::AuthFailed {
+                        code: "not_enrolled".into(),
+                        message: e.to_string(),
+                    });
+                    return;
+                }
                 Err(Error::Relay {
                     status: 401 | 403,
                     code,
@@ -272,17 +300,39 @@ impl Inner {
     async fn round_or_wipe(&self, wait: Option<Duration>) -> Result<SyncReport> {
         match self.round(wait).await {
             Err(Error::DeviceRevoked) => {
-                self.store.wipe()?;
+                let _exchange = self.exchange.lock().await;
+                if let Err(e) = self.store.wipe() {
+                    // Its deleting transaction committed when the store says
+                    // it was wiped; only the tidying after it failed (the
+                    // WAL is emptied again when the store closes).
+                    if !self.store.was_wiped()? {
+                        return Err(e);
+                    }
+                }
                 Err(Error::DeviceRevoked)
             }
             other => other,
         }
     }
 
+    /// The store still syncs with the relay this round started with: not
+    /// wiped (by another round) nor enrolled afresh meanwhile.
+    fn still_enrolled(&self, relay: &RelaySettings) -> Result<()> {
+        match self.store.relay_settings()? {
+            Some(now) if now.token == relay.token => Ok(()),
+            None if self.store.was_wiped()? => Err(Error::DeviceRevoked),
+            _ => Err(Error::NotEnrolled),
+        }
+    }
+
     async fn round(&self, wait: Option<Duration>) -> Result<SyncReport> {
         let relay = self.store.relay_settings()?.ok_or(Error::NotEnrolled)?;
         let mut report = SyncReport::default();
-        self.push(&relay, &mut report).await?;
+        {
+            let _exchange = self.exchange.lock().await;
+            self.still_enrolled(&relay)?;
+            self.push(&relay, &mut report).await?;
+        }
         let mut cursor = self.store.relay_cursor()?;
         let mut wait = wait;
         loop {
@@ -297,6 +347,8 @@ impl Inner {
                 .await
                 .map_err(offline)?;
             let reply: PullReply = decode(&check(response).await?)?;
+            let _exchange = self.exchange.lock().await;
+            self.still_enrolled(&relay)?;
             if !reply.changes.is_empty() {
                 let changes: Vec<(String, Vec<u8>)> = reply
                     .changes
@@ -331,9 +383,34 @@ impl Inner {
 
     async fn push(&self, relay: &RelaySettings, report: &mut SyncReport) -> Result<()> {
         loop {
-            let batch = self.store.outbox(PUSH_BATCH)?;
+            let mut batch = self.store.outbox(PUSH_BATCH)?;
             if batch.is_empty() {
                 return Ok(());
+            }
+            let mut more = batch.len() == PUSH_BATCH;
+            // What fits one request; a change that fits none (the relay
+            // takes at most MAX_CHANGE) is refused here, not sent forever.
+            let mut bytes = 0;
+            let fits = batch
+                .iter()
+                .position(|c| {
+                    bytes += c.bytes.len();
+                    bytes > PUSH_BYTES
+                })
+                .unwrap_or(batch.len());
+            if fits == 0 {
+                let too_large = batch.swap_remove(0);
+                self.store.outbox_refused(
+                    &too_large,
+                    wire::RefusalCode::TooLarge.as_str(),
+                    "this change is larger than the relay takes",
+                )?;
+                report.refused += 1;
+                continue;
+            }
+            if fits < batch.len() {
+                batch.truncate(fits);
+                more = true;
             }
             let request = PushRequest {
                 changes: batch
@@ -371,7 +448,7 @@ impl Inner {
             report.pushed += delivered.len();
             // Work written again after a refusal goes out now, not at the
             // next round.
-            if batch.len() < PUSH_BATCH && written_again == 0 {
+            if !more && written_again == 0 {
                 return Ok(());
             }
         }
@@ -429,11 +506,17 @@ fn offline(e: reqwest::Error) -> Error {
 }
 
 /// The body of a 2xx reply, or the relay's error.
-async fn check(response: reqwest::Response) -> Result<Vec<u8>> {
+async fn check(mut response: reqwest::Response) -> Result<Vec<u8>> {
     let status = response.status();
-    let bytes = response.bytes().await.map_err(offline)?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(offline)? {
+        if bytes.len() + chunk.len() > MAX_REPLY {
+            return Err(Error::Offline("the relay sent an oversized reply".into()));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     if status.is_success() {
-        return Ok(bytes.to_vec());
+        return Ok(bytes);
     }
     if status.is_server_error() {
         return Err(Error::Offline(format!(

@@ -220,7 +220,11 @@ fn live_sync_delivers_a_logged_call_to_the_manager_without_asking() {
     let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = hand_over(&max, &ana, "Call", "ana");
     let events = Arc::new(Events(Mutex::new(Vec::new())));
+    // The app started live sync again (its screen was rebuilt) and let the
+    // first handle go: that stops the first live sync, not the newer one.
+    let first = max.engine.start(events.clone()).unwrap();
     let live = max.engine.start(events.clone()).unwrap();
+    drop(first);
     ana.store
         .log_call(&task, call(CallOutcome::Reached))
         .unwrap();
@@ -239,10 +243,13 @@ fn live_sync_delivers_a_logged_call_to_the_manager_without_asking() {
     // A local write is pushed at once when the app says so.
     max.store.comment(&task, "great").unwrap();
     live.sync_now();
+    // Pull-to-refresh while live sync runs: two rounds at once.
+    max.sync();
     eventually(20, "the assistant sees the comment", || {
         ana.sync();
         ana.store.task_detail(&task).unwrap().state.comments.len() == 1
     });
+    assert!(max.store.outbox(10).unwrap().is_empty());
     live.stop();
 }
 
