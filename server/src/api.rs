@@ -141,32 +141,38 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|_| Error::Storage("a worker failed".into()))?
 }
 
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes> {
+/// The most an enrolment body may be: an invite code and an actor id, read
+/// before anyone is authenticated.
+const MAX_ENROL_BODY: usize = 4 * 1024;
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     // Far too large: answer before reading. Slightly too large: read up to
     // the limit, so that the client is done sending when the answer comes.
-    if declared.is_some_and(|n| n > 4 * MAX_BODY) {
-        return Err(Error::TooLarge(MAX_BODY));
+    if declared.is_some_and(|n| n > 4 * limit) {
+        return Err(Error::TooLarge(limit));
     }
-    axum::body::to_bytes(body, MAX_BODY)
+    axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| Error::TooLarge(MAX_BODY))
+        .map_err(|_| Error::TooLarge(limit))
 }
 
 async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller> {
-    let token = headers
+    // One indexed SQLite read: quicker inline than handed to a thread.
+    app.relay.authenticate(bearer(headers)?)
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 128)
-        .ok_or(Error::InvalidToken)?
-        .to_owned();
-    // One indexed SQLite read: quicker inline than handed to a thread.
-    app.relay.authenticate(&token)
+        .ok_or(Error::InvalidToken)
 }
 
 /// The caller's team, loading it off the async workers on first use.
@@ -202,7 +208,7 @@ async fn enrol(
         return Err(Error::TooManyAttempts);
     }
     let attempt = async {
-        let bytes = read_body(&headers, body).await?;
+        let bytes = read_body(&headers, body, MAX_ENROL_BODY).await?;
         let request: EnrolRequest = serde_json::from_slice(&bytes).map_err(|_| {
             Error::BadRequest("bad_body", "expected {\"invite\", \"actor\"}".into())
         })?;
@@ -231,7 +237,7 @@ async fn enrol(
 
 async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
     let caller = caller(&app, &headers).await?;
-    let bytes = read_body(&headers, body).await?;
+    let bytes = read_body(&headers, body, MAX_BODY).await?;
     let request: PushRequest = decode(&bytes)?;
     let team = team_of(&app, &caller).await?;
     let verdicts = app
@@ -248,7 +254,7 @@ async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<
 
 async fn repair(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
     let caller = caller(&app, &headers).await?;
-    let bytes = read_body(&headers, body).await?;
+    let bytes = read_body(&headers, body, MAX_BODY).await?;
     let request: RepairRequest = decode(&bytes)?;
     let relay = app.relay.clone();
     let changes = blocking(move || relay.repair(&caller, &request.doc, &request.have)).await?;
@@ -293,6 +299,7 @@ async fn pull(
     let deadline = tokio::time::Instant::now() + wait;
     let team = team_of(&app, &caller).await?;
     let mut shutdown = app.shutdown.clone();
+    let mut waited = false;
     loop {
         let (page, next, more, mut news) = {
             let mut st = team.state();
@@ -306,6 +313,11 @@ async fn pull(
         };
         let now = tokio::time::Instant::now();
         if !page.is_empty() || more || now >= deadline || *shutdown.borrow() {
+            if waited && !page.is_empty() {
+                // The device may have been revoked while its poll waited
+                // (a stolen phone): it gets the 401, not the news.
+                app.relay.authenticate(bearer(&headers)?)?;
+            }
             let changes = changes_of(&app, &caller.team_id, page).await?;
             return Ok(binary(&PullReply {
                 changes,
@@ -314,6 +326,7 @@ async fn pull(
             }));
         }
         cursor = next;
+        waited = true;
         let _waiting = Waiting::new(&app.metrics.long_polls);
         tokio::select! {
             _ = news.changed() => {}

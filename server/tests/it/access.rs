@@ -321,3 +321,46 @@ fn a_change_written_by_another_device_is_refused() {
     max.sync();
     assert!(max.store.task_detail(&task).unwrap().state.calls.is_empty());
 }
+
+/// A stolen phone's long-poll may be waiting when the admin revokes it:
+/// the news that wakes it is not sent; the poll answers 401 with the code.
+#[test]
+fn a_long_poll_waiting_when_its_device_is_revoked_gets_401_not_the_news() {
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call", "ana");
+    let (token, cursor) = (ana.settings().token, ana.store.relay_cursor().unwrap());
+    let url = relay.url.clone();
+    let waiting = std::thread::spawn(move || {
+        let (rt, client) = http();
+        rt.block_on(async {
+            let r = client
+                .get(format!("{url}/v1/pull?cursor={cursor}&wait=60"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+        })
+    });
+    let (rt, client) = http();
+    eventually(10, "the long-poll is waiting", || {
+        rt.block_on(async {
+            let m = client
+                .get(format!("{}/metrics", relay.url))
+                .send()
+                .await
+                .unwrap();
+            m.text().await.unwrap().contains("handoff_long_polls 1")
+        })
+    });
+    relay.admin(&["revoke", "--device", &ana.store.device_actor()]);
+    max.store
+        .comment(&task, "patient prefers mornings")
+        .unwrap();
+    max.sync();
+    let (status, body) = waiting.join().unwrap();
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    let body: wire::ErrorBody = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body.code, "device_revoked");
+}

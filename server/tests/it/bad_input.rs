@@ -101,6 +101,14 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
             "bad_body",
         ),
         (
+            "oversized enrolment (read before anyone is authenticated)",
+            client
+                .post(format!("{url}/v1/enrol"))
+                .body(vec![b' '; 64 * 1024]),
+            413,
+            "too_large",
+        ),
+        (
             "unknown invite",
             client
                 .post(format!("{url}/v1/enrol"))
