@@ -218,11 +218,26 @@ impl Db {
         })
     }
 
-    /// Copy the whole WAL into the database file and empty it (at shutdown).
+    /// Copy the whole WAL into the database file and empty it (at
+    /// shutdown), so that no page of a deleted (redacted) document is left
+    /// in it. A reader or the checkpoint timer may hold it for a moment:
+    /// then it is tried again, for up to ten seconds.
     pub fn checkpoint_truncate(&self) -> Result<()> {
-        self.write()
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(())
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let busy: i64 = self
+                .write()
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            if busy == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Storage(
+                    "the write-ahead log could not be emptied".into(),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Leave checkpoints to [`Db::checkpoint`] (the relay's timer thread).
