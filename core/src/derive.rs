@@ -6,7 +6,7 @@
 //!   author's clock, then the event id. Causally later events always fold
 //!   later.
 //! - Two claims of one pooled task: the first in that order wins; the other
-//!   is refused with "already taken by X" and lands in its author's
+//!   is refused with "X already has this task" and lands in its author's
 //!   needs-attention view.
 //! - A manager's assignment concurrent with a claim overrides the claim (the
 //!   claim is superseded, its author told).
