@@ -21,7 +21,7 @@ use handoff_core::access::{may_change_team, may_read_task};
 use handoff_core::derive::{derive_outcomes, HistoryEntry, Outcome, Refusal, TaskState};
 use handoff_core::event::{Event, EventId};
 use handoff_core::store::TEAM_DOC;
-use handoff_core::sync::wire::{DocChange, RefusalCode, Verdict, MAX_CHANGE};
+use handoff_core::sync::wire::{self, DocChange, RefusalCode, Verdict, MAX_CHANGE};
 use handoff_core::task_doc::{
     self, doc_id_of, events_in_change, read_change, split_doc_id, ChangeRead, Shape,
 };
@@ -188,7 +188,7 @@ impl Incoming {
         } else if !is_valid_id(&change.doc) {
             Err(refuse(RefusalCode::InvalidChange, "bad document id"))
         } else {
-            match Change::from_bytes(change.bytes) {
+            match wire::decode_change(change.bytes).ok_or(()) {
                 Ok(c) if change.doc == TEAM_DOC => Ok((
                     c,
                     ChangeRead {
@@ -202,9 +202,9 @@ impl Incoming {
                     let read = read_change(&c);
                     Ok((c, read))
                 }
-                Err(_) => Err(refuse(
+                Err(()) => Err(refuse(
                     RefusalCode::InvalidChange,
-                    "not an automerge change",
+                    "not a plain automerge change",
                 )),
             }
         };

@@ -695,9 +695,9 @@ impl Store {
                 report.invalid += 1;
                 continue;
             }
-            match Change::from_bytes(bytes.clone()) {
-                Ok(c) => by_doc.entry(doc_id).or_default().push(c),
-                Err(_) => report.invalid += 1,
+            match crate::sync::wire::decode_change(bytes.clone()) {
+                Some(c) => by_doc.entry(doc_id).or_default().push(c),
+                None => report.invalid += 1,
             }
         }
         let result = (|| {

@@ -15,6 +15,20 @@ pub const MAX_CHANGE: usize = 512 * 1024;
 /// Longest a pull may wait for new changes.
 pub const MAX_WAIT_SECS: u64 = 60;
 
+/// A change as it crosses the wire: only a plain change chunk, the form
+/// phones and the relay send (`raw_bytes()`). A compressed chunk is refused
+/// before automerge sees it: automerge inflates it whole, with no limit, so
+/// 512 KB on the wire could take hundreds of MB before anything checks it.
+pub fn decode_change(bytes: Vec<u8>) -> Option<automerge::Change> {
+    /// The chunk type byte follows the magic bytes and the checksum.
+    const CHUNK_TYPE_AT: usize = 8;
+    const CHANGE_CHUNK: u8 = 1;
+    if bytes.get(CHUNK_TYPE_AT) != Some(&CHANGE_CHUNK) {
+        return None;
+    }
+    automerge::Change::from_bytes(bytes).ok()
+}
+
 /// One automerge change of one document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocChange {
@@ -166,5 +180,46 @@ mod tests {
     #[test]
     fn garbage_does_not_decode() {
         assert!(decode::<PushRequest>(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+    }
+
+    /// The plain form of a change decodes; the compressed form of the same
+    /// change (which automerge itself would take) does not, nor does a
+    /// compressed chunk that would inflate to 64 MB of zeros.
+    #[test]
+    fn only_plain_change_chunks_cross_the_wire() {
+        use automerge::transaction::Transactable;
+        use automerge::{AutoCommit, ROOT};
+        let mut doc = AutoCommit::new();
+        doc.put(
+            ROOT,
+            "note",
+            "the patient will call back after lunch. ".repeat(40),
+        )
+        .unwrap();
+        let mut change = doc.get_last_local_change().unwrap().clone();
+        let plain = change.raw_bytes().to_vec();
+        let compressed = change.bytes().to_vec();
+        assert!(compressed.len() < plain.len(), "automerge compressed it");
+        assert!(automerge::Change::from_bytes(compressed.clone()).is_ok());
+        assert!(decode_change(compressed).is_none());
+        assert_eq!(decode_change(plain).unwrap().hash(), change.hash());
+
+        let mut bomb = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
+        let deflated = {
+            use std::io::Write;
+            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+            e.write_all(&vec![0u8; 64 << 20]).unwrap();
+            e.finish().unwrap()
+        };
+        let mut len = deflated.len();
+        while len >= 0x80 {
+            bomb.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        bomb.push(len as u8);
+        bomb.extend(deflated);
+        assert!(bomb.len() < MAX_CHANGE);
+        assert!(decode_change(bomb).is_none());
+        assert!(decode_change(Vec::new()).is_none());
     }
 }

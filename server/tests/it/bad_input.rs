@@ -251,3 +251,38 @@ fn an_address_that_keeps_guessing_invites_is_turned_away_and_others_are_not() {
     let ana = Phone::enrolled(&relay, &invite);
     assert!(ana.store.team().is_some());
 }
+
+/// A compressed change chunk (which automerge would inflate whole, with no
+/// limit, before anything checks it) is refused as invalid, uninflated; the
+/// same change in its plain form, as phones send it, is stored.
+#[test]
+fn a_compressed_change_is_refused_before_it_is_inflated() {
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call", "ana");
+    let note = "Patient asked us to call back after lunch on weekdays. ".repeat(30);
+    ana.store.comment(&task, &note).unwrap();
+    let queued = ana.store.outbox(10).unwrap();
+    assert_eq!(queued.len(), 1);
+    let mut change = automerge::Change::from_bytes(queued[0].bytes.clone()).unwrap();
+    let compressed = change.bytes().to_vec();
+    assert!(compressed.len() < queued[0].bytes.len());
+    let verdicts =
+        RawPush::to(&relay).verdicts(&ana.settings().token, vec![doc_change(&task, compressed)]);
+    assert!(
+        matches!(
+            &verdicts[..],
+            [wire::Verdict::Refused {
+                code: wire::RefusalCode::InvalidChange,
+                ..
+            }]
+        ),
+        "{verdicts:?}"
+    );
+    assert_eq!(ana.sync().pushed, 1);
+    max.sync();
+    assert_eq!(
+        max.store.task_detail(&task).unwrap().state.comments.len(),
+        1
+    );
+}
