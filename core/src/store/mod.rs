@@ -877,9 +877,14 @@ impl Store {
             .any(|c| c.as_str() == code);
         let mut written_again = 0;
         match Change::from_bytes(bytes) {
-            Ok(refused) if doc_id != TEAM_DOC && !keep_in_place => {
+            Ok(refused) if !keep_in_place => {
                 let sp = tx.savepoint()?;
-                match set_aside(&sp, st, &doc_id, &refused) {
+                let set = if doc_id == TEAM_DOC {
+                    set_aside_team(&sp, st, &refused).map(|()| 0)
+                } else {
+                    set_aside(&sp, st, &doc_id, &refused)
+                };
+                match set {
                     Ok(n) => {
                         sp.commit()?;
                         written_again = n;
@@ -1094,29 +1099,7 @@ fn set_aside(conn: &Connection, st: &mut State, doc_id: &str, refused: &Change) 
         st.docs.put(doc_id, doc);
         return Ok(0);
     }
-    let mut aside = HashSet::from([refused.hash()]);
-    let mut kept = Vec::new();
-    let mut redo = Vec::new();
-    // Causal order: a change comes after everything it builds on.
-    for c in doc.get_changes(&[]) {
-        if c.hash() == refused.hash() {
-            continue;
-        }
-        if c.deps().iter().any(|d| aside.contains(d)) {
-            aside.insert(c.hash());
-            redo.push(c.clone());
-        } else {
-            kept.push(c.clone());
-        }
-    }
-    let mut rebuilt = AutoCommit::new();
-    rebuilt.apply_changes(kept)?;
-    rebuilt.set_actor(st.actor.clone());
-    for hash in &aside {
-        conn.prepare_cached("DELETE FROM changes WHERE doc_id = ?1 AND hash = ?2")?
-            .execute(params![doc_id, hash.as_ref()])?;
-    }
-    docs::compact(conn, doc_id, &mut rebuilt)?;
+    let (mut rebuilt, redo) = rebuild_without(conn, st, doc_id, &mut doc, refused)?;
     let mut have: HashSet<EventId> = HashSet::new();
     have.extend(task_doc::events(&rebuilt).0.into_iter().map(|e| e.id));
     let now = st.clock.now();
@@ -1157,6 +1140,66 @@ fn set_aside(conn: &Connection, st: &mut State, doc_id: &str, refused: &Change) 
     let team = st.team.clone().unwrap_or_default();
     reindex_doc(conn, st, &team, doc_id)?;
     Ok(written)
+}
+
+/// The document rebuilt (and stored) without `refused` and every change
+/// that builds on it; those changes, in causal order, are returned.
+fn rebuild_without(
+    conn: &Connection,
+    st: &State,
+    doc_id: &str,
+    doc: &mut AutoCommit,
+    refused: &Change,
+) -> Result<(AutoCommit, Vec<Change>)> {
+    let mut aside = HashSet::from([refused.hash()]);
+    let mut kept = Vec::new();
+    let mut built_on_it = Vec::new();
+    // Causal order: a change comes after everything it builds on.
+    for c in doc.get_changes(&[]) {
+        if c.hash() == refused.hash() {
+            continue;
+        }
+        if c.deps().iter().any(|d| aside.contains(d)) {
+            aside.insert(c.hash());
+            built_on_it.push(c.clone());
+        } else {
+            kept.push(c.clone());
+        }
+    }
+    let mut rebuilt = AutoCommit::new();
+    rebuilt.apply_changes(kept)?;
+    rebuilt.set_actor(st.actor.clone());
+    for hash in &aside {
+        conn.prepare_cached("DELETE FROM changes WHERE doc_id = ?1 AND hash = ?2")?
+            .execute(params![doc_id, hash.as_ref()])?;
+    }
+    docs::compact(conn, doc_id, &mut rebuilt)?;
+    Ok((rebuilt, built_on_it))
+}
+
+/// A refused change to the team document: the team is rebuilt without it,
+/// as every other device has it. This device's later team changes built on
+/// it stay queued; the relay refuses them in turn (missing dependencies)
+/// and they show in needs attention. They are not written again: each is a
+/// manager's deliberate edit, for someone who may to make again.
+fn set_aside_team(conn: &Connection, st: &mut State, refused: &Change) -> Result<()> {
+    let Some(mut doc) = (match st.docs.take(TEAM_DOC) {
+        Some(d) => Some(d),
+        None => docs::load(conn, TEAM_DOC, &st.actor)?,
+    }) else {
+        return Ok(());
+    };
+    if refused.deps().is_empty() || doc.get_change_by_hash(&refused.hash()).is_none() {
+        st.docs.put(TEAM_DOC, doc);
+        return Ok(());
+    }
+    let (rebuilt, _) = rebuild_without(conn, st, TEAM_DOC, &mut doc, refused)?;
+    // Not cached: reloaded from the database, which also holds changes
+    // still waiting for their dependencies.
+    let team = Team::read(&rebuilt);
+    reindex_all(conn, st, &team)?;
+    st.set_team(Some(team));
+    Ok(())
 }
 
 /// Is `doc_id` an older generation of a task this device already holds in

@@ -414,3 +414,52 @@ fn a_late_answer_to_an_earlier_push_leaves_a_newer_change_queued() {
     );
     assert!(max.needs_attention().unwrap().is_empty());
 }
+
+/// A manager's team edit the relay refuses (say the role was taken away
+/// while the phone was offline) leaves the team as everyone else has it;
+/// the edit made on top of it is refused in turn, both show in needs
+/// attention, and the next team edit reaches other phones.
+#[test]
+fn a_refused_team_change_is_set_aside_and_team_edits_go_on() {
+    let c = Clinic::with(&["max", "ana"]);
+    c.sync();
+    let max = c.at("max");
+    let sent = max.outbox(1000).unwrap();
+    max.outbox_delivered(&sent).unwrap();
+    let everyone_elses = c.at("ana").team().unwrap();
+    assert_eq!(max.team().unwrap(), everyone_elses);
+    let sop = |id: &str| SopTemplate {
+        id: id.into(),
+        name: format!("Template {id}"),
+        checklist: vec!["Verify identity".into()],
+        questions: vec![],
+    };
+    max.put_sop(&sop("X-1")).unwrap();
+    max.put_sop(&sop("X-2")).unwrap();
+    let queued = max.outbox(10).unwrap();
+    assert_eq!(queued.len(), 2);
+    assert_eq!(
+        max.outbox_refused(&queued[0], "forbidden", "not a manager")
+            .unwrap(),
+        Some(0)
+    );
+    assert_eq!(max.team().unwrap(), everyone_elses, "set aside");
+    assert_eq!(max.outbox(10).unwrap(), queued[1..], "still queued");
+    assert_eq!(
+        max.outbox_refused(&queued[1], "missing_dependencies", "builds on it")
+            .unwrap(),
+        Some(0)
+    );
+    assert_eq!(max.needs_attention().unwrap().len(), 2);
+    assert_eq!(reopen(&c, 0, "max").team().unwrap(), everyone_elses);
+
+    max.put_sop(&sop("X-3")).unwrap();
+    c.at("ana").apply_remote(&outbox(max)).unwrap();
+    let ana_team = c.at("ana").team().unwrap();
+    assert!(
+        ana_team.sops.contains_key("X-3"),
+        "{:?}",
+        ana_team.sops.keys()
+    );
+    assert_eq!(ana_team, max.team().unwrap());
+}
