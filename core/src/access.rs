@@ -1,13 +1,16 @@
 //! Who may read and write which document. The relay filters what it sends
 //! with these functions, so a phone and the relay can never disagree.
 
-use crate::derive::{Outcome, TaskState};
+use crate::derive::TaskState;
 use crate::team::Team;
 
 /// May `user` read this task? Reviewers (managers, clinicians) see every
 /// task; others see what they created, what they hold or receive the result
-/// of, what waits unassigned in their role's pool, and tasks where an action
-/// of theirs did not take effect. Reassignment moves visibility with the task.
+/// of, and what waits unassigned in their role's pool. Reassignment moves
+/// visibility with the task: the relay still sends whoever loses sight of a
+/// task the change that took it from them (and what came before it), so
+/// their phone learns where it went, who won a claim race, or that their
+/// work arrived after the task moved ([`losing_sight`]).
 pub fn may_read_task(team: &Team, user: &str, task: &TaskState) -> bool {
     let Some(member) = team.member(user).filter(|m| m.active) else {
         return false;
@@ -19,12 +22,19 @@ pub fn may_read_task(team: &Team, user: &str, task: &TaskState) -> bool {
         || task.assignee.as_deref() == Some(user)
         || task.handoff.route_result_to.as_deref() == Some(user)
         || (task.assignee.is_none() && task.pool == Some(member.role))
-        // Whoever lost a race on it (a claim, a stale approval) keeps seeing
-        // it, so their phone learns the outcome.
-        || task
-            .history
-            .iter()
-            .any(|h| h.by == user && !matches!(h.outcome, Outcome::Applied))
+}
+
+/// The members who may read the task as it was `before` a change and not
+/// as it is `after` it.
+pub fn losing_sight(team: &Team, before: &TaskState, after: Option<&TaskState>) -> Vec<String> {
+    team.members
+        .keys()
+        .filter(|user| {
+            may_read_task(team, user, before)
+                && !after.is_some_and(|a| may_read_task(team, user, a))
+        })
+        .cloned()
+        .collect()
 }
 
 /// May `user` write to the team document? (The relay alone enrols devices.)

@@ -17,9 +17,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
-use handoff_core::access::{may_change_team, may_read_task};
+use handoff_core::access::{losing_sight, may_change_team, may_read_task};
 use handoff_core::derive::{derive_outcomes, HistoryEntry, Outcome, Refusal, TaskState};
-use handoff_core::event::{Event, EventId};
+use handoff_core::event::{Action, Event, EventId};
 use handoff_core::store::TEAM_DOC;
 use handoff_core::sync::wire::{self, DocChange, RefusalCode, Verdict, MAX_CHANGE};
 use handoff_core::task_doc::{
@@ -90,6 +90,11 @@ struct DocEntry {
     /// number would make automerge refuse the second on every phone, and
     /// with it every sync round that pulled it.
     seqs: HashMap<Arc<str>, u64>,
+    /// Members who lost sight of the task (reassigned, claimed by someone
+    /// else), each with the seq of the change that took it from them: they
+    /// are still sent every entry up to it, so their phones learn where it
+    /// went (`access::losing_sight`).
+    exits: Vec<(Arc<str>, u64)>,
 }
 
 impl DocEntry {
@@ -99,7 +104,25 @@ impl DocEntry {
             state: None,
             events_lists: Vec::new(),
             seqs: HashMap::new(),
+            exits: Vec::new(),
         }
+    }
+
+    /// These members lost sight of the task with the change at `seq`.
+    fn lost_sight(&mut self, users: Vec<String>, seq: u64) {
+        for user in users {
+            match self.exits.iter_mut().find(|(u, _)| **u == *user) {
+                Some((_, at)) => *at = (*at).max(seq),
+                None => self.exits.push((Arc::from(user), seq)),
+            }
+        }
+    }
+
+    /// The seq up to which `user`, who lost sight of the task, is sent it.
+    fn exit_of(&self, user: &str) -> Option<u64> {
+        self.exits
+            .iter()
+            .find_map(|(u, seq)| (**u == *user).then_some(*seq))
     }
 
     /// Take a layout's events list as one the document's events go to.
@@ -158,6 +181,9 @@ pub struct TeamState {
     /// and the older documents to delete once it is committed.
     carry_over: Vec<(String, Change)>,
     retiring: Vec<Arc<str>>,
+    /// Set by admitting a change that takes a task from some members: who,
+    /// for the feed row that change is given next.
+    exiting: Vec<String>,
 }
 
 struct Waiter {
@@ -244,10 +270,14 @@ impl TeamState {
             retired_events: HashMap::new(),
             carry_over: Vec::new(),
             retiring: Vec::new(),
+            exiting: Vec::new(),
         };
         st.retired_events = db.read(|conn| Db::retired_events(conn, &row.team_id))?;
         let mut team_changes = Vec::new();
         let mut failed = None;
+        // Changes that may have taken a task from someone: the document,
+        // its events before and after the change, and the change's seq.
+        let mut moves: Vec<(Arc<str>, usize, usize, u64)> = Vec::new();
         db.read(|conn| {
             Db::feed(conn, &row.team_id, |r| {
                 // Rows of retired documents are gone: keep their seqs.
@@ -275,10 +305,14 @@ impl TeamState {
                         let (task, generation) = split_doc_id(&doc);
                         let newest = st.generations.entry(task.to_owned()).or_insert(0);
                         *newest = (*newest).max(generation);
-                        let entry = st.docs.entry(doc).or_insert_with(DocEntry::new);
+                        let entry = st.docs.entry(doc.clone()).or_insert_with(DocEntry::new);
                         entry.count(actor, c.seq());
                         let read = read_change(&c);
                         entry.laid_out(&read.shape);
+                        let before = entry.events.len();
+                        if read.events.iter().any(|e| moves_task(&e.action)) {
+                            moves.push((doc.clone(), before, before + read.events.len(), r.seq));
+                        }
                         entry.events.extend(read.events);
                     }
                     Err(_) => failed = Some(r.seq),
@@ -292,6 +326,17 @@ impl TeamState {
         st.team_doc.set_actor(relay_actor);
         st.team = Team::read(&st.team_doc);
         st.rederive_all();
+        // Who lost sight of which task, as admitting each change found (with
+        // the team as it is now).
+        for (doc, before, after, seq) in moves {
+            if let Some(entry) = st.docs.get_mut(&doc) {
+                let was = derive(&doc, &entry.events[..before], &st.team);
+                let now = derive(&doc, &entry.events[..after], &st.team);
+                if let Some(was) = was {
+                    entry.lost_sight(losing_sight(&st.team, &was, now.as_ref()), seq);
+                }
+            }
+        }
         // The relay stopped between committing a newer generation and
         // deleting the older: delete it now.
         let superseded: Vec<Arc<str>> = st
@@ -452,19 +497,37 @@ impl TeamState {
 
     /// May this user read this document now?
     fn visible(&self, doc: &str, user: &str) -> bool {
-        if doc == TEAM_DOC {
-            return true;
-        }
-        // A redacted task's older document is hidden from the moment its
-        // newer one is admitted (it is deleted once that is committed).
+        doc == TEAM_DOC || self.current(doc).is_some_and(|e| self.reads(e, user))
+    }
+
+    /// May this user be sent the feed entry `seq` of `doc`: they may read
+    /// the document now, or the entry came before (or is) the change that
+    /// took the task from them.
+    fn delivers(&self, seq: u64, doc: &str, user: &str) -> bool {
+        doc == TEAM_DOC
+            || self.current(doc).is_some_and(|e| {
+                self.reads(e, user)
+                    || (e.exit_of(user).is_some_and(|exit| seq <= exit)
+                        && self.team.member(user).is_some_and(|m| m.active))
+            })
+    }
+
+    /// A task document, unless a newer generation replaced it: a redacted
+    /// task's older document is hidden from the moment its newer one is
+    /// admitted (it is deleted once that is committed).
+    fn current(&self, doc: &str) -> Option<&DocEntry> {
         let (task, generation) = split_doc_id(doc);
         if self.generations.get(task).is_some_and(|&g| g > generation) {
-            return false;
+            return None;
         }
-        match self.docs.get(doc).and_then(|e| e.state.as_ref()) {
-            Some(state) => may_read_task(&self.team, user, state),
-            None => false,
-        }
+        self.docs.get(doc)
+    }
+
+    fn reads(&self, entry: &DocEntry, user: &str) -> bool {
+        entry
+            .state
+            .as_ref()
+            .is_some_and(|state| may_read_task(&self.team, user, state))
     }
 
     /// The feed entries after `cursor` this user may read: their seqs, and
@@ -483,7 +546,7 @@ impl TeamState {
             seq += 1;
             scanned += 1;
             // A device has what it wrote itself.
-            if *entry.actor != *caller.actor && self.visible(&entry.doc, &caller.user_id) {
+            if *entry.actor != *caller.actor && self.delivers(seq, &entry.doc, &caller.user_id) {
                 seqs.push(seq);
                 bytes += entry.size as usize;
             }
@@ -730,6 +793,12 @@ impl TeamState {
                     return Err(verdict);
                 }
             };
+            self.exiting = match &entry.state {
+                Some(before) if moved(before, state.as_ref()) => {
+                    losing_sight(&self.team, before, state.as_ref())
+                }
+                _ => Vec::new(),
+            };
             entry.state = state;
             entry.laid_out(&read.shape);
             entry.count(device, c.seq());
@@ -847,6 +916,12 @@ impl TeamState {
         // duplicate (answered only once it is committed: answers go out in
         // order).
         let key = self.doc_key(&row.doc_id);
+        let exiting = std::mem::take(&mut self.exiting);
+        if !exiting.is_empty() {
+            if let Some(entry) = self.docs.get_mut(&key) {
+                entry.lost_sight(exiting, row.seq);
+            }
+        }
         self.hashes.insert(c.hash(), key);
         row
     }
@@ -885,7 +960,7 @@ impl TeamState {
                 gone.push(actor.clone());
             } else if rows
                 .iter()
-                .any(|(r, author)| author != actor && self.visible(&r.doc_id, &w.user))
+                .any(|(r, author)| author != actor && self.delivers(r.seq, &r.doc_id, &w.user))
             {
                 w.wake.send_replace(head);
             }
@@ -894,6 +969,24 @@ impl TeamState {
             self.waiters.remove(&actor);
         }
     }
+}
+
+/// Can this action change who may read a task?
+fn moves_task(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Created { .. } | Action::Assigned { .. } | Action::Claimed
+    )
+}
+
+/// Did a change move the task between people (the fields reading hangs on)?
+fn moved(before: &TaskState, after: Option<&TaskState>) -> bool {
+    after.is_none_or(|a| {
+        a.assignee != before.assignee
+            || a.pool != before.pool
+            || a.created_by != before.created_by
+            || a.handoff.route_result_to != before.handoff.route_result_to
+    })
 }
 
 fn derive(doc: &str, events: &[Event], team: &Team) -> Option<TaskState> {

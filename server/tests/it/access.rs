@@ -152,7 +152,7 @@ impl JsonBody for reqwest::Response {
 
 #[test]
 fn reassignment_moves_visibility_and_the_new_assignee_gets_the_whole_history() {
-    let relay = Relay::start();
+    let mut relay = Relay::start();
     let (team, invite) = relay.create_team("Clinic", "max");
     let max = Phone::enrolled(&relay, &invite);
     let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
@@ -174,19 +174,72 @@ fn reassignment_moves_visibility_and_the_new_assignee_gets_the_whole_history() {
     assert_eq!(detail.state.assignee.as_deref(), Some("bob"));
     assert_eq!(detail.state.calls.len(), 1, "history came with the task");
 
-    // Ana no longer receives the task's news, and may not write to it.
+    // Ana's phone learns the task went to Bob (the change that took it from
+    // her is sent to her, also by a relay that restarted since), and it
+    // leaves her queue; she receives none of the task's later news.
     max.store.comment(&task, "bob has it now").unwrap();
     max.sync();
+    relay.kill();
+    relay.spawn();
     ana.sync();
-    assert!(ana
-        .store
-        .task_detail(&task)
-        .unwrap()
-        .state
-        .comments
-        .is_empty());
+    let on_ana = ana.store.task_detail(&task).unwrap().state;
+    assert_eq!(on_ana.assignee.as_deref(), Some("bob"));
+    assert!(on_ana.comments.is_empty());
+    let queue = ana.store.my_queue().unwrap();
+    assert!([queue.overdue, queue.today, queue.upcoming]
+        .concat()
+        .iter()
+        .all(|t| t.task_id != task));
     bob.sync();
     assert_converged(&[&max, &bob]);
+}
+
+/// A front-desk phone that saw a pooled task claims it offline after a
+/// manager gave it to an assistant. Its claim is kept (it lost a race) and
+/// the phone learns who has the task, but writing to the task gives it no
+/// sight of what came after: the assistant's call notes stay with those
+/// who may read them.
+#[test]
+fn a_lost_claim_shows_who_won_and_reveals_nothing_that_came_after() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let fay = Phone::enrolled(&relay, &relay.invite(&team, "fay", "front_desk"));
+    max.sync();
+    let task = max
+        .store
+        .delegate(task_for("Schedule MRI", None, Some(Role::FrontDesk)))
+        .unwrap();
+    max.sync();
+    fay.sync();
+    assert_eq!(fay.store.task_ids().unwrap(), vec![task.clone()]);
+    max.store.assign(&task, "ana").unwrap();
+    max.sync();
+    ana.sync();
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    ana.sync();
+    // Offline all along, fay claims the task as her phone last saw it.
+    fay.store.claim(&task).unwrap();
+    fay.sync();
+    for restarted in [false, true] {
+        if restarted {
+            relay.kill();
+            relay.spawn();
+            fay.sync();
+        }
+        let on_fay = fay.store.task_detail(&task).unwrap().state;
+        assert_eq!(on_fay.assignee.as_deref(), Some("ana"), "{restarted}");
+        assert!(
+            on_fay.calls.is_empty(),
+            "no call notes for fay ({restarted})"
+        );
+        let attention = fay.store.needs_attention().unwrap();
+        assert_eq!(attention.len(), 1);
+    }
+    max.sync();
+    ana.sync();
+    assert_converged(&[&max, &ana]);
 }
 
 #[test]
