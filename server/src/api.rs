@@ -248,7 +248,10 @@ async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<
             request.changes.into_iter().map(Incoming::decode).collect(),
         )
         .await
-        .map_err(|_| Error::Storage("the feed writer stopped".into()))??;
+        .map_err(|_| {
+            team.writer_stopped();
+            Error::Storage("the feed writer stopped".into())
+        })??;
     Ok(binary(&PushReply { verdicts }))
 }
 

@@ -1068,6 +1068,12 @@ impl LoadedTeam {
     pub fn state(&self) -> MutexGuard<'_, TeamState> {
         lock(&self.state)
     }
+
+    /// A push was dropped unanswered: the team's writer stopped (it only
+    /// ever answers). The next request reloads the team with a new one.
+    pub fn writer_stopped(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
 }
 
 /// Where a push's verdicts go.
@@ -1110,9 +1116,27 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Marks the team failed when its writer thread ends in a panic (a bug; no
+/// input is known to cause one), so that the next request reloads it with a
+/// new writer instead of every push failing until the relay restarts. (A
+/// push dropped by the panic marks it first: `LoadedTeam::writer_stopped`.)
+struct FailOnPanic(Weak<LoadedTeam>);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(team) = self.0.upgrade() {
+                team.failed.store(true, Ordering::Release);
+            }
+            tracing::error!("a feed writer stopped with a panic; the team is reloaded on next use");
+        }
+    }
+}
+
 /// The first stage of a team's feed writer: admit every push waiting as
 /// one batch, hand the batch to the committer, until the team is unloaded.
 fn admitter(db: Arc<Db>, team_id: String, team: Weak<LoadedTeam>, jobs: mpsc::Receiver<Job>) {
+    let _failed = FailOnPanic(team.clone());
     let (to_commit, admitted) = mpsc::sync_channel::<Admitted>(4);
     {
         let team = team.clone();
@@ -1249,6 +1273,7 @@ fn poisoned() -> &'static Mutex<HashSet<ChangeHash>> {
 /// failed (reloaded from the feed on next use) and every push still queued
 /// is answered with the error.
 fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Receiver<Admitted>) {
+    let _failed = FailOnPanic(team.clone());
     let mut failure: Option<String> = None;
     while let Ok(first) = admitted.recv() {
         let mut waiting = vec![first];
@@ -1278,6 +1303,17 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
                     });
                     answers.extend(replies.into_iter().map(|r| (r, Vec::new())));
                 }
+            }
+        }
+        // Tests of a writer thread's panic create this file: the next commit
+        // panics, once.
+        #[cfg(debug_assertions)]
+        if std::env::var("HANDOFF_TEST_PANIC_IN_COMMIT_ONCE")
+            .is_ok_and(|path| std::fs::remove_file(path).is_ok())
+        {
+            #[allow(clippy::panic)]
+            {
+                panic!("commit panic injected by a test");
             }
         }
         if failure.is_none() && !rows.is_empty() {

@@ -483,3 +483,35 @@ fn a_change_whose_admission_panics_is_refused_when_sent_again_and_the_team_goes_
         2
     );
 }
+
+/// A feed writer thread that panics (a bug; nothing known causes one) takes
+/// down only the pushes it held: they are answered with an error to retry,
+/// and the next request reloads the team with a new writer.
+#[test]
+fn a_feed_writer_that_panics_is_replaced_and_the_team_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let trigger = dir.path().join("panic-next-commit");
+    let relay = Relay::start_with_env(
+        &[],
+        &[(
+            "HANDOFF_TEST_PANIC_IN_COMMIT_ONCE",
+            trigger.to_str().unwrap(),
+        )],
+    );
+    let (_team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call back", "ana");
+    std::fs::write(&trigger, b"").unwrap();
+    ana.store.comment(&task, "still here").unwrap();
+    assert!(
+        ana.engine.sync_now().is_err(),
+        "the push was not acknowledged"
+    );
+    assert!(!trigger.exists(), "the commit panicked");
+    assert_eq!(ana.sync().pushed, 1);
+    max.sync();
+    assert_converged(&[&max, &ana]);
+    assert_eq!(
+        max.store.task_detail(&task).unwrap().state.comments.len(),
+        1
+    );
+}
