@@ -1162,7 +1162,13 @@ fn admitter(db: Arc<Db>, team_id: String, team: Weak<LoadedTeam>, jobs: mpsc::Re
                 if to_commit.send(Admitted::Flush(done)).is_err() || flushed.recv().is_err() {
                     return;
                 }
-                work(&team);
+                // Not on a state that is ahead of its database: dropped
+                // unrun, the job's caller is told to try again (enrolment)
+                // or tries at its next tick (revocations), on the reloaded
+                // team.
+                if !team.failed.load(Ordering::Acquire) {
+                    work(&team);
+                }
                 continue;
             }
             Job::Push(push) => pushes.push(push),
