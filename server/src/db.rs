@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE teams (
@@ -80,6 +80,21 @@ CREATE TABLE retired_events (
 ) WITHOUT ROWID;
 ";
 
+/// Added in schema 4.
+const EXITS: &str = "
+-- Members who lost sight of a task's document (it was reassigned, or
+-- claimed from their pool by another): the seq of the change that took it
+-- from them. They are still sent its feed entries up to that one, so their
+-- phones learn where it went. Written with that change's feed row.
+CREATE TABLE exits (
+    team_id TEXT NOT NULL REFERENCES teams(team_id),
+    doc_id  TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    PRIMARY KEY (team_id, doc_id, user_id)
+) WITHOUT ROWID;
+";
+
 /// Schema upgrades, one step per version.
 fn upgrade_from(tx: &Connection, version: i64) -> Result<()> {
     match version {
@@ -87,6 +102,9 @@ fn upgrade_from(tx: &Connection, version: i64) -> Result<()> {
         // three b-trees, two of them at random places.
         1 => tx.execute_batch("DROP INDEX feed_hash; DROP INDEX feed_doc;")?,
         2 => tx.execute_batch(RETIRED_EVENTS)?,
+        // Tasks moved before schema 4 keep no exits: phones that lost
+        // sight of them then were not told then either.
+        3 => tx.execute_batch(EXITS)?,
         _ => return Err(Error::Storage(format!("no upgrade from schema {version}"))),
     }
     Ok(())
@@ -134,6 +152,7 @@ pub struct InviteRow {
 /// A redacted task's older document, to delete from the feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetiredDoc {
+    pub doc_id: String,
     pub task_id: String,
     pub seqs: Vec<u64>,
     /// Event id, and the SHA-256 of the event's scrubbed JSON.
@@ -147,6 +166,8 @@ pub struct FeedRow {
     pub doc_id: String,
     pub hash: [u8; 32],
     pub bytes: Vec<u8>,
+    /// Members who lose sight of the task with this change (see `exits`).
+    pub exits: Vec<String>,
 }
 
 fn open_conn(path: &Path) -> Result<Connection> {
@@ -174,6 +195,7 @@ impl Db {
             if version == 0 {
                 tx.execute_batch(SCHEMA)?;
                 tx.execute_batch(RETIRED_EVENTS)?;
+                tx.execute_batch(EXITS)?;
             } else {
                 for v in version..VERSION {
                     upgrade_from(&tx, v)?;
@@ -434,7 +456,23 @@ impl Db {
             &row.hash[..],
             row.bytes
         ])?;
+        for user in &row.exits {
+            conn.prepare_cached(
+                "INSERT INTO exits (team_id, doc_id, user_id, seq) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (team_id, doc_id, user_id) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )?
+            .execute(params![team_id, row.doc_id, user, row.seq as i64])?;
+        }
         Ok(())
+    }
+
+    /// Every exit of a team: document, member, seq.
+    pub fn exits(conn: &Connection, team_id: &str) -> Result<Vec<(String, String, u64)>> {
+        let mut stmt = conn.prepare("SELECT doc_id, user_id, seq FROM exits WHERE team_id = ?1")?;
+        let rows = stmt.query_map([team_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Append rows to a team's feed in one transaction.
@@ -481,6 +519,8 @@ impl Db {
                 for (id, digest) in &doc.events {
                     keep.execute(params![team_id, doc.task_id, id, &digest[..]])?;
                 }
+                tx.prepare_cached("DELETE FROM exits WHERE team_id = ?1 AND doc_id = ?2")?
+                    .execute(params![team_id, doc.doc_id])?;
             }
         }
         tx.commit()?;
@@ -566,5 +606,6 @@ fn feed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedRow> {
         doc_id: r.get(1)?,
         hash: h,
         bytes: r.get(3)?,
+        exits: Vec::new(),
     })
 }

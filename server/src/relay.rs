@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use handoff_core::access::{losing_sight, may_change_team, may_read_task};
 use handoff_core::derive::{derive_outcomes, HistoryEntry, Outcome, Refusal, TaskState};
-use handoff_core::event::{Action, Event, EventId};
+use handoff_core::event::{Event, EventId};
 use handoff_core::store::TEAM_DOC;
 use handoff_core::sync::wire::{self, DocChange, RefusalCode, Verdict, MAX_CHANGE};
 use handoff_core::task_doc::{
@@ -275,9 +275,6 @@ impl TeamState {
         st.retired_events = db.read(|conn| Db::retired_events(conn, &row.team_id))?;
         let mut team_changes = Vec::new();
         let mut failed = None;
-        // Changes that may have taken a task from someone: the document,
-        // its events before and after the change, and the change's seq.
-        let mut moves: Vec<(Arc<str>, usize, usize, u64)> = Vec::new();
         db.read(|conn| {
             Db::feed(conn, &row.team_id, |r| {
                 // Rows of retired documents are gone: keep their seqs.
@@ -309,10 +306,6 @@ impl TeamState {
                         entry.count(actor, c.seq());
                         let read = read_change(&c);
                         entry.laid_out(&read.shape);
-                        let before = entry.events.len();
-                        if read.events.iter().any(|e| moves_task(&e.action)) {
-                            moves.push((doc.clone(), before, before + read.events.len(), r.seq));
-                        }
                         entry.events.extend(read.events);
                     }
                     Err(_) => failed = Some(r.seq),
@@ -326,15 +319,10 @@ impl TeamState {
         st.team_doc.set_actor(relay_actor);
         st.team = Team::read(&st.team_doc);
         st.rederive_all();
-        // Who lost sight of which task, as admitting each change found (with
-        // the team as it is now).
-        for (doc, before, after, seq) in moves {
-            if let Some(entry) = st.docs.get_mut(&doc) {
-                let was = derive(&doc, &entry.events[..before], &st.team);
-                let now = derive(&doc, &entry.events[..after], &st.team);
-                if let Some(was) = was {
-                    entry.lost_sight(losing_sight(&st.team, &was, now.as_ref()), seq);
-                }
+        // Who lost sight of which task, as admitting each change found.
+        for (doc, user, seq) in db.read(|conn| Db::exits(conn, &row.team_id))? {
+            if let Some(entry) = st.docs.get_mut(doc.as_str()) {
+                entry.lost_sight(vec![user], seq);
             }
         }
         // The relay stopped between committing a newer generation and
@@ -371,6 +359,7 @@ impl TeamState {
     fn retirement_plan(&self, docs: &[Arc<str>]) -> Vec<RetiredDoc> {
         docs.iter()
             .map(|doc| RetiredDoc {
+                doc_id: doc.to_string(),
                 task_id: split_doc_id(doc).0.to_owned(),
                 seqs: self.seqs_by_doc.get(doc).cloned().unwrap_or_default(),
                 events: self
@@ -809,6 +798,16 @@ impl TeamState {
                 .or_insert(generation);
             *newest = (*newest).max(generation);
             if let Some((older, carried)) = retiring {
+                // Whoever lost sight of an older generation is sent this
+                // layout too, so that their phone retires the older document
+                // (and the patient details removed from it) and does not
+                // keep it. The layout holds the task without them.
+                for doc in &older {
+                    if let Some(e) = self.docs.get(doc) {
+                        self.exiting
+                            .extend(e.exits.iter().map(|(u, _)| u.to_string()));
+                    }
+                }
                 self.retiring.extend(older);
                 self.carry_over.extend(carried);
             }
@@ -900,26 +899,28 @@ impl TeamState {
             doc_id: TEAM_DOC.into(),
             hash: change.hash().0,
             bytes: change.raw_bytes().to_vec(),
+            exits: Vec::new(),
         })
     }
 
     /// Give a change the next seq (it is committed with the batch).
     fn next_row(&mut self, doc: String, c: &Change) -> FeedRow {
-        let row = FeedRow {
+        let mut row = FeedRow {
             seq: self.head() + self.uncommitted + 1,
             doc_id: doc,
             hash: c.hash().0,
             bytes: c.raw_bytes().to_vec(),
+            exits: std::mem::take(&mut self.exiting),
         };
         self.uncommitted += 1;
         // Later changes may build on it, and a second copy of it is a
         // duplicate (answered only once it is committed: answers go out in
         // order).
         let key = self.doc_key(&row.doc_id);
-        let exiting = std::mem::take(&mut self.exiting);
-        if !exiting.is_empty() {
-            if let Some(entry) = self.docs.get_mut(&key) {
-                entry.lost_sight(exiting, row.seq);
+        if !row.exits.is_empty() {
+            match self.docs.get_mut(&key) {
+                Some(entry) => entry.lost_sight(row.exits.clone(), row.seq),
+                None => row.exits.clear(),
             }
         }
         self.hashes.insert(c.hash(), key);
@@ -969,14 +970,6 @@ impl TeamState {
             self.waiters.remove(&actor);
         }
     }
-}
-
-/// Can this action change who may read a task?
-fn moves_task(action: &Action) -> bool {
-    matches!(
-        action,
-        Action::Created { .. } | Action::Assigned { .. } | Action::Claimed
-    )
 }
 
 /// Did a change move the task between people (the fields reading hangs on)?
@@ -1727,6 +1720,7 @@ pub fn create_team(db: &Db, name: &str) -> Result<TeamRow> {
             doc_id: TEAM_DOC.into(),
             hash: change.hash().0,
             bytes: change.raw_bytes().to_vec(),
+            exits: Vec::new(),
         },
     )?;
     tx.commit()?;

@@ -417,3 +417,29 @@ fn a_long_poll_waiting_when_its_device_is_revoked_gets_401_not_the_news() {
     let body: wire::ErrorBody = serde_json::from_slice(&body).unwrap();
     assert_eq!(body.code, "device_revoked");
 }
+
+/// Exits are kept as they were made: a front-desk member who joined after
+/// a pooled task was claimed is not sent it, also by a relay that restarted
+/// since (and so rebuilt who lost sight of what).
+#[test]
+fn a_member_who_joins_later_is_not_sent_tasks_that_left_the_pool_before() {
+    let mut relay = Relay::start();
+    let (team, max, fay) = manager_and(&relay, "fay", "front_desk");
+    let task = max
+        .store
+        .delegate(task_for("Schedule MRI", None, Some(Role::FrontDesk)))
+        .unwrap();
+    max.sync();
+    fay.sync();
+    fay.store.claim(&task).unwrap();
+    fay.sync();
+    let gus = Phone::enrolled(&relay, &relay.invite(&team, "gus", "front_desk"));
+    for restarted in [false, true] {
+        if restarted {
+            relay.kill();
+            relay.spawn();
+        }
+        gus.sync();
+        assert!(gus.store.task_ids().unwrap().is_empty(), "{restarted}");
+    }
+}

@@ -304,3 +304,29 @@ fn two_managers_redacting_at_once_lose_nothing_and_converge() {
         assert!(!relay_files_hold(&relay, NAME));
     }
 }
+
+/// Ana's task went to Bob, then a manager removed the patient's details
+/// before her phone synced. Her phone learns both: the task is Bob's, and
+/// the copy holding Jordan Quill's details is replaced by the redacted one
+/// (also from a relay that restarted in between).
+#[test]
+fn a_phone_that_lost_sight_of_a_task_drops_its_details_when_it_is_redacted() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let bob = Phone::enrolled(&relay, &relay.invite(&team, "bob", "clinical_assistant"));
+    max.sync();
+    let task = quill_task_with_a_call(&max, &ana);
+    assert!(ana.store.task_detail(&task).unwrap().patient.is_some());
+    max.store.assign(&task, "bob").unwrap();
+    max.sync();
+    max.store.redact_patient(&task).unwrap();
+    max.sync();
+    relay.kill();
+    relay.spawn();
+    ana.sync();
+    let d = ana.store.task_detail(&task).unwrap();
+    assert_eq!(d.patient, None, "the unredacted copy is gone");
+    assert_eq!(d.state.assignee.as_deref(), Some("bob"));
+    bob.sync();
+    assert_eq!(bob.store.task_detail(&task).unwrap().patient, None);
+}
