@@ -326,7 +326,12 @@ impl Inner {
     }
 
     async fn round(&self, wait: Option<Duration>) -> Result<SyncReport> {
-        let relay = self.store.relay_settings()?.ok_or(Error::NotEnrolled)?;
+        let relay = match self.store.relay_settings()? {
+            Some(relay) => relay,
+            // Another round (pull-to-refresh) was told of the revocation.
+            None if self.store.was_wiped()? => return Err(Error::DeviceRevoked),
+            None => return Err(Error::NotEnrolled),
+        };
         let mut report = SyncReport::default();
         {
             let _exchange = self.exchange.lock().await;
