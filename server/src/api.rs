@@ -176,12 +176,20 @@ fn bearer(headers: &HeaderMap) -> Result<&str> {
 }
 
 /// The caller's team, loading it off the async workers on first use.
+/// A member the team deactivated reads and writes nothing more (the
+/// phone stops syncing; revoking the device also wipes it).
 async fn team_of(app: &App, caller: &Caller) -> Result<Arc<LoadedTeam>> {
-    if let Some(team) = app.relay.loaded(&caller.team_id) {
-        return Ok(team);
+    let team = match app.relay.loaded(&caller.team_id) {
+        Some(team) => team,
+        None => {
+            let (relay, team_id) = (app.relay.clone(), caller.team_id.clone());
+            blocking(move || relay.team(&team_id)).await?
+        }
+    };
+    if !team.state().is_active_member(&caller.user_id) {
+        return Err(Error::NotAMember);
     }
-    let (relay, team_id) = (app.relay.clone(), caller.team_id.clone());
-    blocking(move || relay.team(&team_id)).await
+    Ok(team)
 }
 
 fn binary<T: serde::Serialize>(value: &T) -> Response {
@@ -257,6 +265,7 @@ async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<
 
 async fn repair(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
     let caller = caller(&app, &headers).await?;
+    team_of(&app, &caller).await?;
     let bytes = read_body(&headers, body, MAX_BODY).await?;
     let request: RepairRequest = decode(&bytes)?;
     let relay = app.relay.clone();

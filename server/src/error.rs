@@ -16,6 +16,8 @@ pub enum Error {
     InvalidToken,
     #[error("this device was revoked")]
     DeviceRevoked,
+    #[error("this device's user is no longer an active member of the team")]
+    NotAMember,
     #[error("{0}")]
     NotFound(&'static str),
     #[error("this invite was already used")]
@@ -56,6 +58,7 @@ impl Error {
             Error::BadRequest(code, _) => (StatusCode::BAD_REQUEST, code),
             Error::InvalidToken => (StatusCode::UNAUTHORIZED, codes::INVALID_TOKEN),
             Error::DeviceRevoked => (StatusCode::UNAUTHORIZED, codes::DEVICE_REVOKED),
+            Error::NotAMember => (StatusCode::FORBIDDEN, codes::NOT_A_MEMBER),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::InviteUsed => (StatusCode::GONE, "invite_used"),
             Error::InviteExpired => (StatusCode::GONE, "invite_expired"),

@@ -439,6 +439,10 @@ impl TeamState {
         self.feed.len() as u64
     }
 
+    pub fn is_active_member(&self, user: &str) -> bool {
+        self.team.member(user).is_some_and(|m| m.active)
+    }
+
     /// Keep the newest change's bytes, forgetting the oldest beyond the budget.
     fn remember(&mut self, bytes: Arc<[u8]>) {
         self.recent_bytes += bytes.len();

@@ -148,6 +148,9 @@ pub mod codes {
     pub const DEVICE_REVOKED: &str = "device_revoked";
     /// 401: no such token.
     pub const INVALID_TOKEN: &str = "invalid_token";
+    /// 403: the device's user is no longer an active member of the team
+    /// (the admin revokes the device to have it wiped).
+    pub const NOT_A_MEMBER: &str = "not_a_member";
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -443,3 +443,56 @@ fn a_member_who_joins_later_is_not_sent_tasks_that_left_the_pool_before() {
         assert!(gus.store.task_ids().unwrap().is_empty(), "{restarted}");
     }
 }
+
+/// A member the manager deactivates (they left the clinic; the device was
+/// not revoked) reads and writes nothing more: every request gets 403
+/// `not_a_member`, and live sync on the phone stops.
+#[test]
+fn a_deactivated_member_reads_nothing_more() {
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call", "ana");
+    max.store
+        .put_member(&Member {
+            user_id: "ana".into(),
+            name: "ana".into(),
+            role: Role::ClinicalAssistant,
+            trusted: false,
+            active: false,
+        })
+        .unwrap();
+    max.sync();
+    match ana.engine.sync_now() {
+        Err(Error::Relay { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (403, wire::codes::NOT_A_MEMBER));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (rt, client) = http();
+    for (what, status) in rt.block_on(async {
+        let token = ana.settings().token;
+        let pull = client
+            .get(format!("{}/v1/pull?cursor=0", relay.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let repair = client
+            .post(format!("{}/v1/repair", relay.url))
+            .bearer_auth(&token)
+            .body(wire::encode(&wire::RepairRequest {
+                doc: "team".into(),
+                have: vec![],
+            }))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        [("pull", pull), ("repair", repair)]
+    }) {
+        assert_eq!(status, 403, "{what}");
+    }
+    // Her phone keeps what it had (revoking the device would wipe it).
+    assert_eq!(ana.store.task_ids().unwrap(), vec![task]);
+}
