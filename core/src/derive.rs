@@ -414,8 +414,16 @@ struct Fold<'a> {
 }
 
 impl Fold<'_> {
+    /// Held by a member, active or not. Rules are judged with the team as
+    /// it is now: deactivating someone who left must not undo every task
+    /// they were given, on every phone. Giving a task to a member who is
+    /// inactive is refused when the command is made (`Store::assign`), and
+    /// an inactive member's device gets nothing through the relay.
     fn may_hold(&self, user: &str, level: DelegationLevel) -> Result<(), Refusal> {
-        let member = self.active_member(user)?;
+        let member = self
+            .team
+            .member(user)
+            .ok_or_else(|| Refusal::NotAMember { user: user.into() })?;
         if level == DelegationLevel::ClinicianOnly
             && !self
                 .team
@@ -425,13 +433,6 @@ impl Fold<'_> {
             return Err(Refusal::ClinicianOnly { user: user.into() });
         }
         Ok(())
-    }
-
-    fn active_member(&self, user: &str) -> Result<&crate::model::Member, Refusal> {
-        self.team
-            .member(user)
-            .filter(|m| m.active)
-            .ok_or_else(|| Refusal::NotAMember { user: user.into() })
     }
 
     fn apply(&mut self, task_id: &str, i: usize, e: &Event) -> Result<(), Refusal> {

@@ -478,6 +478,9 @@ impl Store {
         let Db { conn, st } = &mut *db;
         let user = st.user.clone().ok_or(Error::NotEnrolled)?;
         let team = st.team.as_ref().ok_or(Error::NotEnrolled)?;
+        if let Some(assignee) = &new.assignee {
+            active_member(team, assignee)?;
+        }
         let (checklist, questions) = match &new.handoff.sop {
             Some(id) => {
                 let sop = team.sops.get(id).ok_or_else(|| {
@@ -524,6 +527,11 @@ impl Store {
     }
 
     pub fn assign(&self, task: &str, to: &str) -> Result<TaskState> {
+        {
+            let db = self.lock();
+            let team = db.st.team.as_ref().ok_or(Error::NotEnrolled)?;
+            active_member(team, to)?;
+        }
         self.act(task, |_| Action::Assigned { to: to.into() })
     }
     /// The assignee's "repeat back" of the handoff.
@@ -1214,6 +1222,16 @@ fn superseded(conn: &Connection, doc_id: &str) -> Result<bool> {
         .query_row([task], |r| r.get(0))
         .optional()?;
     Ok(current.is_some_and(|current| current > generation))
+}
+
+/// A new task goes only to an active member. (Derivation lets a task stay
+/// with a member deactivated since; see `derive`.)
+fn active_member(team: &Team, user: &str) -> Result<()> {
+    if team.member(user).is_some_and(|m| m.active) {
+        Ok(())
+    } else {
+        Err(Refusal::NotAMember { user: user.into() }.into())
+    }
 }
 
 /// A retired document: gone from this device, and its unsent changes with it

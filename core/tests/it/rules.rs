@@ -434,3 +434,44 @@ fn the_first_member_of_a_team_must_be_able_to_manage_it() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)));
 }
+
+/// Someone leaves the clinic and the manager deactivates them: the tasks
+/// they held stay, with everything logged on them, on every phone (rules
+/// are judged with the team as it is now, and an inactive holder must not
+/// undo the task); no new task goes to them, and the manager hands theirs
+/// on.
+#[test]
+fn a_deactivated_members_tasks_stay_with_their_history_and_can_be_handed_on() {
+    let c = Clinic::with(&["max", "ana", "tom"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::NoAnswer))
+        .unwrap();
+    c.sync();
+    let mut ana = c.at("max").team().unwrap().members["ana"].clone();
+    ana.active = false;
+    c.at("max").put_member(&ana).unwrap();
+    c.sync();
+    let d = c.at("max").task_detail(&t).unwrap();
+    assert_eq!(d.state.assignee.as_deref(), Some("ana"));
+    assert_eq!(d.state.calls.len(), 1);
+    assert!(matches!(
+        c.at("max")
+            .delegate(task_for("ana", DelegationLevel::Delegable)),
+        Err(Error::Refused(Refusal::NotAMember { .. }))
+    ));
+    assert!(matches!(
+        c.at("max").assign(&t, "ana"),
+        Err(Error::Refused(Refusal::NotAMember { .. }))
+    ));
+    c.at("max").assign(&t, "tom").unwrap();
+    c.sync();
+    let on_tom = c.at("tom").task_detail(&t).unwrap().state;
+    assert_eq!(on_tom.assignee.as_deref(), Some("tom"));
+    assert_eq!(on_tom.calls.len(), 1);
+    assert_eq!(on_tom, c.at("max").task_detail(&t).unwrap().state);
+}
