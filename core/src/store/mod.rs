@@ -1417,14 +1417,9 @@ mod tests {
     use super::*;
     use crate::model::{Category, DelegationLevel, Handoff, Priority, Role};
 
-    /// A long merge or write holds the writer; the lists and a task's detail
-    /// still answer, from the last commit, with the user and team as the
-    /// writer left them, and the detail is the one the writer gives.
-    #[test]
-    fn views_answer_while_the_writer_is_busy() {
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open(dir.path().join("s.db"), &[7; 32], StoreOptions::default()).expect("open");
+    /// A new store at `path` whose team has one member, max, a manager.
+    fn managed_by_max(path: &Path) -> Store {
+        let store = Store::open(path, &[7; 32], StoreOptions::default()).expect("open");
         store
             .create_team(
                 "Clinic",
@@ -1437,6 +1432,16 @@ mod tests {
                 },
             )
             .unwrap();
+        store
+    }
+
+    /// A long merge or write holds the writer; the lists and a task's detail
+    /// still answer, from the last commit, with the user and team as the
+    /// writer left them, and the detail is the one the writer gives.
+    #[test]
+    fn views_answer_while_the_writer_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = managed_by_max(&dir.path().join("s.db"));
         let task = store
             .delegate(NewTask {
                 handoff: Handoff {
@@ -1490,20 +1495,7 @@ mod tests {
     #[test]
     fn emptying_the_log_waits_for_a_view_that_is_reading() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let store = Store::open(&path, &[7; 32], StoreOptions::default()).expect("open");
-        store
-            .create_team(
-                "Clinic",
-                Member {
-                    user_id: "max".into(),
-                    name: "Max".into(),
-                    role: Role::Manager,
-                    trusted: true,
-                    active: true,
-                },
-            )
-            .unwrap();
+        let store = managed_by_max(&dir.path().join("s.db"));
         let reading = store.reader.lock().unwrap();
         reading.execute_batch("BEGIN").unwrap();
         let rows: i64 = reading

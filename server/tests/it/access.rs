@@ -248,16 +248,7 @@ fn a_change_the_relay_refuses_shows_in_needs_attention_and_does_not_stall_the_qu
     let (_, max, ana) = manager_and(&relay, "ana", "manager");
     let mine = hand_over(&max, &ana, "Call", "ana");
     // The admin demotes Ana while her phone is offline; she still delegates.
-    max.store
-        .put_member(&Member {
-            user_id: "ana".into(),
-            name: "ana".into(),
-            role: Role::ClinicalAssistant,
-            trusted: false,
-            active: true,
-        })
-        .unwrap();
-    max.sync();
+    set_member(&max, "ana", Role::ClinicalAssistant, false, true);
     let refused = ana
         .store
         .delegate(task_for("Not hers to give", Some("max"), None))
@@ -286,13 +277,18 @@ fn a_change_the_relay_refuses_shows_in_needs_attention_and_does_not_stall_the_qu
 }
 
 fn set_trusted(max: &Phone, user: &str, trusted: bool) {
+    set_member(max, user, Role::ClinicalAssistant, trusted, true);
+}
+
+/// max (re)writes `user`'s membership and syncs it.
+fn set_member(max: &Phone, user: &str, role: Role, trusted: bool, active: bool) {
     max.store
         .put_member(&Member {
             user_id: user.into(),
             name: user.into(),
-            role: Role::ClinicalAssistant,
+            role,
             trusted,
-            active: true,
+            active,
         })
         .unwrap();
     max.sync();
@@ -452,16 +448,7 @@ fn a_deactivated_member_reads_nothing_more() {
     let relay = Relay::start();
     let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = hand_over(&max, &ana, "Call", "ana");
-    max.store
-        .put_member(&Member {
-            user_id: "ana".into(),
-            name: "ana".into(),
-            role: Role::ClinicalAssistant,
-            trusted: false,
-            active: false,
-        })
-        .unwrap();
-    max.sync();
+    set_member(&max, "ana", Role::ClinicalAssistant, false, false);
     match ana.engine.sync_now() {
         Err(Error::Relay { status, code, .. }) => {
             assert_eq!((status, code.as_str()), (403, wire::codes::NOT_A_MEMBER));
