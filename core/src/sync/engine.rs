@@ -315,23 +315,28 @@ impl Inner {
         }
     }
 
+    /// The relay this store syncs with; `DeviceRevoked` when another round
+    /// (pull-to-refresh) was told of the revocation and wiped the store.
+    fn enrolment(&self) -> Result<RelaySettings> {
+        match self.store.relay_settings()? {
+            Some(relay) => Ok(relay),
+            None if self.store.was_wiped()? => Err(Error::DeviceRevoked),
+            None => Err(Error::NotEnrolled),
+        }
+    }
+
     /// The store still syncs with the relay this round started with: not
     /// wiped (by another round) nor enrolled afresh meanwhile.
     fn still_enrolled(&self, relay: &RelaySettings) -> Result<()> {
-        match self.store.relay_settings()? {
-            Some(now) if now.token == relay.token => Ok(()),
-            None if self.store.was_wiped()? => Err(Error::DeviceRevoked),
-            _ => Err(Error::NotEnrolled),
+        if self.enrolment()?.token == relay.token {
+            Ok(())
+        } else {
+            Err(Error::NotEnrolled)
         }
     }
 
     async fn round(&self, wait: Option<Duration>) -> Result<SyncReport> {
-        let relay = match self.store.relay_settings()? {
-            Some(relay) => relay,
-            // Another round (pull-to-refresh) was told of the revocation.
-            None if self.store.was_wiped()? => return Err(Error::DeviceRevoked),
-            None => return Err(Error::NotEnrolled),
-        };
+        let relay = self.enrolment()?;
         let mut report = SyncReport::default();
         {
             let _exchange = self.exchange.lock().await;
