@@ -1,7 +1,11 @@
-//! Who may read and write which document. The relay filters what it sends
-//! with these functions, so a phone and the relay can never disagree.
+//! Who may read and write which document, and what a member's role lets
+//! them do ([`may_act`]). The relay filters what it sends and judges what
+//! it takes in with these functions, so a phone and the relay can never
+//! disagree.
 
-use crate::derive::TaskState;
+use crate::derive::{Refusal, TaskState};
+use crate::event::{Action, Event};
+use crate::model::DelegationLevel;
 use crate::team::Team;
 
 /// May `user` read this task? Reviewers (managers, clinicians) see every
@@ -40,4 +44,112 @@ pub fn losing_sight(team: &Team, before: &TaskState, after: Option<&TaskState>) 
 /// May `user` write to the team document? (The relay alone enrols devices.)
 pub fn may_change_team(team: &Team, user: &str) -> bool {
     team.member(user).is_some_and(|m| m.active) && team.permissions(user).may_manage_team
+}
+
+/// May the author of `event` do what it does, given their role in `team`
+/// and the task as they saw it (`seen`: the events it builds on; `None`
+/// before the task exists)?
+///
+/// This is the door: a phone asks it before it writes an event, and the
+/// relay asks it, with the team as it is then, before it takes the event
+/// into the feed. [`crate::derive`] does not ask it again: every event a
+/// phone folds came through a door, so a later change of role or of what a
+/// role may do never undoes work that was allowed when it was done
+/// (demoting a manager leaves the tasks they delegated where they are).
+/// What the task's state decides (a race for a claim, a closed task, a
+/// stale approval) stays with `derive`, where every phone judges it alike.
+pub fn may_act(team: &Team, seen: Option<&TaskState>, event: &Event) -> Result<(), Refusal> {
+    let by = event.by.as_str();
+    let Some(author) = team.member(by) else {
+        return Err(Refusal::NotAMember { user: by.into() });
+    };
+    if team.device_user(&event.id.actor) != Some(by) {
+        return Err(Refusal::DeviceNotEnrolled { user: by.into() });
+    }
+    let perms = team.role_permissions(author.role);
+    let not_permitted = |action: &str| {
+        Err(Refusal::NotPermitted {
+            action: action.into(),
+        })
+    };
+    let holds = |task: &TaskState| task.assignee.as_deref() == Some(by);
+    match (&event.action, seen) {
+        (
+            Action::Created {
+                handoff,
+                pool,
+                assignee,
+                ..
+            },
+            _,
+        ) => {
+            if let Some(a) = assignee {
+                if a != by && !perms.may_delegate {
+                    return not_permitted("delegate tasks");
+                }
+                may_hold(team, a, handoff.level)?;
+            }
+            if let (Some(role), DelegationLevel::ClinicianOnly) = (pool, handoff.level) {
+                if !team.role_permissions(*role).may_hold_clinician_only {
+                    return not_permitted("pool a clinician-only task for that role");
+                }
+            }
+            Ok(())
+        }
+        // Everything else is judged on the task; `derive` refuses it
+        // anyway while the task does not exist.
+        (_, None) => Ok(()),
+        (Action::Assigned { to }, Some(task)) => {
+            if !perms.may_delegate {
+                return not_permitted("assign tasks");
+            }
+            may_hold(team, to, task.handoff.level)
+        }
+        (Action::Claimed, Some(task)) => {
+            if task.pool.is_some_and(|pool| pool != author.role) {
+                return Err(Refusal::NotInPool);
+            }
+            may_hold(team, by, task.handoff.level)
+        }
+        (action, Some(task)) if action.is_work() || matches!(action, Action::Submitted { .. }) => {
+            if holds(task) || perms.may_review {
+                Ok(())
+            } else {
+                Err(Refusal::NotAssignee)
+            }
+        }
+        (Action::Approved { .. }, _) if !perms.may_review => not_permitted("approve work"),
+        (Action::Returned { .. }, _) if !perms.may_review => not_permitted("return work"),
+        (Action::Completed { .. }, Some(task)) if !perms.may_review => {
+            if !holds(task) {
+                Err(Refusal::NotAssignee)
+            } else if !author.trusted {
+                Err(Refusal::NeedsReview)
+            } else {
+                Ok(())
+            }
+        }
+        (Action::Cancelled { .. }, Some(task))
+            if !(perms.may_delegate || task.created_by == by) =>
+        {
+            not_permitted("cancel tasks")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// May `user` hold a task of this delegation level? Any member may, active
+/// or not (giving work to an inactive member is refused by the command
+/// that would, `Store::assign`); clinician-only work needs a role with the
+/// licence.
+fn may_hold(team: &Team, user: &str, level: DelegationLevel) -> Result<(), Refusal> {
+    let member = team
+        .member(user)
+        .ok_or_else(|| Refusal::NotAMember { user: user.into() })?;
+    if level == DelegationLevel::ClinicianOnly
+        && !team.role_permissions(member.role).may_hold_clinician_only
+    {
+        return Err(Refusal::ClinicianOnly { user: user.into() });
+    }
+    Ok(())
 }

@@ -16,17 +16,22 @@
 //! - Work causally after completion or cancellation, or concurrent with a
 //!   cancellation, is refused (kept in the history, shown to its author).
 //!
-//! This same fold validates every local command before it is written, so a
-//! rule exists exactly once.
+//! - Work logged by the assignee concurrent with a reassignment is kept: the
+//!   call happened. (The door judged it on the task its author saw.)
+//!
+//! What a role allows is not judged here but at the door, once, when the
+//! event is written and when the relay takes it in ([`access::may_act`]):
+//! a later change of role must not undo work done while it was allowed.
+//! This same fold, with that door, validates every local command before it
+//! is written, so a rule exists exactly once.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access;
 use crate::event::{Action, Event, EventId};
-use crate::model::{
-    CallAttempt, CallOutcome, DelegationLevel, Handoff, Role, TaskId, Timestamp, UserId, HOUR_MS,
-};
+use crate::model::{CallAttempt, CallOutcome, Handoff, Role, TaskId, Timestamp, UserId, HOUR_MS};
 use crate::team::Team;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -328,7 +333,7 @@ pub fn derive_with_history(
     let events = order_events(events);
     let (state, outcomes) = {
         let sorted: Vec<&Event> = events.iter().collect();
-        fold(task_id, &sorted, team)
+        fold(task_id, &sorted, team, None)
     };
     let history = events
         .into_iter()
@@ -352,15 +357,42 @@ pub fn derive_outcomes<'e>(
     events: &'e [Event],
     team: &Team,
 ) -> (Option<TaskState>, Vec<(&'e Event, Outcome)>) {
+    derive_judging(task_id, events, team, None)
+}
+
+/// [`derive_outcomes`], with one event also judged at the door
+/// ([`access::may_act`]) on the task as it stood just before it: a phone
+/// writing a new event (which follows every event it has) asks this.
+pub fn derive_at_door<'e>(
+    task_id: &str,
+    events: &'e [Event],
+    team: &Team,
+    door: &EventId,
+) -> (Option<TaskState>, Vec<(&'e Event, Outcome)>) {
+    derive_judging(task_id, events, team, Some(door))
+}
+
+fn derive_judging<'e>(
+    task_id: &str,
+    events: &'e [Event],
+    team: &Team,
+    door: Option<&EventId>,
+) -> (Option<TaskState>, Vec<(&'e Event, Outcome)>) {
     let mut sorted: Vec<&Event> = events.iter().collect();
     sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
     sorted.dedup_by(|b, a| a.id == b.id);
-    let (state, outcomes) = fold(task_id, &sorted, team);
+    let (state, outcomes) = fold(task_id, &sorted, team, door);
     (state, sorted.into_iter().zip(outcomes).collect())
 }
 
-/// Fold events already in fold order (see [`order_events`]).
-fn fold(task_id: &str, events: &[&Event], team: &Team) -> (Option<TaskState>, Vec<Outcome>) {
+/// Fold events already in fold order (see [`order_events`]), judging the
+/// one at the `door`, if any, with [`access::may_act`] too.
+fn fold(
+    task_id: &str,
+    events: &[&Event],
+    team: &Team,
+    door: Option<&EventId>,
+) -> (Option<TaskState>, Vec<Outcome>) {
     let position: HashMap<&EventId, usize> =
         events.iter().enumerate().map(|(i, e)| (&e.id, i)).collect();
     let mut ancestors: Vec<Ancestors> = Vec::with_capacity(events.len());
@@ -387,7 +419,11 @@ fn fold(task_id: &str, events: &[&Event], team: &Team) -> (Option<TaskState>, Ve
         work_events: Vec::new(),
     };
     for (i, e) in events.iter().enumerate() {
-        let outcome = match fold.apply(task_id, i, e) {
+        let judged = match door {
+            Some(id) if *id == e.id => access::may_act(team, fold.state.as_ref(), e),
+            _ => Ok(()),
+        };
+        let outcome = match judged.and_then(|()| fold.apply(task_id, i, e)) {
             Ok(()) => Outcome::Applied,
             Err(refusal) => Outcome::Refused { refusal },
         };
@@ -414,39 +450,26 @@ struct Fold<'a> {
 }
 
 impl Fold<'_> {
-    /// Held by a member, active or not. Rules are judged with the team as
-    /// it is now: deactivating someone who left must not undo every task
-    /// they were given, on every phone. Giving a task to a member who is
-    /// inactive is refused when the command is made (`Store::assign`), and
-    /// an inactive member's device gets nothing through the relay.
-    fn may_hold(&self, user: &str, level: DelegationLevel) -> Result<(), Refusal> {
-        let member = self
-            .team
-            .member(user)
-            .ok_or_else(|| Refusal::NotAMember { user: user.into() })?;
-        if level == DelegationLevel::ClinicianOnly
-            && !self
-                .team
-                .role_permissions(member.role)
-                .may_hold_clinician_only
-        {
-            return Err(Refusal::ClinicianOnly { user: user.into() });
+    /// Held by a member, active or not. Members are never taken off the
+    /// team (only made inactive), so this holds for good once it holds.
+    fn may_hold(&self, user: &str) -> Result<(), Refusal> {
+        match self.team.member(user) {
+            Some(_) => Ok(()),
+            None => Err(Refusal::NotAMember { user: user.into() }),
         }
-        Ok(())
     }
 
+    /// Take one event into the state, by the rules the state decides.
+    /// What the author's role allows was judged at the door
+    /// ([`access::may_act`]) and is not judged again: a role changed
+    /// since must not undo work that was allowed when it was done.
     fn apply(&mut self, task_id: &str, i: usize, e: &Event) -> Result<(), Refusal> {
-        // The author: a member, writing from a device enrolled for them.
-        if self.team.member(&e.by).is_none() {
-            return Err(Refusal::NotAMember { user: e.by.clone() });
-        }
+        // The author: a member, writing from a device enrolled for them
+        // (devices, like members, stay in the team document for good).
+        self.may_hold(&e.by)?;
         if self.team.device_user(&e.id.actor) != Some(e.by.as_str()) {
             return Err(Refusal::DeviceNotEnrolled { user: e.by.clone() });
         }
-        let perms = self.team.permissions(&e.by);
-        let not_permitted = |action: &str| Refusal::NotPermitted {
-            action: action.into(),
-        };
 
         if let Action::Created {
             handoff,
@@ -460,15 +483,7 @@ impl Fold<'_> {
                 return Err(Refusal::AlreadyCreated);
             }
             if let Some(a) = assignee {
-                if a != &e.by && !perms.may_delegate {
-                    return Err(not_permitted("delegate tasks"));
-                }
-                self.may_hold(a, handoff.level)?;
-            }
-            if let (Some(role), DelegationLevel::ClinicianOnly) = (pool, handoff.level) {
-                if !self.team.role_permissions(*role).may_hold_clinician_only {
-                    return Err(not_permitted("pool a clinician-only task for that role"));
-                }
+                self.may_hold(a)?;
             }
             self.state = Some(TaskState {
                 task_id: task_id.into(),
@@ -508,13 +523,8 @@ impl Fold<'_> {
         };
         let status = s.status;
         let is_assignee = s.assignee.as_deref() == Some(e.by.as_str());
-        let level = s.handoff.level;
-        let created_by = s.created_by.clone();
 
         if e.action.is_work() {
-            if !(is_assignee || perms.may_review) {
-                return Err(Refusal::NotAssignee);
-            }
             match status {
                 TaskStatus::Unassigned => return Err(Refusal::WrongStatus { status }),
                 TaskStatus::Completed => {
@@ -544,13 +554,10 @@ impl Fold<'_> {
         match &e.action {
             Action::Created { .. } => unreachable_created(),
             Action::Assigned { to } => {
-                if !perms.may_delegate {
-                    return Err(not_permitted("assign tasks"));
-                }
                 if status.is_closed() {
                     return Err(Refusal::TaskClosed { status });
                 }
-                self.may_hold(to, level)?;
+                self.may_hold(to)?;
                 if let Some(c) = self.claim_event.take() {
                     if !self.ancestors[i].contains(c) {
                         self.outcomes[c] = Outcome::Superseded {
@@ -588,11 +595,10 @@ impl Fold<'_> {
                         _ => Refusal::AlreadyTaken { by },
                     });
                 }
-                let role = self.team.member(&e.by).map(|m| m.role);
-                if role.is_none() || role != self.state_ref().pool {
+                // Whose pool it is was judged at the door.
+                if self.state_ref().pool.is_none() {
                     return Err(Refusal::NotInPool);
                 }
-                self.may_hold(&e.by, level)?;
                 self.claim_event = Some(i);
                 self.assign_event = None;
                 let s = self.state_mut();
@@ -636,9 +642,6 @@ impl Fold<'_> {
                 });
             }
             Action::Submitted { .. } => {
-                if !(is_assignee || perms.may_review) {
-                    return Err(Refusal::NotAssignee);
-                }
                 if !matches!(
                     status,
                     TaskStatus::Assigned | TaskStatus::InProgress | TaskStatus::Returned
@@ -650,9 +653,6 @@ impl Fold<'_> {
                 s.submitted = Some((e.by.clone(), e.at));
             }
             Action::Approved { heads, .. } => {
-                if !perms.may_review {
-                    return Err(not_permitted("approve work"));
-                }
                 if status != TaskStatus::Submitted {
                     return Err(Refusal::WrongStatus { status });
                 }
@@ -682,9 +682,6 @@ impl Fold<'_> {
                 }
             }
             Action::Returned { feedback } => {
-                if !perms.may_review {
-                    return Err(not_permitted("return work"));
-                }
                 if status != TaskStatus::Submitted {
                     return Err(Refusal::WrongStatus { status });
                 }
@@ -708,22 +705,11 @@ impl Fold<'_> {
                 if status == TaskStatus::Unassigned {
                     return Err(Refusal::WrongStatus { status });
                 }
-                if !perms.may_review {
-                    if !is_assignee {
-                        return Err(Refusal::NotAssignee);
-                    }
-                    if !self.team.member(&e.by).is_some_and(|m| m.trusted) {
-                        return Err(Refusal::NeedsReview);
-                    }
-                }
                 let s = self.state_mut();
                 s.status = TaskStatus::Completed;
                 s.completed = Some((e.by.clone(), e.at));
             }
             Action::Cancelled { .. } => {
-                if !(perms.may_delegate || e.by == created_by) {
-                    return Err(not_permitted("cancel tasks"));
-                }
                 if status.is_closed() {
                     return Err(Refusal::TaskClosed { status });
                 }

@@ -17,8 +17,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
-use handoff_core::access::{losing_sight, may_change_team, may_read_task};
-use handoff_core::derive::{derive_outcomes, HistoryEntry, Outcome, Refusal, TaskState};
+use handoff_core::access::{losing_sight, may_act, may_change_team, may_read_task};
+use handoff_core::derive::{derive_outcomes, TaskState};
 use handoff_core::event::{Event, EventId};
 use handoff_core::store::TEAM_DOC;
 use handoff_core::sync::wire::{self, DocChange, RefusalCode, Verdict, MAX_CHANGE};
@@ -752,29 +752,25 @@ impl TeamState {
                         "this task is not yours to change",
                     ));
                 }
+                // The door: what the author's role allows, judged once, here,
+                // with the team as it is now. Copies of events the relay
+                // already took in (a redacted task's next generation) passed it.
+                let judged = new_events
+                    .iter()
+                    .filter(|e| !self.known_in_earlier_generation(&change.doc, e))
+                    .try_for_each(|e| may_act(&self.team, seen, e));
+                if let Err(refusal) = judged {
+                    return Err(refuse(RefusalCode::NotPermitted, &refusal.to_string()));
+                }
             }
             // Taken out to grow in place; put back as it was on a refusal.
             let mut entry = self.docs.remove(&key).unwrap_or_else(DocEntry::new);
             let before = entry.events.len();
             entry.events.extend(new_events.iter().cloned());
-            let (state, refused) = {
-                let (state, not_applied) = derive_kept(&change.doc, &entry.events, &self.team);
-                let refused = new_events.iter().find_map(|e| {
-                    not_applied.iter().find_map(|(x, o)| match o {
-                        Outcome::Refused { refusal }
-                            if x.id == e.id && is_role_refusal(refusal) =>
-                        {
-                            Some(refuse(RefusalCode::NotPermitted, &refusal.to_string()))
-                        }
-                        _ => None,
-                    })
-                });
-                (state, refused)
-            };
-            let retiring = match (refused, redaction) {
-                (Some(verdict), _) => Err(verdict),
-                (None, Some(_)) => self.retirement(&key, &entry.events, c).map(Some),
-                (None, None) => Ok(None),
+            let state = derive(&change.doc, &entry.events, &self.team);
+            let retiring = match redaction {
+                Some(_) => self.retirement(&key, &entry.events, c).map(Some),
+                None => Ok(None),
             };
             let retiring = match retiring {
                 Ok(r) => r,
@@ -986,31 +982,11 @@ fn moved(before: &TaskState, after: Option<&TaskState>) -> bool {
     })
 }
 
+/// A task as the relay keeps it: its state, without the history (nothing
+/// on the relay reads it, and the relay re-derives a task at every change
+/// it takes in).
 fn derive(doc: &str, events: &[Event], team: &Team) -> Option<TaskState> {
-    derive_kept(doc, events, team).0
-}
-
-/// A task as the relay keeps it: the state, whose history holds only the
-/// events that did not take effect (all that visibility reads: whoever lost
-/// a race keeps seeing the task), and those events with their outcome.
-fn derive_kept<'e>(
-    doc: &str,
-    events: &'e [Event],
-    team: &Team,
-) -> (Option<TaskState>, Vec<(&'e Event, Outcome)>) {
-    let (state, outcomes) = derive_outcomes(doc, events, team);
-    let not_applied: Vec<(&Event, Outcome)> = outcomes
-        .into_iter()
-        .filter(|(_, o)| *o != Outcome::Applied)
-        .collect();
-    let state = state.map(|mut s| {
-        s.history = not_applied
-            .iter()
-            .map(|(e, outcome)| HistoryEntry::of(e, outcome.clone()))
-            .collect();
-        s
-    });
-    (state, not_applied)
+    derive_outcomes(doc, events, team).0
 }
 
 /// The positions in `events` of the events `new` build on, transitively,
@@ -1029,21 +1005,6 @@ fn causal_past(events: &[Event], new: &[Event]) -> Vec<usize> {
         }
     }
     (0..events.len()).filter(|&i| seen[i]).collect()
-}
-
-/// Refusals that say the user's role or identity does not allow the action:
-/// the relay refuses those. Refusals that come from a race (someone claimed
-/// first, the task closed meanwhile) are kept: every device derives them the
-/// same way and shows them to their author.
-fn is_role_refusal(r: &Refusal) -> bool {
-    matches!(
-        r,
-        Refusal::NotAMember { .. }
-            | Refusal::DeviceNotEnrolled { .. }
-            | Refusal::NotPermitted { .. }
-            | Refusal::ClinicianOnly { .. }
-            | Refusal::NeedsReview
-    )
 }
 
 /// The relay: the database and the loaded teams.

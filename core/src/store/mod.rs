@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use checkpoint::Checkpointer;
 
 use crate::clock::{Clock, SystemClock};
-use crate::derive::{derive, derive_outcomes, with_history, Refusal, TaskState};
+use crate::derive::{derive, derive_at_door, with_history, Refusal, TaskState};
 use crate::error::{Error, Result};
 use crate::event::{Action, Event, EventId};
 use crate::model::{
@@ -410,11 +410,14 @@ impl Store {
     }
 
     pub fn set_role_permissions(&self, role: Role, perms: &RolePermissions) -> Result<()> {
-        self.write_team(true, |w| w.role(role, perms))
+        // What a role allows is judged at the door, not in the fold (see
+        // `access::may_act`): no task derives differently.
+        self.write_team(false, |w| w.role(role, perms))
     }
 
     /// One change to the team document, by a member who may manage the team.
-    /// `affects_tasks`: re-derive every task (roles and devices feed the rules).
+    /// `affects_tasks`: re-derive every task (who is a member, and which
+    /// device writes for whom, feed the rules).
     fn write_team(
         &self,
         affects_tasks: bool,
@@ -982,8 +985,10 @@ fn would_apply(
     checked(task_id, &candidate, &event, team).is_ok()
 }
 
+/// Would `event`, the newest of `events`, take effect? Judged at the door
+/// ([`crate::access::may_act`]) and by the fold, as the relay will.
 fn checked(task_id: &str, events: &[Event], event: &Event, team: &Team) -> Result<TaskState> {
-    let (state, outcomes) = derive_outcomes(task_id, events, team);
+    let (state, outcomes) = derive_at_door(task_id, events, team, &event.id);
     let refusal = outcomes
         .iter()
         .find(|(e, _)| e.id == event.id)
@@ -1095,6 +1100,19 @@ fn finish_reindex(
 /// first change is not set aside (nothing would be left to rebuild on).
 fn set_aside(conn: &Connection, st: &mut State, doc_id: &str, refused: &Change) -> Result<usize> {
     if refused.deps().is_empty() {
+        // A new task refused: it never reached anyone, and no view shows
+        // it as if it had. The refused change stays in the outbox, shown
+        // in needs attention under the title it was given. (A redacted
+        // generation's first change stays: the task has nowhere else to
+        // be on this phone.)
+        if task_doc::split_doc_id(doc_id).1 == 0 {
+            docs::delete_document(conn, doc_id)?;
+            conn.prepare_cached("DELETE FROM tasks WHERE doc_id = ?1")?
+                .execute([doc_id])?;
+            conn.prepare_cached("DELETE FROM attention WHERE task_id = ?1")?
+                .execute([doc_id])?;
+            st.docs.remove(doc_id);
+        }
         return Ok(0);
     }
     let Some(mut doc) = (match st.docs.take(doc_id) {

@@ -489,7 +489,7 @@ impl Store {
         if db.seen.user.as_deref() == Some(user) {
             let mut stmt = db.conn.prepare_cached(
                 "SELECT 'outbox:' || lower(hex(o.hash)), d.task_id, t.title, o.refused_code,
-                        o.refused_reason, o.queued_at, o.bytes
+                        o.refused_reason, o.queued_at, o.bytes, o.doc_id
                  FROM outbox o LEFT JOIN documents d ON d.doc_id = o.doc_id
                  LEFT JOIN tasks t ON t.task_id = d.task_id
                  WHERE o.refused_code IS NOT NULL
@@ -499,14 +499,23 @@ impl Store {
             )?;
             for row in stmt.query_map([], |r| {
                 // What the refused change did, named like the other items.
-                let action = automerge::Change::from_bytes(r.get::<_, Vec<u8>>(6)?)
+                let first = automerge::Change::from_bytes(r.get::<_, Vec<u8>>(6)?)
                     .ok()
-                    .and_then(|c| crate::task_doc::events_in_change(&c).into_iter().next())
-                    .map_or("sync", |e| e.action.name());
+                    .and_then(|c| task_doc::events_in_change(&c).into_iter().next());
+                let action = first.as_ref().map_or("sync", |e| e.action.name());
+                let (mut task_id, mut title): (Option<String>, Option<String>) =
+                    (r.get(1)?, r.get(2)?);
+                // A refused new task has no document or index row left:
+                // its own change names it.
+                if let Some(Action::Created { handoff, .. }) = first.map(|e| e.action) {
+                    let doc_id: String = r.get(7)?;
+                    task_id.get_or_insert_with(|| task_doc::split_doc_id(&doc_id).0.into());
+                    title.get_or_insert(handoff.title);
+                }
                 Ok(AttentionItem {
                     key: r.get(0)?,
-                    task_id: r.get(1)?,
-                    title: r.get(2)?,
+                    task_id,
+                    title,
                     action: action.into(),
                     code: r.get(3)?,
                     reason: r.get(4)?,

@@ -475,3 +475,103 @@ fn a_deactivated_members_tasks_stay_with_their_history_and_can_be_handed_on() {
     assert_eq!(on_tom.calls.len(), 1);
     assert_eq!(on_tom, c.at("max").task_detail(&t).unwrap().state);
 }
+
+/// What a role allows is judged when the work is done, not again later: a
+/// clinician who is demoted, or a role whose permissions are narrowed, must
+/// not make every phone drop the tasks they handed out or the approvals
+/// they gave. (Until this was fixed, each phone re-judged every event with
+/// the team as it is now, and the demoted clinician's tasks vanished.)
+#[test]
+fn a_change_of_role_leaves_the_work_done_before_it_standing() {
+    let c = Clinic::with(&["max", "lee", "ana"]);
+    let handed = c
+        .at("lee")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    let own = c
+        .at("lee")
+        .delegate(task_for("lee", DelegationLevel::ClinicianOnly))
+        .unwrap();
+    c.sync();
+    c.at("ana")
+        .log_call(&handed, call(CallOutcome::Reached))
+        .unwrap();
+    c.at("ana").submit(&handed, "reached").unwrap();
+    c.sync();
+    c.at("lee").approve(&handed, "thanks").unwrap();
+    c.sync();
+
+    // Clinicians may no longer review; then Lee is no clinician at all.
+    let narrowed = RolePermissions {
+        may_review: false,
+        ..Role::Clinician.default_permissions()
+    };
+    c.at("max")
+        .set_role_permissions(Role::Clinician, &narrowed)
+        .unwrap();
+    c.at("max")
+        .put_member(&Member {
+            user_id: "lee".into(),
+            name: "Dr. Lee".into(),
+            role: Role::ClinicalAssistant,
+            trusted: false,
+            active: true,
+        })
+        .unwrap();
+    c.sync();
+
+    for user in ["max", "lee", "ana"] {
+        let store = c.at(user);
+        let h = store.task_detail(&handed).unwrap().state;
+        assert_eq!(
+            (h.status, h.assignee.as_deref(), h.created_by.as_str()),
+            (TaskStatus::Completed, Some("ana"), "lee"),
+            "on {user}'s phone"
+        );
+        assert!(
+            h.history.iter().all(|e| e.outcome == Outcome::Applied),
+            "on {user}'s phone: {:?}",
+            h.history
+        );
+        let o = store.task_detail(&own).unwrap().state;
+        assert_eq!(o.assignee.as_deref(), Some("lee"), "on {user}'s phone");
+    }
+    // From now on Lee's role decides: she may no longer hand work out.
+    assert!(matches!(
+        c.at("lee")
+            .delegate(task_for("ana", DelegationLevel::Delegable))
+            .unwrap_err(),
+        Error::Refused(Refusal::NotPermitted { .. })
+    ));
+}
+
+/// An assistant's call logged while a manager, unseen, moves the task to
+/// someone else is kept: the call happened, and it was hers to log when she
+/// logged it.
+#[test]
+fn a_call_logged_while_the_task_was_being_reassigned_is_kept() {
+    let c = Clinic::with(&["max", "ana", "tom"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("max").assign(&t, "tom").unwrap();
+    // Later by the clock, so every phone folds her call after the move.
+    c.clock.advance(60_000);
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::Reached))
+        .unwrap();
+    c.sync();
+    for user in ["max", "ana", "tom"] {
+        let s = c.at(user).task_detail(&t).unwrap().state;
+        assert_eq!(s.assignee.as_deref(), Some("tom"), "on {user}'s phone");
+        assert_eq!(s.calls.len(), 1, "on {user}'s phone");
+        assert_eq!(s.calls[0].by, "ana");
+    }
+    // Now that her phone knows, the task is no longer hers to work.
+    assert_eq!(
+        refusal(c.at("ana").log_call(&t, call(CallOutcome::NoAnswer))),
+        Refusal::NotAssignee
+    );
+}

@@ -276,6 +276,75 @@ fn a_change_the_relay_refuses_shows_in_needs_attention_and_does_not_stall_the_qu
     assert_eq!(max.store.task_detail(&mine).unwrap().state.calls.len(), 1);
 }
 
+/// Demoting a manager who handed out work leaves that work where it is: on
+/// the relay, also after a restart, and on every phone. From then on the
+/// relay judges what they push by their new role.
+#[test]
+fn demoting_a_delegator_leaves_the_work_they_handed_out_where_it_is() {
+    let mut relay = Relay::start();
+    let (team, max, lee) = manager_and(&relay, "lee", "manager");
+    let ana = Phone::enrolled(&relay, &relay.invite(&team, "ana", "clinical_assistant"));
+    max.sync();
+    lee.sync();
+    let task = hand_over(&lee, &ana, "Post-op call", "ana");
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    ana.store.submit(&task, "reached").unwrap();
+    ana.sync();
+    lee.sync();
+    lee.store.approve(&task, "thanks").unwrap();
+    lee.sync();
+
+    set_member(&max, "lee", Role::ClinicalAssistant, false, true);
+    // Her phone has not heard yet; the relay has.
+    let late = lee
+        .store
+        .delegate(task_for("Handed out too late", Some("ana"), None))
+        .unwrap();
+    let report = lee.sync();
+    assert_eq!(report.refused, 1, "{report:?}");
+    relay.kill();
+    relay.spawn();
+    for (who, phone) in [("max", &max), ("lee", &lee), ("ana", &ana)] {
+        phone.sync();
+        let s = phone.store.task_detail(&task).unwrap().state;
+        assert_eq!(
+            (s.status, s.assignee.as_deref(), s.calls.len()),
+            (TaskStatus::Completed, Some("ana"), 1),
+            "on {who}'s phone"
+        );
+        assert!(
+            s.history.iter().all(|e| e.outcome == Outcome::Applied),
+            "on {who}'s phone: {:?}",
+            s.history
+        );
+    }
+    assert!(
+        ana.store.task_detail(&late).is_err(),
+        "never reached anyone"
+    );
+    assert!(
+        lee.store.task_detail(&late).is_err(),
+        "set aside on her phone"
+    );
+    let attention = lee.store.needs_attention().unwrap();
+    assert_eq!(attention.len(), 1, "{attention:?}");
+    assert_eq!(
+        (
+            attention[0].task_id.as_deref(),
+            attention[0].title.as_deref(),
+            attention[0].code.as_str()
+        ),
+        (
+            Some(late.as_str()),
+            Some("Handed out too late"),
+            "not_permitted"
+        )
+    );
+    assert_converged(&[&max, &lee, &ana]);
+}
+
 fn set_trusted(max: &Phone, user: &str, trusted: bool) {
     set_member(max, user, Role::ClinicalAssistant, trusted, true);
 }
