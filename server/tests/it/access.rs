@@ -276,6 +276,33 @@ fn a_change_the_relay_refuses_shows_in_needs_attention_and_does_not_stall_the_qu
     assert_eq!(max.store.task_detail(&mine).unwrap().state.calls.len(), 1);
 }
 
+/// Ana, offline, logs a call on a task the manager has meanwhile moved to
+/// Bob. The relay judges her call on the task as she saw it (hers), so it is
+/// kept: Bob, who now holds the task, sees the call was made.
+#[test]
+fn a_call_logged_offline_on_a_task_moved_meanwhile_reaches_its_new_holder() {
+    let relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let bob = Phone::enrolled(&relay, &relay.invite(&team, "bob", "clinical_assistant"));
+    max.sync();
+    let task = hand_over(&max, &ana, "Call", "ana");
+    max.store.assign(&task, "bob").unwrap();
+    max.sync();
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    let report = ana.sync();
+    assert_eq!((report.pushed, report.refused), (1, 0), "{report:?}");
+    bob.sync();
+    max.sync();
+    let on_bob = bob.store.task_detail(&task).unwrap().state;
+    assert_eq!(on_bob.assignee.as_deref(), Some("bob"));
+    assert_eq!(on_bob.calls.len(), 1, "{:?}", on_bob.history);
+    assert_eq!(on_bob.calls[0].by, "ana");
+    assert!(ana.store.needs_attention().unwrap().is_empty());
+    assert_converged(&[&max, &bob]);
+}
+
 /// Demoting a manager who handed out work leaves that work where it is: on
 /// the relay, also after a restart, and on every phone. From then on the
 /// relay judges what they push by their new role.
