@@ -5,6 +5,7 @@ pub mod clock;
 pub mod derive;
 mod error;
 pub mod event;
+pub mod input;
 pub mod model;
 pub mod store;
 pub mod sync;

@@ -752,15 +752,20 @@ impl TeamState {
                         "this task is not yours to change",
                     ));
                 }
-                // The door: what the author's role allows, judged once, here,
+                // The door: what people typed fits the limits a phone keeps,
+                // and the author's role allows the action, judged once, here,
                 // with the team as it is now. Copies of events the relay
                 // already took in (a redacted task's next generation) passed it.
-                let judged = new_events
+                for e in new_events
                     .iter()
                     .filter(|e| !self.known_in_earlier_generation(&change.doc, e))
-                    .try_for_each(|e| may_act(&self.team, seen, e));
-                if let Err(refusal) = judged {
-                    return Err(refuse(RefusalCode::NotPermitted, &refusal.to_string()));
+                {
+                    if let Err(e) = e.action.check_input() {
+                        return Err(refuse(RefusalCode::InvalidChange, &e.to_string()));
+                    }
+                    if let Err(refusal) = may_act(&self.team, seen, e) {
+                        return Err(refuse(RefusalCode::NotPermitted, &refusal.to_string()));
+                    }
                 }
             }
             // Taken out to grow in place; put back as it was on a refusal.

@@ -41,8 +41,8 @@ pub use views::{
     AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskCommand, TaskDetail, TaskSummary,
 };
 
-/// Longest free text accepted in any field.
-pub const MAX_TEXT: usize = 10_000;
+pub use crate::input::MAX_TEXT;
+use crate::input::{check_opt, check_text};
 
 /// How hard a write waits for the disk before returning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -466,7 +466,6 @@ impl Store {
 
     /// Hand a task off: to a person, or to a role's shared pool.
     pub fn delegate(&self, new: NewTask) -> Result<TaskId> {
-        check_handoff(&new.handoff)?;
         if let Some(p) = &new.patient {
             check_text("patient name", &p.display_name, 200)?;
             check_opt("patient phone", &p.phone, 100)?;
@@ -514,6 +513,7 @@ impl Store {
                 assignee: new.assignee,
             },
         };
+        event.action.check_input()?;
         let state = checked(&task_id, std::slice::from_ref(&event), &event, team)?;
         let mut doc = task_doc::new_doc(&task_id, 0, &st.actor)?;
         if let Some(p) = &new.patient {
@@ -539,7 +539,6 @@ impl Store {
     }
     /// The assignee's "repeat back" of the handoff.
     pub fn acknowledge(&self, task: &str, note: &str) -> Result<TaskState> {
-        check_text("note", note, MAX_TEXT)?;
         self.act(task, |_| Action::Acknowledged { note: note.into() })
     }
     pub fn claim(&self, task: &str) -> Result<TaskState> {
@@ -552,48 +551,35 @@ impl Store {
         self.act(task, |_| Action::ChecklistItemDone { item })
     }
     pub fn log_call(&self, task: &str, attempt: CallAttempt) -> Result<TaskState> {
-        check_text("call notes", &attempt.notes, MAX_TEXT)?;
-        check_opt("contact used", &attempt.contact_used, 200)?;
-        for a in &attempt.answers {
-            check_text("script question", &a.question, 1000)?;
-            check_text("script answer", &a.answer, MAX_TEXT)?;
-        }
         self.act(task, |_| Action::CallLogged { attempt })
     }
     pub fn comment(&self, task: &str, text: &str) -> Result<TaskState> {
-        check_nonempty("comment", text, MAX_TEXT)?;
         self.act(task, |_| Action::Commented { text: text.into() })
     }
     pub fn submit(&self, task: &str, note: &str) -> Result<TaskState> {
-        check_text("note", note, MAX_TEXT)?;
         self.act(task, |_| Action::Submitted { note: note.into() })
     }
     /// Approve the version of the task this device holds now.
     pub fn approve(&self, task: &str, note: &str) -> Result<TaskState> {
-        check_text("note", note, MAX_TEXT)?;
         self.act(task, |doc| Action::Approved {
             heads: doc.get_heads().iter().map(|h| h.to_string()).collect(),
             note: note.into(),
         })
     }
     pub fn return_work(&self, task: &str, feedback: &str) -> Result<TaskState> {
-        check_nonempty("feedback", feedback, MAX_TEXT)?;
         self.act(task, |_| Action::Returned {
             feedback: feedback.into(),
         })
     }
     pub fn complete(&self, task: &str, note: &str) -> Result<TaskState> {
-        check_text("note", note, MAX_TEXT)?;
         self.act(task, |_| Action::Completed { note: note.into() })
     }
     pub fn cancel(&self, task: &str, reason: &str) -> Result<TaskState> {
-        check_text("reason", reason, MAX_TEXT)?;
         self.act(task, |_| Action::Cancelled {
             reason: reason.into(),
         })
     }
     pub fn escalate(&self, task: &str, reason: &str) -> Result<TaskState> {
-        check_nonempty("reason", reason, MAX_TEXT)?;
         self.act(task, |_| Action::Escalated {
             reason: reason.into(),
         })
@@ -621,7 +607,11 @@ impl Store {
         let now = st.clock.now();
         let event = Event::next(&parsed.events, &st.actor_hex, &user, now, action(&mut doc));
         parsed.events.push(event.clone());
-        let state = match checked(task_id, &parsed.events, &event, team) {
+        let judged = event
+            .action
+            .check_input()
+            .and_then(|()| checked(task_id, &parsed.events, &event, team));
+        let state = match judged {
             Ok(s) => s,
             Err(e) => {
                 parsed.events.pop();
@@ -1373,26 +1363,6 @@ fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_text(field: &str, s: &str, max: usize) -> Result<()> {
-    if s.chars().count() > max {
-        return Err(Error::InvalidInput(format!(
-            "{field} is longer than {max} characters"
-        )));
-    }
-    Ok(())
-}
-
-fn check_nonempty(field: &str, s: &str, max: usize) -> Result<()> {
-    if s.trim().is_empty() {
-        return Err(Error::InvalidInput(format!("{field} is empty")));
-    }
-    check_text(field, s, max)
-}
-
-fn check_opt(field: &str, s: &Option<String>, max: usize) -> Result<()> {
-    s.as_deref().map_or(Ok(()), |s| check_text(field, s, max))
-}
-
 fn check_id(field: &str, s: &str) -> Result<()> {
     if !crate::model::is_valid_id(s) {
         return Err(Error::InvalidInput(format!(
@@ -1416,13 +1386,6 @@ fn check_actor(s: &str) -> Result<()> {
             "a device id is an even number of hex digits".into(),
         ));
     }
-    Ok(())
-}
-
-fn check_handoff(h: &Handoff) -> Result<()> {
-    check_nonempty("title", &h.title, 200)?;
-    check_text("outcome", &h.outcome, MAX_TEXT)?;
-    check_text("why", &h.why, MAX_TEXT)?;
     Ok(())
 }
 

@@ -286,3 +286,59 @@ fn a_compressed_change_is_refused_before_it_is_inflated() {
         1
     );
 }
+
+/// Text longer than a phone accepts (a comment of 10,001 characters, made
+/// by hand: the store refuses to write one) is refused as invalid, and
+/// nothing of it reaches another phone.
+#[test]
+fn text_longer_than_a_phone_accepts_is_refused() {
+    use automerge::{ActorId, AutoCommit, Change};
+    use handoff_core::{task_doc, Action, Error, Event};
+
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call", "ana");
+    let long = "x".repeat(handoff_core::input::MAX_TEXT + 1);
+    assert!(matches!(
+        ana.store.comment(&task, &long),
+        Err(Error::InvalidInput(_))
+    ));
+
+    let (rt, client) = http();
+    let token = ana.settings().token;
+    let actor = ana.store.device_actor();
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(hex::decode(&actor).unwrap()));
+    for c in pull_all(&rt, &client, &relay.url, &token) {
+        if c.doc == task {
+            doc.apply_changes([Change::from_bytes(c.bytes).unwrap()])
+                .unwrap();
+        }
+    }
+    let (events, _) = task_doc::events(&doc);
+    assert_eq!(events.len(), 1, "the task as ana has it");
+    let comment = Event::next(
+        &events,
+        &actor,
+        "ana",
+        events[0].at + 1,
+        Action::Commented { text: long },
+    );
+    task_doc::append(&mut doc, &comment).unwrap();
+    let bytes = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let before = feed_length(&rt, &client, &relay.url);
+    let verdicts = RawPush::to(&relay).verdicts(&token, vec![doc_change(&task, bytes)]);
+    match &verdicts[..] {
+        [Verdict::Refused { code, reason }] => {
+            assert_eq!(*code, RefusalCode::InvalidChange);
+            assert!(reason.contains("comment is longer than"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(feed_length(&rt, &client, &relay.url), before);
+    ana.store.comment(&task, "called back, all well").unwrap();
+    assert_eq!(ana.sync().pushed, 1, "the next good change goes through");
+    max.sync();
+    let comments = max.store.task_detail(&task).unwrap().state.comments;
+    assert_eq!(comments.len(), 1);
+    assert_eq!(comments[0].text, "called back, all well");
+}

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ObjType, ReadDoc, ScalarValue, ROOT};
-use handoff_core::sync::wire::{self, DocChange, PullReply, PushReply, Verdict};
+use handoff_core::sync::wire::{self, PushReply, Verdict};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -254,33 +254,6 @@ fn team_edit(rng: &mut StdRng, doc: &mut AutoCommit) {
                 let zed = r#"{"user_id":"zed","name":"Zed","role":"front_desk","trusted":false,"active":true}"#;
                 let _ = doc.put(&members, "zed", zed);
             }
-        }
-    }
-}
-
-/// Everything in the feed `token` may read.
-fn pull_all(
-    rt: &tokio::runtime::Runtime,
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-) -> Vec<DocChange> {
-    let mut all = Vec::new();
-    let mut cursor = 0;
-    loop {
-        let reply: PullReply = rt.block_on(async {
-            let r = client
-                .get(format!("{url}/v1/pull?cursor={cursor}"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap();
-            wire::decode(&r.bytes().await.unwrap()).unwrap()
-        });
-        all.extend(reply.changes);
-        cursor = reply.cursor;
-        if !reply.more {
-            return all;
         }
     }
 }

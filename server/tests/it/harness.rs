@@ -388,3 +388,30 @@ pub fn hand_over(max: &Phone, to: &Phone, title: &str, user: &str) -> String {
     to.sync();
     task
 }
+
+/// Everything in the feed `token` may read.
+pub fn pull_all(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> Vec<sync::wire::DocChange> {
+    let mut all = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let reply: sync::wire::PullReply = rt.block_on(async {
+            let r = client
+                .get(format!("{url}/v1/pull?cursor={cursor}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            sync::wire::decode(&r.bytes().await.unwrap()).unwrap()
+        });
+        all.extend(reply.changes);
+        cursor = reply.cursor;
+        if !reply.more {
+            return all;
+        }
+    }
+}
