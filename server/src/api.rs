@@ -325,10 +325,10 @@ async fn pull(
         };
         let now = tokio::time::Instant::now();
         if !page.is_empty() || more || now >= deadline || *shutdown.borrow() {
-            if waited && !page.is_empty() {
-                // The device may have been revoked while its poll waited
-                // (a stolen phone): it gets the 401, not the news.
-                app.relay.authenticate(bearer(&headers)?)?;
+            if waited && !page.is_empty() && app.relay.revoked_since(&team, &caller, next)? {
+                // Revoked while its poll waited (a stolen phone): the 401,
+                // not the news.
+                return Err(Error::DeviceRevoked);
             }
             let changes = changes_of(&app, &caller.team_id, page).await?;
             return Ok(binary(&PullReply {

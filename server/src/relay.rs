@@ -1025,6 +1025,17 @@ pub struct LoadedTeam {
     /// A write failed after the state took it in: the state is ahead of the
     /// database and is rebuilt from the feed on next use.
     failed: AtomicBool,
+    /// The team's revoked devices as last read from the database, for the
+    /// long-polls one change wakes ([`Relay::revoked_since`]).
+    revoked: Mutex<RevokedDevices>,
+}
+
+/// The team's revoked devices, read when the feed was `as_of` entries long
+/// (or longer): every revocation committed before those entries is in it.
+#[derive(Default)]
+struct RevokedDevices {
+    as_of: u64,
+    actors: HashSet<String>,
 }
 
 impl LoadedTeam {
@@ -1379,6 +1390,7 @@ impl Relay {
             state: Mutex::new(state),
             jobs: Mutex::new(tx),
             failed: AtomicBool::new(false),
+            revoked: Mutex::new(RevokedDevices::default()),
         });
         let (db, weak, id) = (self.db.clone(), Arc::downgrade(&team), team_id.to_owned());
         std::thread::Builder::new()
@@ -1410,6 +1422,28 @@ impl Relay {
             team_id: device.team_id,
             user_id: device.user_id,
         })
+    }
+
+    /// Has the caller's device been revoked since the feed's entry `seq`
+    /// (or before it) was written? A long-poll that waited asks this before
+    /// it sends what woke it (a stolen phone gets the 401, not the news).
+    /// One read of the team's revoked devices answers every poll the same
+    /// change woke, where a read per poll took a third of the time it takes
+    /// one change to wake 10,000 of them. The admin command writes
+    /// revocations to the database only, so it must be read, not assumed.
+    pub fn revoked_since(&self, team: &LoadedTeam, caller: &Caller, seq: u64) -> Result<bool> {
+        let mut known = lock(&team.revoked);
+        if known.as_of < seq {
+            // The feed's length first: the read below then sees every
+            // revocation committed before those entries were.
+            let head = team.state().head();
+            let actors = self.db.read(|c| Db::revoked_devices(c, &caller.team_id))?;
+            *known = RevokedDevices {
+                as_of: head,
+                actors: actors.into_iter().collect(),
+            };
+        }
+        Ok(known.actors.contains(&caller.actor))
     }
 
     /// Queue a push for the team's feed writer; the receipt answers one
