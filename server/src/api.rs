@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::relay::{Caller, Incoming, LoadedTeam, PageEntry, Relay};
+use crate::relay::{Caller, Incoming, LoadedTeam, PageEntry, PullPage, Relay};
 
 #[derive(Clone)]
 pub struct App {
@@ -200,6 +200,10 @@ fn binary<T: serde::Serialize>(value: &T) -> Response {
         .into_response()
 }
 
+fn binary_body(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, wire::CONTENT_TYPE)], body).into_response()
+}
+
 fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
     wire::decode(bytes)
         .map_err(|_| Error::BadRequest("bad_body", "the body does not decode".into()))
@@ -313,7 +317,7 @@ async fn pull(
     let mut shutdown = app.shutdown.clone();
     let mut waited = false;
     loop {
-        let (page, next, more, mut news) = {
+        let (seqs, next, more, mut news) = {
             let mut st = team.state();
             if cursor > st.head() {
                 // The relay's feed is shorter than the device thinks (restored
@@ -321,21 +325,33 @@ async fn pull(
                 cursor = 0;
             }
             let (seqs, next, more) = st.visible_since(cursor, &caller);
-            (st.page(&seqs), next, more, st.wait(&caller))
+            (seqs, next, more, st.wait(&caller))
         };
         let now = tokio::time::Instant::now();
-        if !page.is_empty() || more || now >= deadline || *shutdown.borrow() {
-            if waited && !page.is_empty() && app.relay.revoked_since(&team, &caller, next)? {
+        if !seqs.is_empty() || more || now >= deadline || *shutdown.borrow() {
+            if waited && !seqs.is_empty() && app.relay.revoked_since(&team, &caller, next)? {
                 // Revoked while its poll waited (a stolen phone): the 401,
                 // not the news.
                 return Err(Error::DeviceRevoked);
             }
-            let changes = changes_of(&app, &caller.team_id, page).await?;
-            return Ok(binary(&PullReply {
-                changes,
+            let reply = PullPage {
+                seqs,
                 cursor: next,
                 more,
+            };
+            // One change woke many polls of the same page: encoded once.
+            if let Some(body) = team.shared_reply(&reply) {
+                return Ok(binary_body(body));
+            }
+            let page = team.state().page(&reply.seqs);
+            let changes = changes_of(&app, &caller.team_id, page).await?;
+            let body = Bytes::from(wire::encode(&PullReply {
+                changes,
+                cursor: reply.cursor,
+                more: reply.more,
             }));
+            team.share_reply(reply, body.clone());
+            return Ok(binary_body(body));
         }
         cursor = next;
         waited = true;

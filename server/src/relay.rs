@@ -11,6 +11,7 @@
 //! pushes. So concurrent pushes share one commit, and the next batch is
 //! validated while the last one is being synced.
 
+use axum::body::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -1028,6 +1029,18 @@ pub struct LoadedTeam {
     /// The team's revoked devices as last read from the database, for the
     /// long-polls one change wakes ([`Relay::revoked_since`]).
     revoked: Mutex<RevokedDevices>,
+    /// The last pull reply encoded, for the next poll sent the same page
+    /// (one change wakes every phone that may read it).
+    last_reply: Mutex<Option<(PullPage, Bytes)>>,
+}
+
+/// Which feed entries a pull reply carries, and where it leaves the cursor:
+/// two replies alike in these are alike in every byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullPage {
+    pub seqs: Vec<u64>,
+    pub cursor: u64,
+    pub more: bool,
 }
 
 /// The team's revoked devices, read when the feed was `as_of` entries long
@@ -1041,6 +1054,21 @@ struct RevokedDevices {
 impl LoadedTeam {
     pub fn state(&self) -> MutexGuard<'_, TeamState> {
         lock(&self.state)
+    }
+
+    /// The encoded reply for this page, if the last poll answered was sent
+    /// the same one.
+    pub fn shared_reply(&self, page: &PullPage) -> Option<Bytes> {
+        match &*lock(&self.last_reply) {
+            Some((p, body)) if p == page => Some(body.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn share_reply(&self, page: PullPage, body: Bytes) {
+        if !page.seqs.is_empty() {
+            *lock(&self.last_reply) = Some((page, body));
+        }
     }
 
     /// A push was dropped unanswered: the team's writer stopped (it only
@@ -1391,6 +1419,7 @@ impl Relay {
             jobs: Mutex::new(tx),
             failed: AtomicBool::new(false),
             revoked: Mutex::new(RevokedDevices::default()),
+            last_reply: Mutex::new(None),
         });
         let (db, weak, id) = (self.db.clone(), Arc::downgrade(&team), team_id.to_owned());
         std::thread::Builder::new()
