@@ -96,9 +96,9 @@ pub fn may_act(team: &Team, seen: Option<&TaskState>, event: &Event) -> Result<(
             }
             Ok(())
         }
-        // Everything else is judged on the task; `derive` refuses it
-        // anyway while the task does not exist.
-        (_, None) => Ok(()),
+        // Everything else is judged on the task the author saw, which
+        // must exist.
+        (_, None) => Err(Refusal::NotCreatedYet),
         (Action::Assigned { to }, Some(task)) => {
             if !perms.may_delegate {
                 return not_permitted("assign tasks");

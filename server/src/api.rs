@@ -317,15 +317,18 @@ async fn pull(
     let mut shutdown = app.shutdown.clone();
     let mut waited = false;
     loop {
-        let (seqs, next, more, mut news) = {
+        let (seqs, page, next, more, mut news) = {
             let mut st = team.state();
             if cursor > st.head() {
                 // The relay's feed is shorter than the device thinks (restored
                 // from a backup): start over; duplicates are harmless.
                 cursor = 0;
             }
+            // The page is taken with what it may hold, under one lock (a
+            // redaction's clean-up may forget entries in between).
             let (seqs, next, more) = st.visible_since(cursor, &caller);
-            (seqs, next, more, st.wait(&caller))
+            let page = st.page(&seqs);
+            (seqs, page, next, more, st.wait(&caller))
         };
         let now = tokio::time::Instant::now();
         if !seqs.is_empty() || more || now >= deadline || *shutdown.borrow() {
@@ -343,7 +346,6 @@ async fn pull(
             if let Some(body) = team.shared_reply(&reply) {
                 return Ok(binary_body(body));
             }
-            let page = team.state().page(&reply.seqs);
             let changes = changes_of(&app, &caller.team_id, page).await?;
             let body = Bytes::from(wire::encode(&PullReply {
                 changes,

@@ -757,16 +757,37 @@ impl TeamState {
                 // and the author's role allows the action, judged once, here,
                 // with the team as it is now. Copies of events the relay
                 // already took in (a redacted task's next generation) passed it.
-                for e in new_events
+                let fresh: Vec<&Event> = new_events
                     .iter()
                     .filter(|e| !self.known_in_earlier_generation(&change.doc, e))
-                {
+                    .collect();
+                for e in &fresh {
                     if let Err(e) = e.action.check_input() {
                         return Err(refuse(RefusalCode::InvalidChange, &e.to_string()));
                     }
-                    if let Err(refusal) = may_act(&self.team, seen, e) {
-                        return Err(refuse(RefusalCode::NotPermitted, &refusal.to_string()));
+                }
+                let judged = match (fresh.as_slice(), new_events.len()) {
+                    // One event (what a phone writes): the task it builds on
+                    // is `seen`.
+                    ([only], 1) => may_act(&self.team, seen, only),
+                    // Several (a migration's carried-over events, or a
+                    // hand-made change): each on the task as its own author
+                    // saw it, the change's earlier events included, so none
+                    // passes on a task before a claim or a creation it made.
+                    _ => {
+                        let all: Vec<Event> = events.iter().chain(new_events).cloned().collect();
+                        fresh.iter().try_for_each(|e| {
+                            let past: Vec<Event> = causal_past(&all, std::slice::from_ref(*e))
+                                .into_iter()
+                                .map(|i| all[i].clone())
+                                .collect();
+                            let saw = derive(&change.doc, &past, &self.team);
+                            may_act(&self.team, saw.as_ref(), e)
+                        })
                     }
+                };
+                if let Err(refusal) = judged {
+                    return Err(refuse(RefusalCode::NotPermitted, &refusal.to_string()));
                 }
             }
             // Taken out to grow in place; put back as it was on a refusal.
@@ -1377,6 +1398,9 @@ fn retire_docs(db: &Db, team_id: &str, team: &LoadedTeam, docs: &[Arc<str>]) -> 
     let plan = team.state().retirement_plan(docs);
     let hashes = db.retire_docs(team_id, &plan)?;
     team.state().forget_retired(docs, &hashes);
+    // It may hold the bytes just forgotten (never to be sent again: no page
+    // holds a retired entry); patient details removed leave memory too.
+    *lock(&team.last_reply) = None;
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! relay's decision (minimum necessary access), so a view never needs to
 //! filter by permission beyond "whose queue".
 
+use std::collections::HashMap;
 use std::sync::MutexGuard;
 
 use automerge::ActorId;
@@ -489,40 +490,52 @@ impl Store {
         if db.seen.user.as_deref() == Some(user) {
             let mut stmt = db.conn.prepare_cached(
                 "SELECT 'outbox:' || lower(hex(o.hash)), d.task_id, t.title, o.refused_code,
-                        o.refused_reason, o.queued_at, o.bytes, o.doc_id
+                        o.refused_reason, o.queued_at, o.bytes, o.doc_id,
+                        EXISTS (SELECT 1 FROM dismissed x
+                                WHERE x.event_id = 'outbox:' || lower(hex(o.hash)))
                  FROM outbox o LEFT JOIN documents d ON d.doc_id = o.doc_id
                  LEFT JOIN tasks t ON t.task_id = d.task_id
                  WHERE o.refused_code IS NOT NULL
-                   AND NOT EXISTS (SELECT 1 FROM dismissed x
-                                   WHERE x.event_id = 'outbox:' || lower(hex(o.hash)))
                  ORDER BY o.id",
             )?;
+            let mut refused = Vec::new();
+            // A new task the relay refused has no document or index row left
+            // on this phone: its own first change names it, for the changes
+            // made on it afterwards too.
+            let mut never_delivered: HashMap<String, String> = HashMap::new();
             for row in stmt.query_map([], |r| {
                 // What the refused change did, named like the other items.
                 let first = automerge::Change::from_bytes(r.get::<_, Vec<u8>>(6)?)
                     .ok()
                     .and_then(|c| task_doc::events_in_change(&c).into_iter().next());
-                let action = first.as_ref().map_or("sync", |e| e.action.name());
-                let (mut task_id, mut title): (Option<String>, Option<String>) =
-                    (r.get(1)?, r.get(2)?);
-                // A refused new task has no document or index row left:
-                // its own change names it.
-                if let Some(Action::Created { handoff, .. }) = first.map(|e| e.action) {
-                    let doc_id: String = r.get(7)?;
-                    task_id.get_or_insert_with(|| task_doc::split_doc_id(&doc_id).0.into());
-                    title.get_or_insert(handoff.title);
-                }
-                Ok(AttentionItem {
+                let item = AttentionItem {
                     key: r.get(0)?,
-                    task_id,
-                    title,
-                    action: action.into(),
+                    task_id: r.get(1)?,
+                    title: r.get(2)?,
+                    action: first.as_ref().map_or("sync", |e| e.action.name()).into(),
                     code: r.get(3)?,
                     reason: r.get(4)?,
                     at: r.get(5)?,
-                })
+                };
+                let doc_id: String = r.get(7)?;
+                let dismissed: bool = r.get(8)?;
+                Ok((item, doc_id, first, dismissed))
             })? {
-                items.push(row?);
+                let (item, doc_id, first, dismissed) = row?;
+                if let Some(Action::Created { handoff, .. }) = first.map(|e| e.action) {
+                    if item.task_id.is_none() {
+                        never_delivered.insert(doc_id.clone(), handoff.title);
+                    }
+                }
+                if !dismissed {
+                    refused.push((item, doc_id));
+                }
+            }
+            for (mut item, doc_id) in refused {
+                if item.title.is_none() {
+                    item.title = never_delivered.get(&doc_id).cloned();
+                }
+                items.push(item);
             }
         }
         Ok(items)

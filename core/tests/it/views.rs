@@ -258,10 +258,25 @@ fn a_change_the_relay_refused_is_shown_to_its_author_and_not_offered_again() {
         .unwrap()
         .iter()
         .all(|o| o.id != last.id));
+    // The refused change made the task: it never reached anyone, and it
+    // is shown under its title, with no task left to open.
     let items = c.at("max").needs_attention().unwrap();
     assert_eq!(items.len(), 1);
-    assert_eq!(items[0].task_id.as_deref(), Some(t.as_str()));
+    assert_eq!(items[0].task_id, None);
+    assert_eq!(
+        items[0].title.as_deref(),
+        Some(
+            task_for("ana", DelegationLevel::Delegable)
+                .handoff
+                .title
+                .as_str()
+        )
+    );
     assert_eq!(items[0].code, "not_permitted");
+    assert!(matches!(
+        c.at("max").task_detail(&t),
+        Err(Error::TaskNotFound(_))
+    ));
     c.at("max").dismiss_attention(&items[0].key).unwrap();
     assert!(c.at("max").needs_attention().unwrap().is_empty());
     let delivered = c.at("max").outbox(100).unwrap();

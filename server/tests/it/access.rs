@@ -329,8 +329,14 @@ fn demoting_a_delegator_leaves_the_work_they_handed_out_where_it_is() {
         .store
         .delegate(task_for("Handed out too late", Some("ana"), None))
         .unwrap();
+    lee.store
+        .comment(&late, "patient prefers mornings")
+        .unwrap();
     let report = lee.sync();
-    assert_eq!(report.refused, 1, "{report:?}");
+    assert_eq!(
+        report.refused, 2,
+        "the task, and her comment on it: {report:?}"
+    );
     relay.kill();
     relay.spawn();
     for (who, phone) in [("max", &max), ("lee", &lee), ("ana", &ana)] {
@@ -355,19 +361,32 @@ fn demoting_a_delegator_leaves_the_work_they_handed_out_where_it_is() {
         lee.store.task_detail(&late).is_err(),
         "set aside on her phone"
     );
-    let attention = lee.store.needs_attention().unwrap();
-    assert_eq!(attention.len(), 1, "{attention:?}");
+    // Both shown under the title she gave the task, with no task to open:
+    // it is no longer on her phone.
+    let attention: Vec<_> = lee
+        .store
+        .needs_attention()
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.task_id, a.title, a.action, a.code))
+        .collect();
+    let title = Some("Handed out too late".to_owned());
     assert_eq!(
-        (
-            attention[0].task_id.as_deref(),
-            attention[0].title.as_deref(),
-            attention[0].code.as_str()
-        ),
-        (
-            Some(late.as_str()),
-            Some("Handed out too late"),
-            "not_permitted"
-        )
+        attention,
+        vec![
+            (
+                None,
+                title.clone(),
+                "created".into(),
+                "not_permitted".into()
+            ),
+            (
+                None,
+                title,
+                "commented".into(),
+                "missing_dependencies".into()
+            ),
+        ]
     );
     assert_converged(&[&max, &lee, &ana]);
 }
@@ -593,4 +612,76 @@ fn a_deactivated_member_reads_nothing_more() {
     }
     // Her phone keeps what it had (revoking the device would wipe it).
     assert_eq!(ana.store.task_ids().unwrap(), vec![task]);
+}
+
+/// A change may carry several events (a phone migrating to a redacted
+/// task carries its own unsent ones over in one). Each is judged on the
+/// task as its author saw it, the change's earlier events included: a
+/// hand-made first change in which an assistant creates a task for herself
+/// and completes it without review is refused; the same with only a start
+/// is not.
+#[test]
+fn each_event_of_a_change_passes_the_door_on_its_own() {
+    use automerge::ActorId;
+
+    let relay = Relay::start();
+    let (_, _max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let actor = ana.store.device_actor();
+    let token = ana.settings().token;
+    let first_change = |task: &str, then: Action| {
+        let mut doc =
+            task_doc::new_doc(task, 0, &ActorId::from(hex::decode(&actor).unwrap())).unwrap();
+        let created = Event::next(
+            &[],
+            &actor,
+            "ana",
+            1_800_000_000_000,
+            Action::Created {
+                handoff: handoff("Call"),
+                checklist: Vec::new(),
+                questions: Vec::new(),
+                pool: None,
+                assignee: Some("ana".into()),
+            },
+        );
+        let next = Event::next(
+            std::slice::from_ref(&created),
+            &actor,
+            "ana",
+            1_800_000_000_001,
+            then,
+        );
+        task_doc::append(&mut doc, &created).unwrap();
+        task_doc::append(&mut doc, &next).unwrap();
+        doc_change(
+            task,
+            doc.get_last_local_change().unwrap().raw_bytes().to_vec(),
+        )
+    };
+    let push = RawPush::to(&relay);
+    let verdicts = push.verdicts(
+        &token,
+        vec![first_change(
+            "0123456789abcdef0123456789abcdef",
+            Action::Completed { note: "".into() },
+        )],
+    );
+    assert!(
+        matches!(
+            &verdicts[..],
+            [Verdict::Refused {
+                code: RefusalCode::NotPermitted,
+                ..
+            }]
+        ),
+        "{verdicts:?}"
+    );
+    let verdicts = push.verdicts(
+        &token,
+        vec![first_change(
+            "fedcba9876543210fedcba9876543210",
+            Action::Started,
+        )],
+    );
+    assert!(matches!(&verdicts[..], [Verdict::Stored]), "{verdicts:?}");
 }
