@@ -17,7 +17,9 @@
 //!   cancellation, is refused (kept in the history, shown to its author).
 //!
 //! - Work logged by the assignee concurrent with a reassignment is kept: the
-//!   call happened. (The door judged it on the task its author saw.)
+//!   call happened. (The door judged it on the task its author saw.) Their
+//!   submission or completion concurrent with it is refused ("the task was
+//!   given to X meanwhile"): the new holder decides when it is done.
 //!
 //! What a role allows is not judged here but at the door, once, when the
 //! event is written and when the relay takes it in ([`access::may_act`]):
@@ -33,6 +35,11 @@ use crate::access;
 use crate::event::{Action, Event, EventId};
 use crate::model::{CallAttempt, CallOutcome, Handoff, Role, TaskId, Timestamp, UserId, HOUR_MS};
 use crate::team::Team;
+
+/// The version of these rules. A change to what any event derives to
+/// comes with a new one: stores derive their index again when they open
+/// (`Store::open`). 2: what a role allows is judged at the door.
+pub const RULES: &str = "2";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +115,8 @@ pub enum Refusal {
     ApprovalStale,
     #[error("a manager assigned the task to {to}")]
     ClaimOverridden { to: UserId },
+    #[error("the task was given to {to} meanwhile")]
+    Reassigned { to: UserId },
     #[error("the relay refused this change: {reason}")]
     RelayRefused { reason: String },
 }
@@ -642,6 +651,7 @@ impl Fold<'_> {
                 });
             }
             Action::Submitted { .. } => {
+                self.not_moved_meanwhile(i, is_assignee)?;
                 if !matches!(
                     status,
                     TaskStatus::Assigned | TaskStatus::InProgress | TaskStatus::Returned
@@ -705,6 +715,7 @@ impl Fold<'_> {
                 if status == TaskStatus::Unassigned {
                     return Err(Refusal::WrongStatus { status });
                 }
+                self.not_moved_meanwhile(i, is_assignee)?;
                 let s = self.state_mut();
                 s.status = TaskStatus::Completed;
                 s.completed = Some((e.by.clone(), e.at));
@@ -727,6 +738,18 @@ impl Fold<'_> {
         let s = self.state_mut();
         s.updated_at = s.updated_at.max(e.at);
         Ok(())
+    }
+
+    /// Submitting or completing is the holder's word that the work is done:
+    /// from someone the task was taken from by an assignment they had not
+    /// seen, it does not stand (their calls do: they happened).
+    fn not_moved_meanwhile(&self, i: usize, is_assignee: bool) -> Result<(), Refusal> {
+        match (self.assign_event, &self.state_ref().assignee) {
+            (Some(a), Some(to)) if !is_assignee && !self.ancestors[i].contains(a) => {
+                Err(Refusal::Reassigned { to: to.clone() })
+            }
+            _ => Ok(()),
+        }
     }
 
     fn state_ref(&self) -> &TaskState {

@@ -243,6 +243,16 @@ impl Store {
             st.set_team(Some(Team::read(&doc)));
             st.docs.put(TEAM_DOC, doc);
         }
+        // The index holds what this build's rules derive: a store last
+        // written by a build with other rules is derived again, once.
+        if meta(&conn, "rules")?.as_deref() != Some(crate::derive::RULES) {
+            let tx = conn.unchecked_transaction()?;
+            if let Some(team) = st.team.clone() {
+                reindex_all(&tx, &mut st, &team)?;
+            }
+            set_meta(&tx, "rules", crate::derive::RULES)?;
+            tx.commit()?;
+        }
         let reader = connect(path, key, options.durability)?;
         reader.pragma_update(None, "query_only", "ON")?;
         reader.set_prepared_statement_cache_capacity(32);
@@ -958,7 +968,6 @@ impl Store {
     }
 }
 
-/// Derive the state with `event` added and insist it took effect.
 /// Would `user` doing `action` on this device take effect now? (No write.)
 fn would_apply(
     task_id: &str,
@@ -1086,8 +1095,10 @@ fn finish_reindex(
 
 /// Rebuild a task document without `refused` and the changes that build on
 /// it; write those changes' events again as new changes (queued for the
-/// relay), drop their old outbox rows, and re-derive the task. A document's
-/// first change is not set aside (nothing would be left to rebuild on).
+/// relay), drop their old outbox rows, and re-derive the task. A new task's
+/// first change refused takes the task off this phone (it never reached
+/// anyone); a redacted generation's first change stays (nothing would be
+/// left to rebuild on).
 fn set_aside(conn: &Connection, st: &mut State, doc_id: &str, refused: &Change) -> Result<usize> {
     if refused.deps().is_empty() {
         // A new task refused: it never reached anyone, and no view shows

@@ -575,3 +575,38 @@ fn a_call_logged_while_the_task_was_being_reassigned_is_kept() {
         Refusal::NotAssignee
     );
 }
+
+/// Submitting is the holder's word that the work is done: an assistant's
+/// submission concurrent with the task moving to someone else does not
+/// stand (her call does), and she is told who has the task.
+#[test]
+fn a_submission_while_the_task_was_being_reassigned_is_refused_and_says_to_whom() {
+    let c = Clinic::with(&["max", "ana", "tom"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("max").assign(&t, "tom").unwrap();
+    c.clock.advance(60_000);
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::Reached))
+        .unwrap();
+    c.at("ana").submit(&t, "reached, all well").unwrap();
+    c.sync();
+    for user in ["max", "ana", "tom"] {
+        let s = c.at(user).task_detail(&t).unwrap().state;
+        assert_eq!(
+            (s.status, s.assignee.as_deref(), s.calls.len()),
+            (TaskStatus::InProgress, Some("tom"), 1),
+            "on {user}'s phone"
+        );
+    }
+    let items = c.at("ana").needs_attention().unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(
+        (items[0].action.as_str(), items[0].code.as_str()),
+        ("submitted", "reassigned")
+    );
+    assert!(items[0].reason.contains("tom"), "{}", items[0].reason);
+}

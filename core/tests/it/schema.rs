@@ -142,3 +142,48 @@ fn a_store_from_a_newer_app_is_refused_untouched() {
         Err(Error::SchemaTooNew(99))
     ));
 }
+
+/// The index holds what the rules derive, and rules change between builds
+/// (the rules' version, `derive::RULES`): a store last written under other
+/// rules derives its index again when it opens, once.
+#[test]
+fn a_store_derived_under_other_rules_is_derived_again_when_it_opens() {
+    let c = Clinic::with(&["max"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    let Clinic {
+        dir,
+        devices,
+        clock,
+    } = c;
+    drop(devices);
+    let path = dir.path().join("0-max.db");
+    let open_tasks = |path: &std::path::Path| {
+        let store = Store::open(path, &KEY, options(&clock)).unwrap();
+        let q = store.queue_of("ana").unwrap();
+        [q.overdue, q.today, q.upcoming]
+            .concat()
+            .into_iter()
+            .map(|s| s.task_id)
+            .collect::<Vec<_>>()
+    };
+    // An index row the rules of this build would not have written, as
+    // if an older build had derived the task differently.
+    let damage = |rules: &str| {
+        let conn = raw(&path);
+        conn.execute("UPDATE tasks SET status = 'cancelled'", [])
+            .unwrap();
+        conn.execute("UPDATE meta SET value = ?1 WHERE key = 'rules'", [rules])
+            .unwrap();
+    };
+    damage(handoff_core::derive::RULES);
+    assert!(
+        open_tasks(&path).is_empty(),
+        "same rules: the index is read as it is"
+    );
+    damage("1");
+    assert_eq!(open_tasks(&path), vec![t.clone()], "derived again");
+    assert_eq!(open_tasks(&path), vec![t]);
+}
