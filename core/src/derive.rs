@@ -18,8 +18,9 @@
 //!
 //! - Work logged by the assignee concurrent with a reassignment is kept: the
 //!   call happened. (The door judged it on the task its author saw.) Their
-//!   submission or completion concurrent with it is refused ("the task was
-//!   given to X meanwhile"): the new holder decides when it is done.
+//!   submission or completion concurrent with it does not stand, in either
+//!   order ("the task was given to X meanwhile"): the new holder decides
+//!   when it is done.
 //!
 //! What a role allows is not judged here but at the door, once, when the
 //! event is written and when the relay takes it in ([`access::may_act`]):
@@ -426,14 +427,20 @@ fn fold(
         assign_event: None,
         approval_event: None,
         work_events: Vec::new(),
+        holders: Vec::new(),
+        done: None,
     };
     for (i, e) in events.iter().enumerate() {
         let judged = match door {
             Some(id) if *id == e.id => access::may_act(team, fold.state.as_ref(), e),
             _ => Ok(()),
         };
+        let before = fold.state.as_ref().map(Progress::of);
         let outcome = match judged.and_then(|()| fold.apply(task_id, i, e)) {
-            Ok(()) => Outcome::Applied,
+            Ok(()) => {
+                fold.note_status(i, e, before);
+                Outcome::Applied
+            }
             Err(refusal) => Outcome::Refused { refusal },
         };
         // `apply` may already have superseded an earlier event; this one's own verdict:
@@ -456,6 +463,36 @@ struct Fold<'a> {
     /// The approval that completed the task, if it was one.
     approval_event: Option<usize>,
     work_events: Vec<usize>,
+    /// The events that set who holds the task, and whom, in fold order.
+    holders: Vec<(usize, UserId)>,
+    /// The submission or completion that set the current status, if one
+    /// did: a reassignment its author had not seen undoes it.
+    done: Option<Done>,
+}
+
+/// A submission or completion, and what it replaced.
+struct Done {
+    event: usize,
+    by: UserId,
+    replaced: Progress,
+}
+
+/// The parts of a task's state that a submission or completion sets.
+#[derive(Clone, PartialEq)]
+struct Progress {
+    status: TaskStatus,
+    submitted: Option<(UserId, Timestamp)>,
+    completed: Option<(UserId, Timestamp)>,
+}
+
+impl Progress {
+    fn of(s: &TaskState) -> Progress {
+        Progress {
+            status: s.status,
+            submitted: s.submitted.clone(),
+            completed: s.completed.clone(),
+        }
+    }
 }
 
 impl Fold<'_> {
@@ -563,10 +600,12 @@ impl Fold<'_> {
         match &e.action {
             Action::Created { .. } => unreachable_created(),
             Action::Assigned { to } => {
+                self.may_hold(to)?;
+                self.undo_done(i, to);
+                let status = self.state_ref().status;
                 if status.is_closed() {
                     return Err(Refusal::TaskClosed { status });
                 }
-                self.may_hold(to)?;
                 if let Some(c) = self.claim_event.take() {
                     if !self.ancestors[i].contains(c) {
                         self.outcomes[c] = Outcome::Superseded {
@@ -651,7 +690,7 @@ impl Fold<'_> {
                 });
             }
             Action::Submitted { .. } => {
-                self.not_moved_meanwhile(i, is_assignee)?;
+                self.not_moved_meanwhile(i, &e.by, is_assignee)?;
                 if !matches!(
                     status,
                     TaskStatus::Assigned | TaskStatus::InProgress | TaskStatus::Returned
@@ -715,7 +754,7 @@ impl Fold<'_> {
                 if status == TaskStatus::Unassigned {
                     return Err(Refusal::WrongStatus { status });
                 }
-                self.not_moved_meanwhile(i, is_assignee)?;
+                self.not_moved_meanwhile(i, &e.by, is_assignee)?;
                 let s = self.state_mut();
                 s.status = TaskStatus::Completed;
                 s.completed = Some((e.by.clone(), e.at));
@@ -742,14 +781,77 @@ impl Fold<'_> {
 
     /// Submitting or completing is the holder's word that the work is done:
     /// from someone the task was taken from by an assignment they had not
-    /// seen, it does not stand (their calls do: they happened).
-    fn not_moved_meanwhile(&self, i: usize, is_assignee: bool) -> Result<(), Refusal> {
+    /// seen, it does not stand (their calls do: they happened). This is
+    /// the order where the assignment folds first; [`Fold::undo_done`] is
+    /// the other.
+    fn not_moved_meanwhile(&self, i: usize, by: &str, is_assignee: bool) -> Result<(), Refusal> {
         match (self.assign_event, &self.state_ref().assignee) {
-            (Some(a), Some(to)) if !is_assignee && !self.ancestors[i].contains(a) => {
+            (Some(a), Some(to))
+                if !is_assignee && !self.ancestors[i].contains(a) && self.held_as_seen(i, by) =>
+            {
                 Err(Refusal::Reassigned { to: to.clone() })
             }
             _ => Ok(()),
         }
+    }
+
+    /// Did `by` hold the task as the author of event `i` saw it (the last
+    /// holder set among the events it builds on)?
+    fn held_as_seen(&self, i: usize, by: &str) -> bool {
+        self.holders
+            .iter()
+            .rev()
+            .find(|(j, _)| self.ancestors[i].contains(*j))
+            .is_some_and(|(_, holder)| holder == by)
+    }
+
+    /// An assignment at `i` that the holder's submission or completion had
+    /// not seen, folded after it: that word no longer stands, and the task
+    /// goes back to where it was before it.
+    fn undo_done(&mut self, i: usize, to: &str) {
+        let outgoing = self.state_ref().assignee.clone();
+        let Some(done) = self.done.take() else {
+            return;
+        };
+        if self.ancestors[i].contains(done.event) || outgoing.as_deref() != Some(done.by.as_str()) {
+            self.done = Some(done);
+            return;
+        }
+        self.outcomes[done.event] = Outcome::Superseded {
+            refusal: Refusal::Reassigned { to: to.into() },
+        };
+        let s = self.state_mut();
+        s.status = done.replaced.status;
+        s.submitted = done.replaced.submitted;
+        s.completed = done.replaced.completed;
+    }
+
+    /// After event `i` applied: who holds the task now, and whether its
+    /// status is a submission's or completion's word.
+    fn note_status(&mut self, i: usize, e: &Event, before: Option<Progress>) {
+        let holder = match &e.action {
+            Action::Created { assignee, .. } => assignee.clone(),
+            Action::Assigned { to } => Some(to.clone()),
+            Action::Claimed => Some(e.by.clone()),
+            _ => None,
+        };
+        if let Some(h) = holder {
+            self.holders.push((i, h));
+        }
+        let Some(now) = self.state.as_ref().map(Progress::of) else {
+            return;
+        };
+        let Some(replaced) = before.filter(|b| *b != now) else {
+            return;
+        };
+        self.done = match e.action {
+            Action::Submitted { .. } | Action::Completed { .. } => Some(Done {
+                event: i,
+                by: e.by.clone(),
+                replaced,
+            }),
+            _ => None,
+        };
     }
 
     fn state_ref(&self) -> &TaskState {

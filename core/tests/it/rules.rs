@@ -610,3 +610,83 @@ fn a_submission_while_the_task_was_being_reassigned_is_refused_and_says_to_whom(
     );
     assert!(items[0].reason.contains("tom"), "{}", items[0].reason);
 }
+
+/// The same in the other order: a trusted assistant completes the task
+/// offline before, by the clocks, a manager moves it to someone else. The
+/// completion does not close the task under its new holder; it is
+/// superseded, and its author told who has the task.
+#[test]
+fn a_completion_before_a_reassignment_it_had_not_seen_is_undone_by_it() {
+    let c = Clinic::with(&["max", "ana", "tom"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("tom", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("tom")
+        .log_call(&t, call(CallOutcome::Reached))
+        .unwrap();
+    c.at("tom").complete(&t, "all done").unwrap();
+    c.clock.advance(60_000);
+    // The manager has written more on the task than tom has, so the move
+    // folds after his completion (later in Lamport time).
+    c.at("max").comment(&t, "patient called the desk").unwrap();
+    c.at("max").comment(&t, "asked for ana").unwrap();
+    c.at("max").assign(&t, "ana").unwrap();
+    c.sync();
+    for user in ["max", "ana", "tom"] {
+        let s = c.at(user).task_detail(&t).unwrap().state;
+        assert_eq!(
+            (
+                s.status,
+                s.assignee.as_deref(),
+                s.completed.is_none(),
+                s.calls.len()
+            ),
+            (TaskStatus::Assigned, Some("ana"), true, 1),
+            "on {user}'s phone"
+        );
+    }
+    let items = c.at("tom").needs_attention().unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(
+        (items[0].action.as_str(), items[0].code.as_str()),
+        ("completed", "reassigned")
+    );
+    // The new holder works on and completes it.
+    c.at("ana")
+        .log_call(&t, call(CallOutcome::Reached))
+        .unwrap();
+    c.at("ana").submit(&t, "reached").unwrap();
+    c.sync();
+    assert_eq!(
+        c.at("max").task_detail(&t).unwrap().state.status,
+        TaskStatus::Submitted
+    );
+}
+
+/// Only the holder's word is undone: a reviewer who completes a task
+/// someone else holds, while a manager moves it, is not told it was moved
+/// from them (it never was theirs).
+#[test]
+fn a_reviewers_completion_is_not_refused_as_moved_from_them() {
+    let c = Clinic::with(&["max", "lee", "ana", "tom"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.sync();
+    c.at("max").assign(&t, "tom").unwrap();
+    c.clock.advance(60_000);
+    c.at("lee").complete(&t, "done by phone").unwrap();
+    c.sync();
+    for user in ["max", "lee", "tom"] {
+        let s = c.at(user).task_detail(&t).unwrap().state;
+        assert_eq!(
+            (s.status, s.assignee.as_deref()),
+            (TaskStatus::Completed, Some("tom")),
+            "on {user}'s phone"
+        );
+    }
+    assert!(c.at("lee").needs_attention().unwrap().is_empty());
+}
