@@ -317,6 +317,7 @@ async fn pull(
     let mut shutdown = app.shutdown.clone();
     let mut waited = false;
     loop {
+        let retirements = team.retirements();
         let (seqs, page, next, more, mut news) = {
             let mut st = team.state();
             if cursor > st.head() {
@@ -341,6 +342,7 @@ async fn pull(
                 seqs,
                 cursor: next,
                 more,
+                retirements,
             };
             // One change woke many polls of the same page: encoded once.
             if let Some(body) = team.shared_reply(&reply) {

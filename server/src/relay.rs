@@ -22,7 +22,7 @@ use handoff_core::access::{losing_sight, may_act, may_change_team, may_read_task
 use handoff_core::derive::{derive_outcomes, TaskState};
 use handoff_core::event::{Event, EventId};
 use handoff_core::store::TEAM_DOC;
-use handoff_core::sync::wire::{self, DocChange, RefusalCode, Verdict, MAX_CHANGE};
+use handoff_core::sync::wire::{self, DocChange, RefusalCode, Verdict, MAX_CHANGE, MAX_NEW_EVENTS};
 use handoff_core::task_doc::{
     self, doc_id_of, events_in_change, read_change, split_doc_id, ChangeRead, Shape,
 };
@@ -761,9 +761,30 @@ impl TeamState {
                     .iter()
                     .filter(|e| !self.known_in_earlier_generation(&change.doc, e))
                     .collect();
+                if fresh.len() > MAX_NEW_EVENTS {
+                    return Err(refuse(
+                        RefusalCode::InvalidChange,
+                        "a change carries at most 16 new events",
+                    ));
+                }
                 for e in &fresh {
                     if let Err(e) = e.action.check_input() {
                         return Err(refuse(RefusalCode::InvalidChange, &e.to_string()));
+                    }
+                    // The fold puts an event after what it builds on only if
+                    // its Lamport time is higher; the door judges it on those.
+                    let before = |d: &EventId| {
+                        events
+                            .iter()
+                            .chain(new_events)
+                            .find(|x| x.id == *d)
+                            .is_none_or(|x| x.lt < e.lt)
+                    };
+                    if !e.deps.iter().all(before) {
+                        return Err(refuse(
+                            RefusalCode::InvalidChange,
+                            "an event must come after the events it builds on",
+                        ));
                     }
                 }
                 let judged = match (fresh.as_slice(), new_events.len()) {
@@ -1052,16 +1073,27 @@ pub struct LoadedTeam {
     revoked: Mutex<RevokedDevices>,
     /// The last pull reply encoded, for the next poll sent the same page
     /// (one change wakes every phone that may read it).
-    last_reply: Mutex<Option<(PullPage, Bytes)>>,
+    last_reply: Mutex<SharedReply>,
 }
 
 /// Which feed entries a pull reply carries, and where it leaves the cursor:
-/// two replies alike in these are alike in every byte.
+/// two replies alike in these are alike in every byte. `retirements`: how
+/// many redaction clean-ups the team had done before the page was taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullPage {
     pub seqs: Vec<u64>,
     pub cursor: u64,
     pub more: bool,
+    pub retirements: u64,
+}
+
+/// The last pull reply encoded, and how many clean-ups after redactions
+/// the team has done: a reply whose page was taken before one may hold
+/// bytes of a retired document, and is not kept.
+#[derive(Default)]
+struct SharedReply {
+    retirements: u64,
+    reply: Option<(PullPage, Bytes)>,
 }
 
 /// The team's revoked devices, read when the feed was `as_of` entries long
@@ -1080,15 +1112,21 @@ impl LoadedTeam {
     /// The encoded reply for this page, if the last poll answered was sent
     /// the same one.
     pub fn shared_reply(&self, page: &PullPage) -> Option<Bytes> {
-        match &*lock(&self.last_reply) {
+        match &lock(&self.last_reply).reply {
             Some((p, body)) if p == page => Some(body.clone()),
             _ => None,
         }
     }
 
+    /// Taken before a page, for [`PullPage::retirements`].
+    pub fn retirements(&self) -> u64 {
+        lock(&self.last_reply).retirements
+    }
+
     pub fn share_reply(&self, page: PullPage, body: Bytes) {
-        if !page.seqs.is_empty() {
-            *lock(&self.last_reply) = Some((page, body));
+        let mut shared = lock(&self.last_reply);
+        if !page.seqs.is_empty() && page.retirements == shared.retirements {
+            shared.reply = Some((page, body));
         }
     }
 
@@ -1400,7 +1438,9 @@ fn retire_docs(db: &Db, team_id: &str, team: &LoadedTeam, docs: &[Arc<str>]) -> 
     team.state().forget_retired(docs, &hashes);
     // It may hold the bytes just forgotten (never to be sent again: no page
     // holds a retired entry); patient details removed leave memory too.
-    *lock(&team.last_reply) = None;
+    let mut shared = lock(&team.last_reply);
+    shared.retirements += 1;
+    shared.reply = None;
     Ok(())
 }
 
@@ -1443,7 +1483,7 @@ impl Relay {
             jobs: Mutex::new(tx),
             failed: AtomicBool::new(false),
             revoked: Mutex::new(RevokedDevices::default()),
-            last_reply: Mutex::new(None),
+            last_reply: Mutex::new(SharedReply::default()),
         });
         let (db, weak, id) = (self.db.clone(), Arc::downgrade(&team), team_id.to_owned());
         std::thread::Builder::new()

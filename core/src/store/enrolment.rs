@@ -110,6 +110,8 @@ impl Store {
         st.actor = ActorId::from(actor.to_vec());
         set_meta(&tx, "actor", &st.actor_hex)?;
         set_meta(&tx, "wiped", "device revoked")?;
+        // An empty index is derived under any rules.
+        set_meta(&tx, "rules", crate::derive::RULES)?;
         tx.commit()?;
         conn.execute_batch("VACUUM")?;
         // The WAL still holds the deleted pages until it is emptied.

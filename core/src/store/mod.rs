@@ -676,15 +676,11 @@ impl Store {
         let (events, _) = task_doc::events(&old);
         let new_id = task_doc::doc_id_of(task_id, generation);
         let mut doc = task_doc::new_doc(task_id, generation, &st.actor)?;
-        for e in &events {
-            task_doc::append(&mut doc, &e.scrubbed())?;
-        }
-        let state = derive(task_id, task_doc::events(&doc).0, team)
-            .ok_or(Error::Corrupt("task has no created event"))?;
-        let now = st.clock.now();
         let tx = conn.unchecked_transaction()?;
         docs::insert_document(&tx, &new_id, "task", Some(task_id), generation)?;
-        docs::commit_local(&tx, &new_id, &mut doc, now)?;
+        append_own_in_chunks(&tx, st, &new_id, &mut doc, events.iter())?;
+        let state = derive(task_id, task_doc::events(&doc).0, team)
+            .ok_or(Error::Corrupt("task has no created event"))?;
         retire(&tx, &old_id)?;
         index::upsert(&tx, &new_id, &state)?;
         tx.commit()?;
@@ -968,6 +964,32 @@ impl Store {
     }
 }
 
+/// Append `events`, scrubbed, to a task document and commit them as this
+/// device's changes, each holding at most [`wire::MAX_NEW_EVENTS`] events
+/// of its own (the relay refuses more; others' events are copies it knows).
+fn append_own_in_chunks<'e>(
+    conn: &Connection,
+    st: &State,
+    doc_id: &str,
+    doc: &mut AutoCommit,
+    events: impl Iterator<Item = &'e Event>,
+) -> Result<()> {
+    let now = st.clock.now();
+    let mut own = 0;
+    for e in events {
+        if e.id.actor == st.actor_hex {
+            if own == crate::sync::wire::MAX_NEW_EVENTS {
+                docs::commit_local(conn, doc_id, doc, now)?;
+                own = 0;
+            }
+            own += 1;
+        }
+        task_doc::append(doc, &e.scrubbed())?;
+    }
+    docs::commit_local(conn, doc_id, doc, now)?;
+    Ok(())
+}
+
 /// Would `user` doing `action` on this device take effect now? (No write.)
 fn would_apply(
     task_id: &str,
@@ -1058,12 +1080,9 @@ fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> 
                     .collect();
                 // Scrubbed like the redaction's own copies: the newer
                 // document is one whose patient details were removed.
-                for e in task_doc::events(&dropped).0 {
-                    if !have.contains(&e.id) {
-                        task_doc::append(&mut keep, &e.scrubbed())?;
-                    }
-                }
-                docs::commit_local(conn, &keep_id, &mut keep, st.clock.now())?;
+                let missed = task_doc::events(&dropped).0;
+                let missed = missed.iter().filter(|e| !have.contains(&e.id));
+                append_own_in_chunks(conn, st, &keep_id, &mut keep, missed)?;
             }
             retire(conn, &drop_id)?;
             st.docs.remove(&drop_id);

@@ -496,6 +496,10 @@ impl Store {
                  FROM outbox o LEFT JOIN documents d ON d.doc_id = o.doc_id
                  LEFT JOIN tasks t ON t.task_id = d.task_id
                  WHERE o.refused_code IS NOT NULL
+                   -- dismissed ones only to name a task that is gone
+                   AND (d.doc_id IS NULL
+                        OR NOT EXISTS (SELECT 1 FROM dismissed x
+                                       WHERE x.event_id = 'outbox:' || lower(hex(o.hash))))
                  ORDER BY o.id",
             )?;
             let mut refused = Vec::new();

@@ -12,6 +12,11 @@ pub const CONTENT_TYPE: &str = "application/x-handoff-postcard";
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 /// Largest single change the relay accepts.
 pub const MAX_CHANGE: usize = 512 * 1024;
+/// Most events new to the relay that one change may carry. The relay
+/// judges each on the task its author saw, a derivation apiece; phones
+/// write one per change, and split what they carry over (a migration to a
+/// redacted task) into changes of at most this many of their own.
+pub const MAX_NEW_EVENTS: usize = 16;
 /// Longest a pull may wait for new changes.
 pub const MAX_WAIT_SECS: u64 = 60;
 

@@ -628,7 +628,9 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
     let (_, _max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let actor = ana.store.device_actor();
     let token = ana.settings().token;
-    let first_change = |task: &str, then: Action| {
+    // `lt_step`: how far each later event's Lamport time is above the one
+    // before (phones: 1).
+    let first_change = |task: &str, then: &[Action], lt_step: u64| {
         let mut doc =
             task_doc::new_doc(task, 0, &ActorId::from(hex::decode(&actor).unwrap())).unwrap();
         let created = Event::next(
@@ -644,15 +646,20 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
                 assignee: Some("ana".into()),
             },
         );
-        let next = Event::next(
-            std::slice::from_ref(&created),
-            &actor,
-            "ana",
-            1_800_000_000_001,
-            then,
-        );
         task_doc::append(&mut doc, &created).unwrap();
-        task_doc::append(&mut doc, &next).unwrap();
+        let mut events = vec![created];
+        for (k, action) in then.iter().enumerate() {
+            let mut next = Event::next(
+                &events,
+                &actor,
+                "ana",
+                1_800_000_000_001 + k as i64,
+                action.clone(),
+            );
+            next.lt = events[k].lt + lt_step;
+            task_doc::append(&mut doc, &next).unwrap();
+            events.push(next);
+        }
         doc_change(
             task,
             doc.get_last_local_change().unwrap().raw_bytes().to_vec(),
@@ -663,7 +670,8 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
         &token,
         vec![first_change(
             "0123456789abcdef0123456789abcdef",
-            Action::Completed { note: "".into() },
+            &[Action::Completed { note: "".into() }],
+            1,
         )],
     );
     assert!(
@@ -680,8 +688,51 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
         &token,
         vec![first_change(
             "fedcba9876543210fedcba9876543210",
-            Action::Started,
+            &[Action::Started],
+            1,
         )],
     );
     assert!(matches!(&verdicts[..], [Verdict::Stored]), "{verdicts:?}");
+    // An event folded before what it builds on (a Lamport time not above
+    // theirs) would be judged on events the fold puts after it.
+    let verdicts = push.verdicts(
+        &token,
+        vec![first_change(
+            "ffeeddccbbaa99887766554433221100",
+            &[Action::Started],
+            0,
+        )],
+    );
+    assert!(
+        matches!(
+            &verdicts[..],
+            [Verdict::Refused {
+                code: RefusalCode::InvalidChange,
+                ..
+            }]
+        ),
+        "{verdicts:?}"
+    );
+    // At most 16 new events in one change: each costs the relay a derivation.
+    let comment = Action::Commented {
+        text: "called".into(),
+    };
+    let verdicts = push.verdicts(
+        &token,
+        vec![first_change(
+            "00112233445566778899aabbccddeeff",
+            &vec![comment; 16],
+            1,
+        )],
+    );
+    assert!(
+        matches!(
+            &verdicts[..],
+            [Verdict::Refused {
+                code: RefusalCode::InvalidChange,
+                ..
+            }]
+        ),
+        "{verdicts:?}"
+    );
 }

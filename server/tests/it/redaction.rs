@@ -330,3 +330,29 @@ fn a_phone_that_lost_sight_of_a_task_drops_its_details_when_it_is_redacted() {
     bob.sync();
     assert_eq!(bob.store.task_detail(&task).unwrap().patient, None);
 }
+
+/// A phone offline for long may hold many calls on a task redacted
+/// meanwhile. It carries them over to the new document in changes of at
+/// most 16 events of its own (the relay takes no more in one change), and
+/// every call reaches everyone.
+#[test]
+fn many_calls_logged_offline_carry_over_to_a_redacted_task_and_all_arrive() {
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = quill_task_with_a_call(&max, &ana);
+    max.store.redact_patient(&task).unwrap();
+    max.sync();
+    for _ in 0..40 {
+        ana.store
+            .log_call(&task, quill_call(CallOutcome::NoAnswer))
+            .unwrap();
+    }
+    ana.sync(); // refused on the retired document; moved to the new one
+    let report = ana.sync();
+    assert_eq!(report.refused, 0, "{report:?}");
+    max.sync();
+    assert_converged(&[&max, &ana]);
+    assert_eq!(max.store.task_detail(&task).unwrap().state.calls.len(), 41);
+    assert!(ana.store.needs_attention().unwrap().is_empty());
+    assert!(ana.store.outbox(100).unwrap().is_empty());
+}
