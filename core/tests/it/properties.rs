@@ -1,5 +1,8 @@
 //! Convergence: replicas that act while partitioned, then exchange their
 //! changes in any order with duplicates, end with the same state and views.
+//! The manager also changes staff's roles meanwhile: what a role allows is
+//! judged when an event is written, so no replica derives differently for
+//! having heard of a role change earlier or later.
 
 use std::sync::OnceLock;
 
@@ -48,6 +51,11 @@ enum Op {
     Deliver {
         to: usize,
     },
+    /// The manager gives a member another role (never max: he manages).
+    SetRole {
+        who: usize,
+        role: Role,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -75,6 +83,15 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Escalate),
         2 => Just(Op::Redact),
         2 => (0..5usize).prop_map(|to| Op::Deliver { to }),
+        1 => (
+            1..5usize,
+            prop_oneof![
+                Just(Role::Clinician),
+                Just(Role::ClinicalAssistant),
+                Just(Role::FrontDesk),
+            ]
+        )
+            .prop_map(|(who, role)| Op::SetRole { who, role }),
     ]
 }
 
@@ -140,6 +157,19 @@ fn run_case(replicas: usize, steps: &[(usize, usize, Op)], delivery_seed: u64) {
                 stores[to % replicas].apply_remote(&outbox(s)).unwrap();
                 continue;
             }
+            Op::SetRole { who, role } => {
+                let &(id, name, _, trusted) = STAFF.iter().find(|m| m.0 == USERS[*who]).unwrap();
+                stores[0]
+                    .put_member(&Member {
+                        user_id: id.into(),
+                        name: name.into(),
+                        role: *role,
+                        trusted,
+                        active: true,
+                    })
+                    .unwrap();
+                continue;
+            }
         };
     }
 
@@ -202,12 +232,16 @@ fn run_case(replicas: usize, steps: &[(usize, usize, Op)], delivery_seed: u64) {
             first.kpis(0, MONDAY_9AM + 30 * DAY_MS).unwrap()
         );
     }
-    // Reviewers (max, lee) see the same inbox.
-    if replicas >= 2 {
+    // Reviewers (max; lee, while the manager left her a reviewing role)
+    // see the same inbox.
+    let lee_reviews = first.team().unwrap().permissions("lee").may_review;
+    if lee_reviews {
         assert_eq!(
             stores[0].review_inbox().unwrap(),
             stores[1].review_inbox().unwrap()
         );
+    } else {
+        assert!(stores[1].review_inbox().unwrap().is_empty());
     }
 }
 
