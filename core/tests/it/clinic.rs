@@ -118,6 +118,16 @@ impl Clinic {
         }
     }
 
+    /// max hands `user` a delegable task, and every device hears of it.
+    pub fn handed_to(&self, user: &str) -> TaskId {
+        let task = self
+            .at("max")
+            .delegate(task_for(user, DelegationLevel::Delegable))
+            .expect("delegate");
+        self.sync();
+        task
+    }
+
     /// One device hands its changes to another.
     pub fn send(&self, from: &str, to: &str) {
         self.at(to)

@@ -41,11 +41,7 @@ fn a_practice_manager_without_the_licence_cannot_hold_clinician_only_work() {
 #[test]
 fn only_managers_and_clinicians_approve_or_return() {
     let c = Clinic::with(&["max", "ana", "tom"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     c.at("ana")
         .log_call(&t, call(CallOutcome::Reached))
         .unwrap();
@@ -70,11 +66,7 @@ fn only_managers_and_clinicians_approve_or_return() {
 #[test]
 fn only_the_assignee_or_a_reviewer_logs_calls_and_submits() {
     let c = Clinic::with(&["max", "ana", "fay"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     assert_eq!(
         refusal(c.at("fay").log_call(&t, call(CallOutcome::Busy))),
         Refusal::NotAssignee
@@ -93,11 +85,7 @@ fn a_completed_or_cancelled_task_takes_no_more_work() {
         .at("max")
         .delegate(task_for("tom", DelegationLevel::Delegable))
         .unwrap();
-    let gone = c
-        .at("max")
-        .delegate(task_for("tom", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let gone = c.handed_to("tom");
     c.at("tom").complete(&done, "all reached").unwrap();
     c.at("max").cancel(&gone, "patient moved away").unwrap();
     c.sync();
@@ -128,11 +116,7 @@ fn staff_in_training_submit_for_review_and_trusted_staff_may_complete() {
         .at("max")
         .delegate(task_for("ana", DelegationLevel::Delegable))
         .unwrap();
-    let t = c
-        .at("max")
-        .delegate(task_for("tom", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("tom");
     assert_eq!(refusal(c.at("ana").complete(&a, "")), Refusal::NeedsReview);
     assert_eq!(
         c.at("ana").submit(&a, "").unwrap().status,
@@ -147,11 +131,7 @@ fn staff_in_training_submit_for_review_and_trusted_staff_may_complete() {
 #[test]
 fn a_returned_task_goes_back_to_its_assignee_with_the_feedback() {
     let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     c.at("ana").start(&t).unwrap();
     c.at("ana")
         .log_call(&t, call(CallOutcome::Voicemail))
@@ -243,11 +223,7 @@ fn a_manager_assignment_concurrent_with_a_claim_overrides_it_and_says_so() {
 #[test]
 fn an_approval_concurrent_with_a_new_call_goes_stale_and_back_to_review() {
     let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     c.at("ana")
         .log_call(&t, call(CallOutcome::NoAnswer))
         .unwrap();
@@ -285,11 +261,7 @@ fn an_approval_concurrent_with_a_new_call_goes_stale_and_back_to_review() {
 #[test]
 fn work_concurrent_with_a_cancellation_is_kept_but_refused() {
     let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     c.at("max").cancel(&t, "duplicate").unwrap();
     c.clock.advance(1);
     c.at("ana")
@@ -314,11 +286,7 @@ fn work_concurrent_with_a_cancellation_is_kept_but_refused() {
 #[test]
 fn checklist_comes_from_the_sop_and_items_are_checked() {
     let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     let s = c.at("ana").tick_checklist_item(&t, 1).unwrap();
     assert_eq!(s.checklist.len(), 3);
     assert_eq!(s.checklist[1].done.as_ref().unwrap().0, "ana");
@@ -443,11 +411,7 @@ fn the_first_member_of_a_team_must_be_able_to_manage_it() {
 #[test]
 fn a_deactivated_members_tasks_stay_with_their_history_and_can_be_handed_on() {
     let c = Clinic::with(&["max", "ana", "tom"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     c.at("ana")
         .log_call(&t, call(CallOutcome::NoAnswer))
         .unwrap();
@@ -551,11 +515,7 @@ fn a_change_of_role_leaves_the_work_done_before_it_standing() {
 #[test]
 fn a_call_logged_while_the_task_was_being_reassigned_is_kept() {
     let c = Clinic::with(&["max", "ana", "tom"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     c.at("max").assign(&t, "tom").unwrap();
     // Later by the clock, so every phone folds her call after the move.
     c.clock.advance(60_000);
@@ -582,11 +542,7 @@ fn a_call_logged_while_the_task_was_being_reassigned_is_kept() {
 #[test]
 fn a_submission_while_the_task_was_being_reassigned_is_refused_and_says_to_whom() {
     let c = Clinic::with(&["max", "ana", "tom"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     c.at("max").assign(&t, "tom").unwrap();
     c.clock.advance(60_000);
     c.at("ana")
@@ -618,11 +574,7 @@ fn a_submission_while_the_task_was_being_reassigned_is_refused_and_says_to_whom(
 #[test]
 fn a_completion_before_a_reassignment_it_had_not_seen_is_undone_by_it() {
     let c = Clinic::with(&["max", "ana", "tom"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("tom", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("tom");
     c.at("tom")
         .log_call(&t, call(CallOutcome::Reached))
         .unwrap();
@@ -671,11 +623,7 @@ fn a_completion_before_a_reassignment_it_had_not_seen_is_undone_by_it() {
 #[test]
 fn a_reviewers_completion_is_not_refused_as_moved_from_them() {
     let c = Clinic::with(&["max", "lee", "ana", "tom"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     c.at("max").assign(&t, "tom").unwrap();
     c.clock.advance(60_000);
     c.at("lee").complete(&t, "done by phone").unwrap();

@@ -16,11 +16,7 @@ fn reopen(c: &Clinic, i: usize, user: &str) -> Store {
 #[test]
 fn reopening_restores_every_task_view_and_pending_change() {
     let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     c.at("ana").log_call(&t, call(CallOutcome::Busy)).unwrap();
     let (queue, detail, out) = (
         c.at("ana").my_queue().unwrap(),
@@ -37,11 +33,7 @@ fn reopening_restores_every_task_view_and_pending_change() {
 #[test]
 fn a_long_history_is_compacted_into_a_snapshot_and_reopens_the_same() {
     let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     for i in 0..(2 * store::COMPACT_AFTER) {
         c.clock.advance(1000);
         c.at("ana").comment(&t, &format!("note {i}")).unwrap();
@@ -67,11 +59,7 @@ fn finished_tasks_past_the_window_are_evicted_but_never_with_unsent_changes() {
         .at("max")
         .delegate(task_for("tom", DelegationLevel::Delegable))
         .unwrap();
-    let open = c
-        .at("max")
-        .delegate(task_for("tom", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let open = c.handed_to("tom");
     c.at("tom").complete(&old, "").unwrap();
     c.clock.advance(31 * DAY_MS);
     assert_eq!(
@@ -101,11 +89,7 @@ fn finished_tasks_past_the_window_are_evicted_but_never_with_unsent_changes() {
 #[test]
 fn redaction_recreates_the_task_without_the_patients_history_and_loses_no_work() {
     let c = Clinic::with(&["max", "ana", "lee"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     let before: Vec<u8> = outbox(c.at("max"))
         .into_iter()
         .flat_map(|(_, b)| b)
@@ -150,11 +134,7 @@ fn redaction_recreates_the_task_without_the_patients_history_and_loses_no_work()
 #[test]
 fn two_redactions_at_once_keep_everyones_events() {
     let c = Clinic::with(&["max", "ana", "lee"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     c.at("ana")
         .log_call(&t, call(CallOutcome::NoAnswer))
         .unwrap();
@@ -196,11 +176,7 @@ fn two_redactions_at_once_keep_everyones_events() {
 #[test]
 fn a_document_that_is_not_what_its_id_says_is_ignored() {
     let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     let before = c.at("ana").task_detail(&t).unwrap();
     // A document named "decoy" whose layout claims to be generation 9 of t.
     let actor = automerge::ActorId::from(hex::decode(c.at("max").device_actor()).unwrap());
@@ -221,11 +197,7 @@ fn a_document_that_is_not_what_its_id_says_is_ignored() {
 #[test]
 fn a_refused_change_is_set_aside_and_the_work_built_on_it_is_written_again() {
     let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     let ana = c.at("ana");
     ana.log_call(&t, call(CallOutcome::Reached)).unwrap();
     ana.submit(&t, "done").unwrap();
@@ -275,11 +247,7 @@ fn a_refused_change_is_set_aside_and_the_work_built_on_it_is_written_again() {
 #[test]
 fn a_refused_change_already_folded_into_the_snapshot_is_set_aside_too() {
     let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     let ana = c.at("ana");
     ana.submit(&t, "done").unwrap();
     // Enough work on top of it that the document is compacted.

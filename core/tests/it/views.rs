@@ -62,11 +62,7 @@ fn a_call_attempt_due_next_pulls_a_task_forward_and_stops_once_reached() {
 #[test]
 fn attempts_beyond_policy_and_missed_follow_up_windows_escalate() {
     let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     for _ in 0..3 {
         c.at("ana")
             .log_call(&t, call(CallOutcome::NoAnswer))
@@ -93,11 +89,7 @@ fn attempts_beyond_policy_and_missed_follow_up_windows_escalate() {
 #[test]
 fn the_review_inbox_lists_submitted_work_and_escalates_after_the_review_deadline() {
     let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     c.at("ana").submit(&t, "done").unwrap();
     c.sync();
     assert!(
@@ -139,11 +131,7 @@ fn the_shared_pool_shows_my_roles_unclaimed_tasks_only() {
 #[test]
 fn task_detail_has_the_handoff_the_patient_and_the_full_history() {
     let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let t = c.handed_to("ana");
     c.at("ana")
         .acknowledge(&t, "Call all post-op patients by Wednesday")
         .unwrap();
@@ -191,11 +179,7 @@ fn kpis_count_on_time_work_calls_within_policy_and_review_turnaround() {
         .at("max")
         .delegate(task_for("tom", DelegationLevel::Delegable))
         .unwrap();
-    let _open = c
-        .at("max")
-        .delegate(task_for("tom", DelegationLevel::Delegable))
-        .unwrap();
-    c.sync();
+    let _open = c.handed_to("tom");
     c.at("ana")
         .log_call(&on_time, call(CallOutcome::Reached))
         .unwrap();
