@@ -83,8 +83,41 @@ pub fn router(app: App) -> Router {
         .route("/v1/repair", post(repair))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(same_rules))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
+}
+
+/// A phone that derives tasks by other rules than the relay would read
+/// the same changes differently from everyone else: 426 until it is
+/// updated. Requests that name no rules (tools, the load generator) pass.
+async fn same_rules(request: Request, next: Next) -> Response {
+    let theirs = request.headers().get(wire::RULES_HEADER).map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .chars()
+            .take(16)
+            .collect::<String>()
+    });
+    match theirs {
+        Some(v) if v != relay_rules() => Error::UpgradeRequired(v, relay_rules()).into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// The rules this relay derives by. Debug builds let a test pretend to be
+/// a relay of other rules.
+fn relay_rules() -> &'static str {
+    #[cfg(debug_assertions)]
+    {
+        static TEST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        if let Some(r) = TEST
+            .get_or_init(|| std::env::var("HANDOFF_TEST_RULES").ok())
+            .as_deref()
+        {
+            return r;
+        }
+    }
+    handoff_core::derive::RULES
 }
 
 /// Count, time and log every request; no bodies, no query strings.

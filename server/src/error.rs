@@ -30,6 +30,8 @@ pub enum Error {
     TooLarge(usize),
     #[error("too many failed attempts from this address; try again in a minute")]
     TooManyAttempts,
+    #[error("this app derives tasks by rules {0}, the relay by rules {1}: update the app")]
+    UpgradeRequired(String, &'static str),
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -65,6 +67,7 @@ impl Error {
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Error::TooManyAttempts => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
+            Error::UpgradeRequired(..) => (StatusCode::UPGRADE_REQUIRED, codes::UPGRADE_REQUIRED),
             Error::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -49,7 +49,9 @@ pub enum SyncEvent {
     DataChanged { tasks_updated: usize },
     /// The relay is unreachable; the engine tries again after the delay.
     Offline { message: String, retry_in_ms: u64 },
-    /// The relay refuses this device's credentials; sync stopped.
+    /// The relay refuses this device: its credentials, its member, or its
+    /// app version (`code` `upgrade_required`: the app must be updated);
+    /// sync stopped.
     AuthFailed { code: String, message: String },
     /// The device was revoked: the local store has been wiped; sync stopped.
     Revoked,
@@ -135,6 +137,11 @@ impl SyncEngine {
             // A redirect could send a push's patient data elsewhere, or
             // over plain http: the relay's address is the one enrolled.
             .redirect(reqwest::redirect::Policy::none())
+            // Every request says which rules this app derives tasks by.
+            .default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::HeaderName::from_static(wire::RULES_HEADER),
+                reqwest::header::HeaderValue::from_static(crate::derive::RULES),
+            )]))
             .build()
             .map_err(|e| Error::Offline(format!("cannot start the HTTP client: {e}")))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -272,8 +279,10 @@ impl Inner {
                     });
                     return;
                 }
+                // Refused credentials, member, or app version (426):
+                // retrying changes nothing.
                 Err(Error::Relay {
-                    status: 401 | 403,
+                    status: 401 | 403 | 426,
                     code,
                     message,
                 }) => {

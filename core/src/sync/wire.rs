@@ -156,7 +156,16 @@ pub mod codes {
     /// 403: the device's user is no longer an active member of the team
     /// (the admin revokes the device to have it wiped).
     pub const NOT_A_MEMBER: &str = "not_a_member";
+    /// 426: the device derives tasks by other rules than the relay (another
+    /// app version): its changes would mean something else to everyone
+    /// else. Sync stops until the app is updated.
+    pub const UPGRADE_REQUIRED: &str = "upgrade_required";
 }
+
+/// The header a phone names its rules' version in ([`crate::derive::RULES`])
+/// on every request. A relay with other rules answers 426
+/// [`codes::UPGRADE_REQUIRED`]; a request without it (tools) is served.
+pub const RULES_HEADER: &str = "x-handoff-rules";
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing these plain structs into a Vec cannot fail.

@@ -84,6 +84,17 @@ impl Relay {
         }
     }
 
+    /// Stop, and start again on the same port and files with `env` instead
+    /// of the environment it had.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.kill();
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.spawn();
+    }
+
     /// SIGKILL: no chance to finish anything.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -347,3 +347,60 @@ fn connections_cut_mid_request_and_mid_response_lose_and_double_nothing() {
     assert_eq!(max.store.task_detail(&task).unwrap().state.calls.len(), 50);
     assert_converged(&[&max, &ana]);
 }
+
+/// A relay that derives tasks by other rules than the phone's app (here a
+/// debug build pretending to be a newer one) answers 426
+/// `upgrade_required`: the phone's changes would mean something else to
+/// everyone else. Nothing is stored, live sync stops instead of retrying,
+/// and once the versions agree again the queued work goes through.
+#[test]
+fn a_phone_on_other_rules_is_told_to_update_and_loses_nothing() {
+    use std::sync::{Arc, Mutex};
+    struct Events(Mutex<Vec<SyncEvent>>);
+    impl SyncListener for Events {
+        fn on_sync_event(&self, e: SyncEvent) {
+            self.0.lock().unwrap().push(e);
+        }
+    }
+    let mut relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call", "ana");
+    relay.restart_with_env(&[("HANDOFF_TEST_RULES", "99")]);
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    match ana.engine.sync_now() {
+        Err(Error::Relay { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (426, "upgrade_required"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let events = Arc::new(Events(Mutex::new(Vec::new())));
+    let live = ana.engine.start(events.clone()).unwrap();
+    eventually(20, "live sync stops and says why", || {
+        events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, SyncEvent::AuthFailed { code, .. } if code == "upgrade_required"))
+    });
+    assert_eq!(ana.store.outbox(10).unwrap().len(), 1, "kept, not sent");
+    // Tools that name no rules are still served.
+    let (rt, client) = http();
+    let status = rt.block_on(async {
+        client
+            .get(format!("{}/metrics", relay.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    live.stop();
+
+    relay.restart_with_env(&[]);
+    assert_eq!(ana.sync().pushed, 1);
+    max.sync();
+    assert_eq!(max.store.task_detail(&task).unwrap().state.calls.len(), 1);
+}
