@@ -1,7 +1,18 @@
+use std::sync::{Arc, Mutex};
+
 use handoff_core::sync::wire::Verdict;
 use handoff_core::*;
 
 use crate::harness::*;
+
+/// A listener that keeps every event it hears.
+struct Events(Mutex<Vec<SyncEvent>>);
+
+impl SyncListener for Events {
+    fn on_sync_event(&self, e: SyncEvent) {
+        self.0.lock().unwrap().push(e);
+    }
+}
 
 #[test]
 fn a_manager_an_assistant_and_the_front_desk_work_offline_then_converge() {
@@ -209,13 +220,6 @@ fn the_relay_killed_and_restarted_mid_sync_loses_nothing() {
 
 #[test]
 fn live_sync_delivers_a_logged_call_to_the_manager_without_asking() {
-    use std::sync::{Arc, Mutex};
-    struct Events(Mutex<Vec<SyncEvent>>);
-    impl SyncListener for Events {
-        fn on_sync_event(&self, e: SyncEvent) {
-            self.0.lock().unwrap().push(e);
-        }
-    }
     let relay = Relay::start();
     let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = hand_over(&max, &ana, "Call", "ana");
@@ -355,13 +359,6 @@ fn connections_cut_mid_request_and_mid_response_lose_and_double_nothing() {
 /// and once the versions agree again the queued work goes through.
 #[test]
 fn a_phone_on_other_rules_is_told_to_update_and_loses_nothing() {
-    use std::sync::{Arc, Mutex};
-    struct Events(Mutex<Vec<SyncEvent>>);
-    impl SyncListener for Events {
-        fn on_sync_event(&self, e: SyncEvent) {
-            self.0.lock().unwrap().push(e);
-        }
-    }
     let mut relay = Relay::start();
     let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = hand_over(&max, &ana, "Call", "ana");
