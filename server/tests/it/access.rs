@@ -496,7 +496,6 @@ fn a_long_poll_waiting_when_its_device_is_revoked_gets_401_not_the_news() {
     let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = hand_over(&max, &ana, "Call", "ana");
     let token = ana.settings().token;
-    let (rt, client) = http();
     // A long-poll in the background, once the relay counts it as waiting.
     let wait_from = |cursor: u64| {
         let (url, token) = (relay.url.clone(), token.clone());
@@ -512,16 +511,7 @@ fn a_long_poll_waiting_when_its_device_is_revoked_gets_401_not_the_news() {
                 (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
             })
         });
-        eventually(10, "the long-poll is waiting", || {
-            rt.block_on(async {
-                let m = client
-                    .get(format!("{}/metrics", relay.url))
-                    .send()
-                    .await
-                    .unwrap();
-                m.text().await.unwrap().contains("handoff_long_polls 1")
-            })
-        });
+        relay.wait_for_long_polls(1);
         waiting
     };
     let waiting = wait_from(ana.store.relay_cursor().unwrap());

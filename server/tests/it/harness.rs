@@ -95,6 +95,29 @@ impl Relay {
         self.spawn();
     }
 
+    /// The relay's `/metrics` text (a request that names no rules, as
+    /// tools send).
+    pub fn metrics(&self) -> String {
+        let (rt, client) = http();
+        rt.block_on(async {
+            let r = client
+                .get(format!("{}/metrics", self.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        })
+    }
+
+    /// Until the relay counts `n` long-polls waiting.
+    pub fn wait_for_long_polls(&self, n: usize) {
+        let line = format!("handoff_long_polls {n}");
+        eventually(10, "the long-polls are waiting", || {
+            self.metrics().lines().any(|l| l == line)
+        });
+    }
+
     /// SIGKILL: no chance to finish anything.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

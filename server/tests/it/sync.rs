@@ -287,16 +287,7 @@ fn the_relay_shuts_down_gracefully_even_with_long_polls_waiting() {
                 .map(|r| r.status().as_u16())
         })
     });
-    eventually(10, "the long-poll is waiting", || {
-        rt.block_on(async {
-            let m = client
-                .get(format!("{}/metrics", relay.url))
-                .send()
-                .await
-                .unwrap();
-            m.text().await.unwrap().contains("handoff_long_polls 1")
-        })
-    });
+    relay.wait_for_long_polls(1);
     let started = std::time::Instant::now();
     assert!(relay.terminate().success());
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
@@ -384,16 +375,7 @@ fn a_phone_on_other_rules_is_told_to_update_and_loses_nothing() {
     });
     assert_eq!(ana.store.outbox(10).unwrap().len(), 1, "kept, not sent");
     // Tools that name no rules are still served.
-    let (rt, client) = http();
-    let status = rt.block_on(async {
-        client
-            .get(format!("{}/metrics", relay.url))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert_eq!(status, 200);
+    relay.metrics();
     live.stop();
 
     relay.restart_with_env(&[]);
