@@ -690,6 +690,9 @@ pub enum SyncEvent {
     Synced { report: SyncReport },
     /// Tasks changed because of other devices: re-read the views.
     DataChanged { tasks_updated: u32 },
+    /// Far behind (a new phone, or back after days away), the device pulls
+    /// page after page: `at` of `of` entries so far (a progress bar).
+    CatchingUp { at: u64, of: u64 },
     /// The relay is unreachable; sync tries again after the delay. Nothing
     /// is lost.
     Offline { reason: String, retry_in_ms: u64 },
@@ -708,6 +711,7 @@ impl From<core::SyncEvent> for SyncEvent {
             core::SyncEvent::DataChanged { tasks_updated } => SyncEvent::DataChanged {
                 tasks_updated: count(tasks_updated),
             },
+            core::SyncEvent::CatchingUp { at, of } => SyncEvent::CatchingUp { at, of },
             core::SyncEvent::Offline {
                 message,
                 retry_in_ms,

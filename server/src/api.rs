@@ -237,6 +237,17 @@ fn binary_body(body: Bytes) -> Response {
     ([(header::CONTENT_TYPE, wire::CONTENT_TYPE)], body).into_response()
 }
 
+/// A pull reply; with more pages to come, the feed's length beside it.
+fn pull_reply(body: Bytes, feed_length: Option<u64>) -> Response {
+    let mut response = binary_body(body);
+    if let Some(n) = feed_length {
+        response
+            .headers_mut()
+            .insert(wire::FEED_LENGTH_HEADER, header::HeaderValue::from(n));
+    }
+    response
+}
+
 fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
     wire::decode(bytes)
         .map_err(|_| Error::BadRequest("bad_body", "the body does not decode".into()))
@@ -351,7 +362,7 @@ async fn pull(
     let mut waited = false;
     loop {
         let retirements = team.retirements();
-        let (seqs, page, next, more, mut news) = {
+        let (seqs, page, next, more, feed_length, mut news) = {
             let mut st = team.state();
             if cursor > st.head() {
                 // The relay's feed is shorter than the device thinks (restored
@@ -362,7 +373,7 @@ async fn pull(
             // redaction's clean-up may forget entries in between).
             let (seqs, next, more) = st.visible_since(cursor, &caller);
             let page = st.page(&seqs);
-            (seqs, page, next, more, st.wait(&caller))
+            (seqs, page, next, more, st.head(), st.wait(&caller))
         };
         let now = tokio::time::Instant::now();
         if !seqs.is_empty() || more || now >= deadline || *shutdown.borrow() {
@@ -377,9 +388,11 @@ async fn pull(
                 more,
                 retirements,
             };
+            // A phone far behind hears how far it has come.
+            let catching_up = more.then_some(feed_length);
             // One change woke many polls of the same page: encoded once.
             if let Some(body) = team.shared_reply(&reply) {
-                return Ok(binary_body(body));
+                return Ok(pull_reply(body, catching_up));
             }
             let changes = changes_of(&app, &caller.team_id, page).await?;
             let body = Bytes::from(wire::encode(&PullReply {
@@ -388,7 +401,7 @@ async fn pull(
                 more: reply.more,
             }));
             team.share_reply(reply, body.clone());
-            return Ok(binary_body(body));
+            return Ok(pull_reply(body, catching_up));
         }
         cursor = next;
         waited = true;

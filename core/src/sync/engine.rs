@@ -45,8 +45,15 @@ pub struct SyncReport {
 pub enum SyncEvent {
     /// A round finished; the device is up to date with the relay.
     Synced(SyncReport),
-    /// Tasks changed because of other devices: views are worth re-reading.
+    /// Tasks changed because of other devices, or because the relay
+    /// refused this device's own change (set aside, in "needs attention"):
+    /// views are worth re-reading. Sent after each page a long catch-up
+    /// applies, so views fill in as it goes.
     DataChanged { tasks_updated: usize },
+    /// The device is far behind (new, or back after days away) and pulls
+    /// page after page: it has come `at` entries of the team's `of` (a
+    /// progress bar's `at / of`). Sent after each page while more follow.
+    CatchingUp { at: u64, of: u64 },
     /// The relay is unreachable; the engine tries again after the delay.
     Offline { message: String, retry_in_ms: u64 },
     /// The relay refuses this device: its credentials, its member, or its
@@ -205,7 +212,7 @@ impl SyncEngine {
     /// One full round now: push everything, pull everything, no waiting.
     pub fn sync_now(&self) -> Result<SyncReport> {
         let inner = self.inner.clone();
-        self.block_on(async move { inner.round_or_wipe(None).await })?
+        self.block_on(async move { inner.round_or_wipe(None, None).await })?
     }
 
     /// Live sync in the background, reporting to `listener`.
@@ -248,7 +255,7 @@ impl Inner {
         let mut wait = None;
         loop {
             let result = tokio::select! {
-                r = self.round_or_wipe(wait) => r,
+                r = self.round_or_wipe(wait, Some(&*listener)) => r,
                 // A local write: start over so it is pushed right away.
                 () = self.wake.notified() => {
                     wait = None;
@@ -260,11 +267,6 @@ impl Inner {
                 Ok(report) => {
                     failures = 0;
                     wait = Some(LIVE_WAIT);
-                    if report.tasks_updated > 0 {
-                        listener.on_sync_event(SyncEvent::DataChanged {
-                            tasks_updated: report.tasks_updated,
-                        });
-                    }
                     listener.on_sync_event(SyncEvent::Synced(report));
                 }
                 Err(Error::DeviceRevoked) => {
@@ -306,8 +308,12 @@ impl Inner {
     }
 
     /// A round; on the relay's "revoked" answer, wipe the store first.
-    async fn round_or_wipe(&self, wait: Option<Duration>) -> Result<SyncReport> {
-        match self.round(wait).await {
+    async fn round_or_wipe(
+        &self,
+        wait: Option<Duration>,
+        listener: Option<&dyn SyncListener>,
+    ) -> Result<SyncReport> {
+        match self.round(wait, listener).await {
             Err(Error::DeviceRevoked) => {
                 let _exchange = self.exchange.lock().await;
                 if let Err(e) = self.store.wipe() {
@@ -344,13 +350,26 @@ impl Inner {
         }
     }
 
-    async fn round(&self, wait: Option<Duration>) -> Result<SyncReport> {
+    /// Push, then pull until up to date, telling `listener` of each page
+    /// that changed tasks and, while far behind, how far the pull has come.
+    async fn round(
+        &self,
+        wait: Option<Duration>,
+        listener: Option<&dyn SyncListener>,
+    ) -> Result<SyncReport> {
         let relay = self.enrolment()?;
         let mut report = SyncReport::default();
         {
             let _exchange = self.exchange.lock().await;
             self.still_enrolled(&relay)?;
             self.push(&relay, &mut report).await?;
+        }
+        // A refused change was set aside: its task and "needs attention"
+        // read differently now.
+        if let Some(listener) = listener.filter(|_| report.refused > 0) {
+            listener.on_sync_event(SyncEvent::DataChanged {
+                tasks_updated: report.refused,
+            });
         }
         let mut cursor = self.store.relay_cursor()?;
         let mut wait = wait;
@@ -365,9 +384,14 @@ impl Inner {
                 .send()
                 .await
                 .map_err(offline)?;
+            let feed_length = response
+                .headers()
+                .get(wire::FEED_LENGTH_HEADER)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             let reply: PullReply = decode(&check(response).await?)?;
             let _exchange = self.exchange.lock().await;
             self.still_enrolled(&relay)?;
+            let updated_before = report.tasks_updated;
             if !reply.changes.is_empty() {
                 let changes: Vec<(String, Vec<u8>)> = reply
                     .changes
@@ -393,6 +417,19 @@ impl Inner {
             if reply.cursor != cursor {
                 cursor = reply.cursor;
                 self.store.set_relay_cursor(cursor)?;
+            }
+            if let Some(listener) = listener {
+                let tasks_updated = report.tasks_updated - updated_before;
+                if tasks_updated > 0 {
+                    listener.on_sync_event(SyncEvent::DataChanged { tasks_updated });
+                }
+                // The length is the relay's word: never shown below the cursor.
+                if let Some(of) = feed_length.filter(|_| reply.more) {
+                    listener.on_sync_event(SyncEvent::CatchingUp {
+                        at: cursor,
+                        of: of.max(cursor),
+                    });
+                }
             }
             if !reply.more {
                 return Ok(report);

@@ -167,6 +167,12 @@ pub mod codes {
 /// [`codes::UPGRADE_REQUIRED`]; a request without it (tools) is served.
 pub const RULES_HEADER: &str = "x-handoff-rules";
 
+/// The header of a pull reply with more pages to come (`more`): how long
+/// the team's feed was when the page was taken. A phone far behind (new,
+/// or back after days away) tells its user how far it has come: `cursor`
+/// of this many entries. Polls that are up to date do not carry it.
+pub const FEED_LENGTH_HEADER: &str = "x-handoff-feed-length";
+
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing these plain structs into a Vec cannot fail.
     postcard::to_stdvec(value).unwrap_or_default()

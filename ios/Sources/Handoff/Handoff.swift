@@ -17,6 +17,9 @@ public struct Views: Equatable {
 public enum SyncStatus: Equatable {
     case idle
     case synced(at: Date, report: SyncReport)
+    /// Far behind (new phone, or back after days away): `at` of `of`
+    /// entries pulled so far.
+    case catchingUp(at: UInt64, of: UInt64)
     /// No signal or relay down; work waits in the outbox.
     case offline(reason: String, retryInMs: UInt64)
     case authFailed(code: String, reason: String)
@@ -139,6 +142,7 @@ public final class Handoff: ObservableObject {
         case .offline(let reason, let retry): syncStatus = .offline(reason: reason, retryInMs: retry)
         case .authFailed(let code, let reason): syncStatus = .authFailed(code: code, reason: reason)
         case .revoked: syncStatus = .revoked
+        case .catchingUp(let at, let of): syncStatus = .catchingUp(at: at, of: of)
         case .dataChanged: break
         }
         if case .dataChanged = event { Task { try? await refresh() } }

@@ -395,20 +395,6 @@ fn set_trusted(max: &Phone, user: &str, trusted: bool) {
     set_member(max, user, Role::ClinicalAssistant, trusted, true);
 }
 
-/// max (re)writes `user`'s membership and syncs it.
-fn set_member(max: &Phone, user: &str, role: Role, trusted: bool, active: bool) {
-    max.store
-        .put_member(&Member {
-            user_id: user.into(),
-            name: user.into(),
-            role,
-            trusted,
-            active,
-        })
-        .unwrap();
-    max.sync();
-}
-
 #[test]
 fn work_built_on_a_refused_change_still_reaches_everyone_and_the_task_goes_on() {
     let relay = Relay::start();

@@ -390,6 +390,20 @@ pub fn doc_change(doc: &str, bytes: Vec<u8>) -> sync::wire::DocChange {
 
 /// A team whose manager `max` and one more member are enrolled, and `max`
 /// has heard of the member's enrolment. Returns the team id too.
+/// max (re)writes `user`'s membership and syncs it.
+pub fn set_member(max: &Phone, user: &str, role: Role, trusted: bool, active: bool) {
+    max.store
+        .put_member(&Member {
+            user_id: user.into(),
+            name: user.into(),
+            role,
+            trusted,
+            active,
+        })
+        .unwrap();
+    max.sync();
+}
+
 pub fn manager_and(relay: &Relay, user: &str, role: &str) -> (String, Phone, Phone) {
     let (team, invite) = relay.create_team("Clinic", "max");
     let max = Phone::enrolled(relay, &invite);

@@ -383,3 +383,113 @@ fn a_phone_on_other_rules_is_told_to_update_and_loses_nothing() {
     max.sync();
     assert_eq!(max.store.task_detail(&task).unwrap().state.calls.len(), 1);
 }
+
+/// A phone enrolled into a clinic with a long history pulls page after
+/// page: its user sees how far it has come, and the views fill in as it
+/// goes instead of all at the end.
+#[test]
+fn a_new_phone_far_behind_hears_how_far_it_has_come() {
+    let relay = Relay::start();
+    let (team, invite) = relay.create_team("Riverside Family Practice", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    // Two and a half pull pages of tasks.
+    let tasks = handoff_server::relay::PAGE_CHANGES * 5 / 2;
+    for i in 0..tasks {
+        max.store
+            .delegate(task_for(
+                &format!("Recall {i}"),
+                None,
+                Some(Role::FrontDesk),
+            ))
+            .unwrap();
+    }
+    max.sync();
+
+    let mia = Phone::new();
+    mia.engine
+        .enrol(&relay.url, &relay.invite(&team, "mia", "manager"))
+        .unwrap();
+    let events = Arc::new(Events(Mutex::new(Vec::new())));
+    let live = mia.engine.start(events.clone()).unwrap();
+    eventually(60, "the new phone is up to date", || {
+        let heard = events.0.lock().unwrap();
+        heard.iter().any(|e| matches!(e, SyncEvent::Synced(_)))
+    });
+    live.stop();
+    let heard = events.0.lock().unwrap().clone();
+    let progress: Vec<(u64, u64)> = heard
+        .iter()
+        .filter_map(|e| match e {
+            SyncEvent::CatchingUp { at, of } => Some((*at, *of)),
+            _ => None,
+        })
+        .collect();
+    // A page of 1,000, a second, then the last half page: two reports of
+    // how far it has come, none for the last page.
+    assert_eq!(progress.len(), 2, "heard: {progress:?}");
+    assert!(progress[0].0 < progress[1].0, "forward: {progress:?}");
+    for (at, of) in &progress {
+        assert!(0 < *at && at < of, "{at} of {of}");
+    }
+    // Each page's tasks were announced as it landed, before the next page.
+    let round: Vec<&str> = heard
+        .iter()
+        .map(|e| match e {
+            SyncEvent::DataChanged { .. } => "tasks changed",
+            SyncEvent::CatchingUp { .. } => "catching up",
+            SyncEvent::Synced(_) => "synced",
+            _ => "other",
+        })
+        .take_while(|&k| k != "synced")
+        .collect();
+    assert_eq!(
+        round,
+        [
+            "tasks changed",
+            "catching up",
+            "tasks changed",
+            "catching up",
+            "tasks changed"
+        ]
+    );
+    assert_eq!(mia.store.task_ids().unwrap().len(), tasks);
+    assert_converged(&[&max, &mia]);
+}
+
+/// A change the relay refuses during live sync is set aside on the phone:
+/// the app hears that its views read differently, so "needs attention"
+/// shows the refusal without waiting for some other news.
+#[test]
+fn a_refusal_during_live_sync_tells_the_app_to_read_its_views_again() {
+    let relay = Relay::start();
+    let (_, max, lee) = manager_and(&relay, "lee", "manager");
+    lee.sync();
+    set_member(&max, "lee", Role::ClinicalAssistant, false, true);
+    // Her phone has not heard she may no longer delegate; the relay has.
+    lee.store
+        .delegate(task_for("Handed out too late", Some("max"), None))
+        .unwrap();
+    let events = Arc::new(Events(Mutex::new(Vec::new())));
+    let live = lee.engine.start(events.clone()).unwrap();
+    eventually(20, "a first round", || {
+        let heard = events.0.lock().unwrap();
+        heard.iter().any(|e| matches!(e, SyncEvent::Synced(_)))
+    });
+    live.stop();
+    let heard = events.0.lock().unwrap().clone();
+    let synced = heard
+        .iter()
+        .position(|e| matches!(e, SyncEvent::Synced(_)))
+        .unwrap();
+    assert!(
+        matches!(&heard[synced], SyncEvent::Synced(r) if r.refused == 1),
+        "{heard:?}"
+    );
+    assert!(
+        heard[..synced]
+            .iter()
+            .any(|e| matches!(e, SyncEvent::DataChanged { .. })),
+        "{heard:?}"
+    );
+    assert_eq!(lee.store.needs_attention().unwrap().len(), 1);
+}

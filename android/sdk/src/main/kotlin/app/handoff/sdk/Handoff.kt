@@ -48,6 +48,12 @@ sealed interface SyncStatus {
     /** Up to date with the relay at [atMillis]. */
     data class Synced(val atMillis: Long, val report: SyncReport) : SyncStatus
 
+    /** Far behind (new phone, or back after days away): [at] of [of] entries pulled so far. */
+    data class CatchingUp(val at: Long, val of: Long) : SyncStatus {
+        /** 0.0 to 1.0, for a progress bar. */
+        val fraction: Float get() = if (of <= 0) 0f else (at.toFloat() / of.toFloat()).coerceIn(0f, 1f)
+    }
+
     /** No signal or relay down; work waits in the outbox. Retrying after [retryInMs]. */
     data class Offline(val reason: String, val retryInMs: Long) : SyncStatus
 
@@ -175,6 +181,7 @@ class Handoff(
                     is SyncEvent.Offline -> SyncStatus.Offline(event.reason, event.retryInMs.toLong())
                     is SyncEvent.AuthFailed -> SyncStatus.AuthFailed(event.code, event.reason)
                     is SyncEvent.Revoked -> SyncStatus.Revoked
+                    is SyncEvent.CatchingUp -> SyncStatus.CatchingUp(event.at.toLong(), event.of.toLong())
                     is SyncEvent.DataChanged -> _sync.value
                 }
                 // Called on the core's sync thread: hand the re-read to ours.
