@@ -25,7 +25,8 @@ use tokio::sync::watch;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::relay::{Caller, Incoming, LoadedTeam, PageEntry, PullPage, Relay};
+use crate::relay::{Caller, LoadedTeam, PullPage, Relay};
+use crate::team_state::{Incoming, PageEntry};
 
 #[derive(Clone)]
 pub struct App {

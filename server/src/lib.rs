@@ -5,6 +5,7 @@ pub mod db;
 pub mod error;
 pub mod metrics;
 pub mod relay;
+pub mod team_state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

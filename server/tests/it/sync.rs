@@ -393,7 +393,7 @@ fn a_new_phone_far_behind_hears_how_far_it_has_come() {
     let (team, invite) = relay.create_team("Riverside Family Practice", "max");
     let max = Phone::enrolled(&relay, &invite);
     // Two and a half pull pages of tasks.
-    let tasks = handoff_server::relay::PAGE_CHANGES * 5 / 2;
+    let tasks = handoff_server::team_state::PAGE_CHANGES * 5 / 2;
     for i in 0..tasks {
         max.store
             .delegate(task_for(

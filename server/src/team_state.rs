@@ -1,0 +1,1046 @@
+//! One team as the relay holds it in memory, rebuilt from its feed: what a
+//! pushed change may do (admission, with the core's own derivation and
+//! door), what each device may read (visibility, exits, pull pages), and
+//! which long-polls a change wakes. No I/O: the relay (`relay.rs`) reads
+//! and writes the database around it and runs it on its feed writer.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use automerge::{ActorId, AutoCommit, Change, ChangeHash};
+use handoff_core::access::{losing_sight, may_act, may_change_team, may_read_task};
+use handoff_core::derive::{derive_outcomes, TaskState};
+use handoff_core::event::{Event, EventId};
+use handoff_core::is_valid_id;
+use handoff_core::store::TEAM_DOC;
+use handoff_core::sync::wire::{self, DocChange, RefusalCode, Verdict, MAX_CHANGE, MAX_NEW_EVENTS};
+use handoff_core::task_doc::{
+    self, doc_id_of, events_in_change, read_change, split_doc_id, ChangeRead, Shape,
+};
+use handoff_core::team::{self, Team};
+use tokio::sync::watch;
+
+use crate::db::{FeedRow, RetiredDoc};
+use crate::error::{Error, Result};
+use crate::relay::{sha256, Caller};
+
+/// Changes per pull page, and bytes.
+pub const PAGE_CHANGES: usize = 1000;
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Feed entries one pull looks at before answering (most may be invisible).
+const PAGE_SCAN: usize = 20_000;
+/// Bytes of each team's newest changes kept in memory: live devices pull
+/// only these, without touching SQLite.
+const RECENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the relay knows of one task document.
+struct DocEntry {
+    events: Vec<Event>,
+    state: Option<TaskState>,
+    /// The lists its layouts made for events: every later change may only
+    /// append to one of them (`task_doc::Shape`). One, but for a redacted
+    /// generation laid out by two delegators at the same time.
+    events_lists: Vec<String>,
+    /// Each device's last automerge sequence number in this document. A
+    /// device's next change must take the next one: two changes with one
+    /// number would make automerge refuse the second on every phone, and
+    /// with it every sync round that pulled it.
+    seqs: HashMap<Arc<str>, u64>,
+    /// Members who lost sight of the task (reassigned, claimed by someone
+    /// else), each with the seq of the change that took it from them: they
+    /// are still sent every entry up to it, so their phones learn where it
+    /// went (`access::losing_sight`).
+    exits: Vec<(Arc<str>, u64)>,
+}
+
+impl DocEntry {
+    fn new() -> DocEntry {
+        DocEntry {
+            events: Vec::new(),
+            state: None,
+            events_lists: Vec::new(),
+            seqs: HashMap::new(),
+            exits: Vec::new(),
+        }
+    }
+
+    /// These members lost sight of the task with the change at `seq`.
+    fn lost_sight(&mut self, users: Vec<String>, seq: u64) {
+        for user in users {
+            match self.exits.iter_mut().find(|(u, _)| **u == *user) {
+                Some((_, at)) => *at = (*at).max(seq),
+                None => self.exits.push((Arc::from(user), seq)),
+            }
+        }
+    }
+
+    /// The seq up to which `user`, who lost sight of the task, is sent it.
+    fn exit_of(&self, user: &str) -> Option<u64> {
+        self.exits
+            .iter()
+            .find_map(|(u, seq)| (**u == *user).then_some(*seq))
+    }
+
+    /// Take a layout's events list as one the document's events go to.
+    fn laid_out(&mut self, shape: &Shape) {
+        if let Shape::Layout { events_list } = shape {
+            if !self.events_lists.contains(events_list) {
+                self.events_lists.push(events_list.clone());
+            }
+        }
+    }
+
+    /// Take a change's sequence number as its device's last.
+    fn count(&mut self, actor: Arc<str>, seq: u64) {
+        let last = self.seqs.entry(actor).or_insert(0);
+        *last = (*last).max(seq);
+    }
+}
+
+struct FeedEntry {
+    doc: Arc<str>,
+    size: u32,
+    /// The device that wrote it: it is not sent back to that device.
+    actor: Arc<str>,
+}
+
+/// One team, rebuilt from its feed when first needed.
+pub struct TeamState {
+    pub(crate) team_doc: AutoCommit,
+    pub(crate) team: Team,
+    docs: HashMap<Arc<str>, DocEntry>,
+    /// Each feed entry's document, size and author; index = seq - 1.
+    feed: Vec<FeedEntry>,
+    /// Changes admitted and given seqs after `head`, not yet committed.
+    pub(crate) uncommitted: u64,
+    /// Each document's feed entries, oldest first (for repair).
+    pub(crate) seqs_by_doc: HashMap<Arc<str>, Vec<u64>>,
+    actors: HashMap<String, Arc<str>>,
+    /// Every change in the feed, with its document: a change may only
+    /// build on changes of its own document.
+    hashes: HashMap<ChangeHash, Arc<str>>,
+    /// The bytes of the newest changes, seqs `head - len + 1 ..= head`.
+    recent: VecDeque<Arc<[u8]>>,
+    recent_bytes: usize,
+    /// Devices waiting in a long-poll, by actor: each is woken only by
+    /// changes it may read.
+    waiters: HashMap<Arc<str>, Waiter>,
+    /// Each task's newest document generation. A redaction re-creates a
+    /// task as `<task>.<generation>`; older generations are retired.
+    generations: HashMap<String, i64>,
+    /// The events of retired generations, by task, as digests of their
+    /// scrubbed form: a device moving its copy to the newer document may
+    /// bring them along, unchanged but for the scrubbing.
+    retired_events: HashMap<String, HashMap<EventId, [u8; 32]>>,
+    /// Set by admitting the first change of a task's newer generation: the
+    /// relay's own change carrying over the events that generation lacks,
+    /// and the older documents to delete once it is committed.
+    pub(crate) carry_over: Vec<(String, Change)>,
+    pub(crate) retiring: Vec<Arc<str>>,
+    /// Set by admitting a change that takes a task from some members: who,
+    /// for the feed row that change is given next.
+    exiting: Vec<String>,
+}
+
+struct Waiter {
+    user: String,
+    wake: watch::Sender<u64>,
+}
+
+pub(crate) fn refuse(code: RefusalCode, reason: &str) -> Verdict {
+    Verdict::Refused {
+        code,
+        reason: reason.to_owned(),
+    }
+}
+
+/// A pushed change, checked for form and decoded before it queues for the
+/// feed writer (so that this work runs on the request's own thread).
+pub struct Incoming {
+    pub(crate) doc: String,
+    /// The change and what it does to its document (a team change: no
+    /// events), or why it cannot be stored.
+    pub(crate) decoded: std::result::Result<(Change, ChangeRead), Verdict>,
+}
+
+impl Incoming {
+    pub fn decode(change: DocChange) -> Incoming {
+        let decoded = if change.bytes.len() > MAX_CHANGE {
+            Err(refuse(RefusalCode::TooLarge, "the change is too large"))
+        } else if !is_valid_id(&change.doc) {
+            Err(refuse(RefusalCode::InvalidChange, "bad document id"))
+        } else {
+            match wire::decode_change(change.bytes).ok_or(()) {
+                Ok(c) if change.doc == TEAM_DOC => Ok((
+                    c,
+                    ChangeRead {
+                        events: Vec::new(),
+                        task_id: None,
+                        generation: None,
+                        shape: Shape::Appends { list: None },
+                    },
+                )),
+                Ok(c) => {
+                    let read = read_change(&c);
+                    Ok((c, read))
+                }
+                Err(()) => Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "not a plain automerge change",
+                )),
+            }
+        };
+        Incoming {
+            doc: change.doc,
+            decoded,
+        }
+    }
+}
+
+/// One feed entry as a pull sends it: the bytes when they are in memory.
+pub struct PageEntry {
+    pub seq: u64,
+    pub doc: Arc<str>,
+    pub bytes: Option<Arc<[u8]>>,
+}
+
+impl TeamState {
+    /// An empty state, for [`Replay`] to fill from the stored feed.
+    fn empty(retired_events: HashMap<String, HashMap<EventId, [u8; 32]>>) -> TeamState {
+        TeamState {
+            team_doc: AutoCommit::new(),
+            team: Team::default(),
+            docs: HashMap::new(),
+            feed: Vec::new(),
+            uncommitted: 0,
+            seqs_by_doc: HashMap::new(),
+            actors: HashMap::new(),
+            hashes: HashMap::new(),
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            waiters: HashMap::new(),
+            generations: HashMap::new(),
+            retired_events,
+            carry_over: Vec::new(),
+            retiring: Vec::new(),
+            exiting: Vec::new(),
+        }
+    }
+    /// A feed entry whose document was retired: nobody reads it.
+    fn push_retired_entry(&mut self) {
+        let none = self.actor_key("");
+        self.feed.push(FeedEntry {
+            doc: Arc::from(""),
+            size: 0,
+            actor: none,
+        });
+        self.remember(Arc::from(&[][..]));
+    }
+
+    /// What the database must delete and keep for these documents.
+    pub(crate) fn retirement_plan(&self, docs: &[Arc<str>]) -> Vec<RetiredDoc> {
+        docs.iter()
+            .map(|doc| RetiredDoc {
+                doc_id: doc.to_string(),
+                task_id: split_doc_id(doc).0.to_owned(),
+                seqs: self.seqs_by_doc.get(doc).cloned().unwrap_or_default(),
+                events: self
+                    .docs
+                    .get(doc)
+                    .map(|e| {
+                        e.events
+                            .iter()
+                            .map(|e| (e.id.to_string(), scrubbed_digest(e)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Drop retired documents from memory once their rows are deleted:
+    /// their events (patient text included), their bytes, their hashes.
+    /// Their event ids stay, for devices that still carry them over.
+    pub(crate) fn forget_retired(&mut self, docs: &[Arc<str>], hashes: &[[u8; 32]]) {
+        let first_recent = self.head() + 1 - self.recent.len() as u64;
+        let none = self.actor_key("");
+        let retired: Arc<str> = Arc::from("");
+        for doc in docs {
+            let task = split_doc_id(doc).0.to_owned();
+            if let Some(entry) = self.docs.remove(doc) {
+                let digests = entry.events.iter().map(scrubbed_digest);
+                self.retired_events
+                    .entry(task)
+                    .or_default()
+                    .extend(entry.events.iter().map(|e| e.id.clone()).zip(digests));
+            }
+            for seq in self.seqs_by_doc.remove(doc).unwrap_or_default() {
+                if let Some(entry) = self.feed.get_mut(seq as usize - 1) {
+                    *entry = FeedEntry {
+                        doc: retired.clone(),
+                        size: 0,
+                        actor: none.clone(),
+                    };
+                }
+                if let Some(bytes) = seq
+                    .checked_sub(first_recent)
+                    .and_then(|i| self.recent.get_mut(i as usize))
+                {
+                    self.recent_bytes -= bytes.len();
+                    *bytes = Arc::from(&[][..]);
+                }
+            }
+        }
+        for h in hashes {
+            self.hashes.remove(&ChangeHash(*h));
+        }
+    }
+
+    /// Share one allocation per document id.
+    fn doc_key(&self, doc: &str) -> Arc<str> {
+        match self.seqs_by_doc.get_key_value(doc) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(doc),
+        }
+    }
+
+    pub(crate) fn actor_key(&mut self, actor: &str) -> Arc<str> {
+        self.actors
+            .entry(actor.to_owned())
+            .or_insert_with(|| Arc::from(actor))
+            .clone()
+    }
+
+    pub(crate) fn rederive_all(&mut self) {
+        for (doc, entry) in &mut self.docs {
+            entry.state = derive(doc, &entry.events, &self.team);
+        }
+    }
+
+    pub fn head(&self) -> u64 {
+        self.feed.len() as u64
+    }
+
+    pub fn is_active_member(&self, user: &str) -> bool {
+        self.team.member(user).is_some_and(|m| m.active)
+    }
+
+    /// Keep the newest change's bytes, forgetting the oldest beyond the budget.
+    fn remember(&mut self, bytes: Arc<[u8]>) {
+        self.recent_bytes += bytes.len();
+        self.recent.push_back(bytes);
+        while self.recent_bytes > RECENT_BYTES && self.recent.len() > 1 {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_bytes -= old.len();
+            }
+        }
+    }
+
+    /// The feed entries at `seqs`, with their bytes where they are in memory.
+    pub fn page(&self, seqs: &[u64]) -> Vec<PageEntry> {
+        let first_recent = self.head() + 1 - self.recent.len() as u64;
+        seqs.iter()
+            .filter_map(|&seq| {
+                let entry = self.feed.get(usize::try_from(seq).ok()?.checked_sub(1)?)?;
+                let bytes = seq
+                    .checked_sub(first_recent)
+                    .and_then(|i| self.recent.get(i as usize))
+                    .cloned();
+                Some(PageEntry {
+                    seq,
+                    doc: entry.doc.clone(),
+                    bytes,
+                })
+            })
+            .collect()
+    }
+
+    /// Wait for news for this device: the receiver changes when a change
+    /// it may read (and did not write) enters the feed.
+    pub fn wait(&mut self, caller: &Caller) -> watch::Receiver<u64> {
+        let head = self.head();
+        let actor = self.actor_key(&caller.actor);
+        self.waiters
+            .entry(actor)
+            .or_insert_with(|| Waiter {
+                user: caller.user_id.clone(),
+                wake: watch::channel(head).0,
+            })
+            .wake
+            .subscribe()
+    }
+
+    /// May this user read this document now?
+    pub(crate) fn visible(&self, doc: &str, user: &str) -> bool {
+        doc == TEAM_DOC || self.current(doc).is_some_and(|e| self.reads(e, user))
+    }
+
+    /// May this user be sent the feed entry `seq` of `doc`: they may read
+    /// the document now, or the entry came before (or is) the change that
+    /// took the task from them.
+    fn delivers(&self, seq: u64, doc: &str, user: &str) -> bool {
+        doc == TEAM_DOC
+            || self.current(doc).is_some_and(|e| {
+                self.reads(e, user)
+                    || (e.exit_of(user).is_some_and(|exit| seq <= exit)
+                        && self.team.member(user).is_some_and(|m| m.active))
+            })
+    }
+
+    /// A task document, unless a newer generation replaced it: a redacted
+    /// task's older document is hidden from the moment its newer one is
+    /// admitted (it is deleted once that is committed).
+    fn current(&self, doc: &str) -> Option<&DocEntry> {
+        let (task, generation) = split_doc_id(doc);
+        if self.generations.get(task).is_some_and(|&g| g > generation) {
+            return None;
+        }
+        self.docs.get(doc)
+    }
+
+    fn reads(&self, entry: &DocEntry, user: &str) -> bool {
+        entry
+            .state
+            .as_ref()
+            .is_some_and(|state| may_read_task(&self.team, user, state))
+    }
+
+    /// The feed entries after `cursor` this user may read: their seqs, and
+    /// the cursor to continue from.
+    pub fn visible_since(&self, cursor: u64, caller: &Caller) -> (Vec<u64>, u64, bool) {
+        let head = self.head();
+        let mut seqs = Vec::new();
+        let mut bytes = 0usize;
+        let mut seq = cursor;
+        let mut scanned = 0;
+        while seq < head {
+            if seqs.len() >= PAGE_CHANGES || bytes >= PAGE_BYTES || scanned >= PAGE_SCAN {
+                break;
+            }
+            let entry = &self.feed[seq as usize];
+            seq += 1;
+            scanned += 1;
+            // A device has what it wrote itself.
+            if *entry.actor != *caller.actor && self.delivers(seq, &entry.doc, &caller.user_id) {
+                seqs.push(seq);
+                bytes += entry.size as usize;
+            }
+        }
+        (seqs, seq, seq < head)
+    }
+
+    /// Check one pushed change against the team's rules; on success, take
+    /// it into the state (`Ok(true)`; the caller writes its feed row).
+    /// `Ok(false)`: the relay already has it.
+    pub(crate) fn admit(
+        &mut self,
+        caller: &Caller,
+        change: &Incoming,
+    ) -> std::result::Result<bool, Verdict> {
+        // Tests of the panic path set this on a debug build: no input is
+        // known to make admission panic.
+        #[cfg(debug_assertions)]
+        if std::env::var("HANDOFF_TEST_PANIC_ON_DOC").is_ok_and(|d| d == change.doc) {
+            #[allow(clippy::panic)]
+            {
+                panic!("admission panic injected by a test");
+            }
+        }
+        let (c, read) = change.decoded.as_ref().map_err(Clone::clone)?;
+        let new_events = &read.events;
+        let hash = c.hash();
+        if self.hashes.contains_key(&hash) {
+            return Ok(false);
+        }
+        if c.actor_id().to_hex_string() != caller.actor {
+            return Err(refuse(
+                RefusalCode::ActorMismatch,
+                "the change was written by another device",
+            ));
+        }
+        let (task, generation) = split_doc_id(&change.doc);
+        let newest = match change.doc == TEAM_DOC {
+            true => None,
+            false => self.generations.get(task).copied(),
+        };
+        if newest.is_some_and(|newest| generation < newest) {
+            return Err(refuse(
+                RefusalCode::Retired,
+                "the task's patient details were removed and it moved to a new document",
+            ));
+        }
+        if change.doc != TEAM_DOC && generation > newest.map_or(0, |n| n + 1) {
+            return Err(refuse(
+                RefusalCode::InvalidChange,
+                "no such generation of this task",
+            ));
+        }
+        if let Shape::Malformed(why) = &read.shape {
+            return Err(refuse(RefusalCode::InvalidChange, why));
+        }
+        // A document's first change must lay out what its id says, once;
+        // a redacted generation's may come twice: two delegators removed
+        // the patient's details at the same time, each laying it out.
+        let laid_out_again = change.doc != TEAM_DOC
+            && c.deps().is_empty()
+            && self.docs.contains_key(change.doc.as_str());
+        if change.doc != TEAM_DOC && c.deps().is_empty() {
+            let laid_out = (read.task_id.as_deref(), read.generation);
+            if (laid_out_again && generation == 0) || laid_out != (Some(task), Some(generation)) {
+                return Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "a task document starts once, with its own id and generation",
+                ));
+            }
+        }
+        // A newer generation of a known task is a redaction: only someone
+        // who may delegate, and may see the task, re-creates it. Laying out
+        // the current generation again is one too.
+        let redaction = newest.filter(|&newest| generation > newest);
+        let redacting = match redaction {
+            Some(newest) => Some(newest),
+            None if laid_out_again => Some(generation),
+            None => None,
+        };
+        if let Some(newest) = redacting {
+            let current = self
+                .docs
+                .get(doc_id_of(task, newest).as_str())
+                .and_then(|e| e.state.as_ref());
+            let allowed = self.team.permissions(&caller.user_id).may_delegate
+                && current.is_some_and(|s| may_read_task(&self.team, &caller.user_id, s));
+            if !allowed {
+                return Err(refuse(
+                    RefusalCode::Forbidden,
+                    "only a delegator who sees the task may remove its patient details",
+                ));
+            }
+        }
+        if c.deps().iter().any(|d| !self.hashes.contains_key(d)) {
+            return Err(refuse(
+                RefusalCode::MissingDependencies,
+                "it builds on a change the relay does not have",
+            ));
+        }
+        if c.deps()
+            .iter()
+            .any(|d| self.hashes.get(d).is_some_and(|of| **of != *change.doc))
+        {
+            return Err(refuse(
+                RefusalCode::InvalidChange,
+                "it builds on a change of another document",
+            ));
+        }
+        if change.doc == TEAM_DOC {
+            if !may_change_team(&self.team, &caller.user_id) {
+                return Err(refuse(
+                    RefusalCode::Forbidden,
+                    "your role may not change the team",
+                ));
+            }
+            if !team::change_fits(c, &self.team_doc) {
+                return Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "a change to the team only sets its name, members, roles, templates or policy",
+                ));
+            }
+            let mut doc = self.team_doc.clone();
+            if doc.apply_changes([c.clone()]).is_err() {
+                return Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "the change does not apply",
+                ));
+            }
+            let team = Team::read(&doc);
+            if team.devices != self.team.devices {
+                return Err(refuse(
+                    RefusalCode::Forbidden,
+                    "only the relay enrols devices",
+                ));
+            }
+            self.team_doc = doc;
+            self.team = team;
+            self.rederive_all();
+        } else {
+            // After its first change, a task document only grows by events
+            // appended to the list that change made; nothing but a first
+            // change starts one (not even a change with no operations).
+            if let Shape::Appends { list } = &read.shape {
+                let own = self
+                    .docs
+                    .get(change.doc.as_str())
+                    .map_or(&[][..], |e| e.events_lists.as_slice());
+                let fits = match list {
+                    _ if own.is_empty() => false,
+                    Some(list) => own.contains(list),
+                    None => true,
+                };
+                if !fits {
+                    return Err(refuse(
+                        RefusalCode::InvalidChange,
+                        "a change to a task document only appends events to its list",
+                    ));
+                }
+            }
+            let device = self.actor_key(&caller.actor);
+            let last = self
+                .docs
+                .get(change.doc.as_str())
+                .and_then(|e| e.seqs.get(&device))
+                .copied()
+                .unwrap_or(0);
+            if c.seq() != last + 1 {
+                return Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "it does not follow the device's last change to this document",
+                ));
+            }
+            // Events from other devices come only as copies into a redacted
+            // task's next generation, of events the relay already has.
+            if new_events.iter().any(|e| {
+                e.id.actor != caller.actor && !self.known_in_earlier_generation(&change.doc, e)
+            }) {
+                return Err(refuse(
+                    RefusalCode::ActorMismatch,
+                    "an event in it names another device",
+                ));
+            }
+            let key = self.doc_key(&change.doc);
+            {
+                let entry = self.docs.get(&key);
+                let events: &[Event] = entry.map_or(&[], |e| e.events.as_slice());
+                let prior = entry.and_then(|e| e.state.as_ref());
+                // Write access is judged on the task as its author saw it (the
+                // events the new ones build on): a claim that lost a race to
+                // another claim is still the front desk's to make, and is kept
+                // so that both phones derive who won. Usually the author had
+                // seen every event, and that task is the one already derived.
+                let past = causal_past(events, new_events);
+                let derived;
+                let seen = if new_events.is_empty() || past.len() == events.len() {
+                    prior
+                } else {
+                    let past: Vec<Event> = past.iter().map(|&i| events[i].clone()).collect();
+                    derived = derive(&change.doc, &past, &self.team);
+                    derived.as_ref()
+                };
+                let may_write = match (seen, prior) {
+                    // Laying out a redacted generation: judged above.
+                    _ if redacting.is_some() => true,
+                    (Some(seen), _) => may_read_task(&self.team, &caller.user_id, seen),
+                    // A new task: its own `created` event decides below.
+                    (None, None) => true,
+                    (None, Some(_)) => false,
+                };
+                if !may_write {
+                    return Err(refuse(
+                        RefusalCode::Forbidden,
+                        "this task is not yours to change",
+                    ));
+                }
+                // The door: what people typed fits the limits a phone keeps,
+                // and the author's role allows the action, judged once, here,
+                // with the team as it is now. Copies of events the relay
+                // already took in (a redacted task's next generation) passed it.
+                let fresh: Vec<&Event> = new_events
+                    .iter()
+                    .filter(|e| !self.known_in_earlier_generation(&change.doc, e))
+                    .collect();
+                if fresh.len() > MAX_NEW_EVENTS {
+                    return Err(refuse(
+                        RefusalCode::InvalidChange,
+                        "a change carries at most 16 new events",
+                    ));
+                }
+                for e in &fresh {
+                    if let Err(e) = e.action.check_input() {
+                        return Err(refuse(RefusalCode::InvalidChange, &e.to_string()));
+                    }
+                    // The fold puts an event after what it builds on only if
+                    // its Lamport time is higher; the door judges it on those.
+                    let before = |d: &EventId| {
+                        events
+                            .iter()
+                            .chain(new_events)
+                            .find(|x| x.id == *d)
+                            .is_none_or(|x| x.lt < e.lt)
+                    };
+                    if !e.deps.iter().all(before) {
+                        return Err(refuse(
+                            RefusalCode::InvalidChange,
+                            "an event must come after the events it builds on",
+                        ));
+                    }
+                }
+                let judged = match (fresh.as_slice(), new_events.len()) {
+                    // One event (what a phone writes): the task it builds on
+                    // is `seen`.
+                    ([only], 1) => may_act(&self.team, seen, only),
+                    // Several (a migration's carried-over events, or a
+                    // hand-made change): each on the task as its own author
+                    // saw it, the change's earlier events included, so none
+                    // passes on a task before a claim or a creation it made.
+                    _ => {
+                        let all: Vec<Event> = events.iter().chain(new_events).cloned().collect();
+                        fresh.iter().try_for_each(|e| {
+                            let past: Vec<Event> = causal_past(&all, std::slice::from_ref(*e))
+                                .into_iter()
+                                .map(|i| all[i].clone())
+                                .collect();
+                            let saw = derive(&change.doc, &past, &self.team);
+                            may_act(&self.team, saw.as_ref(), e)
+                        })
+                    }
+                };
+                if let Err(refusal) = judged {
+                    return Err(refuse(RefusalCode::NotPermitted, &refusal.to_string()));
+                }
+            }
+            // Taken out to grow in place; put back as it was on a refusal.
+            let mut entry = self.docs.remove(&key).unwrap_or_else(DocEntry::new);
+            let before = entry.events.len();
+            entry.events.extend(new_events.iter().cloned());
+            let state = derive(&change.doc, &entry.events, &self.team);
+            let retiring = match redaction {
+                Some(_) => self.retirement(&key, &entry.events, c).map(Some),
+                None => Ok(None),
+            };
+            let retiring = match retiring {
+                Ok(r) => r,
+                Err(verdict) => {
+                    entry.events.truncate(before);
+                    if before > 0 || entry.state.is_some() {
+                        self.docs.insert(key, entry);
+                    }
+                    return Err(verdict);
+                }
+            };
+            self.exiting = match &entry.state {
+                Some(before) if moved(before, state.as_ref()) => {
+                    losing_sight(&self.team, before, state.as_ref())
+                }
+                _ => Vec::new(),
+            };
+            entry.state = state;
+            entry.laid_out(&read.shape);
+            entry.count(device, c.seq());
+            self.docs.insert(key, entry);
+            let newest = self
+                .generations
+                .entry(task.to_owned())
+                .or_insert(generation);
+            *newest = (*newest).max(generation);
+            if let Some((older, carried)) = retiring {
+                // Whoever lost sight of an older generation is sent this
+                // layout too, so that their phone retires the older document
+                // (and the patient details removed from it) and does not
+                // keep it. The layout holds the task without them.
+                for doc in &older {
+                    if let Some(e) = self.docs.get(doc) {
+                        self.exiting
+                            .extend(e.exits.iter().map(|(u, _)| u.to_string()));
+                    }
+                }
+                self.retiring.extend(older);
+                self.carry_over.extend(carried);
+            }
+        }
+        Ok(true)
+    }
+
+    /// `doc` is a task's new generation, holding `events`, and `root` its
+    /// first change: the older generations to retire, and the relay's own
+    /// change carrying over (scrubbed) any event of theirs the redaction
+    /// missed, so that nothing the relay acknowledged is lost with them.
+    #[allow(clippy::type_complexity)]
+    fn retirement(
+        &self,
+        doc: &str,
+        events: &[Event],
+        root: &Change,
+    ) -> std::result::Result<(Vec<Arc<str>>, Option<(String, Change)>), Verdict> {
+        let (task, generation) = split_doc_id(doc);
+        let older: Vec<Arc<str>> = (0..generation)
+            .filter_map(|g| {
+                self.docs
+                    .get_key_value(doc_id_of(task, g).as_str())
+                    .map(|(k, _)| k.clone())
+            })
+            .collect();
+        let mut have: HashSet<EventId> = events.iter().map(|e| e.id.clone()).collect();
+        let mut missed = Vec::new();
+        for old in &older {
+            for e in self.docs.get(old).map_or(&[][..], |e| e.events.as_slice()) {
+                if have.insert(e.id.clone()) {
+                    missed.push(e.scrubbed());
+                }
+            }
+        }
+        let mut carry_over = None;
+        if !missed.is_empty() {
+            let relay_actor = self.team_doc.get_actor().clone();
+            let carried = (|| {
+                let mut am = AutoCommit::new();
+                am.apply_changes([root.clone()]).ok()?;
+                am.set_actor(relay_actor);
+                for e in &missed {
+                    task_doc::append(&mut am, e).ok()?;
+                }
+                am.commit()?;
+                am.get_last_local_change()
+            })();
+            let Some(carried) = carried else {
+                return Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "the new document does not take the older one's events",
+                ));
+            };
+            carry_over = Some((doc.to_owned(), carried));
+        }
+        Ok((older, carry_over))
+    }
+
+    /// Is `event` (written by another device) a copy of one in an earlier
+    /// generation of its task, unchanged or scrubbed?
+    fn known_in_earlier_generation(&self, doc: &str, event: &Event) -> bool {
+        let (task, generation) = split_doc_id(doc);
+        let retired = self
+            .retired_events
+            .get(task)
+            .and_then(|events| events.get(&event.id))
+            .is_some_and(|digest| *digest == digest_of(event));
+        retired
+            || (0..generation).any(|g| {
+                self.docs
+                    .get(doc_id_of(task, g).as_str())
+                    .and_then(|e| e.events.iter().find(|x| x.id == event.id))
+                    .is_some_and(|x| x == event || x.scrubbed() == *event)
+            })
+    }
+
+    /// Commit what the relay wrote into the team document as its own change,
+    /// as the next feed row (run alone in the feed writer: nothing is
+    /// waiting to be committed).
+    pub(crate) fn commit_team_change(&mut self, what: &str) -> Result<FeedRow> {
+        self.team_doc.commit();
+        let change = self
+            .team_doc
+            .get_last_local_change()
+            .ok_or_else(|| Error::Storage(format!("{what} wrote nothing")))?;
+        Ok(FeedRow {
+            seq: self.head() + 1,
+            doc_id: TEAM_DOC.into(),
+            hash: change.hash().0,
+            bytes: change.raw_bytes().to_vec(),
+            exits: Vec::new(),
+        })
+    }
+
+    /// Give a change the next seq (it is committed with the batch).
+    pub(crate) fn next_row(&mut self, doc: String, c: &Change) -> FeedRow {
+        let mut row = FeedRow {
+            seq: self.head() + self.uncommitted + 1,
+            doc_id: doc,
+            hash: c.hash().0,
+            bytes: c.raw_bytes().to_vec(),
+            exits: std::mem::take(&mut self.exiting),
+        };
+        self.uncommitted += 1;
+        // Later changes may build on it, and a second copy of it is a
+        // duplicate (answered only once it is committed: answers go out in
+        // order).
+        let key = self.doc_key(&row.doc_id);
+        if !row.exits.is_empty() {
+            match self.docs.get_mut(&key) {
+                Some(entry) => entry.lost_sight(row.exits.clone(), row.seq),
+                None => row.exits.clear(),
+            }
+        }
+        self.hashes.insert(c.hash(), key);
+        row
+    }
+
+    /// Take the relay's own carry-over change into the state, as `admit`
+    /// takes a device's.
+    pub(crate) fn admit_carry_over(&mut self, doc: &str, c: &Change) {
+        let key = self.doc_key(doc);
+        let relay = self.actor_key(&c.actor_id().to_hex_string());
+        let team = &self.team;
+        if let Some(entry) = self.docs.get_mut(&key) {
+            entry.count(relay, c.seq());
+            entry.events.extend(events_in_change(c));
+            entry.state = derive(doc, &entry.events, team);
+        }
+    }
+
+    /// Take committed rows into the feed (each with the device that wrote
+    /// it) and wake the long-polls.
+    pub(crate) fn record(&mut self, rows: &[(FeedRow, Arc<str>)]) {
+        for (r, actor) in rows {
+            let doc = self.doc_key(&r.doc_id);
+            self.seqs_by_doc.entry(doc.clone()).or_default().push(r.seq);
+            self.hashes.insert(ChangeHash(r.hash), doc.clone());
+            self.feed.push(FeedEntry {
+                doc,
+                size: r.bytes.len() as u32,
+                actor: actor.clone(),
+            });
+            self.remember(Arc::from(r.bytes.as_slice()));
+        }
+        let head = self.head();
+        let mut gone = Vec::new();
+        for (actor, w) in &self.waiters {
+            if w.wake.receiver_count() == 0 {
+                gone.push(actor.clone());
+            } else if rows
+                .iter()
+                .any(|(r, author)| author != actor && self.delivers(r.seq, &r.doc_id, &w.user))
+            {
+                w.wake.send_replace(head);
+            }
+        }
+        for actor in gone {
+            self.waiters.remove(&actor);
+        }
+    }
+}
+
+/// Did a change move the task between people (the fields reading hangs on)?
+fn moved(before: &TaskState, after: Option<&TaskState>) -> bool {
+    after.is_none_or(|a| {
+        a.assignee != before.assignee
+            || a.pool != before.pool
+            || a.created_by != before.created_by
+            || a.handoff.route_result_to != before.handoff.route_result_to
+    })
+}
+
+/// A task as the relay keeps it: its state, without the history (nothing
+/// on the relay reads it, and the relay re-derives a task at every change
+/// it takes in).
+fn derive(doc: &str, events: &[Event], team: &Team) -> Option<TaskState> {
+    derive_outcomes(doc, events, team).0
+}
+
+/// The positions in `events` of the events `new` build on, transitively,
+/// in list order.
+fn causal_past(events: &[Event], new: &[Event]) -> Vec<usize> {
+    let by_id: HashMap<&handoff_core::EventId, usize> =
+        events.iter().enumerate().map(|(i, e)| (&e.id, i)).collect();
+    let mut seen = vec![false; events.len()];
+    let mut stack: Vec<&handoff_core::EventId> = new.iter().flat_map(|e| e.deps.iter()).collect();
+    while let Some(id) = stack.pop() {
+        if let Some(&i) = by_id.get(id) {
+            if !seen[i] {
+                seen[i] = true;
+                stack.extend(events[i].deps.iter());
+            }
+        }
+    }
+    (0..events.len()).filter(|&i| seen[i]).collect()
+}
+
+/// A team's state being rebuilt from its stored feed: the relay reads the
+/// rows and hands them in, oldest first ([`Replay::entry`]), then
+/// [`Replay::finish`].
+pub struct Replay {
+    st: TeamState,
+    team_changes: Vec<Change>,
+    undecodable: Option<u64>,
+}
+
+impl Replay {
+    /// `retired_events`: what the database keeps of retired generations.
+    pub fn new(retired_events: HashMap<String, HashMap<EventId, [u8; 32]>>) -> Replay {
+        Replay {
+            st: TeamState::empty(retired_events),
+            team_changes: Vec::new(),
+            undecodable: None,
+        }
+    }
+
+    /// The next stored feed entry.
+    pub fn entry(&mut self, r: FeedRow) {
+        let st = &mut self.st;
+        // Rows of retired documents are gone: keep their seqs.
+        while (st.feed.len() as u64) + 1 < r.seq {
+            st.push_retired_entry();
+        }
+        let doc: Arc<str> = st.doc_key(&r.doc_id);
+        let size = r.bytes.len() as u32;
+        st.hashes.insert(ChangeHash(r.hash), doc.clone());
+        st.remember(Arc::from(r.bytes.as_slice()));
+        let change = Change::from_bytes(r.bytes);
+        let actor = match &change {
+            Ok(c) => st.actor_key(&c.actor_id().to_hex_string()),
+            Err(_) => st.actor_key(""),
+        };
+        st.feed.push(FeedEntry {
+            doc: doc.clone(),
+            size,
+            actor: actor.clone(),
+        });
+        st.seqs_by_doc.entry(doc.clone()).or_default().push(r.seq);
+        match change {
+            Ok(c) if &*doc == TEAM_DOC => self.team_changes.push(c),
+            Ok(c) => {
+                let (task, generation) = split_doc_id(&doc);
+                let newest = st.generations.entry(task.to_owned()).or_insert(0);
+                *newest = (*newest).max(generation);
+                let entry = st.docs.entry(doc.clone()).or_insert_with(DocEntry::new);
+                entry.count(actor, c.seq());
+                let read = read_change(&c);
+                entry.laid_out(&read.shape);
+                entry.events.extend(read.events);
+            }
+            Err(_) => self.undecodable = Some(r.seq),
+        }
+    }
+
+    /// The state, once every entry is in. `relay_actor` writes the relay's
+    /// own team changes; `exits` are who lost sight of which task at which
+    /// seq, as admission stored them. Also the documents a newer generation
+    /// superseded whose deletion the relay had not finished: to retire.
+    pub fn finish(
+        self,
+        relay_actor: ActorId,
+        exits: Vec<(String, String, u64)>,
+    ) -> Result<(TeamState, Vec<Arc<str>>)> {
+        let Replay {
+            mut st,
+            team_changes,
+            undecodable,
+        } = self;
+        if let Some(seq) = undecodable {
+            return Err(Error::Storage(format!("feed entry {seq} does not decode")));
+        }
+        st.team_doc.apply_changes(team_changes)?;
+        st.team_doc.set_actor(relay_actor);
+        st.team = Team::read(&st.team_doc);
+        st.rederive_all();
+        for (doc, user, seq) in exits {
+            if let Some(entry) = st.docs.get_mut(doc.as_str()) {
+                entry.lost_sight(vec![user], seq);
+            }
+        }
+        let superseded: Vec<Arc<str>> = st
+            .docs
+            .keys()
+            .filter(|doc| {
+                let (task, generation) = split_doc_id(doc);
+                st.generations.get(task).is_some_and(|&g| g > generation)
+            })
+            .cloned()
+            .collect();
+        Ok((st, superseded))
+    }
+}
+
+/// What the relay keeps of a retired event: the digest of its scrubbed form.
+fn scrubbed_digest(e: &Event) -> [u8; 32] {
+    digest_of(&e.scrubbed())
+}
+
+fn digest_of(e: &Event) -> [u8; 32] {
+    sha256(&serde_json::to_vec(e).unwrap_or_default())
+}
