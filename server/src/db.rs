@@ -122,6 +122,10 @@ pub struct Db {
     truncate_wal: AtomicBool,
 }
 
+/// The revocations file's length and time: see [`Db::revocation_stamp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RevocationStamp(u64, Option<std::time::SystemTime>);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TeamRow {
     pub team_id: String,
@@ -437,12 +441,45 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn revoke_device(conn: &Connection, actor: &str, now: i64) -> Result<bool> {
-        let n = conn.execute(
+    /// Revoke a device (the admin command, beside a live relay or not).
+    /// A relay serving this database remembers the tokens it has checked:
+    /// once the revocation is committed, a byte is appended to the
+    /// revocations file beside the database, and a relay that finds that
+    /// file changed ([`Db::revocation_stamp`]) checks every token again.
+    pub fn revoke_device(&self, actor: &str, now: i64) -> Result<bool> {
+        let n = self.write().execute(
             "UPDATE devices SET revoked_at = ?2 WHERE actor = ?1 AND revoked_at IS NULL",
             params![actor, now],
         )?;
+        if n == 1 {
+            let noted = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.revocations_path())
+                .and_then(|mut f| std::io::Write::write_all(&mut f, b"r"));
+            if let Err(e) = noted {
+                return Err(Error::Storage(format!(
+                    "the device is revoked, but a running relay could not be told at once \
+                     ({e}); it will notice within a second"
+                )));
+            }
+        }
         Ok(n == 1)
+    }
+
+    fn revocations_path(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push("-revocations");
+        PathBuf::from(name)
+    }
+
+    /// Changes whenever a revocation is noted beside the database (see
+    /// [`Db::revoke_device`]): one `stat`, where checking a token is a read.
+    pub fn revocation_stamp(&self) -> RevocationStamp {
+        match std::fs::metadata(self.revocations_path()) {
+            Ok(m) => RevocationStamp(m.len(), m.modified().ok()),
+            Err(_) => RevocationStamp(0, None),
+        }
     }
 
     pub fn append_feed(conn: &Connection, team_id: &str, row: &FeedRow) -> Result<()> {

@@ -197,8 +197,8 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Revoke { device } => {
             let db = Db::open(&cli.db).map_err(err)?;
-            let conn = db.write();
-            if Db::revoke_device(&conn, &device.to_ascii_lowercase(), relay::now_ms())
+            if db
+                .revoke_device(&device.to_ascii_lowercase(), relay::now_ms())
                 .map_err(err)?
             {
                 println!("revoked {device}");

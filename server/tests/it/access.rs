@@ -132,6 +132,29 @@ fn a_revoked_device_gets_401_wipes_its_store_and_reads_nothing_more() {
     );
 }
 
+/// The relay remembers the tokens it has checked; the admin command tells
+/// it of a revocation at once. One written into the database by hand
+/// (not by the command) still counts within seconds: the relay's
+/// once-a-second look at revocations forgets every token it remembered.
+#[test]
+fn a_revocation_written_into_the_database_by_hand_counts_within_seconds() {
+    let relay = Relay::start();
+    let (_, _max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    ana.sync();
+    let db = rusqlite::Connection::open(relay.db()).unwrap();
+    let revoked = db
+        .execute(
+            "UPDATE devices SET revoked_at = 1 WHERE actor = ?1",
+            [ana.store.device_actor()],
+        )
+        .unwrap();
+    assert_eq!(revoked, 1);
+    eventually(10, "the relay refuses her", || {
+        matches!(ana.engine.sync_now(), Err(Error::DeviceRevoked))
+    });
+    assert!(ana.store.was_wiped().unwrap());
+}
+
 fn hex_key() -> String {
     KEY.iter().map(|b| format!("{b:02x}")).collect()
 }
