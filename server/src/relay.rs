@@ -61,9 +61,9 @@ pub fn normalize_invite(code: &str) -> String {
 /// An authenticated device, as a request sees it.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub actor: String,
-    pub team_id: String,
-    pub user_id: String,
+    pub actor: Arc<str>,
+    pub team_id: Arc<str>,
+    pub user_id: Arc<str>,
 }
 
 /// The relay: the database and the loaded teams.
@@ -562,9 +562,9 @@ impl Relay {
             return Err(Error::DeviceRevoked);
         }
         let caller = Caller {
-            actor: device.actor,
-            team_id: device.team_id,
-            user_id: device.user_id,
+            actor: device.actor.into(),
+            team_id: device.team_id.into(),
+            user_id: device.user_id.into(),
         };
         let mut known = lock(&self.tokens);
         // Kept only under the stamp it was read after: a revocation noted
@@ -603,7 +603,7 @@ impl Relay {
                 actors: actors.into_iter().collect(),
             };
         }
-        Ok(known.actors.contains(&caller.actor))
+        Ok(known.actors.contains(&*caller.actor))
     }
 
     /// Queue a push for the team's feed writer; the receipt answers one

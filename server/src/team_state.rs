@@ -143,7 +143,7 @@ pub struct TeamState {
 }
 
 struct Waiter {
-    user: String,
+    user: Arc<str>,
     wake: watch::Sender<u64>,
 }
 
@@ -452,7 +452,7 @@ impl TeamState {
         if self.hashes.contains_key(&hash) {
             return Ok(false);
         }
-        if c.actor_id().to_hex_string() != caller.actor {
+        if c.actor_id().to_hex_string() != *caller.actor {
             return Err(refuse(
                 RefusalCode::ActorMismatch,
                 "the change was written by another device",
@@ -598,7 +598,7 @@ impl TeamState {
             // Events from other devices come only as copies into a redacted
             // task's next generation, of events the relay already has.
             if new_events.iter().any(|e| {
-                e.id.actor != caller.actor && !self.known_in_earlier_generation(&change.doc, e)
+                e.id.actor != *caller.actor && !self.known_in_earlier_generation(&change.doc, e)
             }) {
                 return Err(refuse(
                     RefusalCode::ActorMismatch,
