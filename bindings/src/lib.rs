@@ -79,11 +79,19 @@ impl TaskStore {
         self.store.team().map(Into::into)
     }
 
-    /// Redeem an invite from the practice admin, then fetch the team.
-    pub fn enrol(&self, relay_url: String, invite: String) -> Result<Enrolment> {
+    /// Redeem an invite from the practice admin, then fetch the team and
+    /// its tasks. `listener` hears how far that has come (`CatchingUp`) and
+    /// each page that landed (`DataChanged`): a clinic's long history can
+    /// take a while on a poor connection.
+    pub fn enrol(
+        &self,
+        relay_url: String,
+        invite: String,
+        listener: Arc<dyn SyncListener>,
+    ) -> Result<Enrolment> {
         let engine = self.engine()?;
         let reply = engine.enrol(&relay_url, &invite)?;
-        engine.sync_now()?;
+        engine.sync_now_telling(Arc::new(Forward(listener)))?;
         Ok(Enrolment {
             team_id: reply.team,
             user_id: reply.user,

@@ -165,7 +165,16 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Enrol { relay, invite } => {
             let engine = SyncEngine::new(store.clone()).map_err(e)?;
             let who = engine.enrol(&relay, &invite).map_err(e)?;
-            let report = engine.sync_now().map_err(e)?;
+            // A clinic's long history: say how far the first pull has come.
+            struct Progress;
+            impl SyncListener for Progress {
+                fn on_sync_event(&self, event: SyncEvent) {
+                    if let SyncEvent::CatchingUp { at, of } = event {
+                        eprintln!("catching up: {at} of {of}");
+                    }
+                }
+            }
+            let report = engine.sync_now_telling(Arc::new(Progress)).map_err(e)?;
             println!(
                 "enrolled as {} ({}) in team {}; pulled {} changes",
                 who.user,

@@ -215,6 +215,14 @@ impl SyncEngine {
         self.block_on(async move { inner.round_or_wipe(None, None).await })?
     }
 
+    /// [`SyncEngine::sync_now`], telling `listener` of each page that
+    /// changed tasks and, far behind (a phone just enrolled into a clinic
+    /// with a long history), how far it has come.
+    pub fn sync_now_telling(&self, listener: Arc<dyn SyncListener>) -> Result<SyncReport> {
+        let inner = self.inner.clone();
+        self.block_on(async move { inner.round_or_wipe(None, Some(&*listener)).await })?
+    }
+
     /// Live sync in the background, reporting to `listener`.
     pub fn start(&self, listener: Arc<dyn SyncListener>) -> Result<SyncHandle> {
         if self.inner.store.relay_settings()?.is_none() {

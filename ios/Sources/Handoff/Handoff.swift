@@ -58,9 +58,13 @@ public final class Handoff: ObservableObject {
     public func enrolment() async throws -> Enrolment? { try await off { try $0.enrolment() } }
     public func team() async throws -> Team? { try await off { $0.team() } }
 
-    /// Redeem an invite, fetch the team and its tasks.
+    /// Redeem an invite, fetch the team and its tasks; `syncStatus` shows
+    /// how far that has come.
     public func enrol(relayUrl: String, invite: String) async throws -> Enrolment {
-        let enrolment = try await off { try $0.enrol(relayUrl: relayUrl, invite: invite) }
+        let listener = Listener(owner: self)
+        let enrolment = try await off {
+            try $0.enrol(relayUrl: relayUrl, invite: invite, listener: listener)
+        }
         try await refresh()
         return enrolment
     }

@@ -105,9 +105,9 @@ class Handoff(
 
     suspend fun team(): Team? = withContext(io) { store.team() }
 
-    /** Redeem an invite, fetch the team and its tasks. */
+    /** Redeem an invite, fetch the team and its tasks; [syncStatus] shows how far that has come. */
     suspend fun enrol(relayUrl: String, invite: String): Enrolment =
-        withContext(io) { store.enrol(relayUrl, invite) }.also { refresh() }
+        withContext(io) { store.enrol(relayUrl, invite, listener) }.also { refresh() }
 
     /** Re-read every list from the core. */
     suspend fun refresh() {
@@ -171,25 +171,28 @@ class Handoff(
         }
     }
 
+    /** What the core's sync tells: [syncStatus] and [views] follow. */
+    private val listener = object : SyncListener {
+        override fun onSyncEvent(event: SyncEvent) {
+            _sync.value = when (event) {
+                is SyncEvent.Synced -> SyncStatus.Synced(System.currentTimeMillis(), event.report)
+                is SyncEvent.Offline -> SyncStatus.Offline(event.reason, event.retryInMs.toLong())
+                is SyncEvent.AuthFailed -> SyncStatus.AuthFailed(event.code, event.reason)
+                is SyncEvent.Revoked -> SyncStatus.Revoked
+                is SyncEvent.CatchingUp -> SyncStatus.CatchingUp(event.at.toLong(), event.of.toLong())
+                is SyncEvent.DataChanged -> _sync.value
+            }
+            // Called on the core's sync thread: hand the re-read to ours.
+            if (event is SyncEvent.DataChanged || event is SyncEvent.Revoked) {
+                scope.launch { refresh() }
+            }
+        }
+    }
+
     /** Keep syncing while the app is open; [syncStatus] and [views] follow. */
     fun startLiveSync() {
         if (live != null) return
-        live = store.startSync(object : SyncListener {
-            override fun onSyncEvent(event: SyncEvent) {
-                _sync.value = when (event) {
-                    is SyncEvent.Synced -> SyncStatus.Synced(System.currentTimeMillis(), event.report)
-                    is SyncEvent.Offline -> SyncStatus.Offline(event.reason, event.retryInMs.toLong())
-                    is SyncEvent.AuthFailed -> SyncStatus.AuthFailed(event.code, event.reason)
-                    is SyncEvent.Revoked -> SyncStatus.Revoked
-                    is SyncEvent.CatchingUp -> SyncStatus.CatchingUp(event.at.toLong(), event.of.toLong())
-                    is SyncEvent.DataChanged -> _sync.value
-                }
-                // Called on the core's sync thread: hand the re-read to ours.
-                if (event is SyncEvent.DataChanged || event is SyncEvent.Revoked) {
-                    scope.launch { refresh() }
-                }
-            }
-        })
+        live = store.startSync(listener)
     }
 
     fun stopLiveSync() {

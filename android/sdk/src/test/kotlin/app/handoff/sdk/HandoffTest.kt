@@ -222,12 +222,13 @@ class HandoffTest {
         val store = TaskStore.open(File(dir, "raw.db").path, newKey(), 0)
         open += store
         val teamId = runBlocking { max.enrolment()!!.teamId }
-        store.enrol(relay.url, relay.invite(teamId, "raw", "front_desk"))
-        store.startSync(object : SyncListener {
+        val listener = object : SyncListener {
             override fun onSyncEvent(event: SyncEvent) {
                 events += event
             }
-        }).use { handle ->
+        }
+        store.enrol(relay.url, relay.invite(teamId, "raw", "front_desk"), listener)
+        store.startSync(listener).use { handle ->
             eventually("a first Synced event") { events.any { it is SyncEvent.Synced } }
             runBlocking {
                 max.syncNow()
@@ -240,6 +241,33 @@ class HandoffTest {
         }
         // Closed: the object refuses further calls instead of crashing.
         assertFailsWith<IllegalStateException> { store.close(); store.myQueue() }
+    }
+
+    @Test
+    fun aNewPhoneHearsHowFarItsFirstCatchUpHasCome() {
+        val (max, _) = team()
+        // More than one pull page (1,000 changes) of pooled tasks.
+        runBlocking {
+            repeat(1_100) { max.delegate(followUp("Recall $it", null, Role.FRONT_DESK)) }
+            max.syncNow()
+        }
+        val events = CopyOnWriteArrayList<SyncEvent>()
+        val store = TaskStore.open(File(dir, "new.db").path, newKey(), 0)
+        open += store
+        val teamId = runBlocking { max.enrolment()!!.teamId }
+        // Enrolment fetches the clinic's history, telling the listener as it goes.
+        store.enrol(relay.url, relay.invite(teamId, "new", "front_desk"), object : SyncListener {
+            override fun onSyncEvent(event: SyncEvent) {
+                events += event
+            }
+        })
+        val progress = events.filterIsInstance<SyncEvent.CatchingUp>()
+        assertEquals(1, progress.size, "$events")
+        assertTrue(progress[0].at > 0u && progress[0].at < progress[0].of, "${progress[0]}")
+        assertTrue(events.first() is SyncEvent.DataChanged, "the first page's tasks, before the progress")
+        val status = SyncStatus.CatchingUp(progress[0].at.toLong(), progress[0].of.toLong())
+        assertTrue(status.fraction > 0f && status.fraction < 1f)
+        assertEquals(1_100, store.sharedPool().size)
     }
 
     @Test
