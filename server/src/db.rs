@@ -122,9 +122,22 @@ pub struct Db {
     truncate_wal: AtomicBool,
 }
 
-/// The revocations file's length and time: see [`Db::revocation_stamp`].
+/// The revocations file's length, time and identity: see
+/// [`Db::revocation_stamp`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RevocationStamp(u64, Option<std::time::SystemTime>);
+pub struct RevocationStamp(u64, Option<std::time::SystemTime>, u64);
+
+/// A file replaced by another of the same length within one tick of the
+/// clock is still told apart.
+#[cfg(unix)]
+fn file_id(m: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(m)
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &std::fs::Metadata) -> u64 {
+    0
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TeamRow {
@@ -188,6 +201,10 @@ impl Db {
     pub fn open(path: impl AsRef<Path>) -> Result<Db> {
         let path = path.as_ref().to_path_buf();
         let conn = open_conn(&path)?;
+        // One name for the file however it was reached (a link, a relative
+        // path): the relay and the admin command must find the same
+        // revocations file beside it.
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > VERSION {
             return Err(Error::Storage(format!(
@@ -477,8 +494,8 @@ impl Db {
     /// [`Db::revoke_device`]): one `stat`, where checking a token is a read.
     pub fn revocation_stamp(&self) -> RevocationStamp {
         match std::fs::metadata(self.revocations_path()) {
-            Ok(m) => RevocationStamp(m.len(), m.modified().ok()),
-            Err(_) => RevocationStamp(0, None),
+            Ok(m) => RevocationStamp(m.len(), m.modified().ok(), file_id(&m)),
+            Err(_) => RevocationStamp::default(),
         }
     }
 

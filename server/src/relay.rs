@@ -78,6 +78,9 @@ pub struct Relay {
 #[derive(Default)]
 struct Tokens {
     stamp: RevocationStamp,
+    /// Counts the times every token was forgotten, so that a device read
+    /// before one is not remembered after it.
+    forgotten: u64,
     devices: HashMap<[u8; 32], Caller>,
 }
 
@@ -544,7 +547,7 @@ impl Relay {
     pub fn authenticate(&self, token: &str) -> Result<Caller> {
         let hash = sha256(token.as_bytes());
         let stamp = self.db.revocation_stamp();
-        {
+        let forgotten = {
             let mut known = lock(&self.tokens);
             if known.stamp != stamp {
                 known.devices.clear();
@@ -553,7 +556,8 @@ impl Relay {
             if let Some(caller) = known.devices.get(&hash) {
                 return Ok(caller.clone());
             }
-        }
+            known.forgotten
+        };
         let device = self
             .db
             .read(|c| Db::device_by_token(c, &hash))?
@@ -567,9 +571,9 @@ impl Relay {
             user_id: device.user_id.into(),
         };
         let mut known = lock(&self.tokens);
-        // Kept only under the stamp it was read after: a revocation noted
-        // meanwhile clears it at the next request.
-        if known.stamp == stamp {
+        // Kept only if nothing was revoked since it was read: a revocation
+        // noted or found meanwhile may not have been in that read.
+        if known.stamp == stamp && known.forgotten == forgotten {
             if known.devices.len() >= MAX_TOKENS {
                 known.devices.clear();
             }
@@ -581,7 +585,9 @@ impl Relay {
     /// Forget every token checked: a revocation reached the database by
     /// some other way than the admin command.
     fn forget_tokens(&self) {
-        lock(&self.tokens).devices.clear();
+        let mut known = lock(&self.tokens);
+        known.devices.clear();
+        known.forgotten += 1;
     }
 
     /// Has the caller's device been revoked since the feed's entry `seq`
