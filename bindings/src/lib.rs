@@ -80,18 +80,19 @@ impl TaskStore {
     }
 
     /// Redeem an invite from the practice admin, then fetch the team and
-    /// its tasks. `listener` hears how far that has come (`CatchingUp`) and
-    /// each page that landed (`DataChanged`): a clinic's long history can
-    /// take a while on a poor connection.
+    /// its tasks. `listener` hears how far that has come (`CatchingUp`),
+    /// each page that landed (`DataChanged`), then `Synced`: a clinic's
+    /// long history can take a while on a poor connection. If the signal
+    /// is lost on the way (`Offline`), calling this again fetches the rest.
     pub fn enrol(
         &self,
         relay_url: String,
         invite: String,
         listener: Arc<dyn SyncListener>,
     ) -> Result<Enrolment> {
-        let engine = self.engine()?;
-        let reply = engine.enrol(&relay_url, &invite)?;
-        engine.sync_now_telling(Arc::new(Forward(listener)))?;
+        let reply =
+            self.engine()?
+                .enrol_and_catch_up(&relay_url, &invite, Arc::new(Forward(listener)))?;
         Ok(Enrolment {
             team_id: reply.team,
             user_id: reply.user,

@@ -164,23 +164,26 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Cmd::Enrol { relay, invite } => {
             let engine = SyncEngine::new(store.clone()).map_err(e)?;
-            let who = engine.enrol(&relay, &invite).map_err(e)?;
             // A clinic's long history: say how far the first pull has come.
             struct Progress;
             impl SyncListener for Progress {
                 fn on_sync_event(&self, event: SyncEvent) {
-                    if let SyncEvent::CatchingUp { at, of } = event {
-                        eprintln!("catching up: {at} of {of}");
+                    match event {
+                        SyncEvent::CatchingUp { at, of } => eprintln!("catching up: {at} of {of}"),
+                        SyncEvent::Synced(r) => println!("pulled {} changes", r.pulled),
+                        _ => {}
                     }
                 }
             }
-            let report = engine.sync_now_telling(Arc::new(Progress)).map_err(e)?;
+            // Cut short (no signal), the same command fetches the rest.
+            let who = engine
+                .enrol_and_catch_up(&relay, &invite, Arc::new(Progress))
+                .map_err(e)?;
             println!(
-                "enrolled as {} ({}) in team {}; pulled {} changes",
+                "enrolled as {} ({}) in team {}",
                 who.user,
                 who.role.as_str(),
-                who.team,
-                report.pulled
+                who.team
             );
         }
         Cmd::Sync { live } => {

@@ -216,11 +216,56 @@ impl SyncEngine {
     }
 
     /// [`SyncEngine::sync_now`], telling `listener` of each page that
-    /// changed tasks and, far behind (a phone just enrolled into a clinic
-    /// with a long history), how far it has come.
+    /// changed tasks, and, far behind (a phone just enrolled into a clinic
+    /// with a long history), how far it has come; then `Synced`.
     pub fn sync_now_telling(&self, listener: Arc<dyn SyncListener>) -> Result<SyncReport> {
         let inner = self.inner.clone();
-        self.block_on(async move { inner.round_or_wipe(None, Some(&*listener)).await })?
+        let told = listener.clone();
+        let report =
+            self.block_on(async move { inner.round_or_wipe(None, Some(&*told)).await })??;
+        listener.on_sync_event(SyncEvent::Synced(report.clone()));
+        Ok(report)
+    }
+
+    /// Redeem an invite, then fetch the team and its tasks, telling
+    /// `listener` how far that has come. A first catch-up can be long and
+    /// is cut short by a lost signal: called again, this fetches the rest
+    /// (the relay bound this device already; the invite is not needed
+    /// again). `AlreadyEnrolled` once the phone has its team.
+    pub fn enrol_and_catch_up(
+        &self,
+        url: &str,
+        invite: &str,
+        listener: Arc<dyn SyncListener>,
+    ) -> Result<wire::EnrolReply> {
+        let store = &self.inner.store;
+        let resumed = match store.relay_settings()? {
+            Some(settings) if self.enrolled_role().is_none() => Some(settings),
+            _ => None,
+        };
+        let redeemed = match &resumed {
+            Some(_) => None,
+            None => Some(self.enrol(url, invite)?),
+        };
+        self.sync_now_telling(listener)?;
+        match (redeemed, resumed) {
+            (Some(reply), _) => Ok(reply),
+            (None, Some(settings)) => Ok(wire::EnrolReply {
+                token: settings.token,
+                team: settings.team,
+                user: store.user().ok_or(Error::NotEnrolled)?,
+                role: self.enrolled_role().ok_or(Error::NotEnrolled)?,
+            }),
+            (None, None) => Err(Error::NotEnrolled),
+        }
+    }
+
+    /// This device's user's role, once the team document naming them has
+    /// arrived.
+    fn enrolled_role(&self) -> Option<crate::model::Role> {
+        let store = &self.inner.store;
+        let user = store.user()?;
+        store.team()?.member(&user).map(|m| m.role)
     }
 
     /// Live sync in the background, reporting to `listener`.

@@ -59,14 +59,19 @@ public final class Handoff: ObservableObject {
     public func team() async throws -> Team? { try await off { $0.team() } }
 
     /// Redeem an invite, fetch the team and its tasks; `syncStatus` shows
-    /// how far that has come.
+    /// how far that has come. Cut short (`Offline`), call it again: it
+    /// fetches the rest.
     public func enrol(relayUrl: String, invite: String) async throws -> Enrolment {
+        defer { Task { try? await self.refresh() } }
         let listener = Listener(owner: self)
-        let enrolment = try await off {
-            try $0.enrol(relayUrl: relayUrl, invite: invite, listener: listener)
+        do {
+            return try await off {
+                try $0.enrol(relayUrl: relayUrl, invite: invite, listener: listener)
+            }
+        } catch HandoffError.Offline(let reason) {
+            syncStatus = .offline(reason: reason, retryInMs: 0)
+            throw HandoffError.Offline(reason: reason)
         }
-        try await refresh()
-        return enrolment
     }
 
     /// Re-read every list from the core.

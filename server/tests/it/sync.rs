@@ -14,6 +14,19 @@ impl SyncListener for Events {
     }
 }
 
+/// Everything live sync tells the app up to the end of its first round.
+fn first_live_round(phone: &Phone) -> Vec<SyncEvent> {
+    let events = Arc::new(Events(Mutex::new(Vec::new())));
+    let live = phone.engine.start(events.clone()).unwrap();
+    eventually(60, "a first round", || {
+        let heard = events.0.lock().unwrap();
+        heard.iter().any(|e| matches!(e, SyncEvent::Synced(_)))
+    });
+    live.stop();
+    let heard = events.0.lock().unwrap().clone();
+    heard
+}
+
 #[test]
 fn a_manager_an_assistant_and_the_front_desk_work_offline_then_converge() {
     let relay = Relay::start();
@@ -409,14 +422,7 @@ fn a_new_phone_far_behind_hears_how_far_it_has_come() {
     mia.engine
         .enrol(&relay.url, &relay.invite(&team, "mia", "manager"))
         .unwrap();
-    let events = Arc::new(Events(Mutex::new(Vec::new())));
-    let live = mia.engine.start(events.clone()).unwrap();
-    eventually(60, "the new phone is up to date", || {
-        let heard = events.0.lock().unwrap();
-        heard.iter().any(|e| matches!(e, SyncEvent::Synced(_)))
-    });
-    live.stop();
-    let heard = events.0.lock().unwrap().clone();
+    let heard = first_live_round(&mia);
     let progress: Vec<(u64, u64)> = heard
         .iter()
         .filter_map(|e| match e {
@@ -469,14 +475,7 @@ fn a_refusal_during_live_sync_tells_the_app_to_read_its_views_again() {
     lee.store
         .delegate(task_for("Handed out too late", Some("max"), None))
         .unwrap();
-    let events = Arc::new(Events(Mutex::new(Vec::new())));
-    let live = lee.engine.start(events.clone()).unwrap();
-    eventually(20, "a first round", || {
-        let heard = events.0.lock().unwrap();
-        heard.iter().any(|e| matches!(e, SyncEvent::Synced(_)))
-    });
-    live.stop();
-    let heard = events.0.lock().unwrap().clone();
+    let heard = first_live_round(&lee);
     let synced = heard
         .iter()
         .position(|e| matches!(e, SyncEvent::Synced(_)))
@@ -492,4 +491,53 @@ fn a_refusal_during_live_sync_tells_the_app_to_read_its_views_again() {
         "{heard:?}"
     );
     assert_eq!(lee.store.needs_attention().unwrap().len(), 1);
+}
+
+/// A new phone's first catch-up is cut short (the signal goes in the
+/// basement): enrolling again fetches the rest, where it used to refuse
+/// as "already enrolled" and leave the app with no way in.
+#[test]
+fn an_enrolment_cut_short_is_finished_by_enrolling_again() {
+    use crate::proxy::{Cut, Proxy};
+    let relay = Relay::start();
+    let (team, invite) = relay.create_team("Riverside Family Practice", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    for i in 0..10 {
+        max.store
+            .delegate(task_for(
+                &format!("Recall {i}"),
+                None,
+                Some(Role::FrontDesk),
+            ))
+            .unwrap();
+    }
+    max.sync();
+    let proxy = Proxy::to(&relay.url);
+    // The enrolment's reply gets through; the pull after it, on the same
+    // kept-alive connection, is cut mid-reply.
+    proxy.cut_next(&[Cut::Response(2_000)]);
+    let fay = Phone::new();
+    let invite = relay.invite(&team, "fay", "front_desk");
+    let heard = Arc::new(Events(Mutex::new(Vec::new())));
+    let cut = fay
+        .engine
+        .enrol_and_catch_up(&proxy.url, &invite, heard.clone());
+    assert!(matches!(cut, Err(Error::Offline(_))), "{cut:?}");
+    assert!(fay.store.relay_settings().unwrap().is_some());
+
+    let done = fay
+        .engine
+        .enrol_and_catch_up(&proxy.url, &invite, heard.clone())
+        .unwrap();
+    assert_eq!((done.user.as_str(), done.role), ("fay", Role::FrontDesk));
+    assert_eq!(fay.store.shared_pool().unwrap().len(), 10);
+    assert!(matches!(
+        heard.0.lock().unwrap().last(),
+        Some(SyncEvent::Synced(_))
+    ));
+    // Finished: enrolling once more is refused.
+    assert!(matches!(
+        fay.engine.enrol_and_catch_up(&proxy.url, &invite, heard),
+        Err(Error::AlreadyEnrolled)
+    ));
 }

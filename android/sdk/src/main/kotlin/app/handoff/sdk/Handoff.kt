@@ -105,9 +105,20 @@ class Handoff(
 
     suspend fun team(): Team? = withContext(io) { store.team() }
 
-    /** Redeem an invite, fetch the team and its tasks; [syncStatus] shows how far that has come. */
-    suspend fun enrol(relayUrl: String, invite: String): Enrolment =
-        withContext(io) { store.enrol(relayUrl, invite, listener) }.also { refresh() }
+    /**
+     * Redeem an invite, fetch the team and its tasks; [syncStatus] shows how far that has come.
+     * Cut short ([HandoffException.Offline]), call it again: it fetches the rest.
+     */
+    suspend fun enrol(relayUrl: String, invite: String): Enrolment {
+        try {
+            return withContext(io) { store.enrol(relayUrl, invite, listener) }
+        } catch (e: HandoffException.Offline) {
+            _sync.value = SyncStatus.Offline(e.reason, 0)
+            throw e
+        } finally {
+            refresh()
+        }
+    }
 
     /** Re-read every list from the core. */
     suspend fun refresh() {
