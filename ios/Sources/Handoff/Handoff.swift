@@ -36,6 +36,7 @@ public final class Handoff: ObservableObject {
 
     private let store: TaskStore
     private var live: SyncHandle?
+    private var refreshWaiting = false
 
     init(store: TaskStore) {
         self.store = store
@@ -154,8 +155,18 @@ public final class Handoff: ObservableObject {
         case .catchingUp(let at, let of): syncStatus = .catchingUp(at: at, of: of)
         case .dataChanged: break
         }
-        if case .dataChanged = event { Task { try? await refresh() } }
-        if case .revoked = event { Task { try? await refresh() } }
+        switch event {
+        case .dataChanged, .revoked:
+            // A long catch-up changes data page after page: one re-read
+            // waiting is enough for all the pages that land meanwhile.
+            guard !refreshWaiting else { break }
+            refreshWaiting = true
+            Task {
+                refreshWaiting = false
+                try? await refresh()
+            }
+        default: break
+        }
     }
 }
 

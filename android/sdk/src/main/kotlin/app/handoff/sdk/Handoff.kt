@@ -16,6 +16,7 @@ import app.handoff.ffi.TaskDetail
 import app.handoff.ffi.TaskStore
 import app.handoff.ffi.TaskSummary
 import app.handoff.ffi.Team
+import java.util.concurrent.atomic.AtomicBoolean
 import kotlinx.coroutines.CoroutineDispatcher
 import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.Dispatchers
@@ -194,11 +195,19 @@ class Handoff(
                 is SyncEvent.DataChanged -> _sync.value
             }
             // Called on the core's sync thread: hand the re-read to ours.
-            if (event is SyncEvent.DataChanged || event is SyncEvent.Revoked) {
-                scope.launch { refresh() }
+            // A long catch-up changes data page after page: one re-read
+            // waiting is enough for all the pages that land meanwhile.
+            if ((event is SyncEvent.DataChanged || event is SyncEvent.Revoked) &&
+                refreshWaiting.compareAndSet(false, true)
+            ) {
+                scope.launch {
+                    refreshWaiting.set(false)
+                    refresh()
+                }
             }
         }
     }
+    private val refreshWaiting = AtomicBoolean(false)
 
     /** Keep syncing while the app is open; [syncStatus] and [views] follow. */
     fun startLiveSync() {
