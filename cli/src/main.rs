@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
@@ -165,25 +166,28 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Enrol { relay, invite } => {
             let engine = SyncEngine::new(store.clone()).map_err(e)?;
             // A clinic's long history: say how far the first pull has come.
-            struct Progress;
+            #[derive(Default)]
+            struct Progress(std::sync::atomic::AtomicUsize);
             impl SyncListener for Progress {
                 fn on_sync_event(&self, event: SyncEvent) {
                     match event {
                         SyncEvent::CatchingUp { at, of } => eprintln!("catching up: {at} of {of}"),
-                        SyncEvent::Synced(r) => println!("pulled {} changes", r.pulled),
+                        SyncEvent::Synced(r) => self.0.store(r.pulled, Ordering::Relaxed),
                         _ => {}
                     }
                 }
             }
+            let progress = Arc::new(Progress::default());
             // Cut short (no signal), the same command fetches the rest.
             let who = engine
-                .enrol_and_catch_up(&relay, &invite, Arc::new(Progress))
+                .enrol_and_catch_up(&relay, &invite, progress.clone())
                 .map_err(e)?;
             println!(
-                "enrolled as {} ({}) in team {}",
+                "enrolled as {} ({}) in team {}; pulled {} changes",
                 who.user,
                 who.role.as_str(),
-                who.team
+                who.team,
+                progress.0.load(Ordering::Relaxed)
             );
         }
         Cmd::Sync { live } => {
