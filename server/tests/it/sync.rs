@@ -14,6 +14,24 @@ impl SyncListener for Events {
     }
 }
 
+/// A clinic whose manager has pooled `n` recall calls for the front desk,
+/// all on the relay.
+fn clinic_with_recalls(relay: &Relay, n: usize) -> (String, Phone) {
+    let (team, invite) = relay.create_team("Riverside Family Practice", "max");
+    let max = Phone::enrolled(relay, &invite);
+    for i in 0..n {
+        max.store
+            .delegate(task_for(
+                &format!("Recall {i}"),
+                None,
+                Some(Role::FrontDesk),
+            ))
+            .unwrap();
+    }
+    max.sync();
+    (team, max)
+}
+
 /// Everything live sync tells the app up to the end of its first round.
 fn first_live_round(phone: &Phone) -> Vec<SyncEvent> {
     let events = Arc::new(Events(Mutex::new(Vec::new())));
@@ -403,20 +421,9 @@ fn a_phone_on_other_rules_is_told_to_update_and_loses_nothing() {
 #[test]
 fn a_new_phone_far_behind_hears_how_far_it_has_come() {
     let relay = Relay::start();
-    let (team, invite) = relay.create_team("Riverside Family Practice", "max");
-    let max = Phone::enrolled(&relay, &invite);
     // Two and a half pull pages of tasks.
     let tasks = handoff_server::team_state::PAGE_CHANGES * 5 / 2;
-    for i in 0..tasks {
-        max.store
-            .delegate(task_for(
-                &format!("Recall {i}"),
-                None,
-                Some(Role::FrontDesk),
-            ))
-            .unwrap();
-    }
-    max.sync();
+    let (team, max) = clinic_with_recalls(&relay, tasks);
 
     let mia = Phone::new();
     mia.engine
@@ -500,18 +507,7 @@ fn a_refusal_during_live_sync_tells_the_app_to_read_its_views_again() {
 fn an_enrolment_cut_short_is_finished_by_enrolling_again() {
     use crate::proxy::{Cut, Proxy};
     let relay = Relay::start();
-    let (team, invite) = relay.create_team("Riverside Family Practice", "max");
-    let max = Phone::enrolled(&relay, &invite);
-    for i in 0..10 {
-        max.store
-            .delegate(task_for(
-                &format!("Recall {i}"),
-                None,
-                Some(Role::FrontDesk),
-            ))
-            .unwrap();
-    }
-    max.sync();
+    let (team, _max) = clinic_with_recalls(&relay, 10);
     let proxy = Proxy::to(&relay.url);
     // The enrolment's reply gets through; the pull after it, on the same
     // kept-alive connection, is cut mid-reply.
