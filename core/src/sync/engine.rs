@@ -239,25 +239,22 @@ impl SyncEngine {
         listener: Arc<dyn SyncListener>,
     ) -> Result<wire::EnrolReply> {
         let store = &self.inner.store;
-        let resumed = match store.relay_settings()? {
-            Some(settings) if self.enrolled_role().is_none() => Some(settings),
-            _ => None,
+        let bound_before = store
+            .relay_settings()?
+            .filter(|_| self.enrolled_role().is_none());
+        let Some(settings) = bound_before else {
+            let reply = self.enrol(url, invite)?;
+            self.sync_now_telling(listener)?;
+            return Ok(reply);
         };
-        let redeemed = match &resumed {
-            Some(_) => None,
-            None => Some(self.enrol(url, invite)?),
-        };
+        // Bound by an earlier call whose catch-up was cut short.
         self.sync_now_telling(listener)?;
-        match (redeemed, resumed) {
-            (Some(reply), _) => Ok(reply),
-            (None, Some(settings)) => Ok(wire::EnrolReply {
-                token: settings.token,
-                team: settings.team,
-                user: store.user().ok_or(Error::NotEnrolled)?,
-                role: self.enrolled_role().ok_or(Error::NotEnrolled)?,
-            }),
-            (None, None) => Err(Error::NotEnrolled),
-        }
+        Ok(wire::EnrolReply {
+            token: settings.token,
+            team: settings.team,
+            user: store.user().ok_or(Error::NotEnrolled)?,
+            role: self.enrolled_role().ok_or(Error::NotEnrolled)?,
+        })
     }
 
     /// This device's user's role, once the team document naming them has
