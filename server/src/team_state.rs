@@ -1044,3 +1044,174 @@ fn scrubbed_digest(e: &Event) -> [u8; 32] {
 fn digest_of(e: &Event) -> [u8; 32] {
     sha256(&serde_json::to_vec(e).unwrap_or_default())
 }
+
+/// The relay's rules on their own: a team state replayed from rows made
+/// here, a phone's real store making the changes, and no database,
+/// socket or thread of the relay's.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use handoff_core::team::TeamWriter;
+    use handoff_core::{
+        Category, DelegationLevel, Handoff, Member, NewTask, Priority, Role, Store, StoreOptions,
+    };
+
+    /// A clinic as the relay holds it: max (manager) and fay (front desk),
+    /// each with a phone whose actor the team document binds.
+    struct Clinic {
+        st: TeamState,
+        max: Store,
+        fay: Store,
+        _dir: tempfile::TempDir,
+    }
+
+    fn phone(dir: &tempfile::TempDir, name: &str) -> Store {
+        Store::open(
+            dir.path().join(format!("{name}.db")),
+            &[7; 32],
+            StoreOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn clinic() -> Clinic {
+        let dir = tempfile::tempdir().unwrap();
+        let (max, fay) = (phone(&dir, "max"), phone(&dir, "fay"));
+        let mut doc = AutoCommit::new().with_actor(ActorId::from(vec![1u8; 16]));
+        let mut w = TeamWriter(&mut doc);
+        w.init("Clinic").unwrap();
+        for (user, role, store) in [("max", Role::Manager, &max), ("fay", Role::FrontDesk, &fay)] {
+            w.member(&Member {
+                user_id: user.into(),
+                name: user.into(),
+                role,
+                trusted: false,
+                active: true,
+            })
+            .unwrap();
+            w.device(&handoff_core::Device {
+                actor: store.device_actor(),
+                user_id: user.into(),
+                revoked: false,
+            })
+            .unwrap();
+        }
+        doc.commit();
+        let change = doc.get_last_local_change().unwrap();
+        let row = FeedRow {
+            seq: 1,
+            doc_id: TEAM_DOC.into(),
+            hash: change.hash().0,
+            bytes: change.raw_bytes().to_vec(),
+            exits: Vec::new(),
+        };
+        for (user, store) in [("max", &max), ("fay", &fay)] {
+            store
+                .apply_remote(&[(TEAM_DOC.into(), row.bytes.clone())])
+                .unwrap();
+            store.set_enrolled_user(user).unwrap();
+        }
+        let mut replay = Replay::new(HashMap::new());
+        replay.entry(row);
+        let (st, superseded) = replay
+            .finish(ActorId::from(vec![1u8; 16]), Vec::new())
+            .unwrap();
+        assert!(superseded.is_empty());
+        Clinic {
+            st,
+            max,
+            fay,
+            _dir: dir,
+        }
+    }
+
+    fn caller(store: &Store, user: &str) -> Caller {
+        Caller {
+            actor: store.device_actor().into(),
+            team_id: "t".into(),
+            user_id: user.into(),
+        }
+    }
+
+    fn recall(assignee: Option<&str>, pool: Option<Role>) -> NewTask {
+        NewTask {
+            handoff: Handoff {
+                title: "Recall".into(),
+                outcome: "booked".into(),
+                why: "overdue check".into(),
+                due: None,
+                priority: Priority::Normal,
+                category: Category::Scheduling,
+                level: DelegationLevel::Delegable,
+                sop: None,
+                route_result_to: None,
+            },
+            patient: None,
+            assignee: assignee.map(Into::into),
+            pool,
+        }
+    }
+
+    /// Admit every change in `phone`'s outbox as the relay does, and take
+    /// the rows in as committed.
+    fn push(st: &mut TeamState, phone: &Store, who: &Caller) -> Vec<Result<bool, Verdict>> {
+        let mut verdicts = Vec::new();
+        let mut rows = Vec::new();
+        for c in phone.outbox(100).unwrap() {
+            let incoming = Incoming::decode(DocChange {
+                doc: c.doc_id,
+                bytes: c.bytes,
+            });
+            let verdict = st.admit(who, &incoming);
+            if let (Ok(true), Ok((change, _))) = (&verdict, &incoming.decoded) {
+                let actor = st.actor_key(&who.actor);
+                rows.push((st.next_row(incoming.doc.clone(), change), actor));
+            }
+            verdicts.push(verdict);
+        }
+        st.uncommitted -= rows.len() as u64;
+        st.record(&rows);
+        verdicts
+    }
+
+    #[test]
+    fn a_change_is_refused_when_another_device_pushes_it() {
+        let mut c = clinic();
+        c.max.delegate(recall(None, Some(Role::FrontDesk))).unwrap();
+        let verdicts = push(&mut c.st, &c.max, &caller(&c.fay, "fay"));
+        assert!(
+            matches!(
+                &verdicts[..],
+                [Err(Verdict::Refused {
+                    code: RefusalCode::ActorMismatch,
+                    ..
+                })]
+            ),
+            "{verdicts:?}"
+        );
+        assert_eq!(c.st.head(), 1, "nothing of it was taken in");
+    }
+
+    #[test]
+    fn the_front_desk_reads_the_pool_and_not_a_task_handed_to_someone_else() {
+        let mut c = clinic();
+        let pooled = c.max.delegate(recall(None, Some(Role::FrontDesk))).unwrap();
+        c.max.delegate(recall(Some("max"), None)).unwrap();
+        let max = caller(&c.max, "max");
+        let verdicts = push(&mut c.st, &c.max, &max);
+        assert!(
+            verdicts.iter().all(|v| matches!(v, Ok(true))),
+            "{verdicts:?}"
+        );
+        assert_eq!(c.st.head(), 3);
+
+        let (seqs, cursor, more) = c.st.visible_since(0, &caller(&c.fay, "fay"));
+        assert_eq!((cursor, more), (3, false));
+        let docs: Vec<String> = c.st.page(&seqs).iter().map(|e| e.doc.to_string()).collect();
+        assert_eq!(docs, [TEAM_DOC.to_owned(), doc_id_of(&pooled, 0)]);
+        // A device is not sent back what it wrote itself.
+        let (mine, _, _) = c.st.visible_since(1, &max);
+        assert!(mine.is_empty(), "{mine:?}");
+    }
+}
