@@ -51,16 +51,7 @@ fn a_device_of_one_team_reads_nothing_of_another() {
         .unwrap();
     let zoes = zoe.store.outbox(10).unwrap().remove(0);
     let verdicts = RawPush::to(&relay).verdicts(&token, vec![doc_change(&secret, zoes.bytes)]);
-    assert!(
-        matches!(
-            verdicts.as_slice(),
-            [Verdict::Refused {
-                code: RefusalCode::InvalidChange,
-                ..
-            }]
-        ),
-        "{verdicts:?}"
-    );
+    refused_as_invalid(&verdicts);
     max.sync();
     assert_eq!(max.store.task_ids().unwrap(), vec![secret.clone()]);
     assert_eq!(max.store.task_detail(&secret).unwrap().state, before);
@@ -702,16 +693,7 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
             0,
         )],
     );
-    assert!(
-        matches!(
-            &verdicts[..],
-            [Verdict::Refused {
-                code: RefusalCode::InvalidChange,
-                ..
-            }]
-        ),
-        "{verdicts:?}"
-    );
+    refused_as_invalid(&verdicts);
     // At most 16 new events in one change: each costs the relay a derivation.
     let comment = Action::Commented {
         text: "called".into(),
@@ -724,9 +706,14 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
             1,
         )],
     );
+    refused_as_invalid(&verdicts);
+}
+
+/// One change, refused as `invalid_change`.
+fn refused_as_invalid(verdicts: &[Verdict]) {
     assert!(
         matches!(
-            &verdicts[..],
+            verdicts,
             [Verdict::Refused {
                 code: RefusalCode::InvalidChange,
                 ..
