@@ -688,7 +688,9 @@ impl From<core::SyncReport> for SyncReport {
 pub enum SyncEvent {
     /// A round finished: the device is up to date with the relay.
     Synced { report: SyncReport },
-    /// Tasks changed because of other devices: re-read the views.
+    /// Tasks or the team changed because of other devices, or the relay
+    /// set one of this device's changes aside: re-read the views.
+    /// `tasks_updated` is 0 when only the team (names, roles, policy) changed.
     DataChanged { tasks_updated: u32 },
     /// Far behind (a new phone, or back after days away), the device pulls
     /// page after page: `at` of `of` entries so far (a progress bar).

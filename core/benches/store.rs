@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ObjType, ROOT};
@@ -339,6 +339,44 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // A team change on a phone holding the year: someone joins the team
+    // (the tasks waiting for a member or a device are derived again), or
+    // the manager sets a policy (none is). Each hire on a fresh copy, so
+    // the team stays the clinic's size.
+    let mut g = c.benchmark_group("team_change");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    let base = copy_of(&fx, "team-base.db");
+    drop(Store::open(&base, &KEY, opts(Durability::Normal)).unwrap()); // derived under these rules
+    g.bench_function("handoff_hire_a_member", |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                let s =
+                    Store::open(copy_of(&base, "team.db"), &KEY, opts(Durability::Normal)).unwrap();
+                let t = Instant::now();
+                s.put_member(&member("nia", Role::FrontDesk)).unwrap();
+                took += t.elapsed();
+            }
+            took
+        })
+    });
+    let s = Store::open(copy_of(&base, "team.db"), &KEY, opts(Durability::Normal)).unwrap();
+    let mut hours = 48;
+    g.bench_function("handoff_set_policy", |b| {
+        b.iter(|| {
+            hours = 96 - hours;
+            s.set_policy(&Policy {
+                follow_up_within_hours: hours,
+                ..Policy::default()
+            })
+            .unwrap()
+        })
+    });
+    g.finish();
+    drop(s);
 
     // Bytes on disk per task, against the same tasks as JSON.
     let s = Store::open(&cold, &KEY, opts(Durability::Full)).unwrap();

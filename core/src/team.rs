@@ -32,6 +32,21 @@ impl AsRefStr for automerge::ValueRef<'_> {
     }
 }
 
+/// How far a change of the team reaches into the tasks' derived state
+/// ([`Team::reach_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Roles, names, templates, policy, a member made inactive: no task
+    /// derives differently (what a role allows was judged at the door).
+    Nothing,
+    /// New members or devices: the tasks with an event refused because
+    /// its author, its device or the user it names was not known yet, and
+    /// tasks whose first event was (they have no state at all yet).
+    WaitingForTheTeam,
+    /// Every task.
+    Everything,
+}
+
 /// The team as every device derives it from the team document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Team {
@@ -67,6 +82,38 @@ impl Team {
     /// The user a device actor is enrolled for.
     pub fn device_user(&self, actor: &str) -> Option<&str> {
         self.devices.get(actor).map(|d| d.user_id.as_str())
+    }
+
+    /// Which tasks' derived state a change from `before` to `self` can
+    /// alter. Deriving a task reads the team only through two questions:
+    /// is this user a member, and which user does this device write for
+    /// ([`crate::derive`]). Members and devices are only ever added, so
+    /// an answer that was yes stays yes; a change that only adds can turn
+    /// a "no" into a "yes", which matters only to tasks where some event
+    /// was refused for that "no".
+    pub fn reach_from(&self, before: Option<&Team>) -> Reach {
+        let Some(before) = before else {
+            return Reach::Everything;
+        };
+        let lost_member = before
+            .members
+            .keys()
+            .any(|user| !self.members.contains_key(user));
+        let moved_device = before
+            .devices
+            .iter()
+            .any(|(actor, d)| self.device_user(actor) != Some(d.user_id.as_str()));
+        if lost_member || moved_device {
+            // Not something this app writes; a team rebuilt without a
+            // refused change can get here. Everything, to be safe.
+            Reach::Everything
+        } else if self.members.len() > before.members.len()
+            || self.devices.len() > before.devices.len()
+        {
+            Reach::WaitingForTheTeam
+        } else {
+            Reach::Nothing
+        }
     }
 
     /// Read the team from its document. Entries that do not parse are
@@ -203,5 +250,82 @@ impl TeamWriter<'_> {
     }
     pub fn role(&mut self, role: Role, p: &RolePermissions) -> Result<()> {
         self.put(ROLES, role.as_str(), p)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::Device;
+
+    fn member(id: &str, role: Role) -> Member {
+        Member {
+            user_id: id.into(),
+            name: id.into(),
+            role,
+            trusted: false,
+            active: true,
+        }
+    }
+
+    fn clinic() -> Team {
+        let mut t = Team::default();
+        for (id, role) in [("max", Role::Manager), ("ana", Role::ClinicalAssistant)] {
+            t.members.insert(id.into(), member(id, role));
+        }
+        t.devices.insert(
+            "aa01".into(),
+            Device {
+                actor: "aa01".into(),
+                user_id: "ana".into(),
+                revoked: false,
+            },
+        );
+        t
+    }
+
+    #[test]
+    fn what_a_change_of_the_team_can_alter_in_the_tasks() {
+        let before = clinic();
+        assert_eq!(before.reach_from(None), Reach::Everything);
+        assert_eq!(before.reach_from(Some(&before)), Reach::Nothing);
+
+        let mut changed = before.clone();
+        changed.policy.max_call_attempts = 9;
+        changed.name = "Riverside".into();
+        let ana = changed.members.get_mut("ana").unwrap();
+        ana.role = Role::FrontDesk;
+        ana.active = false;
+        changed.devices.get_mut("aa01").unwrap().revoked = true;
+        assert_eq!(changed.reach_from(Some(&before)), Reach::Nothing);
+
+        let mut hired = before.clone();
+        hired
+            .members
+            .insert("nia".into(), member("nia", Role::FrontDesk));
+        assert_eq!(hired.reach_from(Some(&before)), Reach::WaitingForTheTeam);
+        let mut enrolled = before.clone();
+        enrolled.devices.insert(
+            "bb02".into(),
+            Device {
+                actor: "bb02".into(),
+                user_id: "max".into(),
+                revoked: false,
+            },
+        );
+        assert_eq!(enrolled.reach_from(Some(&before)), Reach::WaitingForTheTeam);
+
+        // What this app never writes, but a team rebuilt without a refused
+        // change can show: a member or a device gone, a device moved.
+        let mut lost = before.clone();
+        lost.members.remove("ana");
+        assert_eq!(lost.reach_from(Some(&before)), Reach::Everything);
+        let mut moved = hired.clone();
+        moved.devices.get_mut("aa01").unwrap().user_id = "nia".into();
+        assert_eq!(moved.reach_from(Some(&before)), Reach::Everything);
+        let mut unplugged = before.clone();
+        unplugged.devices.clear();
+        assert_eq!(unplugged.reach_from(Some(&before)), Reach::Everything);
     }
 }

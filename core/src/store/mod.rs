@@ -33,7 +33,7 @@ use crate::model::{
     TaskId, Timestamp, UserId, DAY_MS,
 };
 use crate::task_doc::{self, Shape};
-use crate::team::{Team, TeamWriter};
+use crate::team::{Reach, Team, TeamWriter};
 
 pub use docs::{COMPACT_AFTER, TEAM_DOC};
 pub use enrolment::RelaySettings;
@@ -110,6 +110,10 @@ pub struct MergeReport {
     /// generation (a redaction): dropped, the relay carries their events.
     pub retired: usize,
     pub tasks_updated: usize,
+    /// The team document changed (members, roles, templates, policy): the
+    /// views read it, so they may show something new even when no task
+    /// was derived again.
+    pub team_changed: bool,
     /// Documents still missing some changes their new changes build on
     /// (they just became visible to this device): ask the relay to repair.
     pub incomplete: Vec<String>,
@@ -383,7 +387,7 @@ impl Store {
     pub fn put_member(&self, member: &Member) -> Result<()> {
         check_id("user id", &member.user_id)?;
         check_text("name", &member.name, 200)?;
-        self.write_team(true, |w| w.member(member))
+        self.write_team(|w| w.member(member))
     }
 
     /// Bind a device's actor id to a user: what the relay does at enrolment,
@@ -392,7 +396,7 @@ impl Store {
     /// change to the team's devices, and writes the revocation itself.
     pub fn register_device(&self, actor_hex: &str, user: &str) -> Result<()> {
         check_actor(actor_hex)?;
-        self.write_team(true, |w| {
+        self.write_team(|w| {
             w.device(&Device {
                 actor: actor_hex.to_ascii_lowercase(),
                 user_id: user.into(),
@@ -407,7 +411,7 @@ impl Store {
         for item in sop.checklist.iter().chain(&sop.questions) {
             check_text("template item", item, 1000)?;
         }
-        self.write_team(false, |w| w.sop(sop))
+        self.write_team(|w| w.sop(sop))
     }
 
     pub fn set_policy(&self, policy: &Policy) -> Result<()> {
@@ -416,23 +420,19 @@ impl Store {
                 "max call attempts must be at least 1".into(),
             ));
         }
-        self.write_team(false, |w| w.policy(policy))
+        self.write_team(|w| w.policy(policy))
     }
 
     pub fn set_role_permissions(&self, role: Role, perms: &RolePermissions) -> Result<()> {
         // What a role allows is judged at the door, not in the fold (see
         // `access::may_act`): no task derives differently.
-        self.write_team(false, |w| w.role(role, perms))
+        self.write_team(|w| w.role(role, perms))
     }
 
     /// One change to the team document, by a member who may manage the team.
-    /// `affects_tasks`: re-derive every task (who is a member, and which
-    /// device writes for whom, feed the rules).
-    fn write_team(
-        &self,
-        affects_tasks: bool,
-        edit: impl FnOnce(&mut TeamWriter<'_>) -> Result<()>,
-    ) -> Result<()> {
+    /// The tasks it can change (see [`Team::reach_from`]) are derived again
+    /// in the same transaction.
+    fn write_team(&self, edit: impl FnOnce(&mut TeamWriter<'_>) -> Result<()>) -> Result<()> {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         let user = st.user.clone().ok_or(Error::NotEnrolled)?;
@@ -453,9 +453,8 @@ impl Store {
             docs::commit_local(&tx, TEAM_DOC, &mut doc, st.clock.now())?;
             docs::maybe_compact(&tx, TEAM_DOC, &mut doc)?;
             let team = Team::read(&doc);
-            if affects_tasks {
-                reindex_all(&tx, st, &team)?;
-            }
+            let before = st.team.clone();
+            rederive_for_team(&tx, st, before.as_ref(), &team)?;
             tx.commit()?;
             Ok(team)
         })();
@@ -710,6 +709,7 @@ impl Store {
         let result = (|| {
             let tx = conn.unchecked_transaction()?;
             let mut touched = BTreeSet::new();
+            let team_before = st.team.clone();
             let mut team_changed = false;
             for (doc_id, changes) in by_doc {
                 if doc_id != TEAM_DOC && superseded(&tx, doc_id)? {
@@ -791,11 +791,14 @@ impl Store {
             }
             let team = st.team.clone().unwrap_or_default();
             if team_changed {
-                report.tasks_updated = reindex_all(&tx, st, &team)?;
-            } else {
-                for doc_id in touched {
+                report.team_changed = true;
+                for doc_id in tasks_the_team_reaches(&tx, team_before.as_ref(), &team)? {
+                    touched.remove(&doc_id);
                     report.tasks_updated += usize::from(reindex_doc(&tx, st, &team, &doc_id)?);
                 }
+            }
+            for doc_id in touched {
+                report.tasks_updated += usize::from(reindex_doc(&tx, st, &team, &doc_id)?);
             }
             tx.commit()?;
             Ok(())
@@ -1243,7 +1246,8 @@ fn set_aside_team(conn: &Connection, st: &mut State, refused: &Change) -> Result
     // Not cached: reloaded from the database, which also holds changes
     // still waiting for their dependencies.
     let team = Team::read(&rebuilt);
-    reindex_all(conn, st, &team)?;
+    let before = st.team.clone();
+    rederive_for_team(conn, st, before.as_ref(), &team)?;
     st.set_team(Some(team));
     Ok(())
 }
@@ -1279,18 +1283,61 @@ fn retire(conn: &Connection, doc_id: &str) -> Result<()> {
     docs::delete_document(conn, doc_id)
 }
 
-fn reindex_all(conn: &Connection, st: &mut State, team: &Team) -> Result<usize> {
-    let ids: Vec<String> = conn
-        .prepare(
-            "SELECT doc_id FROM documents WHERE kind = 'task' ORDER BY generation DESC, doc_id",
-        )?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+/// Derive again, after the team changed from `before` to `team`, the tasks
+/// that change can alter: usually none or a few, not all 10,000 of a
+/// year's clinic (seconds on a phone, with every write waiting).
+fn rederive_for_team(
+    conn: &Connection,
+    st: &mut State,
+    before: Option<&Team>,
+    team: &Team,
+) -> Result<usize> {
     let mut n = 0;
-    for id in ids {
+    for id in tasks_the_team_reaches(conn, before, team)? {
         n += usize::from(reindex_doc(conn, st, team, &id)?);
     }
     Ok(n)
+}
+
+/// The task documents whose derived state the team's change from `before`
+/// to `team` can alter ([`Team::reach_from`]), newest generations first.
+fn tasks_the_team_reaches(
+    conn: &Connection,
+    before: Option<&Team>,
+    team: &Team,
+) -> Result<Vec<String>> {
+    let (filter, codes) = match team.reach_from(before) {
+        Reach::Nothing => return Ok(Vec::new()),
+        Reach::Everything => ("", Vec::new()),
+        // Refused for want of a member or a device, or with no state at
+        // all (its first event was refused, or has not arrived).
+        Reach::WaitingForTheTeam => (
+            "AND (NOT EXISTS (SELECT 1 FROM tasks t WHERE t.doc_id = d.doc_id)
+                  OR d.task_id IN (SELECT task_id FROM attention WHERE code IN (?1, ?2)))",
+            vec![
+                Refusal::NotAMember {
+                    user: String::new(),
+                }
+                .code(),
+                Refusal::DeviceNotEnrolled {
+                    user: String::new(),
+                }
+                .code(),
+            ],
+        ),
+    };
+    let ids = conn
+        .prepare(&format!(
+            "SELECT d.doc_id FROM documents d WHERE d.kind = 'task' {filter}
+             ORDER BY d.generation DESC, d.doc_id"
+        ))?
+        .query_map(rusqlite::params_from_iter(codes), |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
+fn reindex_all(conn: &Connection, st: &mut State, team: &Team) -> Result<usize> {
+    rederive_for_team(conn, st, None, team)
 }
 
 /// Copy the whole WAL back into the store file and empty it. The store's

@@ -45,9 +45,10 @@ pub struct SyncReport {
 pub enum SyncEvent {
     /// A round finished; the device is up to date with the relay.
     Synced(SyncReport),
-    /// Tasks changed because of other devices, or because the relay
-    /// refused this device's own change (set aside, in "needs attention"):
-    /// views are worth re-reading. Sent after each page a long catch-up
+    /// Tasks or the team (names, roles, policy) changed because of other
+    /// devices, or the relay refused this device's own change (set aside,
+    /// in "needs attention"): views are worth re-reading. `tasks_updated`
+    /// may be 0 when only the team changed. Sent after each page a long catch-up
     /// applies, so views fill in as it goes.
     DataChanged { tasks_updated: usize },
     /// The device is far behind (new, or back after days away) and pulls
@@ -442,6 +443,7 @@ impl Inner {
             let _exchange = self.exchange.lock().await;
             self.still_enrolled(&relay)?;
             let updated_before = report.tasks_updated;
+            let mut team_changed = false;
             if !reply.changes.is_empty() {
                 let changes: Vec<(String, Vec<u8>)> = reply
                     .changes
@@ -451,6 +453,7 @@ impl Inner {
                 let merged = self.store.apply_remote(&changes)?;
                 report.pulled += merged.applied;
                 report.tasks_updated += merged.tasks_updated;
+                team_changed = merged.team_changed;
                 for doc in merged.incomplete {
                     match self.repair(&relay, &doc).await {
                         Ok(repaired) => {
@@ -470,7 +473,8 @@ impl Inner {
             }
             if let Some(listener) = listener {
                 let tasks_updated = report.tasks_updated - updated_before;
-                if tasks_updated > 0 {
+                // The views also read the team (names, roles, policy).
+                if tasks_updated > 0 || team_changed {
                     listener.on_sync_event(SyncEvent::DataChanged { tasks_updated });
                 }
                 // The length is the relay's word: never shown below the cursor.

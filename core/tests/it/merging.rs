@@ -143,6 +143,116 @@ fn a_task_arriving_before_the_team_knows_its_author_is_fixed_when_the_team_catch
     c.at("fay").apply_remote(&outbox(c.at("max"))).unwrap();
     let s = c.at("fay").task_detail(&t).unwrap().state;
     assert_eq!(s.assignee.as_deref(), Some("fred"));
+    // The views read the index, which moved with the team too.
+    assert!(c.at("fay").pool_of(Role::FrontDesk).unwrap().is_empty());
+    let queue = c.at("fay").queue_of("fred").unwrap();
+    assert_eq!(
+        [queue.overdue, queue.today, queue.upcoming].concat()[0].task_id,
+        t
+    );
+}
+
+#[test]
+fn a_task_made_on_a_phone_the_team_has_not_heard_of_appears_when_the_team_catches_up() {
+    let c = Clinic::with(&["max", "ana", "fay"]);
+    // Dr. Lee's new phone, enrolled on max's device; ana does not know it yet.
+    let dir = tempfile::tempdir().unwrap();
+    let lee = Store::open(dir.path().join("lee.db"), &KEY, options(&c.clock)).unwrap();
+    c.at("max")
+        .register_device(&lee.device_actor(), "lee")
+        .unwrap();
+    lee.set_enrolled_user("lee").unwrap();
+    lee.apply_remote(&outbox(c.at("max"))).unwrap();
+    let t = lee
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.at("ana").apply_remote(&outbox(&lee)).unwrap();
+    assert!(
+        !c.at("ana").task_ids().unwrap().contains(&t),
+        "a task from a device the team has not enrolled does not count yet"
+    );
+    let report = c.at("ana").apply_remote(&outbox(c.at("max"))).unwrap();
+    assert!(report.team_changed);
+    assert_eq!(
+        report.tasks_updated, 1,
+        "the waiting task, and nothing else"
+    );
+    assert_eq!(
+        c.at("ana").task_detail(&t).unwrap().state,
+        lee.task_detail(&t).unwrap().state
+    );
+    let queue = c.at("ana").queue_of("ana").unwrap();
+    assert_eq!(
+        [queue.overdue, queue.today, queue.upcoming].concat().len(),
+        1
+    );
+}
+
+/// A team's change is derived into the tasks it can alter, not into every
+/// task: on a phone holding a year of a clinic's work, deriving them all
+/// took seconds while every write waited.
+#[test]
+fn a_change_of_the_team_derives_again_only_the_tasks_it_can_alter() {
+    let c = Clinic::with(&["max", "ana"]);
+    for _ in 0..3 {
+        c.handed_to("ana");
+    }
+    // nia does not exist yet on ana's phone when max hands her a task.
+    c.at("max")
+        .put_member(&Member {
+            user_id: "nia".into(),
+            name: "Nia Park".into(),
+            role: Role::ClinicalAssistant,
+            trusted: false,
+            active: true,
+        })
+        .unwrap();
+    let for_nia = c
+        .at("max")
+        .delegate(task_for("nia", DelegationLevel::Delegable))
+        .unwrap();
+    let changes = outbox(c.at("max"));
+    let (team, tasks): (Vec<_>, Vec<_>) = changes
+        .into_iter()
+        .partition(|(doc, _)| !c.at("max").task_ids().unwrap().contains(doc));
+    c.at("ana").apply_remote(&tasks).unwrap();
+    assert!(!c.at("ana").task_ids().unwrap().contains(&for_nia));
+
+    let report = c.at("ana").apply_remote(&team).unwrap();
+    assert!(report.team_changed);
+    assert_eq!(report.tasks_updated, 1, "only nia's task waited for her");
+    assert_eq!(
+        c.at("ana").task_detail(&for_nia).unwrap().state,
+        c.at("max").task_detail(&for_nia).unwrap().state
+    );
+    assert_eq!(
+        c.at("ana").queue_of("nia").unwrap(),
+        c.at("max").queue_of("nia").unwrap()
+    );
+
+    // A new policy and a role changed: no task derives differently.
+    c.at("max")
+        .set_policy(&Policy {
+            max_call_attempts: 5,
+            ..Policy::default()
+        })
+        .unwrap();
+    c.at("max")
+        .put_member(&Member {
+            user_id: "nia".into(),
+            name: "Nia Park".into(),
+            role: Role::FrontDesk,
+            trusted: false,
+            active: true,
+        })
+        .unwrap();
+    let report = c.at("ana").apply_remote(&outbox(c.at("max"))).unwrap();
+    assert!(
+        report.team_changed,
+        "the views read the team: worth re-reading"
+    );
+    assert_eq!(report.tasks_updated, 0);
+    assert_eq!(c.at("ana").team(), c.at("max").team());
 }
 
 /// The relay takes a task document's changes only in two shapes (a first

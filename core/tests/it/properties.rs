@@ -2,7 +2,9 @@
 //! changes in any order with duplicates, end with the same state and views.
 //! The manager also changes staff's roles meanwhile: what a role allows is
 //! judged when an event is written, so no replica derives differently for
-//! having heard of a role change earlier or later.
+//! having heard of a role change earlier or later. He may also hire
+//! someone, whom replicas that have not heard of her yet refuse to hand
+//! work to: when they hear, they derive those tasks again.
 
 use std::sync::OnceLock;
 
@@ -12,6 +14,10 @@ use proptest::prelude::*;
 use crate::clinic::*;
 
 const USERS: [&str; 5] = ["max", "lee", "ana", "fay", "fred"];
+/// Who work may be handed to: the users above, and nia, whom the manager
+/// may hire during the partition. Replicas that have not heard of her yet
+/// refuse what names her, until the team's change reaches them.
+const ASSIGNEES: [&str; 6] = ["max", "lee", "ana", "fay", "fred", "nia"];
 
 /// Team set up once; each case starts from copies of these files.
 fn template() -> &'static tempfile::TempDir {
@@ -56,6 +62,8 @@ enum Op {
         who: usize,
         role: Role,
     },
+    /// The manager adds nia to the team.
+    Hire,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -66,9 +74,9 @@ fn op() -> impl Strategy<Value = Op> {
         Just(CallOutcome::Busy),
     ];
     prop_oneof![
-        3 => (proptest::option::of(0..5usize), proptest::bool::weighted(0.2))
+        3 => (proptest::option::of(0..6usize), proptest::bool::weighted(0.2))
             .prop_map(|(assignee, clinician_only)| Op::Delegate { assignee, clinician_only }),
-        1 => (0..5usize).prop_map(|to| Op::Assign { to }),
+        1 => (0..6usize).prop_map(|to| Op::Assign { to }),
         2 => Just(Op::Claim),
         1 => Just(Op::Acknowledge),
         1 => Just(Op::Start),
@@ -92,6 +100,7 @@ fn op() -> impl Strategy<Value = Op> {
             ]
         )
             .prop_map(|(who, role)| Op::SetRole { who, role }),
+        1 => Just(Op::Hire),
     ]
 }
 
@@ -125,7 +134,7 @@ fn run_case(replicas: usize, steps: &[(usize, usize, Op)], delivery_seed: u64) {
                     DelegationLevel::Delegable
                 };
                 let new = match assignee {
-                    Some(a) => task_for(USERS[*a], level),
+                    Some(a) => task_for(ASSIGNEES[*a], level),
                     None => NewTask {
                         handoff: handoff("Pooled", level),
                         ..pooled(Role::FrontDesk)
@@ -136,7 +145,7 @@ fn run_case(replicas: usize, steps: &[(usize, usize, Op)], delivery_seed: u64) {
                 }
                 continue;
             }
-            Op::Assign { to } => s.assign(&task, USERS[*to]),
+            Op::Assign { to } => s.assign(&task, ASSIGNEES[*to]),
             Op::Claim => s.claim(&task),
             Op::Acknowledge => s.acknowledge(&task, "ok"),
             Op::Start => s.start(&task),
@@ -165,6 +174,18 @@ fn run_case(replicas: usize, steps: &[(usize, usize, Op)], delivery_seed: u64) {
                         name: name.into(),
                         role: *role,
                         trusted,
+                        active: true,
+                    })
+                    .unwrap();
+                continue;
+            }
+            Op::Hire => {
+                stores[0]
+                    .put_member(&Member {
+                        user_id: "nia".into(),
+                        name: "Nia Park".into(),
+                        role: Role::ClinicalAssistant,
+                        trusted: false,
                         active: true,
                     })
                     .unwrap();
@@ -220,6 +241,7 @@ fn run_case(replicas: usize, steps: &[(usize, usize, Op)], delivery_seed: u64) {
                 shared(first.task_detail(t).unwrap())
             );
         }
+        assert_eq!(s.queue_of("nia").unwrap(), first.queue_of("nia").unwrap());
         for u in &USERS[..replicas] {
             assert_eq!(s.queue_of(u).unwrap(), first.queue_of(u).unwrap());
             assert_eq!(s.attention_of(u).unwrap(), first.attention_of(u).unwrap());

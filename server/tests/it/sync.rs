@@ -500,6 +500,35 @@ fn a_refusal_during_live_sync_tells_the_app_to_read_its_views_again() {
     assert_eq!(lee.store.needs_attention().unwrap().len(), 1);
 }
 
+/// A change of the team alone (a new policy) alters no task, yet the views
+/// read it (KPIs count calls against the policy's window): a live phone is
+/// told to read them again.
+#[test]
+fn a_new_policy_tells_a_live_phone_to_read_its_views_again() {
+    let relay = Relay::start();
+    let (_, max, lee) = manager_and(&relay, "lee", "clinician");
+    max.store
+        .delegate(task_for("Post-op call", Some("lee"), None))
+        .unwrap();
+    max.sync();
+    lee.sync();
+    max.store
+        .set_policy(&Policy {
+            follow_up_within_hours: 24,
+            ..Policy::default()
+        })
+        .unwrap();
+    max.sync();
+    let heard = first_live_round(&lee);
+    assert!(
+        heard
+            .iter()
+            .any(|e| matches!(e, SyncEvent::DataChanged { tasks_updated: 0 })),
+        "{heard:?}"
+    );
+    assert_eq!(lee.store.team().unwrap().policy.follow_up_within_hours, 24);
+}
+
 /// A new phone's first catch-up is cut short (the signal goes in the
 /// basement): enrolling again fetches the rest, where it used to refuse
 /// as "already enrolled" and leave the app with no way in.
