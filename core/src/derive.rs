@@ -130,6 +130,16 @@ impl Refusal {
             .and_then(|v| v.get("code").and_then(|c| c.as_str().map(str::to_owned)))
             .unwrap_or_else(|| "unknown".into())
     }
+
+    /// Refused for want of a member or a device the team has not added
+    /// yet: a team change that adds one can make the event take effect
+    /// ([`crate::team::Team::reach_from`]).
+    pub fn awaits_team(&self) -> bool {
+        matches!(
+            self,
+            Refusal::NotAMember { .. } | Refusal::DeviceNotEnrolled { .. }
+        )
+    }
 }
 
 /// What became of one event.

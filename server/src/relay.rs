@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use handoff_core::store::TEAM_DOC;
 use handoff_core::sync::wire::{RefusalCode, Verdict};
-use handoff_core::team::TeamWriter;
+use handoff_core::team::{Reach, TeamWriter};
 use handoff_core::{is_valid_id, Device, Member, Role};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -848,11 +848,12 @@ fn enrol_device(
     };
     // The team as Team::read would now read it, without re-reading every
     // entry: a new device cannot have written anything yet, so only a
-    // new member can change what earlier events derive to.
+    // new member can change what earlier events derive to, and only where
+    // they waited for one.
     st.team.devices.insert(actor, device);
     if let Some(m) = member {
         st.team.members.insert(m.user_id.clone(), m);
-        st.rederive_all();
+        st.rederive(Reach::WaitingForTheTeam);
     }
     let relay_actor = st.team_doc.get_actor().to_hex_string();
     let relay_actor = st.actor_key(&relay_actor);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use handoff_core::access::{losing_sight, may_act, may_change_team, may_read_task};
-use handoff_core::derive::{derive_outcomes, TaskState};
+use handoff_core::derive::{derive_outcomes, Refusal, TaskState};
 use handoff_core::event::{Event, EventId};
 use handoff_core::is_valid_id;
 use handoff_core::store::TEAM_DOC;
@@ -17,7 +17,7 @@ use handoff_core::sync::wire::{self, DocChange, RefusalCode, Verdict, MAX_CHANGE
 use handoff_core::task_doc::{
     self, doc_id_of, events_in_change, read_change, split_doc_id, ChangeRead, Shape,
 };
-use handoff_core::team::{self, Team};
+use handoff_core::team::{self, Reach, Team};
 use tokio::sync::watch;
 
 use crate::db::{FeedRow, RetiredDoc};
@@ -37,6 +37,10 @@ const RECENT_BYTES: usize = 4 * 1024 * 1024;
 struct DocEntry {
     events: Vec<Event>,
     state: Option<TaskState>,
+    /// Some event waits for a member or a device the team has not added
+    /// yet, or the task has no state: a team change that adds one derives
+    /// it again ([`Reach::WaitingForTheTeam`]).
+    awaits_team: bool,
     /// The lists its layouts made for events: every later change may only
     /// append to one of them (`task_doc::Shape`). One, but for a redacted
     /// generation laid out by two delegators at the same time.
@@ -58,6 +62,7 @@ impl DocEntry {
         DocEntry {
             events: Vec::new(),
             state: None,
+            awaits_team: true,
             events_lists: Vec::new(),
             seqs: HashMap::new(),
             exits: Vec::new(),
@@ -311,9 +316,17 @@ impl TeamState {
             .clone()
     }
 
-    pub(crate) fn rederive_all(&mut self) {
+    /// Derive again the tasks a change of the team reaches.
+    pub(crate) fn rederive(&mut self, reach: Reach) {
         for (doc, entry) in &mut self.docs {
-            entry.state = derive(doc, &entry.events, &self.team);
+            let again = match reach {
+                Reach::Nothing => false,
+                Reach::WaitingForTheTeam => entry.awaits_team,
+                Reach::Everything => true,
+            };
+            if again {
+                (entry.state, entry.awaits_team) = derive_entry(doc, &entry.events, &self.team);
+            }
         }
     }
 
@@ -558,9 +571,10 @@ impl TeamState {
                     "only the relay enrols devices",
                 ));
             }
+            let reach = team.reach_from(Some(&self.team));
             self.team_doc = doc;
             self.team = team;
-            self.rederive_all();
+            self.rederive(reach);
         } else {
             // After its first change, a task document only grows by events
             // appended to the list that change made; nothing but a first
@@ -700,7 +714,7 @@ impl TeamState {
             let mut entry = self.docs.remove(&key).unwrap_or_else(DocEntry::new);
             let before = entry.events.len();
             entry.events.extend(new_events.iter().cloned());
-            let state = derive(&change.doc, &entry.events, &self.team);
+            let (state, awaits_team) = derive_entry(&change.doc, &entry.events, &self.team);
             let retiring = match redaction {
                 Some(_) => self.retirement(&key, &entry.events, c).map(Some),
                 None => Ok(None),
@@ -722,6 +736,7 @@ impl TeamState {
                 _ => Vec::new(),
             };
             entry.state = state;
+            entry.awaits_team = awaits_team;
             entry.laid_out(&read.shape);
             entry.count(device, c.seq());
             self.docs.insert(key, entry);
@@ -869,7 +884,7 @@ impl TeamState {
         if let Some(entry) = self.docs.get_mut(&key) {
             entry.count(relay, c.seq());
             entry.events.extend(events_in_change(c));
-            entry.state = derive(doc, &entry.events, team);
+            (entry.state, entry.awaits_team) = derive_entry(doc, &entry.events, team);
         }
     }
 
@@ -920,6 +935,17 @@ fn moved(before: &TaskState, after: Option<&TaskState>) -> bool {
 /// it takes in).
 fn derive(doc: &str, events: &[Event], team: &Team) -> Option<TaskState> {
     derive_outcomes(doc, events, team).0
+}
+
+/// [`derive`], and whether the task waits for the team to grow
+/// ([`DocEntry::awaits_team`]).
+fn derive_entry(doc: &str, events: &[Event], team: &Team) -> (Option<TaskState>, bool) {
+    let (state, outcomes) = derive_outcomes(doc, events, team);
+    let awaits = state.is_none()
+        || outcomes
+            .iter()
+            .any(|(_, o)| o.refusal().is_some_and(Refusal::awaits_team));
+    (state, awaits)
 }
 
 /// The positions in `events` of the events `new` build on, transitively,
@@ -1017,7 +1043,7 @@ impl Replay {
         st.team_doc.apply_changes(team_changes)?;
         st.team_doc.set_actor(relay_actor);
         st.team = Team::read(&st.team_doc);
-        st.rederive_all();
+        st.rederive(Reach::Everything);
         for (doc, user, seq) in exits {
             if let Some(entry) = st.docs.get_mut(doc.as_str()) {
                 entry.lost_sight(vec![user], seq);
@@ -1061,6 +1087,8 @@ mod tests {
     /// each with a phone whose actor the team document binds.
     struct Clinic {
         st: TeamState,
+        /// The feed's first row: the team as the relay created it.
+        team_row: FeedRow,
         max: Store,
         fay: Store,
         _dir: tempfile::TempDir,
@@ -1113,13 +1141,14 @@ mod tests {
             store.set_enrolled_user(user).unwrap();
         }
         let mut replay = Replay::new(HashMap::new());
-        replay.entry(row);
+        replay.entry(row.clone());
         let (st, superseded) = replay
             .finish(ActorId::from(vec![1u8; 16]), Vec::new())
             .unwrap();
         assert!(superseded.is_empty());
         Clinic {
             st,
+            team_row: row,
             max,
             fay,
             _dir: dir,
@@ -1156,9 +1185,22 @@ mod tests {
     /// Admit every change in `phone`'s outbox as the relay does, and take
     /// the rows in as committed.
     fn push(st: &mut TeamState, phone: &Store, who: &Caller) -> Vec<Result<bool, Verdict>> {
+        push_where(st, phone, who, |_| true)
+    }
+
+    /// [`push`], only the changes to the documents `doc` picks.
+    fn push_where(
+        st: &mut TeamState,
+        phone: &Store,
+        who: &Caller,
+        doc: impl Fn(&str) -> bool,
+    ) -> Vec<Result<bool, Verdict>> {
         let mut verdicts = Vec::new();
         let mut rows = Vec::new();
         for c in phone.outbox(100).unwrap() {
+            if !doc(&c.doc_id) {
+                continue;
+            }
             let incoming = Incoming::decode(DocChange {
                 doc: c.doc_id,
                 bytes: c.bytes,
@@ -1213,5 +1255,57 @@ mod tests {
         // A device is not sent back what it wrote itself.
         let (mine, _, _) = c.st.visible_since(1, &max);
         assert!(mine.is_empty(), "{mine:?}");
+    }
+
+    /// A feed stored before the relay judged changes at the door can hold
+    /// a task handed to someone the team did not have yet (every change
+    /// the door takes names members it knows). It waits; the team change
+    /// that adds her derives it again.
+    #[test]
+    fn a_task_waiting_for_a_new_member_is_derived_again_when_the_team_adds_her() {
+        let c = clinic();
+        let max = caller(&c.max, "max");
+        c.max
+            .put_member(&Member {
+                user_id: "nia".into(),
+                name: "nia".into(),
+                role: Role::ClinicalAssistant,
+                trusted: false,
+                active: true,
+            })
+            .unwrap();
+        let for_nia = c.max.delegate(recall(Some("nia"), None)).unwrap();
+        let settled = c.max.delegate(recall(None, Some(Role::FrontDesk))).unwrap();
+        // The feed as an older relay stored it: the tasks, not the hire.
+        let mut replay = Replay::new(HashMap::new());
+        replay.entry(c.team_row.clone());
+        for (seq, change) in c.max.outbox(100).unwrap().into_iter().enumerate() {
+            if change.doc_id != TEAM_DOC {
+                let decoded = Change::from_bytes(change.bytes.clone()).unwrap();
+                replay.entry(FeedRow {
+                    seq: seq as u64 + 1,
+                    doc_id: change.doc_id,
+                    hash: decoded.hash().0,
+                    bytes: change.bytes,
+                    exits: Vec::new(),
+                });
+            }
+        }
+        let (mut st, _) = replay
+            .finish(ActorId::from(vec![1u8; 16]), Vec::new())
+            .unwrap();
+        let entry = |st: &TeamState, task: &str| {
+            let e = &st.docs[doc_id_of(task, 0).as_str()];
+            (e.state.clone(), e.awaits_team)
+        };
+        assert_eq!(entry(&st, &for_nia), (None, true));
+        assert!(!entry(&st, &settled).1);
+
+        let verdicts = push_where(&mut st, &c.max, &max, |doc| doc == TEAM_DOC);
+        assert_eq!(verdicts, [Ok(true)]);
+        assert!(st.team.member("nia").is_some());
+        let (state, awaits) = entry(&st, &for_nia);
+        assert_eq!(state.unwrap().assignee.as_deref(), Some("nia"));
+        assert!(!awaits);
     }
 }
