@@ -112,6 +112,9 @@ fn upgrade_from(tx: &Connection, version: i64) -> Result<()> {
 
 pub struct Db {
     path: PathBuf,
+    /// Beside the database: the admin command appends to it at every
+    /// revocation ([`Db::revocation_stamp`]).
+    revocations: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     /// Feed transactions committed, and the changes in them (for /metrics).
@@ -232,7 +235,10 @@ impl Db {
         // Deleted rows (a redacted task's older document) are overwritten,
         // not left in free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
+        let mut revocations = path.as_os_str().to_owned();
+        revocations.push("-revocations");
         Ok(Db {
+            revocations: PathBuf::from(revocations),
             path,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
@@ -472,7 +478,7 @@ impl Db {
             let noted = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(self.revocations_path())
+                .open(&self.revocations)
                 .and_then(|mut f| std::io::Write::write_all(&mut f, b"r"));
             if let Err(e) = noted {
                 return Err(Error::Storage(format!(
@@ -484,16 +490,10 @@ impl Db {
         Ok(n == 1)
     }
 
-    fn revocations_path(&self) -> PathBuf {
-        let mut name = self.path.as_os_str().to_owned();
-        name.push("-revocations");
-        PathBuf::from(name)
-    }
-
     /// Changes whenever a revocation is noted beside the database (see
     /// [`Db::revoke_device`]): one `stat`, where checking a token is a read.
     pub fn revocation_stamp(&self) -> RevocationStamp {
-        match std::fs::metadata(self.revocations_path()) {
+        match std::fs::metadata(&self.revocations) {
             Ok(m) => RevocationStamp(m.len(), m.modified().ok(), file_id(&m)),
             Err(_) => RevocationStamp::default(),
         }

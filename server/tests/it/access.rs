@@ -492,6 +492,28 @@ fn a_change_written_by_another_device_is_refused() {
 /// what the relay read of revocations then is not reused.)
 #[test]
 fn a_long_poll_waiting_when_its_device_is_revoked_gets_401_not_the_news() {
+    a_long_poll_waiting_through_a_revocation_gets_401(true, |relay, ana| {
+        relay.admin(&["revoke", "--device", &ana.store.device_actor()]);
+    });
+}
+
+/// The same, with the revocation written into the database by hand: the
+/// relay finds it within a second and writes it into the team document,
+/// news that wakes the poll, which is refused.
+#[test]
+fn a_long_poll_waiting_when_its_device_is_revoked_by_hand_gets_401_not_the_news() {
+    a_long_poll_waiting_through_a_revocation_gets_401(false, |relay, ana| {
+        let db = rusqlite::Connection::open(relay.db()).unwrap();
+        db.execute(
+            "UPDATE devices SET revoked_at = 1 WHERE actor = ?1",
+            [ana.store.device_actor()],
+        )
+        .unwrap();
+    });
+}
+
+/// `news`: max writes to the task after the revocation.
+fn a_long_poll_waiting_through_a_revocation_gets_401(news: bool, revoke: impl Fn(&Relay, &Phone)) {
     let relay = Relay::start();
     let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = hand_over(&max, &ana, "Call", "ana");
@@ -523,11 +545,13 @@ fn a_long_poll_waiting_when_its_device_is_revoked_gets_401_not_the_news() {
     assert_eq!(reply.changes.len(), 1);
 
     let waiting = wait_from(reply.cursor);
-    relay.admin(&["revoke", "--device", &ana.store.device_actor()]);
-    max.store
-        .comment(&task, "patient prefers mornings")
-        .unwrap();
-    max.sync();
+    revoke(&relay, &ana);
+    if news {
+        max.store
+            .comment(&task, "patient prefers mornings")
+            .unwrap();
+        max.sync();
+    }
     let (status, body) = waiting.join().unwrap();
     assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
     let body: wire::ErrorBody = serde_json::from_slice(&body).unwrap();
