@@ -486,6 +486,19 @@ impl Inner {
                 }
             }
             if !reply.more {
+                // What the pull itself wrote (this device's events carried
+                // into a redacted task's newer document) goes out now, not
+                // at the next round: "sync now" leaves nothing behind.
+                if report.pulled > 0 {
+                    let refused_before = report.refused;
+                    // Still holding the exchange.
+                    self.push(&relay, &mut report).await?;
+                    if let Some(listener) = listener.filter(|_| report.refused > refused_before) {
+                        listener.on_sync_event(SyncEvent::DataChanged {
+                            tasks_updated: report.refused - refused_before,
+                        });
+                    }
+                }
                 return Ok(report);
             }
         }

@@ -157,9 +157,9 @@ fn only_a_delegator_may_start_a_tasks_next_generation() {
         ),
         "{verdicts:?}"
     );
-    // A delegator may only start the next generation, laid out as its id says.
+    // A generation is laid out as its id says.
     let max_actor = automerge::ActorId::from(hex::decode(max.store.device_actor()).unwrap());
-    for (doc_id, generation) in [(format!("{task}.5"), 5), (format!("{task}.1"), 2)] {
+    for (doc_id, generation) in [(format!("{task}.5"), 4), (format!("{task}.1"), 2)] {
         let mut doc = task_doc::new_doc(&task, generation, &max_actor).unwrap();
         doc.commit();
         let bytes = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
@@ -355,4 +355,51 @@ fn many_calls_logged_offline_carry_over_to_a_redacted_task_and_all_arrive() {
     assert_eq!(max.store.task_detail(&task).unwrap().state.calls.len(), 41);
     assert!(ana.store.needs_attention().unwrap().is_empty());
     assert!(ana.store.outbox(100).unwrap().is_empty());
+}
+
+/// The manager removes the patient's details from a task before his phone
+/// ever synced it: the task reaches the team at that generation. It used
+/// to be refused ("no such generation"), and never reached anyone.
+#[test]
+fn a_task_redacted_before_it_was_ever_synced_reaches_the_team() {
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let t = max
+        .store
+        .delegate(task_for("Check", None, Some(Role::ClinicalAssistant)))
+        .unwrap();
+    max.store.redact_patient(&t).unwrap();
+    assert_eq!(max.sync().refused, 0);
+    ana.sync();
+    assert_eq!(
+        ana.store.task_detail(&t).unwrap().state,
+        max.store.task_detail(&t).unwrap().state
+    );
+    assert_eq!(ana.store.shared_pool().unwrap().len(), 1);
+}
+
+/// Redacted twice between two syncs: only the last generation leaves the
+/// phone (each redaction retired the one before, unsent), and the relay
+/// takes it though it skips a number.
+#[test]
+fn a_task_redacted_twice_between_syncs_reaches_the_team_with_every_call() {
+    let mut relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = quill_task_with_a_call(&max, &ana);
+    max.sync();
+    max.store.redact_patient(&task).unwrap();
+    max.store.comment(&task, "between the two").unwrap();
+    max.store.redact_patient(&task).unwrap();
+    assert_eq!(max.store.outbox(10).unwrap()[0].doc_id, format!("{task}.2"));
+    assert_eq!(max.sync().refused, 0);
+    ana.store
+        .log_call(&task, quill_call(CallOutcome::Reached))
+        .unwrap();
+    ana.sync();
+    max.sync();
+    let theirs = ana.store.task_detail(&task).unwrap().state;
+    assert_eq!(theirs, max.store.task_detail(&task).unwrap().state);
+    assert_eq!((theirs.calls.len(), theirs.comments.len()), (2, 1));
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(!relay_files_hold(&relay, NAME));
 }
