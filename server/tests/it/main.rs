@@ -12,4 +12,5 @@ mod redaction;
 mod storage;
 mod sync;
 mod tls;
+mod varied;
 mod wire;
