@@ -5,7 +5,7 @@
 
 use crate::derive::{Refusal, TaskState};
 use crate::event::{Action, Event};
-use crate::model::DelegationLevel;
+use crate::model::{DelegationLevel, Role};
 use crate::team::Team;
 
 /// May `user` read this task? Reviewers (managers, clinicians) see every
@@ -16,16 +16,34 @@ use crate::team::Team;
 /// their phone learns where it went, who won a claim race, or that their
 /// work arrived after the task moved ([`losing_sight`]).
 pub fn may_read_task(team: &Team, user: &str, task: &TaskState) -> bool {
-    let Some(member) = team.member(user).filter(|m| m.active) else {
+    let Some(sight) = sight(team, user) else {
         return false;
     };
-    let perms = team.role_permissions(member.role);
-    perms.may_review
-        || perms.may_delegate
+    sight.every_task
         || task.created_by == user
         || task.assignee.as_deref() == Some(user)
         || task.handoff.route_result_to.as_deref() == Some(user)
-        || (task.assignee.is_none() && task.pool == Some(member.role))
+        || (task.assignee.is_none() && task.pool == Some(sight.role))
+}
+
+/// What the team decides of which tasks a member may read
+/// ([`may_read_task`]); `None` for someone inactive or not a member. When
+/// it changes, so may what they can read without any task changing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sight {
+    /// Their role: its pool.
+    pub role: Role,
+    /// Reviewers and delegators see every task.
+    pub every_task: bool,
+}
+
+pub fn sight(team: &Team, user: &str) -> Option<Sight> {
+    let member = team.member(user).filter(|m| m.active)?;
+    let perms = team.role_permissions(member.role);
+    Some(Sight {
+        role: member.role,
+        every_task: perms.may_review || perms.may_delegate,
+    })
 }
 
 /// The members who may read the task as it was `before` a change and not

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use checkpoint::Checkpointer;
 
+use crate::access::sight;
 use crate::clock::{Clock, SystemClock};
 use crate::derive::{derive, derive_at_door, with_history, Refusal, TaskState};
 use crate::error::{Error, Result};
@@ -114,6 +115,9 @@ pub struct MergeReport {
     /// views read it, so they may show something new even when no task
     /// was derived again.
     pub team_changed: bool,
+    /// What this device's user may read changed (role, promotion, made
+    /// active again): its relay cursor went back to the start of the feed.
+    pub read_again: bool,
     /// Documents still missing some changes their new changes build on
     /// (they just became visible to this device): ask the relay to repair.
     pub incomplete: Vec<String>,
@@ -792,6 +796,19 @@ impl Store {
             let team = st.team.clone().unwrap_or_default();
             if team_changed {
                 report.team_changed = true;
+                // Seeing more (another role, promoted, active again), this
+                // device has not been sent the tasks it may now read that
+                // nothing changed since: pull the feed again from its start
+                // (what it holds already is skipped). Set in this
+                // transaction, so a phone killed before that pull still
+                // makes it.
+                let user = st.user.as_deref().unwrap_or_default();
+                if let Some(before) = &team_before {
+                    if sight(before, user) != sight(&team, user) {
+                        set_meta(&tx, "relay_cursor", "0")?;
+                        report.read_again = true;
+                    }
+                }
                 for doc_id in tasks_the_team_reaches(&tx, team_before.as_ref(), &team)? {
                     touched.remove(&doc_id);
                     report.tasks_updated += usize::from(reindex_doc(&tx, st, &team, &doc_id)?);

@@ -444,6 +444,7 @@ impl Inner {
             self.still_enrolled(&relay)?;
             let updated_before = report.tasks_updated;
             let mut team_changed = false;
+            let mut read_again = false;
             if !reply.changes.is_empty() {
                 let changes: Vec<(String, Vec<u8>)> = reply
                     .changes
@@ -454,6 +455,7 @@ impl Inner {
                 report.pulled += merged.applied;
                 report.tasks_updated += merged.tasks_updated;
                 team_changed = merged.team_changed;
+                read_again = merged.read_again;
                 for doc in merged.incomplete {
                     match self.repair(&relay, &doc).await {
                         Ok(repaired) => {
@@ -467,7 +469,11 @@ impl Inner {
                     }
                 }
             }
-            if reply.cursor != cursor {
+            if read_again {
+                // This device may read more now (another role, promoted):
+                // the store set its cursor back to the feed's start.
+                cursor = 0;
+            } else if reply.cursor != cursor {
                 cursor = reply.cursor;
                 self.store.set_relay_cursor(cursor)?;
             }
@@ -485,7 +491,7 @@ impl Inner {
                     });
                 }
             }
-            if !reply.more {
+            if !reply.more && !read_again {
                 // What the pull itself wrote (this device's events carried
                 // into a redacted task's newer document) goes out now, not
                 // at the next round: "sync now" leaves nothing behind.

@@ -529,6 +529,50 @@ fn a_new_policy_tells_a_live_phone_to_read_its_views_again() {
     assert_eq!(lee.store.team().unwrap().policy.follow_up_within_hours, 24);
 }
 
+/// Ana moves from the assistants to the front desk, and Fay is promoted to
+/// manager: each phone is then sent the tasks its user may read now that
+/// nothing changed since (the desk's pool, everyone's tasks). It used to
+/// be sent only what changed after the move.
+#[test]
+fn a_member_given_another_role_is_sent_the_tasks_it_lets_her_read() {
+    let relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let fay = Phone::enrolled(&relay, &relay.invite(&team, "fay", "front_desk"));
+    let pooled = max
+        .store
+        .delegate(task_for(
+            "Book the 6-week check",
+            None,
+            Some(Role::FrontDesk),
+        ))
+        .unwrap();
+    let for_ana = hand_over(&max, &ana, "Post-op call", "ana");
+    fay.sync();
+    assert!(ana.store.task_detail(&pooled).is_err());
+    assert!(fay.store.task_detail(&for_ana).is_err());
+
+    set_member(&max, "ana", Role::FrontDesk, false, true);
+    set_member(&max, "fay", Role::Manager, false, true);
+    let heard = first_live_round(&ana);
+    assert!(
+        heard
+            .iter()
+            .any(|e| matches!(e, SyncEvent::DataChanged { tasks_updated } if *tasks_updated > 0)),
+        "{heard:?}"
+    );
+    fay.sync();
+    for (phone, task) in [(&ana, &pooled), (&fay, &pooled), (&fay, &for_ana)] {
+        assert_eq!(
+            phone.store.task_detail(task).unwrap().state,
+            max.store.task_detail(task).unwrap().state
+        );
+    }
+    assert_eq!(ana.store.shared_pool().unwrap().len(), 1);
+    // Read again from the start once: the next round pulls nothing.
+    assert_eq!(ana.sync().pulled, 0);
+    assert_eq!(fay.sync().pulled, 0);
+}
+
 /// A new phone's first catch-up is cut short (the signal goes in the
 /// basement): enrolling again fetches the rest, where it used to refuse
 /// as "already enrolled" and leave the app with no way in.
