@@ -1,7 +1,8 @@
 //! Varied orders: a manager, an assistant and the front desk each work
 //! offline at random (delegate, assign, claim, log calls, comment, submit,
 //! approve, return, cancel, remove patient details; the manager also
-//! moves people between the desk and the assistants) and sync at random
+//! moves people between the desk and the assistants, and a new front-desk
+//! phone may join midway) and sync at random
 //! moments, through the real relay and the core's sync engine. When
 //! everyone has synced, every phone shows the manager's truth for every
 //! task it may read, and nothing is left unsent.
@@ -58,12 +59,14 @@ fn run_case(relay: &Relay, seed: u64) -> usize {
     let ana = Phone::enrolled(relay, &relay.invite(&team, "ana", "clinical_assistant"));
     let fay = Phone::enrolled(relay, &relay.invite(&team, "fay", "front_desk"));
     max.sync();
-    let phones = [("max", &max), ("ana", &ana), ("fay", &fay)];
+    let mut gus = None;
     let mut dice = Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut tasks: Vec<String> = Vec::new();
 
     for step in 0..STEPS {
-        let who = dice.roll(3);
+        let mut phones = vec![("max", &max), ("ana", &ana), ("fay", &fay)];
+        phones.extend(gus.as_ref().map(|g| ("gus", g)));
+        let who = dice.roll(phones.len());
         let (_, phone) = phones[who];
         let s = &phone.store;
         let task = if tasks.is_empty() {
@@ -154,6 +157,16 @@ fn run_case(relay: &Relay, seed: u64) -> usize {
                     })
                     .unwrap();
             }
+            14 if gus.is_none() && dice.roll(4) == 0 => {
+                // A new front-desk phone joins midway, with a feed to catch up.
+                if std::env::var("VARIED_TRACE").is_ok() {
+                    eprintln!("   gus enrols");
+                }
+                gus = Some(Phone::enrolled(
+                    relay,
+                    &relay.invite(&team, "gus", "front_desk"),
+                ));
+            }
             _ => {
                 let r = phone.sync();
                 if std::env::var("VARIED_TRACE").is_ok() && r.refused > 0 {
@@ -167,6 +180,8 @@ fn run_case(relay: &Relay, seed: u64) -> usize {
         }
     }
 
+    let mut phones = vec![("max", &max), ("ana", &ana), ("fay", &fay)];
+    phones.extend(gus.as_ref().map(|g| ("gus", g)));
     // Everyone syncs until a whole round moves nothing.
     let mut rounds = 0;
     loop {
