@@ -802,8 +802,12 @@ impl Store {
                 // (what it holds already is skipped). Set in this
                 // transaction, so a phone killed before that pull still
                 // makes it.
+                // (Not while a new phone catches up: the team it holds
+                // learns of its user only when the enrolment's entry, at
+                // the feed's end, arrives, and the relay sent everything
+                // its user may read already.)
                 let user = st.user.as_deref().unwrap_or_default();
-                if let Some(before) = &team_before {
+                if let Some(before) = team_before.as_ref().filter(|t| t.member(user).is_some()) {
                     if sight(before, user) != sight(&team, user) {
                         set_meta(&tx, "relay_cursor", "0")?;
                         report.read_again = true;
