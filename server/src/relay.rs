@@ -123,10 +123,9 @@ struct SharedReply {
     reply: Option<(PullPage, Bytes)>,
 }
 
-/// The team's revoked devices, as read from the database when the
-/// revocations noted were `stamp` and remembered tokens were last
-/// forgotten at `forgotten`; still so when the feed was `as_of` entries
-/// long (or longer).
+/// The team's revoked devices as read from the database at `read_at` (the
+/// revocations file's stamp and the forgotten-tokens generation then);
+/// still so when the feed was `as_of` entries long (or longer).
 #[derive(Default)]
 struct RevokedDevices {
     as_of: u64,

@@ -482,12 +482,13 @@ impl TeamState {
                 "the task's patient details were removed and it moved to a new document",
             ));
         }
-        // A newer generation need not be the next one, nor the first that of
-        // generation 0: a phone that removed the patient's details twice
-        // before it synced, or before the task ever left it, sends only its
-        // last generation (each one retired the one before, unsent). A task
-        // the relay has never seen is judged as a new task (every event in
-        // it is the pusher's own, at the door); a known one as a redaction.
+        // A newer generation need not be the next one, and a task new to the
+        // relay need not start at generation 0: a phone that removed the
+        // patient's details twice before it synced, or before the task ever
+        // left it, sends only its last generation (each one retired the one
+        // before, unsent). A task the relay has never seen is judged as a
+        // new task (every event in it is the pusher's own, at the door); a
+        // known one as a redaction.
         if let Shape::Malformed(why) = &read.shape {
             return Err(refuse(RefusalCode::InvalidChange, why));
         }

@@ -713,7 +713,11 @@ impl Store {
         let result = (|| {
             let tx = conn.unchecked_transaction()?;
             let mut touched = BTreeSet::new();
-            let team_before = st.team.clone();
+            // Compared with the team after, if this batch changes it.
+            let team_before = match by_doc.contains_key(TEAM_DOC) {
+                true => st.team.clone(),
+                false => None,
+            };
             let mut team_changed = false;
             for (doc_id, changes) in by_doc {
                 if doc_id != TEAM_DOC && superseded(&tx, doc_id)? {
@@ -801,11 +805,10 @@ impl Store {
                 // nothing changed since: pull the feed again from its start
                 // (what it holds already is skipped). Set in this
                 // transaction, so a phone killed before that pull still
-                // makes it.
-                // (Not while a new phone catches up: the team it holds
-                // learns of its user only when the enrolment's entry, at
-                // the feed's end, arrives, and the relay sent everything
-                // its user may read already.)
+                // makes it. Not while a new phone catches up: the team it
+                // holds learns of its user only with the enrolment's entry,
+                // at the feed's end, and the relay sent it everything its
+                // user may read already.
                 let user = st.user.as_deref().unwrap_or_default();
                 if let Some(before) = team_before.as_ref().filter(|t| t.member(user).is_some()) {
                     if sight(before, user) != sight(&team, user) {
