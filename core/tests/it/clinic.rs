@@ -207,3 +207,14 @@ pub fn refusal(r: Result<TaskState, Error>) -> Refusal {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// Nia Park, hired after the clinic was set up, in `role`.
+pub fn nia(role: Role) -> Member {
+    Member {
+        user_id: "nia".into(),
+        name: "Nia Park".into(),
+        role,
+        trusted: false,
+        active: true,
+    }
+}

@@ -199,13 +199,7 @@ fn a_change_of_the_team_derives_again_only_the_tasks_it_can_alter() {
     }
     // nia does not exist yet on ana's phone when max hands her a task.
     c.at("max")
-        .put_member(&Member {
-            user_id: "nia".into(),
-            name: "Nia Park".into(),
-            role: Role::ClinicalAssistant,
-            trusted: false,
-            active: true,
-        })
+        .put_member(&nia(Role::ClinicalAssistant))
         .unwrap();
     let for_nia = c
         .at("max")
@@ -237,15 +231,7 @@ fn a_change_of_the_team_derives_again_only_the_tasks_it_can_alter() {
             ..Policy::default()
         })
         .unwrap();
-    c.at("max")
-        .put_member(&Member {
-            user_id: "nia".into(),
-            name: "Nia Park".into(),
-            role: Role::FrontDesk,
-            trusted: false,
-            active: true,
-        })
-        .unwrap();
+    c.at("max").put_member(&nia(Role::FrontDesk)).unwrap();
     let report = c.at("ana").apply_remote(&outbox(c.at("max"))).unwrap();
     assert!(
         report.team_changed,

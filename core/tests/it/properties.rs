@@ -180,15 +180,7 @@ fn run_case(replicas: usize, steps: &[(usize, usize, Op)], delivery_seed: u64) {
                 continue;
             }
             Op::Hire => {
-                stores[0]
-                    .put_member(&Member {
-                        user_id: "nia".into(),
-                        name: "Nia Park".into(),
-                        role: Role::ClinicalAssistant,
-                        trusted: false,
-                        active: true,
-                    })
-                    .unwrap();
+                stores[0].put_member(&nia(Role::ClinicalAssistant)).unwrap();
                 continue;
             }
         };
