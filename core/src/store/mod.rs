@@ -1410,6 +1410,7 @@ impl Drop for Store {
 /// A connection to the store file, keyed, in WAL mode, syncing as the
 /// options say. The writer and the checkpoint thread each have one.
 fn connect(path: &Path, key: &[u8], durability: Durability) -> Result<Connection> {
+    sqlcipher_ready()?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -1449,6 +1450,45 @@ fn connect(path: &Path, key: &[u8], durability: Durability) -> Result<Connection
     // full checkpoint after a wipe); the one that waits, waits this long.
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
+}
+
+/// Waits until SQLCipher can key a connection.
+///
+/// SQLite marks itself initialized and lets go of its lock before it runs
+/// SQLCipher's own set-up (`sqlcipher_extra_init`, SQLite's
+/// `SQLITE_EXTRA_INIT` hook). A connection opened by another thread in that
+/// gap finds SQLite ready, and its `PRAGMA key` is refused with SQLCipher's
+/// generic "error with PRAGMA key" message: the first stores a process opens
+/// at once (a relay's tests, an app opening on two threads) could fail at
+/// random. The set-up function takes SQLite's main lock and returns at once
+/// when the set-up is done, so calling it here waits out a set-up under way
+/// on another thread, or does it. The `first-open` crash-suite test opens
+/// stores on 32 threads as a fresh process's first act, 200 times.
+#[allow(unsafe_code)]
+fn sqlcipher_ready() -> Result<()> {
+    extern "C" {
+        // Defined by the SQLCipher amalgamation that `libsqlite3-sys`
+        // builds and links (feature `bundled-sqlcipher`).
+        fn sqlcipher_extra_init(arg: *const std::ffi::c_char) -> std::ffi::c_int;
+    }
+    // SAFETY: both functions may be called from any thread at any time:
+    // `sqlite3_initialize` is SQLite's documented thread-safe entry, and
+    // `sqlcipher_extra_init` runs under SQLite's static main mutex and
+    // ignores its argument (SQLite itself passes a null pointer).
+    let rc = unsafe {
+        match rusqlite::ffi::sqlite3_initialize() {
+            rusqlite::ffi::SQLITE_OK => sqlcipher_extra_init(std::ptr::null()),
+            rc => rc,
+        }
+    };
+    if rc == rusqlite::ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rc),
+            Some("SQLCipher could not be initialized".into()),
+        )))
+    }
 }
 
 fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
