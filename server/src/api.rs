@@ -210,16 +210,27 @@ fn bearer(headers: &HeaderMap) -> Result<&str> {
 }
 
 /// The caller's team, loading it off the async workers on first use.
-/// A member the team deactivated reads and writes nothing more (the
-/// phone stops syncing; revoking the device also wipes it).
-async fn team_of(app: &App, caller: &Caller) -> Result<Arc<LoadedTeam>> {
-    let team = match app.relay.loaded(&caller.team_id) {
-        Some(team) => team,
+///
+/// A member the team deactivated reads and writes nothing more (the phone
+/// stops syncing; revoking the device also wipes it): 403 `not_a_member`.
+/// Push and pull check that where they lock the team's state anyway (the
+/// admission of the push, each look at the feed), not here: a second lock
+/// of the state on every request made the workers wait for the feed
+/// writer and sleep (~1 in 10 of the relay's context switches at one
+/// edit per push).
+async fn loaded_team(app: &App, caller: &Caller) -> Result<Arc<LoadedTeam>> {
+    match app.relay.loaded(&caller.team_id) {
+        Some(team) => Ok(team),
         None => {
             let (relay, team_id) = (app.relay.clone(), caller.team_id.clone());
-            blocking(move || relay.team(&team_id)).await?
+            blocking(move || relay.team(&team_id)).await
         }
-    };
+    }
+}
+
+/// [`loaded_team`], for a caller who is still an active member.
+async fn team_of(app: &App, caller: &Caller) -> Result<Arc<LoadedTeam>> {
+    let team = loaded_team(app, caller).await?;
     if !team.state().is_active_member(&caller.user_id) {
         return Err(Error::NotAMember);
     }
@@ -296,7 +307,8 @@ async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<
     let caller = caller(&app, &headers).await?;
     let bytes = read_body(&headers, body, MAX_BODY).await?;
     let request: PushRequest = decode(&bytes)?;
-    let team = team_of(&app, &caller).await?;
+    // Membership is checked at admission.
+    let team = loaded_team(&app, &caller).await?;
     let verdicts = app
         .relay
         .push(
@@ -358,13 +370,17 @@ async fn pull(
     let caller = caller(&app, &headers).await?;
     let (mut cursor, wait) = pull_query(query.as_deref())?;
     let deadline = tokio::time::Instant::now() + wait;
-    let team = team_of(&app, &caller).await?;
+    let team = loaded_team(&app, &caller).await?;
     let mut shutdown = app.shutdown.clone();
     let mut waited = false;
     loop {
         let retirements = team.retirements();
         let (seqs, page, next, more, feed_length, mut news) = {
             let mut st = team.state();
+            // Also after a wait: deactivated meanwhile, she reads nothing.
+            if !st.is_active_member(&caller.user_id) {
+                return Err(Error::NotAMember);
+            }
             if cursor > st.head() {
                 // The relay's feed is shorter than the device thinks (restored
                 // from a backup): start over; duplicates are harmless.

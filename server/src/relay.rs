@@ -300,6 +300,12 @@ fn admit_batch(team: &LoadedTeam, pushes: Vec<Push>) -> Admitted {
         reply,
     }) = pushes.next()
     {
+        // A member the team deactivated writes nothing more (checked here,
+        // under the lock admission holds anyway; nothing to commit).
+        if !st.is_active_member(&caller.user_id) {
+            let _ = reply.send(Err(Error::NotAMember));
+            continue;
+        }
         let actor = st.actor_key(&caller.actor);
         let mut verdicts = Vec::with_capacity(changes.len());
         for change in changes {

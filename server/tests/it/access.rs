@@ -624,6 +624,24 @@ fn a_deactivated_member_reads_nothing_more() {
     }) {
         assert_eq!(status, 403, "{what}");
     }
+    // A call she logs offline afterwards is refused whole, and stored
+    // nowhere: the manager's phone never hears of it.
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    let unsent: Vec<_> = ana
+        .store
+        .outbox(100)
+        .unwrap()
+        .into_iter()
+        .map(|c| doc_change(&c.doc_id, c.bytes))
+        .collect();
+    assert!(!unsent.is_empty());
+    let (status, body) = RawPush::to(&relay).send(&ana.settings().token, unsent);
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains(wire::codes::NOT_A_MEMBER));
+    max.sync();
+    assert!(max.store.task_detail(&task).unwrap().state.calls.is_empty());
     // Her phone keeps what it had (revoking the device would wipe it).
     assert_eq!(ana.store.task_ids().unwrap(), vec![task]);
 }
