@@ -65,7 +65,13 @@ pub enum SyncEvent {
     Revoked,
 }
 
-/// Receives [`SyncEvent`]s, on the sync runtime's thread: keep it quick.
+/// Receives [`SyncEvent`]s: on the sync runtime's thread for live sync, on
+/// the calling thread for `sync_now_telling`. Keep it quick (hand work to
+/// the app's own threads). The engine holds none of its locks while it
+/// tells, so reading the store here is fine, and so is a sync asked of
+/// another thread; a sync call made here directly (`sync_now`, `enrol`)
+/// is refused with `InvalidInput` rather than block the thread that would
+/// have to run it.
 pub trait SyncListener: Send + Sync {
     fn on_sync_event(&self, event: SyncEvent);
 }
@@ -171,6 +177,17 @@ impl SyncEngine {
     }
 
     fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> Result<T> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Inside a runtime (a listener, told on the engine's thread or
+            // inside another sync call): tokio panics on a nested
+            // `block_on`, and the round telling the listener would wait
+            // for this one.
+            return Err(Error::InvalidInput(
+                "a sync call cannot be made on the sync thread (from a listener); \
+                 hand it to another thread"
+                    .into(),
+            ));
+        }
         match &self.runtime {
             Some(rt) => Ok(rt.block_on(f)),
             None => Err(Error::Offline("the sync engine is shut down".into())),
@@ -440,7 +457,12 @@ impl Inner {
                 .get(wire::FEED_LENGTH_HEADER)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             let reply: PullReply = decode(&check(response).await?)?;
-            let _exchange = self.exchange.lock().await;
+            // What the listener is told of this page, once the exchange is
+            // let go: the app's code never runs under the engine's lock (a
+            // listener that re-reads views, or asks for a sync, would hold
+            // up or wait on every other round).
+            let mut tell = Vec::new();
+            let exchange = self.exchange.lock().await;
             self.still_enrolled(&relay)?;
             let updated_before = report.tasks_updated;
             let mut team_changed = false;
@@ -477,34 +499,38 @@ impl Inner {
                 cursor = reply.cursor;
                 self.store.set_relay_cursor(cursor)?;
             }
-            if let Some(listener) = listener {
-                let tasks_updated = report.tasks_updated - updated_before;
-                // The views also read the team (names, roles, policy).
-                if tasks_updated > 0 || team_changed {
-                    listener.on_sync_event(SyncEvent::DataChanged { tasks_updated });
-                }
-                // The length is the relay's word: never shown below the cursor.
-                if let Some(of) = feed_length.filter(|_| reply.more) {
-                    listener.on_sync_event(SyncEvent::CatchingUp {
-                        at: cursor,
-                        of: of.max(cursor),
+            let tasks_updated = report.tasks_updated - updated_before;
+            // The views also read the team (names, roles, policy).
+            if tasks_updated > 0 || team_changed {
+                tell.push(SyncEvent::DataChanged { tasks_updated });
+            }
+            // The length is the relay's word: never shown below the cursor.
+            if let Some(of) = feed_length.filter(|_| reply.more) {
+                tell.push(SyncEvent::CatchingUp {
+                    at: cursor,
+                    of: of.max(cursor),
+                });
+            }
+            let done = !reply.more && !read_again;
+            // What the pull itself wrote (this device's events carried
+            // into a redacted task's newer document) goes out now, not at
+            // the next round: "sync now" leaves nothing behind.
+            if done && report.pulled > 0 {
+                let refused_before = report.refused;
+                self.push(&relay, &mut report).await?;
+                if report.refused > refused_before {
+                    tell.push(SyncEvent::DataChanged {
+                        tasks_updated: report.refused - refused_before,
                     });
                 }
             }
-            if !reply.more && !read_again {
-                // What the pull itself wrote (this device's events carried
-                // into a redacted task's newer document) goes out now, not
-                // at the next round: "sync now" leaves nothing behind.
-                if report.pulled > 0 {
-                    let refused_before = report.refused;
-                    // Still holding the exchange.
-                    self.push(&relay, &mut report).await?;
-                    if let Some(listener) = listener.filter(|_| report.refused > refused_before) {
-                        listener.on_sync_event(SyncEvent::DataChanged {
-                            tasks_updated: report.refused - refused_before,
-                        });
-                    }
+            drop(exchange);
+            if let Some(listener) = listener {
+                for event in tell {
+                    listener.on_sync_event(event);
                 }
+            }
+            if done {
                 return Ok(report);
             }
         }

@@ -610,3 +610,87 @@ fn an_enrolment_cut_short_is_finished_by_enrolling_again() {
         Err(Error::AlreadyEnrolled)
     ));
 }
+
+/// Told of new data, an app may want more: here a listener asks for a sync
+/// on another thread (a "refresh" wired to the event), and for one on its
+/// own thread too. The engine tells listeners with none of its locks
+/// held, so a sync on another thread runs even while the listener waits
+/// for it (it used to wait for the very round that was telling, for
+/// ever); one asked on the listener's own thread is refused with a typed
+/// error (it used to panic inside tokio). Live sync tells on the engine's
+/// one thread, which a listener must not block: there it does not wait.
+#[test]
+fn a_listener_may_ask_for_a_sync_when_told_of_new_data() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    struct SyncsWhenTold {
+        engine: Arc<SyncEngine>,
+        /// Wait for the sync asked of another thread (not on live sync's
+        /// thread).
+        waits: AtomicBool,
+        /// What each sync asked of another thread gave; `None`: it had not
+        /// ended within 30 s.
+        elsewhere: Arc<Mutex<Vec<Option<bool>>>>,
+        here: Mutex<Vec<String>>,
+    }
+    impl SyncListener for SyncsWhenTold {
+        fn on_sync_event(&self, e: SyncEvent) {
+            if !matches!(e, SyncEvent::DataChanged { .. }) {
+                return;
+            }
+            match self.engine.sync_now() {
+                Err(Error::InvalidInput(why)) => self.here.lock().unwrap().push(why),
+                other => panic!("a sync on the listener's thread: {other:?}"),
+            }
+            let (done, ended) = mpsc::channel();
+            let (engine, elsewhere) = (self.engine.clone(), self.elsewhere.clone());
+            std::thread::spawn(move || {
+                let ok = engine.sync_now().is_ok();
+                if done.send(ok).is_err() {
+                    elsewhere.lock().unwrap().push(Some(ok));
+                }
+            });
+            if self.waits.load(Ordering::SeqCst) {
+                let outcome = ended.recv_timeout(Duration::from_secs(30)).ok();
+                self.elsewhere.lock().unwrap().push(outcome);
+            }
+        }
+    }
+
+    let relay = Relay::start();
+    let (team, max) = clinic_with_recalls(&relay, 2);
+    let fay = Phone::enrolled(&relay, &relay.invite(&team, "fay", "front_desk"));
+    let engine = Arc::new(SyncEngine::new(fay.store.clone()).unwrap());
+    let told = Arc::new(SyncsWhenTold {
+        engine: engine.clone(),
+        waits: AtomicBool::new(true),
+        elsewhere: Arc::default(),
+        here: Mutex::new(Vec::new()),
+    });
+    max.store
+        .delegate(task_for("Recall 2", None, Some(Role::FrontDesk)))
+        .unwrap();
+    max.sync();
+    engine.sync_now_telling(told.clone()).unwrap();
+    assert_eq!(fay.store.shared_pool().unwrap().len(), 3);
+    let asked = told.elsewhere.lock().unwrap().clone();
+    assert!(!asked.is_empty());
+    assert!(asked.iter().all(|o| *o == Some(true)), "{asked:?}");
+
+    told.waits.store(false, Ordering::SeqCst);
+    let live = engine.start(told.clone()).unwrap();
+    max.store
+        .delegate(task_for("Recall 3", None, Some(Role::FrontDesk)))
+        .unwrap();
+    max.sync();
+    eventually(60, "the sync the live listener asked for", || {
+        told.elsewhere.lock().unwrap().len() > asked.len()
+    });
+    live.stop();
+    let elsewhere = told.elsewhere.lock().unwrap().clone();
+    assert!(elsewhere.iter().all(|o| *o == Some(true)), "{elsewhere:?}");
+    assert!(told.here.lock().unwrap().len() > asked.len());
+    assert_eq!(fay.store.shared_pool().unwrap().len(), 4);
+}
