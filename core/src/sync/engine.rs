@@ -467,6 +467,9 @@ impl Inner {
             let updated_before = report.tasks_updated;
             let mut team_changed = false;
             let mut read_again = false;
+            // A failure after the page was applied still tells what it
+            // changed, then ends the round.
+            let mut outcome = Ok(());
             if !reply.changes.is_empty() {
                 let changes: Vec<(String, Vec<u8>)> = reply
                     .changes
@@ -487,37 +490,43 @@ impl Inner {
                         // No longer readable by this device (reassigned,
                         // or replaced by a redaction): nothing to repair.
                         Err(Error::Relay { status: 404, .. }) => {}
-                        Err(e) => return Err(e),
+                        Err(e) => {
+                            outcome = Err(e);
+                            break;
+                        }
                     }
                 }
-            }
-            if read_again {
-                // This device may read more now (another role, promoted):
-                // the store set its cursor back to the feed's start.
-                cursor = 0;
-            } else if reply.cursor != cursor {
-                cursor = reply.cursor;
-                self.store.set_relay_cursor(cursor)?;
             }
             let tasks_updated = report.tasks_updated - updated_before;
             // The views also read the team (names, roles, policy).
             if tasks_updated > 0 || team_changed {
                 tell.push(SyncEvent::DataChanged { tasks_updated });
             }
+            let done = !reply.more && !read_again;
+            if outcome.is_ok() {
+                if read_again {
+                    // This device may read more now (another role,
+                    // promoted): the store set its cursor back to the
+                    // feed's start.
+                    cursor = 0;
+                } else if reply.cursor != cursor {
+                    cursor = reply.cursor;
+                    outcome = self.store.set_relay_cursor(cursor);
+                }
+            }
             // The length is the relay's word: never shown below the cursor.
-            if let Some(of) = feed_length.filter(|_| reply.more) {
+            if let Some(of) = feed_length.filter(|_| reply.more && outcome.is_ok()) {
                 tell.push(SyncEvent::CatchingUp {
                     at: cursor,
                     of: of.max(cursor),
                 });
             }
-            let done = !reply.more && !read_again;
             // What the pull itself wrote (this device's events carried
             // into a redacted task's newer document) goes out now, not at
             // the next round: "sync now" leaves nothing behind.
-            if done && report.pulled > 0 {
+            if done && report.pulled > 0 && outcome.is_ok() {
                 let refused_before = report.refused;
-                self.push(&relay, &mut report).await?;
+                outcome = self.push(&relay, &mut report).await;
                 if report.refused > refused_before {
                     tell.push(SyncEvent::DataChanged {
                         tasks_updated: report.refused - refused_before,
@@ -530,6 +539,7 @@ impl Inner {
                     listener.on_sync_event(event);
                 }
             }
+            outcome?;
             if done {
                 return Ok(report);
             }
