@@ -75,7 +75,11 @@ fn new_task(i: usize) -> NewTask {
 /// Build (once, cached under target/) a store of TASKS tasks, as seen from
 /// the manager's device: ~10 events each, 95% completed.
 fn fixture() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-v7");
+    // Named for the rules too: a fixture of older rules would derive its
+    // whole index again at every open, and its writes would start behind
+    // that re-derivation's WAL.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-v7-rules{}", handoff_core::derive::RULES));
     let path = dir.join("clinic.db");
     if path.exists() {
         return path;

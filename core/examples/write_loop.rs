@@ -4,7 +4,7 @@
 //!
 //!     cargo bench -p handoff-core --bench store -- cold_open   # the first run builds the fixture
 //!     cargo build --release -p handoff-core --example write_loop
-//!     target/release/examples/write_loop target/tmp/bench-v7/clinic.db 8000 [full] [inline-checkpoints]
+//!     target/release/examples/write_loop target/tmp/bench-v7-rules2/clinic.db 8000 [full] [inline-checkpoints]
 //!
 //! It prints the median, 99th percentile, slowest and mean write.
 //! The store is a fresh copy of the fixture in the system's temp directory,
