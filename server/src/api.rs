@@ -163,7 +163,7 @@ async fn metrics(State(app): State<App>) -> Response {
     );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(feed),
+        app.metrics.render(feed, db.wal_bytes()),
     )
         .into_response()
 }

@@ -123,7 +123,19 @@ pub struct Db {
     /// Rows were deleted: the next checkpoint also empties the WAL, which
     /// still holds their old pages.
     truncate_wal: AtomicBool,
+    /// The WAL has grown past `restart_frames`: the feed writer
+    /// checkpoints it after its next commit (see [`Db::checkpoint`]).
+    restart_wal: AtomicBool,
+    /// [`WAL_RESTART_FRAMES`]; smaller in tests.
+    restart_frames: i64,
 }
+
+/// How long the WAL may grow (frames of one page, ~4 KiB each) before the
+/// feed writer itself finishes a checkpoint so that the log starts over.
+pub const WAL_RESTART_FRAMES: i64 = 2048;
+
+/// What the WAL is cut back to when it starts over after a burst.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// The revocations file's length, time and identity: see
 /// [`Db::revocation_stamp`].
@@ -235,6 +247,7 @@ impl Db {
         // Deleted rows (a redacted task's older document) are overwritten,
         // not left in free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         let mut revocations = path.as_os_str().to_owned();
         revocations.push("-revocations");
         Ok(Db {
@@ -245,11 +258,22 @@ impl Db {
             feed_commits: AtomicU64::new(0),
             feed_changes: AtomicU64::new(0),
             truncate_wal: AtomicBool::new(false),
+            restart_wal: AtomicBool::new(false),
+            restart_frames: WAL_RESTART_FRAMES,
         })
     }
 
     /// Copy the WAL back into the database file, off the write path: the
     /// relay runs this on a timer and turns off checkpoints inside commits.
+    ///
+    /// Under steady pushes this alone never lets the WAL start over: the
+    /// log starts again from its beginning only at a commit that finds
+    /// every frame copied back, and another commit always lands while a
+    /// checkpoint runs. The WAL grew without end (~40 MB/s at one edit per
+    /// push), every commit extended the file, and each sync then also
+    /// wrote the file's inode. So past [`WAL_RESTART_FRAMES`] this asks
+    /// the feed writer to finish the checkpoint after its next commit,
+    /// when no commit can land in between (`Db::append_feed_batch`).
     pub fn checkpoint(&self) -> Result<()> {
         if self.truncate_wal.swap(false, Ordering::AcqRel) {
             // Waits for readers to move on; if one does not in time, the
@@ -261,10 +285,12 @@ impl Db {
             }
             return Ok(());
         }
-        self.read(|c| {
-            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-            Ok(())
-        })
+        let log: i64 =
+            self.read(|c| Ok(c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?))?;
+        if log >= self.restart_frames {
+            self.restart_wal.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Copy the whole WAL into the database file and empty it (at
@@ -544,7 +570,23 @@ impl Db {
         tx.commit()?;
         self.feed_commits.fetch_add(1, Ordering::Relaxed);
         self.feed_changes.fetch_add(n, Ordering::Relaxed);
+        if self.restart_wal.swap(false, Ordering::AcqRel) {
+            // Holding the writer: nothing is appended meanwhile, so this
+            // copies back every frame no reader still reads, and the next
+            // commit starts the log over. The timer copied most already.
+            // A failure costs only the restart; the commit stands.
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!("checkpoint after a commit failed: {e}");
+            }
+        }
         Ok(())
+    }
+
+    /// The WAL file's length in bytes (0 when there is none).
+    pub fn wal_bytes(&self) -> u64 {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(PathBuf::from(wal)).map_or(0, |m| m.len())
     }
 
     /// Delete retired documents' rows from a team's feed and keep their
@@ -662,4 +704,58 @@ fn feed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedRow> {
         bytes: r.get(3)?,
         exits: Vec::new(),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Under steady pushes a commit always lands while the timer's
+    /// checkpoint runs, so no commit ever finds the whole WAL copied back
+    /// and the log never starts over. Here a reader's snapshot stands in
+    /// for that commit, step by step: it keeps the timer's checkpoint
+    /// from copying the commit made after it. The WAL still starts over
+    /// (the writer finishes the checkpoint after its next commit) instead
+    /// of growing for as long as the commits go on.
+    #[test]
+    fn the_wal_starts_over_under_steady_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let mut db = Db::open(&path).unwrap();
+        db.restart_frames = 64;
+        db.checkpoint_in_background().unwrap();
+        let team = crate::relay::create_team(&db, "Clinic").unwrap().team_id;
+        let reader = open_conn(&path).unwrap();
+        let mut seq = db
+            .write()
+            .query_row("SELECT count(*) FROM feed", [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64;
+        let mut commit = |i: u64| {
+            seq += 1;
+            let row = FeedRow {
+                seq,
+                doc_id: format!("task-{}", i % 50),
+                hash: crate::relay::sha256(&i.to_le_bytes()),
+                bytes: vec![7; 1500],
+                exits: Vec::new(),
+            };
+            db.append_feed_batch(&team, std::iter::once(&row)).unwrap();
+        };
+        let mut largest = 0;
+        for i in 0..400 {
+            reader.execute_batch("BEGIN").unwrap();
+            reader
+                .query_row("SELECT count(*) FROM feed", [], |r| r.get::<_, i64>(0))
+                .unwrap();
+            commit(2 * i);
+            db.checkpoint().unwrap();
+            reader.execute_batch("COMMIT").unwrap();
+            commit(2 * i + 1);
+            largest = largest.max(db.wal_bytes());
+        }
+        // 64 frames and two commits; without the restart the 800 commits
+        // leave ~14 MB of WAL.
+        assert!(largest < 1 << 20, "the WAL reached {largest} bytes");
+    }
 }

@@ -39,8 +39,9 @@ impl Metrics {
         }
     }
 
-    /// `feed` = (changes in the loaded feeds, feed commits, changes committed).
-    pub fn render(&self, feed: (u64, u64, u64)) -> String {
+    /// `feed` = (changes in the loaded feeds, feed commits, changes
+    /// committed); `wal_bytes`: the database's write-ahead log on disk.
+    pub fn render(&self, feed: (u64, u64, u64), wal_bytes: u64) -> String {
         let (feed_length, commits, committed) = feed;
         let mut out = String::new();
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
@@ -91,6 +92,8 @@ impl Metrics {
         let _ = writeln!(out, "handoff_feed_commits_total {commits}");
         let _ = writeln!(out, "# TYPE handoff_feed_changes_committed_total counter");
         let _ = writeln!(out, "handoff_feed_changes_committed_total {committed}");
+        let _ = writeln!(out, "# TYPE handoff_wal_bytes gauge");
+        let _ = writeln!(out, "handoff_wal_bytes {wal_bytes}");
         let _ = writeln!(out, "# TYPE handoff_long_polls gauge");
         let _ = writeln!(
             out,
