@@ -273,7 +273,8 @@ impl Db {
     /// push), every commit extended the file, and each sync then also
     /// wrote the file's inode. So past [`WAL_RESTART_FRAMES`] this asks
     /// the feed writer to finish the checkpoint after its next commit,
-    /// when no commit can land in between (`Db::append_feed_batch`).
+    /// when no commit can land in between
+    /// ([`Db::finish_checkpoint_if_asked`]).
     pub fn checkpoint(&self) -> Result<()> {
         if self.truncate_wal.swap(false, Ordering::AcqRel) {
             // Waits for readers to move on; if one does not in time, the
@@ -570,16 +571,22 @@ impl Db {
         tx.commit()?;
         self.feed_commits.fetch_add(1, Ordering::Relaxed);
         self.feed_changes.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Finish the checkpoint [`Db::checkpoint`] asked for, if it did: the
+    /// feed writer calls this once a commit's pushes are answered and its
+    /// long-polls woken. Holding the writer, nothing is appended meanwhile,
+    /// so this copies back every frame no reader still reads, and the next
+    /// commit starts the log over (the timer copied most already). A
+    /// failure costs only the restart.
+    pub fn finish_checkpoint_if_asked(&self) {
         if self.restart_wal.swap(false, Ordering::AcqRel) {
-            // Holding the writer: nothing is appended meanwhile, so this
-            // copies back every frame no reader still reads, and the next
-            // commit starts the log over. The timer copied most already.
-            // A failure costs only the restart; the commit stands.
+            let conn = self.write();
             if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                 tracing::warn!("checkpoint after a commit failed: {e}");
             }
         }
-        Ok(())
     }
 
     /// The WAL file's length in bytes (0 when there is none).
@@ -741,6 +748,7 @@ mod tests {
                 exits: Vec::new(),
             };
             db.append_feed_batch(&team, std::iter::once(&row)).unwrap();
+            db.finish_checkpoint_if_asked();
         };
         let mut largest = 0;
         for i in 0..400 {

@@ -453,6 +453,8 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
         for done in flushes {
             let _ = done.send(());
         }
+        // Answered and woken first: the pushes do not wait for it.
+        db.finish_checkpoint_if_asked();
     }
 }
 
