@@ -179,6 +179,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// before anyone is authenticated.
 const MAX_ENROL_BODY: usize = 4 * 1024;
 
+/// Most changes a push may carry to be admitted on an async worker; more
+/// are admitted on a blocking thread (admission takes tens of µs a change).
+const INLINE_ADMISSION: usize = 16;
+
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -309,18 +313,19 @@ async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<
     let request: PushRequest = decode(&bytes)?;
     // Membership is checked at admission.
     let team = loaded_team(&app, &caller).await?;
-    let verdicts = app
-        .relay
-        .push(
-            &team,
-            caller,
-            request.changes.into_iter().map(Incoming::decode).collect(),
-        )
-        .await
-        .map_err(|_| {
-            team.writer_stopped();
-            Error::Storage("the feed writer stopped".into())
-        })??;
+    let changes: Vec<Incoming> = request.changes.into_iter().map(Incoming::decode).collect();
+    // Admitted here, on the worker the push came in on (a hop to another
+    // thread cost more than admitting one change), unless there are many.
+    let receipt = if changes.len() <= INLINE_ADMISSION {
+        team.push(caller, changes)
+    } else {
+        let team = team.clone();
+        blocking(move || Ok(team.push(caller, changes))).await?
+    };
+    let verdicts = receipt.await.map_err(|_| {
+        team.writer_stopped();
+        Error::Storage("the feed writer stopped".into())
+    })??;
     Ok(binary(&PushReply { verdicts }))
 }
 

@@ -2,15 +2,18 @@
 //! writer around its [`TeamState`] (the logic, without I/O, in
 //! `team_state.rs`), enrolment and the admin commands.
 //!
-//! Each loaded team has its state behind a mutex and a two-stage feed
-//! writer. Pushes queue for its first thread, which takes every push
-//! waiting as one batch and validates each change against the team's state
-//! (the core's own derivation decides who may read and write what). The
-//! second thread appends the accepted changes of every batch waiting to the
-//! feed in one SQLite transaction, synced to disk, then takes them into the
-//! feed in memory, wakes the long-polls that may read them and answers the
-//! pushes. So concurrent pushes share one commit, and the next batch is
-//! validated while the last one is being synced.
+//! Each loaded team has its state behind a mutex and a feed writer thread
+//! behind a door. A push is admitted where it arrives: through the door,
+//! each change validated against the team's state (the core's own
+//! derivation decides who may read and write what) and the push queued
+//! for the writer, which appends the accepted changes of every push
+//! waiting to the feed in one SQLite transaction, synced to disk, then
+//! takes them into the feed in memory, wakes the long-polls that may read
+//! them and answers the pushes. So concurrent pushes share one commit, and
+//! the next pushes are validated while the last ones are being synced.
+//! (Until 2026-12 a thread of its own admitted the pushes: one more hop
+//! between threads per push, ~10% of the relay's CPU per edit at one edit
+//! per push; BENCHMARKS.md.)
 
 use axum::body::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -30,9 +33,6 @@ use tokio::sync::oneshot;
 use crate::db::{Db, DeviceRow, FeedRow, InviteRow, RevocationStamp, TeamRow};
 use crate::error::{Error, Result};
 use crate::team_state::{refuse, Incoming, Replay, TeamState};
-
-/// Most pushes one feed write takes together.
-const MAX_BATCH: usize = 256;
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -88,10 +88,13 @@ struct Tokens {
 /// devices than one relay serves.
 const MAX_TOKENS: usize = 200_000;
 
-/// A team in memory: its state, and the queue of its feed writer thread.
+/// A team in memory: its state, and the door to its feed writer thread.
 pub struct LoadedTeam {
     state: Mutex<TeamState>,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    /// Held while a push is admitted and queued, so the writer gets the
+    /// admitted changes in the order of their seqs; and by work that runs
+    /// alone ([`LoadedTeam::alone`]), so no push is admitted meanwhile.
+    door: Mutex<mpsc::Sender<Admitted>>,
     /// A write failed after the state took it in: the state is ahead of the
     /// database and is rebuilt from the feed on next use.
     failed: AtomicBool,
@@ -164,24 +167,53 @@ impl LoadedTeam {
     pub fn writer_stopped(&self) {
         self.failed.store(true, Ordering::Release);
     }
+
+    /// Admit a push and queue it for the feed writer; the receipt answers
+    /// one verdict per change, in order, once they are committed. Blocks
+    /// for as long as admission takes (tens of µs a change) and while work
+    /// runs alone (enrolment: one commit).
+    pub fn push(&self, caller: Caller, changes: Vec<Incoming>) -> PushReceipt {
+        let (reply, receipt) = oneshot::channel();
+        let door = lock(&self.door);
+        let admitted = admit(
+            self,
+            Push {
+                caller,
+                changes,
+                reply,
+            },
+        );
+        // If the writer stopped, the reply is dropped with the batch and
+        // the receipt says so.
+        let _ = door.send(admitted);
+        receipt
+    }
+
+    /// Run `work` alone: after every admitted change is committed, before
+    /// the next push is admitted (enrolment writes the feed itself). Not
+    /// on a state that is ahead of its database: then the caller is told
+    /// to try again, on the reloaded team.
+    fn alone<T>(&self, work: impl FnOnce(&LoadedTeam) -> T) -> Result<T> {
+        let stopped = || Error::Storage("the feed writer stopped".into());
+        let door = lock(&self.door);
+        let (done, flushed) = mpsc::sync_channel(1);
+        door.send(Admitted::Flush(done)).map_err(|_| stopped())?;
+        flushed.recv().map_err(|_| stopped())?;
+        if self.failed.load(Ordering::Acquire) {
+            return Err(stopped());
+        }
+        Ok(work(self))
+    }
 }
 
 /// Where a push's verdicts go.
 type Reply = oneshot::Sender<Result<Vec<Verdict>>>;
 
-/// One push waiting for the feed writer.
+/// One push being admitted.
 struct Push {
     caller: Caller,
     changes: Vec<Incoming>,
     reply: Reply,
-}
-
-/// Work for a team's feed writer.
-enum Job {
-    Push(Push),
-    /// Runs alone: after every admitted change is committed, before the
-    /// next push is admitted (enrolment writes the feed itself).
-    Alone(Box<dyn FnOnce(&LoadedTeam) + Send>),
 }
 
 /// Changes admitted into the state, waiting to be committed.
@@ -194,6 +226,8 @@ enum Admitted {
     },
     /// Acknowledged once everything before it is committed.
     Flush(mpsc::SyncSender<()>),
+    /// A push answered at admission (its member was deactivated).
+    Nothing,
     /// Admission failed (a panic) or the team had failed already: nothing
     /// of it is written, and the committer writes nothing more.
     Failed(Vec<Reply>),
@@ -223,142 +257,76 @@ impl Drop for FailOnPanic {
     }
 }
 
-/// The first stage of a team's feed writer: admit every push waiting as
-/// one batch, hand the batch to the committer, until the team is unloaded.
-fn admitter(db: Arc<Db>, team_id: String, team: Weak<LoadedTeam>, jobs: mpsc::Receiver<Job>) {
-    let _failed = FailOnPanic(team.clone());
-    let (to_commit, admitted) = mpsc::sync_channel::<Admitted>(4);
-    {
-        let team = team.clone();
-        let spawned = std::thread::Builder::new()
-            .name("feed-commit".into())
-            .spawn(move || committer(&db, &team_id, team, admitted));
-        if spawned.is_err() {
-            return;
-        }
-    }
-    let mut next = None;
-    loop {
-        let Some(first) = next.take().or_else(|| jobs.recv().ok()) else {
-            return;
-        };
-        let Some(team) = team.upgrade() else {
-            return;
-        };
-        let mut pushes = Vec::new();
-        match first {
-            Job::Alone(work) => {
-                let (done, flushed) = mpsc::sync_channel(1);
-                if to_commit.send(Admitted::Flush(done)).is_err() || flushed.recv().is_err() {
-                    return;
-                }
-                // Not on a state that is ahead of its database: dropped
-                // unrun, the job's caller is told to try again (enrolment)
-                // or tries at its next tick (revocations), on the reloaded
-                // team.
-                if !team.failed.load(Ordering::Acquire) {
-                    work(&team);
-                }
-                continue;
-            }
-            Job::Push(push) => pushes.push(push),
-        }
-        while pushes.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(Job::Push(push)) => pushes.push(push),
-                Ok(alone) => {
-                    next = Some(alone);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let batch = admit_batch(&team, pushes);
-        if to_commit.send(batch).is_err() {
-            return;
-        }
-    }
-}
-
-/// Admit every change of every push in order. The admitted changes get
-/// their seqs now (after those still being committed).
-fn admit_batch(team: &LoadedTeam, pushes: Vec<Push>) -> Admitted {
+/// Admit every change of a push in order. The admitted changes get their
+/// seqs now (after those still being committed).
+fn admit(team: &LoadedTeam, push: Push) -> Admitted {
+    let Push {
+        caller,
+        changes,
+        reply,
+    } = push;
     let mut st = team.state();
     if team.failed.load(Ordering::Acquire) {
         // The state is not to be trusted; the next request reloads it.
-        return Admitted::Failed(pushes.into_iter().map(|p| p.reply).collect());
+        return Admitted::Failed(vec![reply]);
     }
-    let mut answers = Vec::with_capacity(pushes.len());
+    // A member the team deactivated writes nothing more (checked here,
+    // under the lock admission holds anyway; nothing to commit).
+    if !st.is_active_member(&caller.user_id) {
+        let _ = reply.send(Err(Error::NotAMember));
+        return Admitted::Nothing;
+    }
     let mut rows: Vec<(FeedRow, Arc<str>)> = Vec::new();
     let mut retire = Vec::new();
     let relay_actor = st.team_doc.get_actor().to_hex_string();
     let relay_actor = st.actor_key(&relay_actor);
-    let mut pushes = pushes.into_iter();
-    while let Some(Push {
-        caller,
-        changes,
-        reply,
-    }) = pushes.next()
-    {
-        // A member the team deactivated writes nothing more (checked here,
-        // under the lock admission holds anyway; nothing to commit).
-        if !st.is_active_member(&caller.user_id) {
-            let _ = reply.send(Err(Error::NotAMember));
+    let actor = st.actor_key(&caller.actor);
+    let mut verdicts = Vec::with_capacity(changes.len());
+    for change in changes {
+        let hash = change.decoded.as_ref().ok().map(|(c, _)| c.hash());
+        if hash.is_some_and(|h| lock(poisoned()).contains(&h)) {
+            verdicts.push(refuse(
+                RefusalCode::InvalidChange,
+                "the relay could not read this change",
+            ));
             continue;
         }
-        let actor = st.actor_key(&caller.actor);
-        let mut verdicts = Vec::with_capacity(changes.len());
-        for change in changes {
-            let hash = change.decoded.as_ref().ok().map(|(c, _)| c.hash());
-            if hash.is_some_and(|h| lock(poisoned()).contains(&h)) {
-                verdicts.push(refuse(
-                    RefusalCode::InvalidChange,
-                    "the relay could not read this change",
-                ));
-                continue;
-            }
-            // A panic while admitting (a bug; no input is known to cause
-            // one) must not end the team's feed writer. The state may be
-            // half changed: nothing of this batch is written, every push in
-            // it is answered with an error to retry, the team is reloaded
-            // from its feed on next use, and the change is remembered, so
-            // that when its phone sends it again it is refused at once.
-            let admitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                st.admit(&caller, &change)
-            }));
-            let Ok(admitted) = admitted else {
-                team.failed.store(true, Ordering::Release);
-                tracing::error!("admitting a change panicked; the team is reloaded on next use");
-                lock(poisoned()).extend(hash);
-                let mut replies: Vec<Reply> = answers.into_iter().map(|(r, _)| r).collect();
-                replies.push(reply);
-                replies.extend(pushes.map(|p| p.reply));
-                return Admitted::Failed(replies);
-            };
-            match admitted {
-                Ok(true) => {
-                    let Ok((c, _)) = &change.decoded else {
-                        continue;
-                    };
-                    let row = st.next_row(change.doc, c);
-                    rows.push((row, actor.clone()));
-                    verdicts.push(Verdict::Stored);
-                    for (doc, carried) in std::mem::take(&mut st.carry_over) {
-                        st.admit_carry_over(&doc, &carried);
-                        let row = st.next_row(doc, &carried);
-                        rows.push((row, relay_actor.clone()));
-                    }
-                    retire.append(&mut st.retiring);
+        // A panic while admitting (a bug; no input is known to cause
+        // one) must not stop the team. The state may be half changed:
+        // nothing of this push is written, it is answered with an error to
+        // retry, the team is reloaded from its feed on next use, and the
+        // change is remembered, so that when its phone sends it again it
+        // is refused at once.
+        let admitted =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| st.admit(&caller, &change)));
+        let Ok(admitted) = admitted else {
+            team.failed.store(true, Ordering::Release);
+            tracing::error!("admitting a change panicked; the team is reloaded on next use");
+            lock(poisoned()).extend(hash);
+            return Admitted::Failed(vec![reply]);
+        };
+        match admitted {
+            Ok(true) => {
+                let Ok((c, _)) = &change.decoded else {
+                    continue;
+                };
+                let row = st.next_row(change.doc, c);
+                rows.push((row, actor.clone()));
+                verdicts.push(Verdict::Stored);
+                for (doc, carried) in std::mem::take(&mut st.carry_over) {
+                    st.admit_carry_over(&doc, &carried);
+                    let row = st.next_row(doc, &carried);
+                    rows.push((row, relay_actor.clone()));
                 }
-                Ok(false) => verdicts.push(Verdict::Duplicate),
-                Err(v) => verdicts.push(v),
+                retire.append(&mut st.retiring);
             }
+            Ok(false) => verdicts.push(Verdict::Duplicate),
+            Err(v) => verdicts.push(v),
         }
-        answers.push((reply, verdicts));
     }
     Admitted::Batch {
         rows,
-        answers,
+        answers: vec![(reply, verdicts)],
         retire,
     }
 }
@@ -369,7 +337,7 @@ fn poisoned() -> &'static Mutex<HashSet<ChangeHash>> {
     POISONED.get_or_init(Default::default)
 }
 
-/// The second stage: commit every admitted batch waiting in one
+/// The feed writer: commit every admitted push waiting in one
 /// transaction, take the rows into the feed, answer the pushes. After a
 /// storage error the team's state is ahead of its database: it is marked
 /// failed (reloaded from the feed on next use) and every push still queued
@@ -399,6 +367,7 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
                     retire.extend(t);
                 }
                 Admitted::Flush(done) => flushes.push(done),
+                Admitted::Nothing => {}
                 Admitted::Failed(replies) => {
                     failure.get_or_insert_with(|| {
                         "the relay could not take this team's changes; try again".to_owned()
@@ -529,15 +498,15 @@ impl Relay {
         let (tx, rx) = mpsc::channel();
         let team = Arc::new(LoadedTeam {
             state: Mutex::new(state),
-            jobs: Mutex::new(tx),
+            door: Mutex::new(tx),
             failed: AtomicBool::new(false),
             revoked: Mutex::new(RevokedDevices::default()),
             last_reply: Mutex::new(SharedReply::default()),
         });
         let (db, weak, id) = (self.db.clone(), Arc::downgrade(&team), team_id.to_owned());
         std::thread::Builder::new()
-            .name("feed-admit".into())
-            .spawn(move || admitter(db, id, weak, rx))
+            .name("feed-commit".into())
+            .spawn(move || committer(&db, &id, weak, rx))
             .map_err(|e| Error::Storage(format!("cannot start a feed writer: {e}")))?;
         teams.insert(team_id.to_owned(), team.clone());
         Ok(team)
@@ -623,20 +592,6 @@ impl Relay {
         Ok(known.actors.contains(&*caller.actor))
     }
 
-    /// Queue a push for the team's feed writer; the receipt answers one
-    /// verdict per change, in order.
-    pub fn push(&self, team: &LoadedTeam, caller: Caller, changes: Vec<Incoming>) -> PushReceipt {
-        let (reply, receipt) = oneshot::channel();
-        // If the writer stopped, the reply is dropped with the job and the
-        // receipt says so.
-        let _ = lock(&team.jobs).send(Job::Push(Push {
-            caller,
-            changes,
-            reply,
-        }));
-        receipt
-    }
-
     /// Every change of a document the caller may read that is not behind
     /// `have` (heads the caller holds; unknown ones are ignored).
     pub fn repair(&self, caller: &Caller, doc: &str, have: &[[u8; 32]]) -> Result<Vec<Vec<u8>>> {
@@ -694,14 +649,12 @@ impl Relay {
             // The admin command noted it already, unless the database was
             // changed by hand: then this is the first the relay hears of it.
             self.forget_tokens();
-            let db = self.db.clone();
-            let work = move |team: &LoadedTeam| {
-                if let Err(e) = mark_revoked(&db, team, &team_id, &pending) {
-                    tracing::warn!("writing a revocation into the team document failed: {e}");
-                }
-            };
-            // Runs alone in the team's writer, like enrolment.
-            let _ = lock(&team.jobs).send(Job::Alone(Box::new(work)));
+            // Runs alone, like enrolment (a failed team is reloaded and
+            // brought up to date at the next tick).
+            let written = team.alone(|team| mark_revoked(&self.db, team, &team_id, &pending));
+            if let Err(e) = written.and_then(|w| w) {
+                tracing::warn!("writing a revocation into the team document failed: {e}");
+            }
         }
         Ok(())
     }
@@ -735,17 +688,8 @@ impl Relay {
         let role = Role::parse(&row.role).ok_or(Error::Storage("invite has a bad role".into()))?;
         let team = self.team(&row.team_id)?;
         // Enrolment writes the team document and the feed itself: it runs
-        // alone in the team's writer, between two batches of pushes.
-        let (done, result) = mpsc::sync_channel(1);
-        let db = self.db.clone();
-        let work = move |team: &LoadedTeam| {
-            let _ = done.send(enrol_device(&db, team, &code_hash, actor, row, role, now));
-        };
-        let stopped = || Error::Storage("the feed writer stopped".into());
-        lock(&team.jobs)
-            .send(Job::Alone(Box::new(work)))
-            .map_err(|_| stopped())?;
-        result.recv().map_err(|_| stopped())?
+        // alone, between two pushes.
+        team.alone(|team| enrol_device(&self.db, team, &code_hash, actor, row, role, now))?
     }
 }
 
