@@ -234,8 +234,13 @@ impl Phone {
 
     /// Enrol with an invite and pull the team.
     pub fn enrolled(relay: &Relay, invite: &str) -> Phone {
+        Phone::new_enrolled_at(&relay.url, invite)
+    }
+
+    /// [`Phone::enrolled`], for a relay at `url` (from another thread).
+    pub fn new_enrolled_at(url: &str, invite: &str) -> Phone {
         let d = Phone::new();
-        d.engine.enrol(&relay.url, invite).unwrap();
+        d.engine.enrol(url, invite).unwrap();
         d.sync();
         assert!(d.store.team().is_some());
         d

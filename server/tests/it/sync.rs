@@ -197,6 +197,68 @@ fn a_retried_push_stores_nothing_twice() {
     );
 }
 
+/// Pushes are admitted where they arrive and enrolment writes the feed
+/// itself between them: with both going on at once, every change is in
+/// the feed once and in order, also as the relay reads it back after a
+/// restart.
+#[test]
+fn phones_enrolling_while_others_push_lose_nothing() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let tasks: Vec<String> = (0..4)
+        .map(|i| hand_over(&max, &ana, &format!("Recall {i}"), "ana"))
+        .collect();
+    let invites: Vec<String> = (0..10)
+        .map(|i| relay.invite(&team, &format!("desk{i}"), "front_desk"))
+        .collect();
+    let desks = std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..40 {
+                max.store
+                    .comment(&tasks[i % tasks.len()], &format!("note {i}"))
+                    .unwrap();
+                max.sync();
+            }
+        });
+        s.spawn(|| {
+            for i in 0..40 {
+                ana.store
+                    .log_call(&tasks[i % tasks.len()], call(CallOutcome::NoAnswer))
+                    .unwrap();
+                ana.sync();
+            }
+        });
+        let desks: Vec<_> = invites
+            .iter()
+            .map(|invite| {
+                let relay = &relay;
+                s.spawn(move || Phone::new_enrolled_at(&relay.url, invite))
+            })
+            .collect();
+        desks
+            .into_iter()
+            .map(|d| d.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    max.sync();
+    ana.sync();
+    max.sync();
+    assert_converged(&[&max, &ana]);
+    for t in &tasks {
+        let state = max.store.task_detail(t).unwrap().state;
+        assert_eq!(state.calls.len(), 10, "{t}");
+        assert_eq!(state.comments.len(), 10, "{t}");
+    }
+    let members = max.store.team().unwrap().members.len();
+    assert_eq!(members, 2 + desks.len(), "every enrolment in the team");
+    // The relay reads its feed back as it wrote it.
+    relay.kill();
+    relay.spawn();
+    let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
+    max.sync();
+    assert_converged(&[&max, &ana, &mia]);
+}
+
 #[test]
 fn a_phone_offline_for_weeks_pushes_hundreds_of_changes_and_everyone_converges() {
     let relay = Relay::start();
