@@ -41,10 +41,27 @@ impl TaskStore {
     /// Open (or create) the store at `path` with the 32-byte `key` from the
     /// Keystore/Keychain. A wrong key throws `WrongKey` and touches nothing.
     /// `utcOffsetMinutes` is the phone's offset, for "today" in my queue.
-    #[uniffi::constructor(default(utc_offset_minutes = 0))]
-    pub fn open(path: String, key: Vec<u8>, utc_offset_minutes: i32) -> Result<Arc<TaskStore>> {
+    /// After an app update that changed the clinic's rules, the first open
+    /// derives every task again (seconds on a phone with a year of tasks):
+    /// `progress` hears how far it has come, to show; a usual open tells it
+    /// nothing.
+    #[uniffi::constructor(default(utc_offset_minutes = 0, progress = None))]
+    pub fn open(
+        path: String,
+        key: Vec<u8>,
+        utc_offset_minutes: i32,
+        progress: Option<Arc<dyn OpenProgressListener>>,
+    ) -> Result<Arc<TaskStore>> {
         let options = core::StoreOptions {
             utc_offset_minutes,
+            on_open_progress: progress.map(|p| {
+                Arc::new(move |o: core::OpenProgress| {
+                    p.on_progress(
+                        u32::try_from(o.done).unwrap_or(u32::MAX),
+                        u32::try_from(o.total).unwrap_or(u32::MAX),
+                    );
+                }) as Arc<dyn Fn(core::OpenProgress) + Send + Sync>
+            }),
             ..core::StoreOptions::default()
         };
         let store = core::Store::open(path, &key, options)?;
@@ -247,6 +264,13 @@ impl TaskStore {
 }
 
 /// Hears live sync. Implemented by the app (Kotlin/Swift).
+/// Hears how far opening the store has come: `done` of `total` tasks
+/// derived again (see `TaskStore.open`).
+#[uniffi::export(with_foreign)]
+pub trait OpenProgressListener: Send + Sync {
+    fn on_progress(&self, done: u32, total: u32);
+}
+
 #[uniffi::export(with_foreign)]
 pub trait SyncListener: Send + Sync {
     fn on_sync_event(&self, event: SyncEvent);

@@ -67,6 +67,25 @@ pub struct StoreOptions {
     /// Checkpoint the WAL on the store's own thread (the default), or in
     /// the commit that crosses SQLite's threshold, as SQLite does by itself.
     pub checkpoint_thread: bool,
+    /// Told how far a long open has come. A store last written under other
+    /// rules (an app update that changed them) derives every task again
+    /// inside [`Store::open`], once: seconds for a year of a busy clinic on
+    /// a phone, which the app can show ("Updating your tasks…"). A usual
+    /// open does not call it.
+    pub on_open_progress: Option<Arc<dyn Fn(OpenProgress) + Send + Sync>>,
+}
+
+/// How far [`Store::open`] has come deriving the tasks again: `done` of
+/// `total`, from 0 to `total`, at least every [`OpenProgress::EVERY`]
+/// tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenProgress {
+    pub done: usize,
+    pub total: usize,
+}
+
+impl OpenProgress {
+    pub const EVERY: usize = 100;
 }
 
 impl Default for StoreOptions {
@@ -77,6 +96,7 @@ impl Default for StoreOptions {
             clock: Arc::new(SystemClock),
             doc_cache_capacity: 256,
             checkpoint_thread: true,
+            on_open_progress: None,
         }
     }
 }
@@ -256,7 +276,7 @@ impl Store {
         if meta(&conn, "rules")?.as_deref() != Some(crate::derive::RULES) {
             let tx = conn.unchecked_transaction()?;
             if let Some(team) = st.team.clone() {
-                reindex_all(&tx, &mut st, &team)?;
+                reindex_all(&tx, &mut st, &team, options.on_open_progress.as_deref())?;
             }
             set_meta(&tx, "rules", crate::derive::RULES)?;
             tx.commit()?;
@@ -1360,8 +1380,29 @@ fn tasks_the_team_reaches(
     Ok(ids)
 }
 
-fn reindex_all(conn: &Connection, st: &mut State, team: &Team) -> Result<usize> {
-    rederive_for_team(conn, st, None, team)
+/// Derive every task again (the rules changed), telling `progress`.
+fn reindex_all(
+    conn: &Connection,
+    st: &mut State,
+    team: &Team,
+    progress: Option<&(dyn Fn(OpenProgress) + Send + Sync)>,
+) -> Result<usize> {
+    let tell = |done, total| {
+        if let Some(p) = progress {
+            p(OpenProgress { done, total });
+        }
+    };
+    let ids = tasks_the_team_reaches(conn, None, team)?;
+    let total = ids.len();
+    let mut n = 0;
+    for (done, id) in ids.iter().enumerate() {
+        if done % OpenProgress::EVERY == 0 {
+            tell(done, total);
+        }
+        n += usize::from(reindex_doc(conn, st, team, id)?);
+    }
+    tell(total, total);
+    Ok(n)
 }
 
 /// Copy the whole WAL back into the store file and empty it. The store's

@@ -2,6 +2,8 @@
 //! must come with a new version and an upgrade step (`store/schema.rs`), and
 //! an upgraded store must end up identical to a fresh one.
 
+use std::sync::{Arc, Mutex};
+
 use handoff_core::*;
 
 use crate::clinic::*;
@@ -141,6 +143,53 @@ fn a_store_from_a_newer_app_is_refused_untouched() {
         Store::open(&path, &KEY, StoreOptions::default()),
         Err(Error::SchemaTooNew(99))
     ));
+}
+
+/// Deriving every task again takes a while on a phone with a year of
+/// tasks: the open tells how far it has come, from 0 to all of them, and a
+/// usual open tells nothing.
+#[test]
+fn an_open_that_derives_the_tasks_again_tells_how_far_it_has_come() {
+    let c = Clinic::with(&["max"]);
+    for _ in 0..250 {
+        c.at("max")
+            .delegate(task_for("ana", DelegationLevel::Delegable))
+            .unwrap();
+    }
+    let Clinic {
+        dir,
+        devices,
+        clock,
+    } = c;
+    drop(devices);
+    let path = dir.path().join("0-max.db");
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let open = || {
+        let heard = heard.clone();
+        let store = Store::open(
+            &path,
+            &KEY,
+            StoreOptions {
+                on_open_progress: Some(Arc::new(move |p| heard.lock().unwrap().push(p))),
+                ..options(&clock)
+            },
+        )
+        .unwrap();
+        let q = store.queue_of("ana").unwrap();
+        assert_eq!(q.overdue.len() + q.today.len() + q.upcoming.len(), 250);
+    };
+    open();
+    assert!(heard.lock().unwrap().is_empty(), "a usual open");
+    raw(&path)
+        .execute("UPDATE meta SET value = '1' WHERE key = 'rules'", [])
+        .unwrap();
+    open();
+    let told = std::mem::take(&mut *heard.lock().unwrap());
+    let done: Vec<usize> = told.iter().map(|p| p.done).collect();
+    assert_eq!(done, vec![0, 100, 200, 250], "{told:?}");
+    assert!(told.iter().all(|p| p.total == 250), "{told:?}");
+    open();
+    assert!(heard.lock().unwrap().is_empty(), "derived once");
 }
 
 /// The index holds what the rules derive, and rules change between builds

@@ -43,9 +43,20 @@ public final class Handoff: ObservableObject {
     }
 
     /// Open the store at `path` with the 32-byte key from the Keychain.
-    /// Throws `HandoffError.WrongKey` for a wrong key.
-    public static func open(path: String, key: Data, utcOffsetMinutes: Int32 = 0) async throws -> Handoff {
-        let store = try await Task.detached { try TaskStore.open(path: path, key: key, utcOffsetMinutes: utcOffsetMinutes) }.value
+    /// Throws `HandoffError.WrongKey` for a wrong key. The first open after
+    /// an app update that changed the clinic's rules derives every task
+    /// again: `onProgress` hears `done` of `total` (off the main thread) so
+    /// the app can show it; a usual open does not call it.
+    public static func open(
+        path: String,
+        key: Data,
+        utcOffsetMinutes: Int32 = 0,
+        onProgress: (@Sendable (_ done: UInt32, _ total: UInt32) -> Void)? = nil
+    ) async throws -> Handoff {
+        let progress = onProgress.map { OpenProgress(tell: $0) }
+        let store = try await Task.detached {
+            try TaskStore.open(path: path, key: key, utcOffsetMinutes: utcOffsetMinutes, progress: progress)
+        }.value
         let handoff = Handoff(store: store)
         try await handoff.refresh()
         return handoff
@@ -177,4 +188,11 @@ private final class Listener: SyncListener, @unchecked Sendable {
     func onSyncEvent(event: SyncEvent) {
         Task { @MainActor [weak owner] in owner?.hear(event) }
     }
+}
+
+/// Forwards the core's open progress to a closure.
+private final class OpenProgress: OpenProgressListener, @unchecked Sendable {
+    private let tell: @Sendable (UInt32, UInt32) -> Void
+    init(tell: @escaping @Sendable (UInt32, UInt32) -> Void) { self.tell = tell }
+    func onProgress(done: UInt32, total: UInt32) { tell(done, total) }
 }

@@ -6,6 +6,7 @@ import app.handoff.ffi.Enrolment
 import app.handoff.ffi.HandoffException
 import app.handoff.ffi.MyQueue
 import app.handoff.ffi.NewTask
+import app.handoff.ffi.OpenProgressListener
 import app.handoff.ffi.OwnerKpis
 import app.handoff.ffi.ReviewItem
 import app.handoff.ffi.SyncEvent
@@ -92,14 +93,24 @@ class Handoff(
         /**
          * Open the store at [path] with the 32-byte [key] from the
          * Keystore/Keychain. Throws [HandoffException.WrongKey] for a wrong key.
+         * The first open after an app update that changed the clinic's rules
+         * derives every task again: [onProgress] hears `done` of `total` (on
+         * [io]) so the app can show it; a usual open does not call it.
          */
         suspend fun open(
             path: String,
             key: ByteArray,
             utcOffsetMinutes: Int = 0,
             io: CoroutineDispatcher = Dispatchers.IO,
-        ): Handoff = withContext(io) { Handoff(TaskStore.open(path, key, utcOffsetMinutes), io) }
-            .also { it.refresh() }
+            onProgress: ((done: Int, total: Int) -> Unit)? = null,
+        ): Handoff = withContext(io) {
+            val progress = onProgress?.let { tell ->
+                object : OpenProgressListener {
+                    override fun onProgress(done: UInt, total: UInt) = tell(done.toInt(), total.toInt())
+                }
+            }
+            Handoff(TaskStore.open(path, key, utcOffsetMinutes, progress), io)
+        }.also { it.refresh() }
     }
 
     suspend fun enrolment(): Enrolment? = withContext(io) { store.enrolment() }
