@@ -32,6 +32,8 @@ final class Session: ObservableObject {
     @Published var handoff: Handoff?
     @Published var enrolment: Enrolment?
     @Published var message: String?
+    /// How far an open that derives every task again has come (0...1), if it does.
+    @Published var updating: Double?
 
     func open() async {
         guard handoff == nil else { return }
@@ -40,7 +42,12 @@ final class Session: ObservableObject {
                 .url(for: .applicationSupportDirectory, in: .userDomainMask, appropriateFor: nil, create: true)
                 .appendingPathComponent("handoff.db").path
             let offset = Int32(TimeZone.current.secondsFromGMT() / 60)
-            let handoff = try await Handoff.open(path: path, key: try KeyVault.storeKey(), utcOffsetMinutes: offset)
+            let handoff = try await Handoff.open(
+                path: path, key: try KeyVault.storeKey(), utcOffsetMinutes: offset,
+                onProgress: { done, total in
+                    let fraction = total == 0 ? 1 : Double(done) / Double(total)
+                    Task { @MainActor [weak self] in self?.updating = fraction }
+                })
             self.handoff = handoff
             self.enrolment = try await handoff.enrolment()
             if self.enrolment != nil { try handoff.startLiveSync() }

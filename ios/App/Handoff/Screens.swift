@@ -23,6 +23,9 @@ struct RootView: View {
                 HomeView(handoff: handoff, me: me)
             } else if session.handoff != nil {
                 EnrolView()
+            } else if let updating = session.updating {
+                // The first open after an update that changed the rules.
+                ProgressView("Updating your tasks…", value: updating)
             } else {
                 ProgressView()
             }

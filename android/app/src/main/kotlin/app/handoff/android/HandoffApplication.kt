@@ -18,11 +18,13 @@ class HandoffApplication : Application() {
     private val lock = Mutex()
     private var handoff: Handoff? = null
 
-    suspend fun handoff(): Handoff = lock.withLock {
+    /** [onProgress]: the first open after an update that changed the rules derives every task again. */
+    suspend fun handoff(onProgress: ((done: Int, total: Int) -> Unit)? = null): Handoff = lock.withLock {
         handoff ?: Handoff.open(
             path = File(noBackupFilesDir, "handoff.db").path,
             key = KeyVault(this).storeKey(),
             utcOffsetMinutes = TimeZone.getDefault().getOffset(System.currentTimeMillis()) / 60_000,
+            onProgress = onProgress,
         ).also { handoff = it }
     }
 

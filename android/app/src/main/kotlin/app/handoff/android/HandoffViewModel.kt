@@ -27,6 +27,10 @@ import kotlinx.coroutines.launch
 @OptIn(ExperimentalCoroutinesApi::class) // flatMapLatest
 class HandoffViewModel(app: Application) : AndroidViewModel(app) {
     private val handoff = MutableStateFlow<Handoff?>(null)
+    /** `true` once the store is open; until then the app shows [updating]. */
+    val opened = MutableStateFlow(false)
+    /** How far an open that derives every task again has come (0..1), if it does. */
+    val updating = MutableStateFlow<Float?>(null)
     val enrolment = MutableStateFlow<Enrolment?>(null)
     val message = MutableStateFlow<String?>(null)
     val detail = MutableStateFlow<TaskDetail?>(null)
@@ -38,9 +42,12 @@ class HandoffViewModel(app: Application) : AndroidViewModel(app) {
 
     init {
         viewModelScope.launch {
-            val h = (app as HandoffApplication).handoff()
+            val h = (app as HandoffApplication).handoff { done, total ->
+                updating.value = if (total == 0) 1f else done.toFloat() / total
+            }
             handoff.value = h
             enrolment.value = h.enrolment()
+            opened.value = true
             if (enrolment.value != null) h.startLiveSync()
         }
         // Live sync brought news: the open task is re-read too.

@@ -9,6 +9,7 @@ import androidx.compose.runtime.collectAsState
 import androidx.compose.runtime.getValue
 import app.handoff.android.ui.EnrolScreen
 import app.handoff.android.ui.HomeScreen
+import app.handoff.android.ui.OpeningScreen
 import app.handoff.android.ui.TaskDetailScreen
 
 class MainActivity : ComponentActivity() {
@@ -18,9 +19,12 @@ class MainActivity : ComponentActivity() {
         super.onCreate(savedInstanceState)
         setContent {
             MaterialTheme {
+                val opened by model.opened.collectAsState()
+                val updating by model.updating.collectAsState()
                 val enrolment by model.enrolment.collectAsState()
                 val detail by model.detail.collectAsState()
                 when {
+                    !opened -> OpeningScreen(updating)
                     enrolment == null -> EnrolScreen(model)
                     detail != null -> TaskDetailScreen(model, detail!!)
                     else -> HomeScreen(model, enrolment!!)

@@ -39,6 +39,13 @@ fun SyncBanner(status: SyncStatus) {
     Text(text, style = MaterialTheme.typography.labelMedium, modifier = Modifier.padding(8.dp))
 }
 
+/** While the store opens; after an update that changed the rules, how far it has come. */
+@Composable
+fun OpeningScreen(updating: Float?) {
+    val text = updating?.let { "Updating your tasks… ${(it * 100).toInt()}%" } ?: "Opening…"
+    Text(text, style = MaterialTheme.typography.bodyLarge, modifier = Modifier.padding(24.dp))
+}
+
 @Composable
 fun TaskRow(task: TaskSummary, onOpen: (String) -> Unit, modifier: Modifier = Modifier) {
     Column(
