@@ -20,7 +20,8 @@ struct RouteStats {
 
 #[derive(Default)]
 pub struct Metrics {
-    routes: Mutex<BTreeMap<(String, u16), RouteStats>>,
+    /// By route, then status.
+    routes: Mutex<BTreeMap<String, BTreeMap<u16, RouteStats>>>,
     /// Pulls waiting for news right now.
     pub long_polls: AtomicI64,
 }
@@ -28,7 +29,12 @@ pub struct Metrics {
 impl Metrics {
     pub fn record(&self, route: &str, status: u16, elapsed: Duration) {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        let s = routes.entry((route.to_owned(), status)).or_default();
+        // The route's name is copied once, not on every request.
+        let by_status = match routes.get_mut(route) {
+            Some(s) => s,
+            None => routes.entry(route.to_owned()).or_default(),
+        };
+        let s = by_status.entry(status).or_default();
         let secs = elapsed.as_secs_f64();
         s.count += 1;
         s.seconds += secs;
@@ -46,16 +52,21 @@ impl Metrics {
         let mut out = String::new();
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(out, "# TYPE handoff_requests_total counter");
-        for ((route, status), s) in routes.iter() {
-            let _ = writeln!(
-                out,
-                "handoff_requests_total{{route=\"{route}\",status=\"{status}\"}} {}",
-                s.count
-            );
+        for (route, by_status) in routes.iter() {
+            for (status, s) in by_status {
+                let _ = writeln!(
+                    out,
+                    "handoff_requests_total{{route=\"{route}\",status=\"{status}\"}} {}",
+                    s.count
+                );
+            }
         }
         let _ = writeln!(out, "# TYPE handoff_request_duration_seconds histogram");
         let mut per_route: BTreeMap<&str, RouteStats> = BTreeMap::new();
-        for ((route, _), s) in routes.iter() {
+        for (route, s) in routes
+            .iter()
+            .flat_map(|(r, by)| by.values().map(move |s| (r, s)))
+        {
             let r = per_route.entry(route.as_str()).or_default();
             r.count += s.count;
             r.seconds += s.seconds;

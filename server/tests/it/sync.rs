@@ -756,3 +756,38 @@ fn a_listener_may_ask_for_a_sync_when_told_of_new_data() {
     assert!(told.here.lock().unwrap().len() > asked.len());
     assert_eq!(fay.store.shared_pool().unwrap().len(), 4);
 }
+
+/// `/metrics` counts every request by route and status, and its latency
+/// histogram per route adds up over the statuses.
+#[test]
+fn metrics_count_each_route_and_status() {
+    let relay = Relay::start();
+    let (_, max, _ana) = manager_and(&relay, "ana", "clinical_assistant");
+    max.store
+        .delegate(task_for("Call", Some("ana"), None))
+        .unwrap();
+    max.sync();
+    let (status, _) = RawPush::to(&relay).send("not-a-token", Vec::new());
+    assert_eq!(status, 401);
+    let text = relay.metrics();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let ok = value(r#"handoff_requests_total{route="/v1/push",status="200"}"#);
+    let refused = value(r#"handoff_requests_total{route="/v1/push",status="401"}"#);
+    assert!(ok >= 1, "{text}");
+    assert_eq!(refused, 1, "{text}");
+    assert_eq!(
+        value(r#"handoff_requests_total{route="/v1/enrol",status="200"}"#),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"handoff_request_duration_seconds_count{route="/v1/push"}"#),
+        ok + refused,
+        "{text}"
+    );
+}
