@@ -269,7 +269,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     derive::Outcome::Applied => String::new(),
                     other => format!("  <- {other:?}"),
                 };
-                println!("  {} {}: {}{}", h.at, h.by, h.action.name(), outcome);
+                println!("  {} {}: {}{}", utc(h.at), h.by, h.action.name(), outcome);
             }
         }
         Cmd::Delegate {
@@ -355,4 +355,39 @@ fn run(cli: Cli) -> Result<(), String> {
 /// Parse a snake_case enum name the way the core serializes it.
 fn serde_json_value<T: serde::de::DeserializeOwned>(name: &str) -> Option<T> {
     serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+}
+
+/// A time the way a person reads it, in UTC ("2026-11-30 13:05:09 UTC"),
+/// from milliseconds since 1970 (Howard Hinnant's days-to-civil).
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn times_read_as_utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_796_044_364_455), "2026-11-30 13:12:44 UTC");
+        assert_eq!(utc(-1_000), "1969-12-31 23:59:59 UTC");
+    }
 }
