@@ -11,8 +11,8 @@
 //! takes them into the feed in memory, wakes the long-polls that may read
 //! them and answers the pushes. So concurrent pushes share one commit, and
 //! the next pushes are validated while the last ones are being synced.
-//! (Until 2026-12 a thread of its own admitted the pushes: one more hop
-//! between threads per push, ~10% of the relay's CPU per edit at one edit
+//! (Until 2026-11-30 a thread of its own admitted the pushes: one more hop
+//! between threads per push, ~15% of the relay's CPU per edit at one edit
 //! per push; BENCHMARKS.md.)
 
 use axum::body::Bytes;

@@ -145,6 +145,19 @@ fn a_store_from_a_newer_app_is_refused_untouched() {
     ));
 }
 
+/// The clinic's phones closed: its directory (kept while the file is
+/// used), the manager's store file, and the clinic's clock.
+fn closed(c: Clinic) -> (tempfile::TempDir, std::path::PathBuf, ManualClock) {
+    let Clinic {
+        dir,
+        devices,
+        clock,
+    } = c;
+    drop(devices);
+    let path = dir.path().join("0-max.db");
+    (dir, path, clock)
+}
+
 /// Deriving every task again takes a while on a phone with a year of
 /// tasks: the open tells how far it has come, from 0 to all of them, and a
 /// usual open tells nothing.
@@ -156,13 +169,7 @@ fn an_open_that_derives_the_tasks_again_tells_how_far_it_has_come() {
             .delegate(task_for("ana", DelegationLevel::Delegable))
             .unwrap();
     }
-    let Clinic {
-        dir,
-        devices,
-        clock,
-    } = c;
-    drop(devices);
-    let path = dir.path().join("0-max.db");
+    let (_dir, path, clock) = closed(c);
     let heard = Arc::new(Mutex::new(Vec::new()));
     let open = || {
         let heard = heard.clone();
@@ -202,13 +209,7 @@ fn a_store_derived_under_other_rules_is_derived_again_when_it_opens() {
         .at("max")
         .delegate(task_for("ana", DelegationLevel::Delegable))
         .unwrap();
-    let Clinic {
-        dir,
-        devices,
-        clock,
-    } = c;
-    drop(devices);
-    let path = dir.path().join("0-max.db");
+    let (_dir, path, clock) = closed(c);
     let open_tasks = |path: &std::path::Path| {
         let store = Store::open(path, &KEY, options(&clock)).unwrap();
         let q = store.queue_of("ana").unwrap();
