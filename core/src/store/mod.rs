@@ -478,7 +478,7 @@ impl Store {
             docs::maybe_compact(&tx, TEAM_DOC, &mut doc)?;
             let team = Team::read(&doc);
             let before = st.team.clone();
-            rederive_for_team(&tx, st, before.as_ref(), &team)?;
+            rederive_for_team(&tx, st, before.as_ref(), &team, None)?;
             tx.commit()?;
             Ok(team)
         })();
@@ -1291,7 +1291,7 @@ fn set_aside_team(conn: &Connection, st: &mut State, refused: &Change) -> Result
     // still waiting for their dependencies.
     let team = Team::read(&rebuilt);
     let before = st.team.clone();
-    rederive_for_team(conn, st, before.as_ref(), &team)?;
+    rederive_for_team(conn, st, before.as_ref(), &team, None)?;
     st.set_team(Some(team));
     Ok(())
 }
@@ -1330,16 +1330,29 @@ fn retire(conn: &Connection, doc_id: &str) -> Result<()> {
 /// Derive again, after the team changed from `before` to `team`, the tasks
 /// that change can alter: usually none or a few, not all 10,000 of a
 /// year's clinic (seconds on a phone, with every write waiting).
+/// `progress` hears how far it has come (see [`OpenProgress`]).
 fn rederive_for_team(
     conn: &Connection,
     st: &mut State,
     before: Option<&Team>,
     team: &Team,
+    progress: Option<&(dyn Fn(OpenProgress) + Send + Sync)>,
 ) -> Result<usize> {
+    let tell = |done, total| {
+        if let Some(p) = progress {
+            p(OpenProgress { done, total });
+        }
+    };
+    let ids = tasks_the_team_reaches(conn, before, team)?;
+    let total = ids.len();
     let mut n = 0;
-    for id in tasks_the_team_reaches(conn, before, team)? {
-        n += usize::from(reindex_doc(conn, st, team, &id)?);
+    for (done, id) in ids.iter().enumerate() {
+        if done % OpenProgress::EVERY == 0 {
+            tell(done, total);
+        }
+        n += usize::from(reindex_doc(conn, st, team, id)?);
     }
+    tell(total, total);
     Ok(n)
 }
 
@@ -1387,22 +1400,7 @@ fn reindex_all(
     team: &Team,
     progress: Option<&(dyn Fn(OpenProgress) + Send + Sync)>,
 ) -> Result<usize> {
-    let tell = |done, total| {
-        if let Some(p) = progress {
-            p(OpenProgress { done, total });
-        }
-    };
-    let ids = tasks_the_team_reaches(conn, None, team)?;
-    let total = ids.len();
-    let mut n = 0;
-    for (done, id) in ids.iter().enumerate() {
-        if done % OpenProgress::EVERY == 0 {
-            tell(done, total);
-        }
-        n += usize::from(reindex_doc(conn, st, team, id)?);
-    }
-    tell(total, total);
-    Ok(n)
+    rederive_for_team(conn, st, None, team, progress)
 }
 
 /// Copy the whole WAL back into the store file and empty it. The store's
