@@ -7,7 +7,7 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 const V1: &str = "
 -- Who this device is: its automerge actor id and, once enrolled, its user.
@@ -33,7 +33,7 @@ CREATE TABLE snapshots (
 );
 
 -- Changes not yet folded into the snapshot, including ones still waiting for
--- their dependencies to arrive.
+-- their dependencies to arrive. (v3 makes this a rowid table: see V3.)
 CREATE TABLE changes (
     doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE,
     hash   BLOB NOT NULL,
@@ -126,6 +126,26 @@ INSERT OR IGNORE INTO dismissed (event_id)
 DROP TABLE temp.dismissed_v1;
 ";
 
+/// v3 keeps changes in the order they were written (a rowid table) instead of
+/// clustered by document. A change is ~400 bytes: clustered, every write
+/// landed in a random leaf of a table that outgrew the page cache (one page
+/// read and decrypted, and frequent splits, in every write), where now it
+/// lands on the last page, already in the cache; only the small entry of
+/// the unique index lands at random. The store benchmark's logged call
+/// went from ~255 to ~200 µs (mean per write) with this alone.
+const V3: &str = "
+ALTER TABLE changes RENAME TO changes_v2;
+CREATE TABLE changes (
+    id     INTEGER PRIMARY KEY,
+    doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE,
+    hash   BLOB NOT NULL,
+    bytes  BLOB NOT NULL,
+    UNIQUE (doc_id, hash)
+);
+INSERT INTO changes (doc_id, hash, bytes) SELECT doc_id, hash, bytes FROM changes_v2;
+DROP TABLE changes_v2;
+";
+
 /// Bring a database to [`VERSION`].
 pub fn upgrade(conn: &Connection) -> Result<()> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -145,6 +165,7 @@ fn upgrade_from(conn: &Connection, from: i64) -> Result<()> {
     match from {
         0 => conn.execute_batch(V1)?,
         1 => conn.execute_batch(V2)?,
+        2 => conn.execute_batch(V3)?,
         _ => return Err(Error::Corrupt("unknown schema version")),
     }
     Ok(())

@@ -10,8 +10,10 @@ use crate::clinic::*;
 
 /// What `sqlite_master` held at schema version 1 (`tests/it/schema_v1.sql`).
 const FROZEN_V1: &str = include_str!("schema_v1.sql");
-/// And at version 2, the current one (`tests/it/schema_v2.sql`).
+/// At version 2 (`tests/it/schema_v2.sql`).
 const FROZEN_V2: &str = include_str!("schema_v2.sql");
+/// And at version 3, the current one (`tests/it/schema_v3.sql`).
+const FROZEN_V3: &str = include_str!("schema_v3.sql");
 
 /// A raw connection to a store file, keyed as the store keys it.
 fn raw(path: &std::path::Path) -> rusqlite::Connection {
@@ -48,14 +50,14 @@ fn a_fresh_store_has_exactly_the_frozen_schema_of_its_version() {
     let actual = schema_of(&path);
     if std::env::var_os("HANDOFF_BLESS_SCHEMA").is_some() {
         std::fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schema_v2.sql"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schema_v3.sql"),
             &actual,
         )
         .unwrap();
     }
     assert_eq!(
-        actual, FROZEN_V2,
-        "the schema changed: add a version and an upgrade step instead of editing v2"
+        actual, FROZEN_V3,
+        "the schema changed: add a version and an upgrade step instead of editing v3"
     );
 }
 
@@ -97,7 +99,7 @@ fn a_v1_store_upgrades_to_v2_keeping_what_was_dismissed_and_nothing_more() {
     let store = Store::open(&path, &KEY, StoreOptions::default()).unwrap();
     assert_eq!(
         schema_of(&path),
-        FROZEN_V2,
+        FROZEN_V3,
         "an upgraded store is a fresh one"
     );
     let shown = |store: &Store| -> Vec<(Option<String>, String)> {
@@ -124,6 +126,79 @@ fn a_v1_store_upgrades_to_v2_keeping_what_was_dismissed_and_nothing_more() {
         )
         .unwrap();
     assert_eq!(shown(&store).len(), 3);
+}
+
+/// v3 moves the changes into a table kept in write order: every change a
+/// v2 store held, compacted or not, is still there, and the tasks read the
+/// same, history and all.
+#[test]
+fn a_v2_store_upgrades_to_v3_keeping_every_change() {
+    let c = Clinic::with(&["max"]);
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let t = c
+            .at("max")
+            .delegate(task_for("ana", DelegationLevel::Delegable))
+            .unwrap();
+        // The last one past compaction: a snapshot and later changes.
+        let calls = if i == 4 { store::COMPACT_AFTER + 3 } else { i };
+        for _ in 0..calls {
+            c.at("max")
+                .comment(&t, "Called, left a message with the front desk")
+                .unwrap();
+        }
+        tasks.push(t);
+    }
+    let details = |store: &Store| -> Vec<TaskDetail> {
+        tasks
+            .iter()
+            .map(|t| store.task_detail(t).unwrap())
+            .collect()
+    };
+    let before = details(c.at("max"));
+    assert_eq!(
+        before[4].state.history.len(),
+        store::COMPACT_AFTER as usize + 4
+    );
+    let (_dir, path, clock) = closed(c);
+    let rows = |path: &std::path::Path| -> i64 {
+        raw(path)
+            .query_row("SELECT count(*) FROM changes", [], |r| r.get(0))
+            .unwrap()
+    };
+    let held = rows(&path);
+    assert!(held > 10, "uncompacted changes to carry over: {held}");
+    // Back to v2's layout: the same rows, clustered by document.
+    {
+        let v2_changes = FROZEN_V2
+            .split(";\n")
+            .find(|sql| sql.starts_with("CREATE TABLE changes"))
+            .unwrap();
+        raw(&path)
+            .execute_batch(&format!(
+                "ALTER TABLE changes RENAME TO changes_v3;
+                 {v2_changes};
+                 INSERT INTO changes SELECT doc_id, hash, bytes FROM changes_v3;
+                 DROP TABLE changes_v3;
+                 PRAGMA user_version = 2;"
+            ))
+            .unwrap();
+    }
+    assert_eq!(schema_of(&path), FROZEN_V2);
+    let store = Store::open(&path, &KEY, options(&clock)).unwrap();
+    assert_eq!(
+        schema_of(&path),
+        FROZEN_V3,
+        "an upgraded store is a fresh one"
+    );
+    assert_eq!(rows(&path), held);
+    assert_eq!(details(&store), before);
+    // And it takes new work.
+    store.comment(&tasks[0], "Reached the patient").unwrap();
+    assert_eq!(
+        store.task_detail(&tasks[0]).unwrap().state.history.len(),
+        before[0].state.history.len() + 1
+    );
 }
 
 #[test]
