@@ -6,7 +6,6 @@
 //! derived from them does not depend on automerge history and survives a
 //! redaction, which re-creates the document.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -196,11 +195,14 @@ impl Event {
         now: Timestamp,
         action: Action,
     ) -> Event {
-        let referenced: HashSet<&EventId> = events.iter().flat_map(|e| e.deps.iter()).collect();
+        // A sorted list, not a hash set: a task has tens of events, and
+        // hashing every id of every write showed in the write's profile.
+        let mut referenced: Vec<&EventId> = events.iter().flat_map(|e| e.deps.iter()).collect();
+        referenced.sort_unstable();
         let mut deps: Vec<EventId> = events
             .iter()
             .map(|e| &e.id)
-            .filter(|id| !referenced.contains(id))
+            .filter(|id| referenced.binary_search(id).is_err())
             .cloned()
             .collect();
         deps.sort();
