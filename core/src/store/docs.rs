@@ -30,14 +30,23 @@ pub(crate) fn load(conn: &Connection, doc_id: &str, actor: &ActorId) -> Result<O
         Some(bytes) => AutoCommit::load(&bytes)?,
         None => AutoCommit::new(),
     };
-    let mut stmt = conn.prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1")?;
-    let changes = stmt
-        .query_map([doc_id], |r| r.get::<_, Vec<u8>>(0))?
-        .map(|bytes| {
-            Change::from_bytes(bytes?)
-                .map_err(|_| Error::Corrupt("a stored change does not decode"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // Its later changes, and this device's own not yet sent (kept only in
+    // the outbox until the relay has them; see `commit_local`).
+    let mut changes = Vec::new();
+    for sql in [
+        "SELECT bytes FROM changes WHERE doc_id = ?1",
+        "SELECT bytes FROM outbox WHERE doc_id = ?1 AND refused_code IS NULL ORDER BY id",
+    ] {
+        let mut stmt = conn.prepare_cached(sql)?;
+        for bytes in stmt.query_map([doc_id], |r| r.get::<_, Vec<u8>>(0))? {
+            changes.push(
+                Change::from_bytes(bytes?)
+                    .map_err(|_| Error::Corrupt("a stored change does not decode"))?,
+            );
+        }
+    }
+    // A change in both (sent since, or written by an older version) is
+    // applied once.
     doc.apply_changes(changes)?;
     doc.set_actor(actor.clone());
     Ok(Some(doc))
@@ -99,7 +108,10 @@ pub(crate) fn enqueue(
     Ok(())
 }
 
-/// Commit the document's pending ops as one change; store and queue it.
+/// Commit the document's pending ops as one change, and queue it for the
+/// relay. The outbox row is where the change is kept until the relay has
+/// it ([`keep_sent`] then moves it to `changes`): one copy, one page fewer
+/// in the commit than keeping it in both.
 pub(crate) fn commit_local(
     conn: &Connection,
     doc_id: &str,
@@ -112,9 +124,23 @@ pub(crate) fn commit_local(
     let Some(change) = doc.get_last_local_change() else {
         return Ok(None);
     };
-    store_change(conn, doc_id, &change, None)?;
     enqueue(conn, doc_id, &change, now)?;
     Ok(Some(change.hash()))
+}
+
+/// An outbox row is about to stop being unsent (the relay took it, or
+/// refused it): keep its change with the document's other changes, where
+/// loading and compaction find it. Not for a document this device no
+/// longer holds.
+pub(crate) fn keep_sent(conn: &Connection, outbox_id: i64, bytes: &[u8]) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO changes (doc_id, hash, bytes)
+         SELECT o.doc_id, o.hash, o.bytes FROM outbox o
+         WHERE o.id = ?1 AND o.bytes = ?2 AND o.refused_code IS NULL
+           AND EXISTS (SELECT 1 FROM documents d WHERE d.doc_id = o.doc_id)",
+    )?
+    .execute(params![outbox_id, bytes])?;
+    Ok(())
 }
 
 /// Replace many small changes by one snapshot, so opening stays fast as

@@ -883,6 +883,7 @@ impl Store {
         let db = self.lock();
         let tx = db.conn.unchecked_transaction()?;
         for change in sent {
+            docs::keep_sent(&tx, change.id, &change.bytes)?;
             tx.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND bytes = ?2")?
                 .execute(params![change.id, change.bytes])?;
         }
@@ -918,6 +919,9 @@ impl Store {
             return Ok(None);
         };
         let mut tx = conn.unchecked_transaction()?;
+        // Still part of its document (until set aside below): kept with the
+        // document's changes, as the outbox row no longer counts as unsent.
+        docs::keep_sent(&tx, id, &bytes)?;
         tx.prepare_cached(
             "UPDATE outbox SET refused_code = ?2, refused_reason = ?3 WHERE id = ?1",
         )?
@@ -995,7 +999,7 @@ impl Store {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         let ids: Vec<String> = conn
-            .prepare("SELECT DISTINCT doc_id FROM changes")?
+            .prepare("SELECT doc_id FROM changes UNION SELECT doc_id FROM outbox")?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         let tx = conn.unchecked_transaction()?;

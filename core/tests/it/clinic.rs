@@ -136,6 +136,17 @@ impl Clinic {
     }
 }
 
+/// A raw connection to a store file, keyed as the store keys it.
+pub fn raw(path: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA key = \"x'{}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+        hex::encode(KEY)
+    ))
+    .unwrap();
+    conn
+}
+
 pub fn outbox(s: &Store) -> Vec<(String, Vec<u8>)> {
     s.outbox(usize::MAX >> 1)
         .expect("outbox")

@@ -12,19 +12,10 @@ use crate::clinic::*;
 const FROZEN_V1: &str = include_str!("schema_v1.sql");
 /// At version 2 (`tests/it/schema_v2.sql`).
 const FROZEN_V2: &str = include_str!("schema_v2.sql");
-/// And at version 3, the current one (`tests/it/schema_v3.sql`).
+/// At version 3 (`tests/it/schema_v3.sql`).
 const FROZEN_V3: &str = include_str!("schema_v3.sql");
-
-/// A raw connection to a store file, keyed as the store keys it.
-fn raw(path: &std::path::Path) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(&format!(
-        "PRAGMA key = \"x'{}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
-        hex::encode(KEY)
-    ))
-    .unwrap();
-    conn
-}
+/// And at version 4, the current one (`tests/it/schema_v4.sql`).
+const FROZEN_V4: &str = include_str!("schema_v4.sql");
 
 fn schema_of(path: &std::path::Path) -> String {
     let conn = raw(path);
@@ -50,14 +41,14 @@ fn a_fresh_store_has_exactly_the_frozen_schema_of_its_version() {
     let actual = schema_of(&path);
     if std::env::var_os("HANDOFF_BLESS_SCHEMA").is_some() {
         std::fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schema_v3.sql"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schema_v4.sql"),
             &actual,
         )
         .unwrap();
     }
     assert_eq!(
-        actual, FROZEN_V3,
-        "the schema changed: add a version and an upgrade step instead of editing v3"
+        actual, FROZEN_V4,
+        "the schema changed: add a version and an upgrade step instead of editing v4"
     );
 }
 
@@ -99,7 +90,7 @@ fn a_v1_store_upgrades_to_v2_keeping_what_was_dismissed_and_nothing_more() {
     let store = Store::open(&path, &KEY, StoreOptions::default()).unwrap();
     assert_eq!(
         schema_of(&path),
-        FROZEN_V3,
+        FROZEN_V4,
         "an upgraded store is a fresh one"
     );
     let shown = |store: &Store| -> Vec<(Option<String>, String)> {
@@ -130,9 +121,9 @@ fn a_v1_store_upgrades_to_v2_keeping_what_was_dismissed_and_nothing_more() {
 
 /// v3 moves the changes into a table kept in write order: every change a
 /// v2 store held, compacted or not, is still there, and the tasks read the
-/// same, history and all.
+/// same, history and all. (The store goes on to v4, which adds an index.)
 #[test]
-fn a_v2_store_upgrades_to_v3_keeping_every_change() {
+fn a_v2_store_upgrades_keeping_every_change() {
     let c = Clinic::with(&["max"]);
     let mut tasks = Vec::new();
     for i in 0..5 {
@@ -149,6 +140,9 @@ fn a_v2_store_upgrades_to_v3_keeping_every_change() {
         }
         tasks.push(t);
     }
+    // Sent: this device's changes are in `changes` now, as v2 kept them.
+    let sent = c.at("max").outbox(usize::MAX >> 1).unwrap();
+    c.at("max").outbox_delivered(&sent).unwrap();
     let details = |store: &Store| -> Vec<TaskDetail> {
         tasks
             .iter()
@@ -176,7 +170,8 @@ fn a_v2_store_upgrades_to_v3_keeping_every_change() {
             .unwrap();
         raw(&path)
             .execute_batch(&format!(
-                "ALTER TABLE changes RENAME TO changes_v3;
+                "DROP INDEX outbox_doc;
+                 ALTER TABLE changes RENAME TO changes_v3;
                  {v2_changes};
                  INSERT INTO changes SELECT doc_id, hash, bytes FROM changes_v3;
                  DROP TABLE changes_v3;
@@ -188,7 +183,7 @@ fn a_v2_store_upgrades_to_v3_keeping_every_change() {
     let store = Store::open(&path, &KEY, options(&clock)).unwrap();
     assert_eq!(
         schema_of(&path),
-        FROZEN_V3,
+        FROZEN_V4,
         "an upgraded store is a fresh one"
     );
     assert_eq!(rows(&path), held);
@@ -199,6 +194,57 @@ fn a_v2_store_upgrades_to_v3_keeping_every_change() {
         store.task_detail(&tasks[0]).unwrap().state.history.len(),
         before[0].state.history.len() + 1
     );
+}
+
+/// v4 keeps this device's unsent changes only in the outbox. A v3 store
+/// kept them in `changes` too: it upgrades without moving anything, reads
+/// the same, offers the same changes to the relay, and keeps them once
+/// sent.
+#[test]
+fn a_v3_store_with_unsent_changes_upgrades_to_v4_and_reads_the_same() {
+    let c = Clinic::with(&["max"]);
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let t = c
+            .at("max")
+            .delegate(task_for("ana", DelegationLevel::Delegable))
+            .unwrap();
+        c.at("max").comment(&t, "Call before noon").unwrap();
+        tasks.push(t);
+    }
+    let details = |store: &Store| -> Vec<TaskDetail> {
+        tasks
+            .iter()
+            .map(|t| store.task_detail(t).unwrap())
+            .collect()
+    };
+    let before = details(c.at("max"));
+    let unsent = c.at("max").outbox(usize::MAX >> 1).unwrap();
+    assert!(unsent.len() >= 3 * 2, "each task twice, after the team's");
+    let (_dir, path, clock) = closed(c);
+    // As v3 kept them: unsent changes in both tables, no index.
+    raw(&path)
+        .execute_batch(
+            "INSERT OR IGNORE INTO changes (doc_id, hash, bytes)
+                 SELECT doc_id, hash, bytes FROM outbox;
+             DROP INDEX outbox_doc;
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    assert_eq!(schema_of(&path), FROZEN_V3);
+    let store = Store::open(&path, &KEY, options(&clock)).unwrap();
+    assert_eq!(
+        schema_of(&path),
+        FROZEN_V4,
+        "an upgraded store is a fresh one"
+    );
+    assert_eq!(details(&store), before);
+    assert_eq!(store.outbox(usize::MAX >> 1).unwrap(), unsent);
+    store.outbox_delivered(&unsent).unwrap();
+    drop(store);
+    let store = Store::open(&path, &KEY, options(&clock)).unwrap();
+    assert_eq!(details(&store), before, "sent, and still there");
+    assert!(store.outbox(usize::MAX >> 1).unwrap().is_empty());
 }
 
 #[test]

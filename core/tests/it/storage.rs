@@ -34,9 +34,12 @@ fn reopening_restores_every_task_view_and_pending_change() {
 fn a_long_history_is_compacted_into_a_snapshot_and_reopens_the_same() {
     let c = Clinic::with(&["max", "ana"]);
     let t = c.handed_to("ana");
-    for i in 0..(2 * store::COMPACT_AFTER) {
+    let comment = |i: i64| {
         c.clock.advance(1000);
         c.at("ana").comment(&t, &format!("note {i}")).unwrap();
+    };
+    for i in 0..(2 * store::COMPACT_AFTER) {
+        comment(i);
     }
     let detail = c.at("ana").task_detail(&t).unwrap();
     assert_eq!(
@@ -45,11 +48,36 @@ fn a_long_history_is_compacted_into_a_snapshot_and_reopens_the_same() {
     );
     let again = reopen(&c, 1, "ana");
     assert_eq!(again.task_detail(&t).unwrap(), detail);
-    // Every change is still offered to the relay, compaction or not.
+    // Every change is offered to the relay.
     assert_eq!(outbox(&again).len(), 2 * store::COMPACT_AFTER as usize);
     // And another device gets the same task from those changes.
     c.send("ana", "max");
     assert_eq!(c.at("max").task_detail(&t).unwrap().state, detail.state);
+    // Sent: kept with the task's changes, and folded into its snapshot by
+    // the next write.
+    drop(again);
+    let sent = c.at("ana").outbox(usize::MAX >> 1).unwrap();
+    c.at("ana").outbox_delivered(&sent).unwrap();
+    let path = c.dir.path().join("1-ana.db");
+    let rows = || -> i64 {
+        raw(&path)
+            .query_row(
+                "SELECT count(*) FROM changes WHERE doc_id = ?1",
+                [&t],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert!(rows() >= 2 * store::COMPACT_AFTER, "{}", rows());
+    comment(2 * store::COMPACT_AFTER);
+    assert_eq!(rows(), 0, "compacted");
+    let detail = c.at("ana").task_detail(&t).unwrap();
+    assert_eq!(
+        detail.state.comments.len(),
+        2 * store::COMPACT_AFTER as usize + 1
+    );
+    assert_eq!(reopen(&c, 1, "ana").task_detail(&t).unwrap(), detail);
+    assert_eq!(outbox(c.at("ana")).len(), 1, "only the last one unsent");
 }
 
 #[test]
@@ -192,6 +220,38 @@ fn a_document_that_is_not_what_its_id_says_is_ignored() {
     c.at("max").comment(&t, "still here").unwrap();
     c.sync();
     assert_eq!(c.at("ana").task_detail(&t).unwrap().state.comments.len(), 1);
+}
+
+/// A change refused only for what it builds on stays where it is: the
+/// user's work stays visible on this phone, also after it reopens, and
+/// shows in needs attention.
+#[test]
+fn a_change_refused_for_what_it_builds_on_stays_in_its_task_after_reopening() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c.handed_to("ana");
+    let ana = c.at("ana");
+    ana.log_call(&t, call(CallOutcome::Reached)).unwrap();
+    let detail = ana.task_detail(&t).unwrap();
+    let queued = ana.outbox(10).unwrap();
+    let call_change = queued.last().unwrap();
+    assert_eq!(
+        ana.outbox_refused(
+            call_change,
+            "missing_dependencies",
+            "builds on what the relay lacks"
+        )
+        .unwrap(),
+        Some(0),
+        "kept in place, nothing written again"
+    );
+    assert_eq!(ana.task_detail(&t).unwrap(), detail);
+    let reopened = reopen(&c, 1, "ana");
+    assert_eq!(reopened.task_detail(&t).unwrap(), detail);
+    assert!(
+        !reopened.outbox(10).unwrap().contains(call_change),
+        "not offered again"
+    );
+    assert_eq!(reopened.needs_attention().unwrap().len(), 1);
 }
 
 #[test]
