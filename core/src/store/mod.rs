@@ -873,9 +873,11 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The relay has these changes: forget them. Each goes by its id and
-    /// its bytes: SQLite gives a deleted row's id to the next change, and a
-    /// late answer to an earlier push must not take a newer change with it.
+    /// The relay has these changes: take them off the outbox, keeping each
+    /// with its document's changes (the outbox held the only copy). Each
+    /// goes by its id and its bytes: SQLite gives a deleted row's id to the
+    /// next change, and a late answer to an earlier push must not take a
+    /// newer change with it.
     pub fn outbox_delivered<'a>(
         &self,
         sent: impl IntoIterator<Item = &'a OutgoingChange>,
