@@ -119,6 +119,14 @@ fn a_v1_store_upgrades_to_v2_keeping_what_was_dismissed_and_nothing_more() {
     assert_eq!(shown(&store).len(), 3);
 }
 
+/// What a store shows of these tasks, history and all.
+fn details_of(store: &Store, tasks: &[TaskId]) -> Vec<TaskDetail> {
+    tasks
+        .iter()
+        .map(|t| store.task_detail(t).unwrap())
+        .collect()
+}
+
 /// v3 moves the changes into a table kept in write order: every change a
 /// v2 store held, compacted or not, is still there, and the tasks read the
 /// same, history and all. (The store goes on to v4, which adds an index.)
@@ -143,12 +151,7 @@ fn a_v2_store_upgrades_keeping_every_change() {
     // Sent: this device's changes are in `changes` now, as v2 kept them.
     let sent = c.at("max").outbox(usize::MAX >> 1).unwrap();
     c.at("max").outbox_delivered(&sent).unwrap();
-    let details = |store: &Store| -> Vec<TaskDetail> {
-        tasks
-            .iter()
-            .map(|t| store.task_detail(t).unwrap())
-            .collect()
-    };
+    let details = |store: &Store| details_of(store, &tasks);
     let before = details(c.at("max"));
     assert_eq!(
         before[4].state.history.len(),
@@ -212,12 +215,7 @@ fn a_v3_store_with_unsent_changes_upgrades_to_v4_and_reads_the_same() {
         c.at("max").comment(&t, "Call before noon").unwrap();
         tasks.push(t);
     }
-    let details = |store: &Store| -> Vec<TaskDetail> {
-        tasks
-            .iter()
-            .map(|t| store.task_detail(t).unwrap())
-            .collect()
-    };
+    let details = |store: &Store| details_of(store, &tasks);
     let before = details(c.at("max"));
     let unsent = c.at("max").outbox(usize::MAX >> 1).unwrap();
     assert!(unsent.len() >= 3 * 2, "each task twice, after the team's");
