@@ -30,24 +30,33 @@ pub(crate) fn load(conn: &Connection, doc_id: &str, actor: &ActorId) -> Result<O
         Some(bytes) => AutoCommit::load(&bytes)?,
         None => AutoCommit::new(),
     };
-    // Its later changes, and this device's own not yet sent (kept only in
-    // the outbox until the relay has them; see `commit_local`).
-    let mut changes = Vec::new();
-    for sql in [
-        "SELECT bytes FROM changes WHERE doc_id = ?1",
-        "SELECT bytes FROM outbox WHERE doc_id = ?1 AND refused_code IS NULL ORDER BY id",
-    ] {
+    let read = |sql: &str| -> Result<Vec<Change>> {
         let mut stmt = conn.prepare_cached(sql)?;
-        for bytes in stmt.query_map([doc_id], |r| r.get::<_, Vec<u8>>(0))? {
-            changes.push(
-                Change::from_bytes(bytes?)
-                    .map_err(|_| Error::Corrupt("a stored change does not decode"))?,
-            );
+        let rows = stmt.query_map([doc_id], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|bytes| {
+            Change::from_bytes(bytes?)
+                .map_err(|_| Error::Corrupt("a stored change does not decode"))
+        })
+        .collect()
+    };
+    doc.apply_changes(read("SELECT bytes FROM changes WHERE doc_id = ?1")?)?;
+    // This device's own changes not yet sent, kept only in the outbox until
+    // the relay has them (see `commit_local`), oldest first. One whose
+    // document lost what it builds on (set aside after a refusal, see
+    // `set_aside`) waits there to be refused in turn: it is not part of the
+    // document. A change in both tables (sent since, or queued by an older
+    // version) is applied once.
+    for change in
+        read("SELECT bytes FROM outbox WHERE doc_id = ?1 AND refused_code IS NULL ORDER BY id")?
+    {
+        if change
+            .deps()
+            .iter()
+            .all(|d| doc.get_change_by_hash(d).is_some())
+        {
+            doc.apply_changes([change])?;
         }
     }
-    // A change in both (sent since, or written by an older version) is
-    // applied once.
-    doc.apply_changes(changes)?;
     doc.set_actor(actor.clone());
     Ok(Some(doc))
 }

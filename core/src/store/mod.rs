@@ -920,10 +920,30 @@ impl Store {
         let Some((doc_id, bytes)) = row else {
             return Ok(None);
         };
+        // Part of its document (until set aside below), unless it built on a
+        // change set aside before: then it never applied, and stays out.
+        let in_document = match Change::from_bytes(bytes.clone()) {
+            Ok(change) => {
+                let mut doc = match st.docs.take(&doc_id) {
+                    Some(d) => Some(d),
+                    None => docs::load(conn, &doc_id, &st.actor)?,
+                };
+                let has = doc
+                    .as_mut()
+                    .is_some_and(|d| d.get_change_by_hash(&change.hash()).is_some());
+                if let Some(d) = doc {
+                    st.docs.put(&doc_id, d);
+                }
+                has
+            }
+            Err(_) => true,
+        };
         let mut tx = conn.unchecked_transaction()?;
-        // Still part of its document (until set aside below): kept with the
-        // document's changes, as the outbox row no longer counts as unsent.
-        docs::keep_sent(&tx, id, &bytes)?;
+        // Kept with the document's changes, as the outbox row no longer
+        // counts as unsent.
+        if in_document {
+            docs::keep_sent(&tx, id, &bytes)?;
+        }
         tx.prepare_cached(
             "UPDATE outbox SET refused_code = ?2, refused_reason = ?3 WHERE id = ?1",
         )?

@@ -562,9 +562,13 @@ impl Store {
     pub fn task_detail(&self, task_id: &str) -> Result<TaskDetail> {
         let Some(mut db) = self.try_lock() else {
             let read = self.read();
-            let doc_id = index::doc_of(&read.conn, task_id)?;
-            let doc = docs::load(&read.conn, &doc_id, &ActorId::random())?
+            // One read transaction: the snapshot, the changes and the outbox
+            // as of one commit (a delivery moves a change between the last two).
+            let tx = read.conn.unchecked_transaction()?;
+            let doc_id = index::doc_of(&tx, task_id)?;
+            let doc = docs::load(&tx, &doc_id, &ActorId::random())?
                 .ok_or(Error::Corrupt("indexed task has no document"))?;
+            drop(tx);
             let (events, unreadable) = task_doc::events(&doc);
             let opened = Opened {
                 task_id,

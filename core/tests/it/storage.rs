@@ -473,6 +473,14 @@ fn a_refused_team_change_is_set_aside_and_team_edits_go_on() {
     );
     assert_eq!(max.team().unwrap(), everyone_elses, "set aside");
     assert_eq!(max.outbox(10).unwrap(), queued[1..], "still queued");
+    let waits_for_nothing = || {
+        let merged = reopen(&c, 0, "max")
+            .apply_remote(&[(sent[0].doc_id.clone(), sent[0].bytes.clone())])
+            .unwrap();
+        assert!(merged.incomplete.is_empty(), "{merged:?}");
+    };
+    // The edit built on the one set aside is queued, not part of the team.
+    waits_for_nothing();
     assert_eq!(
         max.outbox_refused(&queued[1], "missing_dependencies", "builds on it")
             .unwrap(),
@@ -480,6 +488,9 @@ fn a_refused_team_change_is_set_aside_and_team_edits_go_on() {
     );
     assert_eq!(max.needs_attention().unwrap().len(), 2);
     assert_eq!(reopen(&c, 0, "max").team().unwrap(), everyone_elses);
+    // Refused in turn, it stays out: the team document waits for nothing
+    // (or every pull would ask the relay to repair it).
+    waits_for_nothing();
 
     max.put_sop(&sop("X-3")).unwrap();
     c.at("ana").apply_remote(&outbox(max)).unwrap();
