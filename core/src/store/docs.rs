@@ -78,23 +78,12 @@ pub(crate) fn insert_document(
     Ok(())
 }
 
-/// Keep a change. Returns false when it was already stored (or folded into
-/// the snapshot), so re-delivery is harmless.
-pub(crate) fn store_change(
-    conn: &Connection,
-    doc_id: &str,
-    change: &Change,
-    doc: Option<&mut AutoCommit>,
-) -> Result<bool> {
-    let hash = change.hash();
-    if let Some(doc) = doc {
-        if doc.get_change_by_hash(&hash).is_some() {
-            return Ok(false);
-        }
-    }
+/// Keep a change that came from elsewhere. Returns false when it was
+/// already stored, so re-delivery is harmless.
+pub(crate) fn store_change(conn: &Connection, doc_id: &str, change: &Change) -> Result<bool> {
     let n = conn
         .prepare_cached("INSERT OR IGNORE INTO changes (doc_id, hash, bytes) VALUES (?1, ?2, ?3)")?
-        .execute(params![doc_id, hash.as_ref(), change.raw_bytes()])?;
+        .execute(params![doc_id, change.hash().as_ref(), change.raw_bytes()])?;
     Ok(n == 1)
 }
 

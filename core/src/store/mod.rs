@@ -790,7 +790,7 @@ impl Store {
                 let mut fresh = 0;
                 for c in &taken {
                     // Already stored: a change still waiting for its dependencies.
-                    if docs::store_change(&tx, doc_id, c, None)? {
+                    if docs::store_change(&tx, doc_id, c)? {
                         fresh += 1;
                     } else {
                         report.duplicates += 1;
