@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::access;
-use crate::event::{Action, Event, EventId};
+use crate::event::{Action, Event, EventId, Frontier};
 use crate::model::{CallAttempt, CallOutcome, Handoff, Role, TaskId, Timestamp, UserId, HOUR_MS};
 use crate::team::Team;
 
@@ -413,57 +413,126 @@ fn fold(
     team: &Team,
     door: Option<&EventId>,
 ) -> (Option<TaskState>, Vec<Outcome>) {
-    let position: HashMap<&EventId, usize> =
-        events.iter().enumerate().map(|(i, e)| (&e.id, i)).collect();
-    let mut ancestors: Vec<Ancestors> = Vec::with_capacity(events.len());
+    let mut fold = Fold::with_capacity(events.len());
     for e in events {
-        let mut set = Ancestors::default();
-        for d in &e.deps {
-            if let Some(&p) = position.get(d) {
-                if p < ancestors.len() {
-                    set.insert(p);
-                    set.union(&ancestors[p]);
-                }
-            }
-        }
-        ancestors.push(set);
-    }
-    let mut fold = Fold {
-        team,
-        ancestors: &ancestors,
-        state: None,
-        outcomes: vec![Outcome::Applied; events.len()],
-        claim_event: None,
-        assign_event: None,
-        approval_event: None,
-        work_events: Vec::new(),
-        holders: Vec::new(),
-        done: None,
-    };
-    for (i, e) in events.iter().enumerate() {
-        let judged = match door {
-            Some(id) if *id == e.id => access::may_act(team, fold.state.as_ref(), e),
-            _ => Ok(()),
-        };
-        let before = fold.state.as_ref().map(Progress::of);
-        let outcome = match judged.and_then(|()| fold.apply(task_id, i, e)) {
-            Ok(()) => {
-                fold.note_status(i, e, before);
-                Outcome::Applied
-            }
-            Err(refusal) => Outcome::Refused { refusal },
-        };
-        // `apply` may already have superseded an earlier event; this one's own verdict:
-        if fold.outcomes[i] == Outcome::Applied {
-            fold.outcomes[i] = outcome;
-        }
+        fold.push(task_id, e, team, door == Some(&e.id));
     }
     (fold.state, fold.outcomes)
 }
 
-struct Fold<'a> {
-    team: &'a Team,
-    ancestors: &'a [Ancestors],
+/// A task folded up to its latest event, kept beside its events (in the
+/// store's document cache): the event this device writes next follows
+/// every one of them, so it folds alone, without folding the rest again.
+#[derive(Clone)]
+pub struct FoldedTask {
+    fold: Fold,
+    frontier: Frontier,
+    /// The fold order key of the last event folded.
+    last: Option<(u64, Timestamp, String, u32)>,
+}
+
+impl FoldedTask {
+    /// Fold `events` (in any order, duplicates welcome, as [`derive`] takes them).
+    pub fn of(task_id: &str, events: &[Event], team: &Team) -> FoldedTask {
+        let mut sorted: Vec<&Event> = events.iter().collect();
+        sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        sorted.dedup_by(|b, a| a.id == b.id);
+        let mut fold = Fold::with_capacity(sorted.len() + 1);
+        for e in &sorted {
+            fold.push(task_id, e, team, false);
+        }
+        FoldedTask {
+            fold,
+            frontier: Frontier::of(events),
+            last: sorted.last().map(|e| owned_key(e)),
+        }
+    }
+
+    /// The state after every event folded, `None` before `created`.
+    pub fn state(&self) -> Option<&TaskState> {
+        self.fold.state.as_ref()
+    }
+
+    /// The next event this device writes to the task ([`Event::next`]).
+    pub fn next_event(&self, actor: &str, user: &str, now: Timestamp, action: Action) -> Event {
+        self.frontier.next(actor, user, now, action)
+    }
+
+    /// Take `event`, judged at the door ([`derive_at_door`]): the fold
+    /// with it, or why it does not take effect (the fold, part-way
+    /// through it, is dropped). `events` are the ones folded so far and
+    /// `event` after them: the same verdict and state as folding them all
+    /// again. An event that would not fold last (its Lamport time at the
+    /// ceiling) is judged by folding them all again.
+    pub fn take(
+        mut self,
+        task_id: &str,
+        events: &[Event],
+        event: &Event,
+        team: &Team,
+    ) -> Result<FoldedTask, Refusal> {
+        let folds_last = self
+            .last
+            .as_ref()
+            .is_none_or(|last| event.order_key() > borrowed_key(last));
+        if !folds_last {
+            let mut all = events.to_vec();
+            all.push(event.clone());
+            let again = FoldedTask::of_judging(task_id, &all, team, &event.id);
+            return again.verdict(&event.id).map(|()| again);
+        }
+        self.fold.push(task_id, event, team, true);
+        self.frontier.advance(event);
+        self.last = Some(owned_key(event));
+        self.verdict(&event.id).map(|()| self)
+    }
+
+    /// [`FoldedTask::of`], judging the event `door` at the door too.
+    fn of_judging(task_id: &str, events: &[Event], team: &Team, door: &EventId) -> FoldedTask {
+        let mut sorted: Vec<&Event> = events.iter().collect();
+        sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        sorted.dedup_by(|b, a| a.id == b.id);
+        let mut fold = Fold::with_capacity(sorted.len());
+        for e in &sorted {
+            fold.push(task_id, e, team, *door == e.id);
+        }
+        FoldedTask {
+            fold,
+            frontier: Frontier::of(events),
+            last: sorted.last().map(|e| owned_key(e)),
+        }
+    }
+
+    /// Whether the event `id` took effect, as [`derive_at_door`]'s
+    /// callers judge it: applied, and the task exists.
+    fn verdict(&self, id: &EventId) -> Result<(), Refusal> {
+        let at = self.fold.position.get(id).copied();
+        if let Some(refusal) = at.and_then(|i| self.fold.outcomes[i].refusal()) {
+            return Err(refusal.clone());
+        }
+        match self.fold.state {
+            Some(_) => Ok(()),
+            None => Err(Refusal::NotCreatedYet),
+        }
+    }
+}
+
+fn owned_key(e: &Event) -> (u64, Timestamp, String, u32) {
+    (e.lt, e.at, e.id.actor.clone(), e.id.n)
+}
+
+fn borrowed_key(k: &(u64, Timestamp, String, u32)) -> (u64, Timestamp, &str, u32) {
+    (k.0, k.1, k.2.as_str(), k.3)
+}
+
+/// A fold under way: the events folded so far, in fold order, and what
+/// the rules remember of them.
+#[derive(Clone)]
+struct Fold {
+    /// Each event's position in fold order.
+    position: HashMap<EventId, usize>,
+    /// Each event's ancestors among the events before it.
+    ancestors: Vec<Ancestors>,
     state: Option<TaskState>,
     outcomes: Vec<Outcome>,
     /// The claim that made the current assignee, if it was a claim.
@@ -481,6 +550,7 @@ struct Fold<'a> {
 }
 
 /// A submission or completion, and what it replaced.
+#[derive(Clone)]
 struct Done {
     event: usize,
     by: UserId,
@@ -505,13 +575,60 @@ impl Progress {
     }
 }
 
-impl Fold<'_> {
-    /// Held by a member, active or not. Members are never taken off the
-    /// team (only made inactive), so this holds for good once it holds.
-    fn may_hold(&self, user: &str) -> Result<(), Refusal> {
-        match self.team.member(user) {
-            Some(_) => Ok(()),
-            None => Err(Refusal::NotAMember { user: user.into() }),
+/// Held by a member, active or not. Members are never taken off the
+/// team (only made inactive), so this holds for good once it holds.
+fn may_hold(team: &Team, user: &str) -> Result<(), Refusal> {
+    match team.member(user) {
+        Some(_) => Ok(()),
+        None => Err(Refusal::NotAMember { user: user.into() }),
+    }
+}
+
+impl Fold {
+    fn with_capacity(n: usize) -> Fold {
+        Fold {
+            position: HashMap::with_capacity(n),
+            ancestors: Vec::with_capacity(n),
+            state: None,
+            outcomes: Vec::with_capacity(n),
+            claim_event: None,
+            assign_event: None,
+            approval_event: None,
+            work_events: Vec::new(),
+            holders: Vec::new(),
+            done: None,
+        }
+    }
+
+    /// Fold the next event in fold order (it folds after every event
+    /// folded so far), judging it at the door too if `at_door`.
+    fn push(&mut self, task_id: &str, e: &Event, team: &Team, at_door: bool) {
+        let i = self.ancestors.len();
+        let mut set = Ancestors::default();
+        for d in &e.deps {
+            if let Some(&p) = self.position.get(d) {
+                set.insert(p);
+                set.union(&self.ancestors[p]);
+            }
+        }
+        self.ancestors.push(set);
+        self.position.insert(e.id.clone(), i);
+        self.outcomes.push(Outcome::Applied);
+        let judged = match at_door {
+            true => access::may_act(team, self.state.as_ref(), e),
+            false => Ok(()),
+        };
+        let before = self.state.as_ref().map(Progress::of);
+        let outcome = match judged.and_then(|()| self.apply(task_id, i, e, team)) {
+            Ok(()) => {
+                self.note_status(i, e, before);
+                Outcome::Applied
+            }
+            Err(refusal) => Outcome::Refused { refusal },
+        };
+        // `apply` may already have superseded this event; its own verdict otherwise:
+        if self.outcomes[i] == Outcome::Applied {
+            self.outcomes[i] = outcome;
         }
     }
 
@@ -519,11 +636,11 @@ impl Fold<'_> {
     /// What the author's role allows was judged at the door
     /// ([`access::may_act`]) and is not judged again: a role changed
     /// since must not undo work that was allowed when it was done.
-    fn apply(&mut self, task_id: &str, i: usize, e: &Event) -> Result<(), Refusal> {
+    fn apply(&mut self, task_id: &str, i: usize, e: &Event, team: &Team) -> Result<(), Refusal> {
         // The author: a member, writing from a device enrolled for them
         // (devices, like members, stay in the team document for good).
-        self.may_hold(&e.by)?;
-        if self.team.device_user(&e.id.actor) != Some(e.by.as_str()) {
+        may_hold(team, &e.by)?;
+        if team.device_user(&e.id.actor) != Some(e.by.as_str()) {
             return Err(Refusal::DeviceNotEnrolled { user: e.by.clone() });
         }
 
@@ -539,7 +656,7 @@ impl Fold<'_> {
                 return Err(Refusal::AlreadyCreated);
             }
             if let Some(a) = assignee {
-                self.may_hold(a)?;
+                may_hold(team, a)?;
             }
             self.state = Some(TaskState {
                 task_id: task_id.into(),
@@ -610,7 +727,7 @@ impl Fold<'_> {
         match &e.action {
             Action::Created { .. } => unreachable_created(),
             Action::Assigned { to } => {
-                self.may_hold(to)?;
+                may_hold(team, to)?;
                 self.undo_done(i, to);
                 let status = self.state_ref().status;
                 if status.is_closed() {

@@ -195,47 +195,86 @@ impl Event {
         now: Timestamp,
         action: Action,
     ) -> Event {
-        // A sorted list, not a hash set: a task has tens of events, and
-        // hashing every id of every write showed in the write's profile.
-        let mut referenced: Vec<&EventId> = events.iter().flat_map(|e| e.deps.iter()).collect();
-        referenced.sort_unstable();
-        let mut deps: Vec<EventId> = events
-            .iter()
-            .map(|e| &e.id)
-            .filter(|id| referenced.binary_search(id).is_err())
-            .cloned()
-            .collect();
-        deps.sort();
-        deps.dedup();
-        Event {
-            id: EventId {
-                actor: actor.into(),
-                n: events
-                    .iter()
-                    .filter(|e| e.id.actor == actor)
-                    .map(|e| e.id.n)
-                    .max()
-                    .unwrap_or(0)
-                    .saturating_add(1),
-            },
-            deps,
-            // Saturating: the relay refuses events that jump this far ahead,
-            // but a store may hold one from before it did.
-            lt: events
-                .iter()
-                .map(|e| e.lt)
-                .max()
-                .unwrap_or(0)
-                .saturating_add(1),
-            at: now,
-            by: user.into(),
-            action,
-        }
+        Frontier::of(events).next(actor, user, now, action)
     }
 
     /// The order every replica folds events in: causal (Lamport), then the
     /// author's clock, then the id. Total and the same everywhere.
     pub fn order_key(&self) -> (u64, Timestamp, &str, u32) {
         (self.lt, self.at, self.id.actor.as_str(), self.id.n)
+    }
+}
+
+/// What a device's next event to a task builds on: the events no other
+/// event follows, the latest Lamport time, and each author's last number.
+#[derive(Debug, Clone, Default)]
+pub struct Frontier {
+    heads: Vec<EventId>,
+    lt: u64,
+    /// Each author device's highest event number.
+    numbered: Vec<(String, u32)>,
+}
+
+impl Frontier {
+    pub fn of(events: &[Event]) -> Frontier {
+        // A sorted list, not a hash set: a task has tens of events, and
+        // hashing every id of every write showed in the write's profile.
+        let mut referenced: Vec<&EventId> = events.iter().flat_map(|e| e.deps.iter()).collect();
+        referenced.sort_unstable();
+        let mut heads: Vec<EventId> = events
+            .iter()
+            .map(|e| &e.id)
+            .filter(|id| referenced.binary_search(id).is_err())
+            .cloned()
+            .collect();
+        heads.sort();
+        heads.dedup();
+        let mut frontier = Frontier {
+            heads,
+            ..Frontier::default()
+        };
+        for e in events {
+            frontier.count(e);
+        }
+        frontier
+    }
+
+    /// The event `actor`'s device writes next, after every event so far.
+    pub fn next(&self, actor: &str, user: &str, now: Timestamp, action: Action) -> Event {
+        let last_n = self
+            .numbered
+            .iter()
+            .find(|(a, _)| a == actor)
+            .map_or(0, |(_, n)| *n);
+        Event {
+            id: EventId {
+                actor: actor.into(),
+                n: last_n.saturating_add(1),
+            },
+            deps: self.heads.clone(),
+            // Saturating: the relay refuses events that jump this far ahead,
+            // but a store may hold one from before it did.
+            lt: self.lt.saturating_add(1),
+            at: now,
+            by: user.into(),
+            action,
+        }
+    }
+
+    /// Take in `e`, an event no event so far builds on (a new one).
+    pub fn advance(&mut self, e: &Event) {
+        self.heads.retain(|h| !e.deps.contains(h));
+        if let Err(at) = self.heads.binary_search(&e.id) {
+            self.heads.insert(at, e.id.clone());
+        }
+        self.count(e);
+    }
+
+    fn count(&mut self, e: &Event) {
+        self.lt = self.lt.max(e.lt);
+        match self.numbered.iter_mut().find(|(a, _)| *a == e.id.actor) {
+            Some((_, n)) => *n = (*n).max(e.id.n),
+            None => self.numbered.push((e.id.actor.clone(), e.id.n)),
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::derive::FoldedTask;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::model::Timestamp;
@@ -190,6 +191,9 @@ pub(crate) fn delete_document(conn: &Connection, doc_id: &str) -> Result<()> {
 pub(crate) struct ParsedEvents {
     pub events: Vec<Event>,
     pub unreadable: usize,
+    /// The task folded over `events` under the team as it is now, once a
+    /// write has needed it. Forgotten when the team changes.
+    pub folded: Option<FoldedTask>,
 }
 
 /// Loaded documents, least recently used dropped first.
@@ -254,8 +258,20 @@ impl DocCache {
             Some((at, parsed)) if at.as_slice() == heads => parsed,
             _ => {
                 let (events, unreadable) = crate::task_doc::events(doc);
-                ParsedEvents { events, unreadable }
+                ParsedEvents {
+                    events,
+                    unreadable,
+                    folded: None,
+                }
             }
+        }
+    }
+
+    /// The team changed: a fold made under the old one may not be what
+    /// the new one gives.
+    pub fn forget_folds(&mut self) {
+        for (_, parsed) in self.events.values_mut() {
+            parsed.folded = None;
         }
     }
 

@@ -26,7 +26,7 @@ use checkpoint::Checkpointer;
 
 use crate::access::sight;
 use crate::clock::{Clock, SystemClock};
-use crate::derive::{derive, derive_at_door, with_history, Refusal, TaskState};
+use crate::derive::{derive, derive_at_door, with_history, FoldedTask, Refusal, TaskState};
 use crate::error::{Error, Result};
 use crate::event::{Action, Event, EventId};
 use crate::model::{
@@ -176,6 +176,7 @@ impl State {
     fn set_team(&mut self, team: Option<Team>) {
         self.team = team;
         self.team_version += 1;
+        self.docs.forget_folds();
     }
 }
 
@@ -562,7 +563,7 @@ impl Store {
         Ok(task_id)
     }
 
-    pub fn assign(&self, task: &str, to: &str) -> Result<TaskState> {
+    pub fn assign(&self, task: &str, to: &str) -> Result<()> {
         {
             let db = self.lock();
             let team = db.st.team.as_ref().ok_or(Error::NotEnrolled)?;
@@ -571,59 +572,55 @@ impl Store {
         self.act(task, |_| Action::Assigned { to: to.into() })
     }
     /// The assignee's "repeat back" of the handoff.
-    pub fn acknowledge(&self, task: &str, note: &str) -> Result<TaskState> {
+    pub fn acknowledge(&self, task: &str, note: &str) -> Result<()> {
         self.act(task, |_| Action::Acknowledged { note: note.into() })
     }
-    pub fn claim(&self, task: &str) -> Result<TaskState> {
+    pub fn claim(&self, task: &str) -> Result<()> {
         self.act(task, |_| Action::Claimed)
     }
-    pub fn start(&self, task: &str) -> Result<TaskState> {
+    pub fn start(&self, task: &str) -> Result<()> {
         self.act(task, |_| Action::Started)
     }
-    pub fn tick_checklist_item(&self, task: &str, item: u32) -> Result<TaskState> {
+    pub fn tick_checklist_item(&self, task: &str, item: u32) -> Result<()> {
         self.act(task, |_| Action::ChecklistItemDone { item })
     }
-    pub fn log_call(&self, task: &str, attempt: CallAttempt) -> Result<TaskState> {
+    pub fn log_call(&self, task: &str, attempt: CallAttempt) -> Result<()> {
         self.act(task, |_| Action::CallLogged { attempt })
     }
-    pub fn comment(&self, task: &str, text: &str) -> Result<TaskState> {
+    pub fn comment(&self, task: &str, text: &str) -> Result<()> {
         self.act(task, |_| Action::Commented { text: text.into() })
     }
-    pub fn submit(&self, task: &str, note: &str) -> Result<TaskState> {
+    pub fn submit(&self, task: &str, note: &str) -> Result<()> {
         self.act(task, |_| Action::Submitted { note: note.into() })
     }
     /// Approve the version of the task this device holds now.
-    pub fn approve(&self, task: &str, note: &str) -> Result<TaskState> {
+    pub fn approve(&self, task: &str, note: &str) -> Result<()> {
         self.act(task, |doc| Action::Approved {
             heads: doc.get_heads().iter().map(|h| h.to_string()).collect(),
             note: note.into(),
         })
     }
-    pub fn return_work(&self, task: &str, feedback: &str) -> Result<TaskState> {
+    pub fn return_work(&self, task: &str, feedback: &str) -> Result<()> {
         self.act(task, |_| Action::Returned {
             feedback: feedback.into(),
         })
     }
-    pub fn complete(&self, task: &str, note: &str) -> Result<TaskState> {
+    pub fn complete(&self, task: &str, note: &str) -> Result<()> {
         self.act(task, |_| Action::Completed { note: note.into() })
     }
-    pub fn cancel(&self, task: &str, reason: &str) -> Result<TaskState> {
+    pub fn cancel(&self, task: &str, reason: &str) -> Result<()> {
         self.act(task, |_| Action::Cancelled {
             reason: reason.into(),
         })
     }
-    pub fn escalate(&self, task: &str, reason: &str) -> Result<TaskState> {
+    pub fn escalate(&self, task: &str, reason: &str) -> Result<()> {
         self.act(task, |_| Action::Escalated {
             reason: reason.into(),
         })
     }
 
     /// Append one event to a task, if the rules let it take effect.
-    fn act(
-        &self,
-        task_id: &str,
-        action: impl FnOnce(&mut AutoCommit) -> Action,
-    ) -> Result<TaskState> {
+    fn act(&self, task_id: &str, action: impl FnOnce(&mut AutoCommit) -> Action) -> Result<()> {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         let user = st.user.clone().ok_or(Error::NotEnrolled)?;
@@ -635,43 +632,51 @@ impl Store {
                 .ok_or(Error::Corrupt("indexed task has no document"))?,
         };
         let heads = doc.get_heads();
-        // Taken out of the cache (not copied), put back below.
+        // Taken out of the cache (not copied), put back below. The fold
+        // kept with them takes the new event alone.
         let mut parsed = st.docs.take_events(&doc_id, &doc, &heads);
+        let folded = match parsed.folded.take() {
+            Some(f) => f,
+            None => FoldedTask::of(task_id, &parsed.events, team),
+        };
         let now = st.clock.now();
-        let event = Event::next(&parsed.events, &st.actor_hex, &user, now, action(&mut doc));
-        parsed.events.push(event.clone());
-        let judged = event
-            .action
-            .check_input()
-            .and_then(|()| checked(task_id, &parsed.events, &event, team));
-        let state = match judged {
-            Ok(s) => s,
+        let event = folded.next_event(&st.actor_hex, &user, now, action(&mut doc));
+        let judged = match event.action.check_input() {
+            Ok(()) => folded
+                .take(task_id, &parsed.events, &event, team)
+                .map_err(Error::from),
             Err(e) => {
-                parsed.events.pop();
+                parsed.folded = Some(folded);
+                Err(e)
+            }
+        };
+        let folded = match judged {
+            Ok(f) => f,
+            Err(e) => {
                 st.docs.put(&doc_id, doc);
                 st.docs.put_events(&doc_id, heads, parsed);
                 return Err(e);
             }
         };
-        let result = (|| {
+        let state = folded.state().ok_or(Refusal::NotCreatedYet)?;
+        let result: Result<()> = (|| {
             task_doc::append(&mut doc, &event)?;
             let tx = conn.unchecked_transaction()?;
             docs::commit_local(&tx, &doc_id, &mut doc, now)?;
-            index::upsert(&tx, &doc_id, &state)?;
+            index::upsert(&tx, &doc_id, state)?;
             docs::maybe_compact(&tx, &doc_id, &mut doc)?;
             tx.commit()?;
             Ok(())
         })();
-        match result {
-            Ok(()) => {
-                let heads = doc.get_heads();
-                st.docs.put(&doc_id, doc);
-                st.docs.put_events(&doc_id, heads, parsed);
-                Ok(state)
-            }
-            // The in-memory document may hold the change the database does not.
-            Err(e) => Err(e),
-        }
+        // On an error the in-memory document may hold the change the
+        // database does not: it is dropped, with the events and fold.
+        result?;
+        parsed.events.push(event);
+        parsed.folded = Some(folded);
+        let heads = doc.get_heads();
+        st.docs.put(&doc_id, doc);
+        st.docs.put_events(&doc_id, heads, parsed);
+        Ok(())
     }
 
     /// Remove the patient's details from a task, and the history that held

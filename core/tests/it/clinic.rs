@@ -104,6 +104,11 @@ impl Clinic {
     }
 
     /// Every device gets every other device's changes.
+    /// The task as `user`'s device derives it now.
+    pub fn state(&self, user: &str, task: &str) -> TaskState {
+        self.at(user).task_detail(task).unwrap().state
+    }
+
     pub fn sync(&self) {
         let all: Vec<Vec<(String, Vec<u8>)>> =
             self.devices.iter().map(|(_, s)| outbox(s)).collect();
@@ -212,7 +217,7 @@ pub fn call(outcome: CallOutcome) -> CallAttempt {
     }
 }
 
-pub fn refusal(r: Result<TaskState, Error>) -> Refusal {
+pub fn refusal<T: std::fmt::Debug>(r: Result<T, Error>) -> Refusal {
     match r {
         Err(Error::Refused(r)) => r,
         other => panic!("expected a refusal, got {other:?}"),

@@ -3,6 +3,7 @@
 
 mod clinic;
 mod encryption;
+mod folding;
 mod merging;
 mod properties;
 mod rules;
