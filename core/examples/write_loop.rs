@@ -83,4 +83,28 @@ fn main() {
         took[took.len() - 1],
         mean
     );
+    // Where the mean goes: the share of all write time spent in writes
+    // of each latency band (the tail is what lifts criterion's figure,
+    // a mean per iteration, above the median write).
+    let total: std::time::Duration = took.iter().sum();
+    let bands = [150, 300, 1_000, 5_000, u64::MAX];
+    let mut low = 0;
+    let mut line = String::from("time by band:");
+    for high in bands {
+        let in_band = took
+            .iter()
+            .filter(|d| (low..high).contains(&(d.as_micros() as u64)));
+        let (count, sum) =
+            in_band.fold((0, std::time::Duration::ZERO), |(c, s), d| (c + 1, s + *d));
+        let name = match high {
+            u64::MAX => format!(">={low}us"),
+            _ => format!("<{high}us"),
+        };
+        line += &format!(
+            " {name} {:.0}% ({count} writes)",
+            100.0 * sum.as_secs_f64() / total.as_secs_f64()
+        );
+        low = high;
+    }
+    println!("{line}");
 }
