@@ -16,14 +16,73 @@ use crate::team::Team;
 /// their phone learns where it went, who won a claim race, or that their
 /// work arrived after the task moved ([`losing_sight`]).
 pub fn may_read_task(team: &Team, user: &str, task: &TaskState) -> bool {
+    may_read(
+        team,
+        user,
+        &task.created_by,
+        task.assignee.as_deref(),
+        task.handoff.route_result_to.as_deref(),
+        task.pool,
+    )
+}
+
+fn may_read(
+    team: &Team,
+    user: &str,
+    created_by: &str,
+    assignee: Option<&str>,
+    route_result_to: Option<&str>,
+    pool: Option<Role>,
+) -> bool {
     let Some(sight) = sight(team, user) else {
         return false;
     };
     sight.every_task
-        || task.created_by == user
-        || task.assignee.as_deref() == Some(user)
-        || task.handoff.route_result_to.as_deref() == Some(user)
-        || (task.assignee.is_none() && task.pool == Some(sight.role))
+        || created_by == user
+        || assignee == Some(user)
+        || route_result_to == Some(user)
+        || (assignee.is_none() && pool == Some(sight.role))
+}
+
+/// The parts of a task that decide who may read it ([`may_read_task`]):
+/// kept from before a change, to tell who lost sight of it with the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Whereabouts {
+    pub created_by: String,
+    pub assignee: Option<String>,
+    pub route_result_to: Option<String>,
+    pub pool: Option<Role>,
+}
+
+impl Whereabouts {
+    pub fn of(task: &TaskState) -> Whereabouts {
+        Whereabouts {
+            created_by: task.created_by.clone(),
+            assignee: task.assignee.clone(),
+            route_result_to: task.handoff.route_result_to.clone(),
+            pool: task.pool,
+        }
+    }
+
+    /// Is `task` where this says (could its readers have changed)?
+    pub fn still(&self, task: &TaskState) -> bool {
+        self.created_by == task.created_by
+            && self.assignee == task.assignee
+            && self.route_result_to == task.handoff.route_result_to
+            && self.pool == task.pool
+    }
+
+    /// [`may_read_task`] of a task with these whereabouts.
+    pub fn readable_by(&self, team: &Team, user: &str) -> bool {
+        may_read(
+            team,
+            user,
+            &self.created_by,
+            self.assignee.as_deref(),
+            self.route_result_to.as_deref(),
+            self.pool,
+        )
+    }
 }
 
 /// What the team decides of which tasks a member may read
@@ -48,12 +107,11 @@ pub fn sight(team: &Team, user: &str) -> Option<Sight> {
 
 /// The members who may read the task as it was `before` a change and not
 /// as it is `after` it.
-pub fn losing_sight(team: &Team, before: &TaskState, after: Option<&TaskState>) -> Vec<String> {
+pub fn losing_sight(team: &Team, before: &Whereabouts, after: Option<&TaskState>) -> Vec<String> {
     team.members
         .keys()
         .filter(|user| {
-            may_read_task(team, user, before)
-                && !after.is_some_and(|a| may_read_task(team, user, a))
+            before.readable_by(team, user) && !after.is_some_and(|a| may_read_task(team, user, a))
         })
         .cloned()
         .collect()

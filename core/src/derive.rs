@@ -471,20 +471,65 @@ impl FoldedTask {
         event: &Event,
         team: &Team,
     ) -> Result<FoldedTask, Refusal> {
-        let folds_last = self
-            .last
-            .as_ref()
-            .is_none_or(|last| event.order_key() > borrowed_key(last));
-        if !folds_last {
+        if !self.folds_in_order(std::slice::from_ref(event)) {
             let mut all = events.to_vec();
             all.push(event.clone());
             let again = FoldedTask::of_judging(task_id, &all, team, &event.id);
             return again.verdict(&event.id).map(|()| again);
         }
         self.fold.push(task_id, event, team, true);
-        self.frontier.advance(event);
+        self.frontier.advance(events, event);
         self.last = Some(owned_key(event));
         self.verdict(&event.id).map(|()| self)
+    }
+
+    /// Take the events that came after the ones folded, `events[from..]`
+    /// (`events[..from]` being those), as [`derive_outcomes`] folds them:
+    /// not judged at the door. The relay keeps each task this way.
+    pub fn extend(&mut self, task_id: &str, events: &[Event], from: usize, team: &Team) {
+        let new = events.get(from..).unwrap_or_default();
+        if !self.folds_in_order(new) {
+            *self = FoldedTask::of(task_id, events, team);
+            return;
+        }
+        for (k, e) in new.iter().enumerate() {
+            self.fold.push(task_id, e, team, false);
+            self.frontier.advance(&events[..from + k], e);
+        }
+        if let Some(e) = new.last() {
+            self.last = Some(owned_key(e));
+        }
+    }
+
+    /// Some event waits for a member or a device the team has not added
+    /// yet, or the task has no state: a team change that adds one may
+    /// change what the task derives to ([`Refusal::awaits_team`]).
+    pub fn awaits_team(&self) -> bool {
+        self.fold.state.is_none()
+            || self
+                .fold
+                .outcomes
+                .iter()
+                .any(|o| o.refusal().is_some_and(Refusal::awaits_team))
+    }
+
+    /// Would `new`, in this order, fold after every event folded, as
+    /// folding them all again would fold them: each after the one before
+    /// in fold order, none a copy of an event already there (folding
+    /// again drops such a copy when it sorts next to its original).
+    fn folds_in_order(&self, new: &[Event]) -> bool {
+        let mut last = self.last.as_ref().map(borrowed_key);
+        for (k, e) in new.iter().enumerate() {
+            let key = e.order_key();
+            if last.is_some_and(|l| key <= l)
+                || self.fold.position.contains_key(&e.id)
+                || new[..k].iter().any(|x| x.id == e.id)
+            {
+                return false;
+            }
+            last = Some(key);
+        }
+        true
     }
 
     /// [`FoldedTask::of`], judging the event `door` at the door too.
@@ -513,6 +558,17 @@ impl FoldedTask {
         match self.fold.state {
             Some(_) => Ok(()),
             None => Err(Refusal::NotCreatedYet),
+        }
+    }
+}
+
+impl Default for FoldedTask {
+    /// A task with no events yet.
+    fn default() -> FoldedTask {
+        FoldedTask {
+            fold: Fold::with_capacity(0),
+            frontier: Frontier::default(),
+            last: None,
         }
     }
 }

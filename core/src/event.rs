@@ -261,11 +261,15 @@ impl Frontier {
         }
     }
 
-    /// Take in `e`, an event no event so far builds on (a new one).
-    pub fn advance(&mut self, e: &Event) {
+    /// Take in `e`, come after `before` (the events this frontier is of):
+    /// what [`Frontier::of`] gives for them and `e`.
+    pub fn advance(&mut self, before: &[Event], e: &Event) {
         self.heads.retain(|h| !e.deps.contains(h));
-        if let Err(at) = self.heads.binary_search(&e.id) {
-            self.heads.insert(at, e.id.clone());
+        let followed = before.iter().any(|x| x.deps.contains(&e.id));
+        if !followed && !e.deps.contains(&e.id) {
+            if let Err(at) = self.heads.binary_search(&e.id) {
+                self.heads.insert(at, e.id.clone());
+            }
         }
         self.count(e);
     }

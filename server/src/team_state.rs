@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
-use handoff_core::access::{losing_sight, may_act, may_change_team, may_read_task};
-use handoff_core::derive::{derive_outcomes, Refusal, TaskState};
+use handoff_core::access::{losing_sight, may_act, may_change_team, may_read_task, Whereabouts};
+use handoff_core::derive::{derive_outcomes, FoldedTask, TaskState};
 use handoff_core::event::{Event, EventId};
 use handoff_core::is_valid_id;
 use handoff_core::store::TEAM_DOC;
@@ -36,11 +36,11 @@ const RECENT_BYTES: usize = 4 * 1024 * 1024;
 /// What the relay knows of one task document.
 struct DocEntry {
     events: Vec<Event>,
-    state: Option<TaskState>,
-    /// Some event waits for a member or a device the team has not added
-    /// yet, or the task has no state: a team change that adds one derives
-    /// it again ([`Reach::WaitingForTheTeam`]).
-    awaits_team: bool,
+    /// The task folded over `events`: each change taken in folds only its
+    /// own events when they come after the rest, as they usually do.
+    /// [`FoldedTask::awaits_team`] tells a team change that adds someone
+    /// to derive it again ([`Reach::WaitingForTheTeam`]).
+    fold: FoldedTask,
     /// The lists its layouts made for events: every later change may only
     /// append to one of them (`task_doc::Shape`). One, but for a redacted
     /// generation laid out by two delegators at the same time.
@@ -58,11 +58,14 @@ struct DocEntry {
 }
 
 impl DocEntry {
+    fn state(&self) -> Option<&TaskState> {
+        self.fold.state()
+    }
+
     fn new() -> DocEntry {
         DocEntry {
             events: Vec::new(),
-            state: None,
-            awaits_team: true,
+            fold: FoldedTask::default(),
             events_lists: Vec::new(),
             seqs: HashMap::new(),
             exits: Vec::new(),
@@ -321,11 +324,11 @@ impl TeamState {
         for (doc, entry) in &mut self.docs {
             let again = match reach {
                 Reach::Nothing => false,
-                Reach::WaitingForTheTeam => entry.awaits_team,
+                Reach::WaitingForTheTeam => entry.fold.awaits_team(),
                 Reach::Everything => true,
             };
             if again {
-                (entry.state, entry.awaits_team) = derive_entry(doc, &entry.events, &self.team);
+                entry.fold = FoldedTask::of(doc, &entry.events, &self.team);
             }
         }
     }
@@ -413,8 +416,7 @@ impl TeamState {
 
     fn reads(&self, entry: &DocEntry, user: &str) -> bool {
         entry
-            .state
-            .as_ref()
+            .state()
             .is_some_and(|state| may_read_task(&self.team, user, state))
     }
 
@@ -520,7 +522,7 @@ impl TeamState {
             let current = self
                 .docs
                 .get(doc_id_of(task, newest).as_str())
-                .and_then(|e| e.state.as_ref());
+                .and_then(DocEntry::state);
             let allowed = self.team.permissions(&caller.user_id).may_delegate
                 && current.is_some_and(|s| may_read_task(&self.team, &caller.user_id, s));
             if !allowed {
@@ -624,7 +626,7 @@ impl TeamState {
             {
                 let entry = self.docs.get(&key);
                 let events: &[Event] = entry.map_or(&[], |e| e.events.as_slice());
-                let prior = entry.and_then(|e| e.state.as_ref());
+                let prior = entry.and_then(DocEntry::state);
                 // Write access is judged on the task as its author saw it (the
                 // events the new ones build on): a claim that lost a race to
                 // another claim is still the front desk's to make, and is kept
@@ -714,8 +716,8 @@ impl TeamState {
             // Taken out to grow in place; put back as it was on a refusal.
             let mut entry = self.docs.remove(&key).unwrap_or_else(DocEntry::new);
             let before = entry.events.len();
+            let was = entry.state().map(Whereabouts::of);
             entry.events.extend(new_events.iter().cloned());
-            let (state, awaits_team) = derive_entry(&change.doc, &entry.events, &self.team);
             let retiring = match redaction {
                 Some(_) => self.retirement(&key, &entry.events, c).map(Some),
                 None => Ok(None),
@@ -724,20 +726,21 @@ impl TeamState {
                 Ok(r) => r,
                 Err(verdict) => {
                     entry.events.truncate(before);
-                    if before > 0 || entry.state.is_some() {
+                    if before > 0 || entry.state().is_some() {
                         self.docs.insert(key, entry);
                     }
                     return Err(verdict);
                 }
             };
-            self.exiting = match &entry.state {
-                Some(before) if moved(before, state.as_ref()) => {
-                    losing_sight(&self.team, before, state.as_ref())
+            entry
+                .fold
+                .extend(&change.doc, &entry.events, before, &self.team);
+            self.exiting = match &was {
+                Some(was) if moved(was, entry.state()) => {
+                    losing_sight(&self.team, was, entry.state())
                 }
                 _ => Vec::new(),
             };
-            entry.state = state;
-            entry.awaits_team = awaits_team;
             entry.laid_out(&read.shape);
             entry.count(device, c.seq());
             self.docs.insert(key, entry);
@@ -884,8 +887,9 @@ impl TeamState {
         let team = &self.team;
         if let Some(entry) = self.docs.get_mut(&key) {
             entry.count(relay, c.seq());
+            let before = entry.events.len();
             entry.events.extend(events_in_change(c));
-            (entry.state, entry.awaits_team) = derive_entry(doc, &entry.events, team);
+            entry.fold.extend(doc, &entry.events, before, team);
         }
     }
 
@@ -922,31 +926,14 @@ impl TeamState {
 }
 
 /// Did a change move the task between people (the fields reading hangs on)?
-fn moved(before: &TaskState, after: Option<&TaskState>) -> bool {
-    after.is_none_or(|a| {
-        a.assignee != before.assignee
-            || a.pool != before.pool
-            || a.created_by != before.created_by
-            || a.handoff.route_result_to != before.handoff.route_result_to
-    })
+fn moved(before: &Whereabouts, after: Option<&TaskState>) -> bool {
+    after.is_none_or(|a| !before.still(a))
 }
 
-/// A task as the relay keeps it: its state, without the history (nothing
-/// on the relay reads it, and the relay re-derives a task at every change
-/// it takes in).
+/// The task as the author of a change saw it (the events it builds on),
+/// without the history: nothing on the relay reads it.
 fn derive(doc: &str, events: &[Event], team: &Team) -> Option<TaskState> {
     derive_outcomes(doc, events, team).0
-}
-
-/// [`derive`], and whether the task waits for the team to grow
-/// ([`DocEntry::awaits_team`]).
-fn derive_entry(doc: &str, events: &[Event], team: &Team) -> (Option<TaskState>, bool) {
-    let (state, outcomes) = derive_outcomes(doc, events, team);
-    let awaits = state.is_none()
-        || outcomes
-            .iter()
-            .any(|(_, o)| o.refusal().is_some_and(Refusal::awaits_team));
-    (state, awaits)
 }
 
 /// The positions in `events` of the events `new` build on, transitively,
@@ -1297,7 +1284,7 @@ mod tests {
             .unwrap();
         let entry = |st: &TeamState, task: &str| {
             let e = &st.docs[doc_id_of(task, 0).as_str()];
-            (e.state.clone(), e.awaits_team)
+            (e.state().cloned(), e.fold.awaits_team())
         };
         assert_eq!(entry(&st, &for_nia), (None, true));
         assert!(!entry(&st, &settled).1);

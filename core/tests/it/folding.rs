@@ -3,11 +3,12 @@
 //! That must judge the event and derive the task exactly as folding every
 //! event again does, whatever came before it: concurrent events from other
 //! devices, refused ones, an event at the Lamport ceiling that does not fold
-//! last.
+//! last. The relay keeps every task the same way, taking each change's
+//! events as they come ([`FoldedTask::extend`]).
 
 use std::sync::OnceLock;
 
-use handoff_core::derive::{derive_at_door, FoldedTask};
+use handoff_core::derive::{derive_at_door, derive_outcomes, FoldedTask};
 use handoff_core::*;
 use proptest::prelude::*;
 
@@ -40,6 +41,8 @@ fn action(kind: u8, arg: usize) -> Action {
             },
             assignee: (!arg.is_multiple_of(3)).then_some(user),
         },
+        // nia is not in the team: refused until she is (`awaits_team`).
+        1 if arg % 7 == 6 => Action::Assigned { to: "nia".into() },
         1 => Action::Assigned { to: user },
         2 => Action::Claimed,
         3 => Action::Acknowledged {
@@ -101,6 +104,9 @@ fn run_case(first_at_ceiling: bool, steps: &[Step]) {
     let (team, actors) = team();
     let mut events: Vec<Event> = Vec::new();
     let mut kept: Option<FoldedTask> = None;
+    // The relay's fold, and how many of the events it has taken.
+    let mut relay = FoldedTask::default();
+    let mut relay_has = 0;
     for (k, &(who, behind, kind, arg)) in steps.iter().enumerate() {
         let (user, actor) = (USERS[who], actors[who].as_str());
         let at = MONDAY_9AM + k as i64 * 60_000;
@@ -147,6 +153,19 @@ fn run_case(first_at_ceiling: bool, steps: &[Step]) {
             events.push(event);
             // New heads: the store parses the document again, and folds anew.
             kept = None;
+        }
+        // The relay takes what came since it last did, in one change or
+        // (every third step) in a later one with the next events.
+        if arg % 3 != 0 || k + 1 == steps.len() {
+            relay.extend(TASK, &events, relay_has, team);
+            relay_has = events.len();
+            let (state, outcomes) = derive_outcomes(TASK, &events, team);
+            assert_eq!(relay.state(), state.as_ref());
+            let awaits = state.is_none()
+                || outcomes
+                    .iter()
+                    .any(|(_, o)| o.refusal().is_some_and(Refusal::awaits_team));
+            assert_eq!(relay.awaits_team(), awaits);
         }
     }
 }
