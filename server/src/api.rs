@@ -84,7 +84,6 @@ pub fn router(app: App) -> Router {
         .route("/v1/repair", post(repair))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(same_rules))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }
@@ -92,7 +91,7 @@ pub fn router(app: App) -> Router {
 /// A phone that derives tasks by other rules than the relay would read
 /// the same changes differently from everyone else: 426 until it is
 /// updated. Requests that name no rules (tools, the load generator) pass.
-async fn same_rules(request: Request, next: Next) -> Response {
+fn same_rules(request: &Request) -> std::result::Result<(), Error> {
     let theirs = request.headers().get(wire::RULES_HEADER).map(|v| {
         String::from_utf8_lossy(v.as_bytes())
             .chars()
@@ -100,8 +99,8 @@ async fn same_rules(request: Request, next: Next) -> Response {
             .collect::<String>()
     });
     match theirs {
-        Some(v) if v != relay_rules() => Error::UpgradeRequired(v, relay_rules()).into_response(),
-        _ => next.run(request).await,
+        Some(v) if v != relay_rules() => Err(Error::UpgradeRequired(v, relay_rules())),
+        _ => Ok(()),
     }
 }
 
@@ -121,12 +120,17 @@ fn relay_rules() -> &'static str {
     handoff_core::derive::RULES
 }
 
-/// Count, time and log every request; no bodies, no query strings.
+/// Count, time and log every request; no bodies, no query strings. The
+/// one middleware (each is a boxed future more for every waiting poll):
+/// it also turns away phones of other rules ([`same_rules`]).
 async fn observe(State(app): State<App>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
-    let response = next.run(request).await;
+    let response = match same_rules(&request) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     let route = route.as_ref().map_or("other", |p| p.as_str());
