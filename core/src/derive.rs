@@ -453,6 +453,21 @@ impl FoldedTask {
         self.fold.state.as_ref()
     }
 
+    /// The state with its history, as [`derive_borrowed`] gives it for
+    /// `events`, the events this fold is of (`None` also when they are not:
+    /// more or fewer than it folded).
+    pub fn with_history(&self, events: &[Event]) -> Option<TaskState> {
+        let state = self.fold.state.clone()?;
+        let mut sorted: Vec<&Event> = events.iter().collect();
+        sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        sorted.dedup_by(|b, a| a.id == b.id);
+        if sorted.len() != self.fold.outcomes.len() {
+            return None;
+        }
+        let outcomes = sorted.into_iter().zip(self.fold.outcomes.iter().cloned());
+        Some(with_history(state, outcomes.collect()))
+    }
+
     /// The next event this device writes to the task ([`Event::next`]).
     pub fn next_event(&self, actor: &str, user: &str, now: Timestamp, action: Action) -> Event {
         self.frontier.next(actor, user, now, action)

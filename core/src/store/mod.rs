@@ -1068,22 +1068,6 @@ fn append_own_in_chunks<'e>(
     Ok(())
 }
 
-/// Would `user` doing `action` on this device take effect now? (No write.)
-fn would_apply(
-    task_id: &str,
-    events: &[Event],
-    actor: &str,
-    user: &str,
-    now: Timestamp,
-    action: Action,
-    team: &Team,
-) -> bool {
-    let event = Event::next(events, actor, user, now, action);
-    let mut candidate = events.to_vec();
-    candidate.push(event.clone());
-    checked(task_id, &candidate, &event, team).is_ok()
-}
-
 /// Would `event`, the newest of `events`, take effect? Judged at the door
 /// ([`crate::access::may_act`]) and by the fold, as the relay will.
 fn checked(task_id: &str, events: &[Event], event: &Event, team: &Team) -> Result<TaskState> {

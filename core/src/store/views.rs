@@ -13,8 +13,8 @@ use automerge::ActorId;
 use rusqlite::{params, Connection, Row};
 use serde::{Deserialize, Serialize};
 
-use super::{docs, index, would_apply, Db, Seen, Store};
-use crate::derive::{derive_borrowed, TaskState, TaskStatus};
+use super::{docs, index, Db, Seen, Store};
+use crate::derive::{derive_borrowed, FoldedTask, TaskState, TaskStatus};
 use crate::error::{Error, Result};
 use crate::event::{Action, Event};
 use crate::model::{
@@ -335,6 +335,9 @@ impl Read<'_> {
 struct Opened<'a> {
     task_id: &'a str,
     events: &'a [Event],
+    /// The task folded over `events` under the team, when the writer's
+    /// cache has it.
+    fold: Option<&'a FoldedTask>,
     unreadable: usize,
     patient: Option<PatientRef>,
 }
@@ -349,8 +352,21 @@ impl Opened<'_> {
         now: Timestamp,
     ) -> Result<TaskDetail> {
         let task_id = self.task_id;
-        let state = derive_borrowed(task_id, self.events, team)
-            .ok_or_else(|| Error::TaskNotFound(task_id.into()))?;
+        let built;
+        let fold = match self.fold {
+            Some(f) => f,
+            None => {
+                built = FoldedTask::of(task_id, self.events, team);
+                &built
+            }
+        };
+        let state = match fold.with_history(self.events) {
+            Some(state) => state,
+            // A fold of other events than these: never kept, but no reason
+            // to show a wrong history.
+            None => derive_borrowed(task_id, self.events, team)
+                .ok_or_else(|| Error::TaskNotFound(task_id.into()))?,
+        };
         // Each command is offered only if the same fold that validates it
         // would apply it now: the buttons cannot disagree with the rules.
         let available = match user {
@@ -358,7 +374,10 @@ impl Opened<'_> {
                 .into_iter()
                 .filter(|command| {
                     command.candidates(&state, team).into_iter().any(|action| {
-                        would_apply(task_id, self.events, actor_hex, user, now, action, team)
+                        let event = fold.next_event(actor_hex, user, now, action);
+                        fold.clone()
+                            .take(task_id, self.events, &event, team)
+                            .is_ok()
                     })
                 })
                 .collect(),
@@ -573,6 +592,7 @@ impl Store {
             let opened = Opened {
                 task_id,
                 events: &events,
+                fold: None,
                 unreadable,
                 patient: task_doc::patient(&doc),
             };
@@ -594,12 +614,18 @@ impl Store {
         // Kept in the cache beside the document: the write that usually
         // follows opening a task (logging the call) need not parse them again.
         let heads = doc.get_heads();
-        let parsed = st.docs.take_events(&doc_id, &doc, &heads);
+        let mut parsed = st.docs.take_events(&doc_id, &doc, &heads);
         let patient = task_doc::patient(&doc);
         st.docs.put(&doc_id, doc);
+        // Folded once here, judges the commands offered, and is kept for the
+        // write that follows.
+        if let (None, Some(team)) = (&parsed.folded, st.team.as_ref()) {
+            parsed.folded = Some(FoldedTask::of(task_id, &parsed.events, team));
+        }
         let opened = Opened {
             task_id,
             events: &parsed.events,
+            fold: parsed.folded.as_ref(),
             unreadable: parsed.unreadable,
             patient,
         };

@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use handoff_core::derive::{derive_at_door, derive_outcomes, FoldedTask};
+use handoff_core::derive::{derive_at_door, derive_borrowed, derive_outcomes, FoldedTask};
 use handoff_core::*;
 use proptest::prelude::*;
 
@@ -129,6 +129,11 @@ fn run_case(first_at_ceiling: bool, steps: &[Step]) {
                     let state = expected.expect("the kept fold let through a refused event");
                     assert_eq!(fold.state(), Some(&state));
                     events.push(event);
+                    // The task detail's state, history and all.
+                    assert_eq!(
+                        fold.with_history(&events),
+                        derive_borrowed(TASK, &events, team)
+                    );
                     kept = Some(fold);
                 }
                 Err(refusal) => assert_eq!(expected, Err(refusal)),
