@@ -413,7 +413,7 @@ fn fold(
     team: &Team,
     door: Option<&EventId>,
 ) -> (Option<TaskState>, Vec<Outcome>) {
-    let mut fold = Fold::with_capacity(events.len());
+    let mut fold = Fold::over(events);
     for e in events {
         fold.push(task_id, e, team, door == Some(&e.id));
     }
@@ -427,25 +427,14 @@ fn fold(
 pub struct FoldedTask {
     fold: Fold,
     frontier: Frontier,
-    /// The fold order key of the last event folded.
+    /// The fold order key of the last event, folded or dropped as a copy.
     last: Option<(u64, Timestamp, String, u32)>,
 }
 
 impl FoldedTask {
     /// Fold `events` (in any order, duplicates welcome, as [`derive`] takes them).
     pub fn of(task_id: &str, events: &[Event], team: &Team) -> FoldedTask {
-        let mut sorted: Vec<&Event> = events.iter().collect();
-        sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-        sorted.dedup_by(|b, a| a.id == b.id);
-        let mut fold = Fold::with_capacity(sorted.len() + 1);
-        for e in &sorted {
-            fold.push(task_id, e, team, false);
-        }
-        FoldedTask {
-            fold,
-            frontier: Frontier::of(events),
-            last: sorted.last().map(|e| owned_key(e)),
-        }
+        FoldedTask::of_judging(task_id, events, team, None).0
     }
 
     /// The state after every event folded, `None` before `created`.
@@ -489,13 +478,14 @@ impl FoldedTask {
         if !self.folds_in_order(std::slice::from_ref(event)) {
             let mut all = events.to_vec();
             all.push(event.clone());
-            let again = FoldedTask::of_judging(task_id, &all, team, &event.id);
-            return again.verdict(&event.id).map(|()| again);
+            let (again, at) = FoldedTask::of_judging(task_id, &all, team, Some(&event.id));
+            return again.verdict(at).map(|()| again);
         }
+        let at = self.fold.outcomes.len();
         self.fold.push(task_id, event, team, true);
         self.frontier.advance(events, event);
         self.last = Some(owned_key(event));
-        self.verdict(&event.id).map(|()| self)
+        self.verdict(Some(at)).map(|()| self)
     }
 
     /// Take the events that came after the ones folded, `events[from..]`
@@ -514,6 +504,17 @@ impl FoldedTask {
         if let Some(e) = new.last() {
             self.last = Some(owned_key(e));
         }
+    }
+
+    /// How many events did not take effect (refused or superseded): an
+    /// event taken changed what its task's needs-attention rows say only
+    /// if it changed this (an outcome only ever goes from applied to not).
+    pub fn unapplied(&self) -> usize {
+        self.fold
+            .outcomes
+            .iter()
+            .filter(|o| **o != Outcome::Applied)
+            .count()
     }
 
     /// Some event waits for a member or a device the team has not added
@@ -547,27 +548,38 @@ impl FoldedTask {
         true
     }
 
-    /// [`FoldedTask::of`], judging the event `door` at the door too.
-    fn of_judging(task_id: &str, events: &[Event], team: &Team, door: &EventId) -> FoldedTask {
+    /// [`FoldedTask::of`], judging the event `door`, if any, at the door
+    /// too; with the position in fold order of its first copy.
+    fn of_judging(
+        task_id: &str,
+        events: &[Event],
+        team: &Team,
+        door: Option<&EventId>,
+    ) -> (FoldedTask, Option<usize>) {
         let mut sorted: Vec<&Event> = events.iter().collect();
         sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        // The last in fold order of all, copies dropped below included: an
+        // event folding before a dropped copy would keep it from being
+        // dropped when everything is folded again.
+        let last = sorted.last().map(|e| owned_key(e));
         sorted.dedup_by(|b, a| a.id == b.id);
-        let mut fold = Fold::with_capacity(sorted.len());
+        let mut fold = Fold::over(&sorted);
         for e in &sorted {
-            fold.push(task_id, e, team, *door == e.id);
+            fold.push(task_id, e, team, door == Some(&e.id));
         }
-        FoldedTask {
+        let at = door.and_then(|id| sorted.iter().position(|e| e.id == *id));
+        let folded = FoldedTask {
             fold,
             frontier: Frontier::of(events),
-            last: sorted.last().map(|e| owned_key(e)),
-        }
+            last,
+        };
+        (folded, at)
     }
 
-    /// Whether the event `id` took effect, as [`derive_at_door`]'s
-    /// callers judge it: applied, and the task exists.
-    fn verdict(&self, id: &EventId) -> Result<(), Refusal> {
-        let at = self.fold.position.get(id).copied();
-        if let Some(refusal) = at.and_then(|i| self.fold.outcomes[i].refusal()) {
+    /// Whether the event at position `at` in fold order took effect, as
+    /// [`derive_at_door`]'s callers judge it: applied, and the task exists.
+    fn verdict(&self, at: Option<usize>) -> Result<(), Refusal> {
+        if let Some(refusal) = at.and_then(|i| self.fold.outcomes.get(i)?.refusal()) {
             return Err(refusal.clone());
         }
         match self.fold.state {
@@ -656,6 +668,18 @@ fn may_hold(team: &Team, user: &str) -> Result<(), Refusal> {
 }
 
 impl Fold {
+    /// A fold of `events` (in fold order) to come. A dependency names the
+    /// last copy of its id in the whole list, and counts only if that copy
+    /// folds before the event (copies of an id are rare: a device that
+    /// wrote one id twice).
+    fn over(events: &[&Event]) -> Fold {
+        let mut fold = Fold::with_capacity(events.len() + 1);
+        for (i, e) in events.iter().enumerate() {
+            fold.position.insert(e.id.clone(), i);
+        }
+        fold
+    }
+
     fn with_capacity(n: usize) -> Fold {
         Fold {
             position: HashMap::with_capacity(n),
@@ -677,13 +701,19 @@ impl Fold {
         let i = self.ancestors.len();
         let mut set = Ancestors::default();
         for d in &e.deps {
-            if let Some(&p) = self.position.get(d) {
-                set.insert(p);
-                set.union(&self.ancestors[p]);
+            match self.position.get(d) {
+                Some(&p) if p < i => {
+                    set.insert(p);
+                    set.union(&self.ancestors[p]);
+                }
+                _ => {}
             }
         }
         self.ancestors.push(set);
-        self.position.insert(e.id.clone(), i);
+        // Folded past its list ([`Fold::over`]): an event whose id is new.
+        if !self.position.contains_key(&e.id) {
+            self.position.insert(e.id.clone(), i);
+        }
         self.outcomes.push(Outcome::Applied);
         let judged = match at_door {
             true => access::may_act(team, self.state.as_ref(), e),

@@ -205,6 +205,10 @@ impl Event {
     }
 }
 
+/// The highest Lamport time a document may hold for an event (more events
+/// than a task will ever see): one above it is skipped when read.
+pub const MAX_LT: u64 = 1 << 40;
+
 /// What a device's next event to a task builds on: the events no other
 /// event follows, the latest Lamport time, and each author's last number.
 #[derive(Debug, Clone, Default)]
@@ -252,9 +256,12 @@ impl Frontier {
                 n: last_n.saturating_add(1),
             },
             deps: self.heads.clone(),
-            // Saturating: the relay refuses events that jump this far ahead,
-            // but a store may hold one from before it did.
-            lt: self.lt.saturating_add(1),
+            // Never past the most a document may hold: the relay refuses
+            // events that jump this far ahead, but a store may hold one from
+            // before it did, and a write above it would be written, then
+            // skipped as unreadable. At the ceiling a new event may fold
+            // before others; `FoldedTask::take` sees to that.
+            lt: self.lt.saturating_add(1).min(MAX_LT),
             at: now,
             by: user.into(),
             action,

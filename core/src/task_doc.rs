@@ -178,10 +178,8 @@ pub(crate) fn patient(doc: &AutoCommit) -> Option<PatientRef> {
 fn parse_event(s: &str) -> Option<Event> {
     /// Year 5138, in ms since 1970.
     const LATEST: i64 = 100_000_000_000_000;
-    /// More events than a task will ever see.
-    const MAX_LT: u64 = 1 << 40;
     let e: Event = serde_json::from_str(s).ok()?;
-    ((0..=LATEST).contains(&e.at) && e.lt <= MAX_LT).then_some(e)
+    ((0..=LATEST).contains(&e.at) && e.lt <= crate::event::MAX_LT).then_some(e)
 }
 
 /// The events a change inserts (what the relay checks before storing it),

@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::derive::{Outcome, TaskState, TaskStatus, Verdict};
+use crate::derive::{HistoryEntry, Outcome, TaskState, TaskStatus, Verdict};
 use crate::error::{Error, Result};
 use crate::model::{Category, DelegationLevel, Priority};
 
@@ -54,7 +54,14 @@ pub(crate) fn doc_of(conn: &Connection, task_id: &str) -> Result<String> {
     }
 }
 
+/// The task's row and its needs-attention rows (from `s.history`).
 pub(crate) fn upsert(conn: &Connection, doc_id: &str, s: &TaskState) -> Result<()> {
+    upsert_row(conn, doc_id, s)?;
+    write_attention(conn, &s.task_id, &s.history)
+}
+
+/// The task's row alone: for a write that changed no event's outcome.
+pub(crate) fn upsert_row(conn: &Connection, doc_id: &str, s: &TaskState) -> Result<()> {
     let (reviewed_by, reviewed_at, review_submitted_at, stale) = match &s.last_review {
         Some(r) => (
             Some(r.by.as_str()),
@@ -123,16 +130,26 @@ pub(crate) fn upsert(conn: &Connection, doc_id: &str, s: &TaskState) -> Result<(
         s.assignee
     ])?;
 
+    Ok(())
+}
+
+/// The task's needs-attention rows: one per event of `history` that did not
+/// take effect.
+pub(crate) fn write_attention(
+    conn: &Connection,
+    task_id: &str,
+    history: &[HistoryEntry],
+) -> Result<()> {
     conn.prepare_cached("DELETE FROM attention WHERE task_id = ?1")?
-        .execute([&s.task_id])?;
+        .execute([task_id])?;
     let mut insert = conn.prepare_cached(
         "INSERT OR REPLACE INTO attention (task_id, event_id, user_id, action, code, reason, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
-    for h in &s.history {
+    for h in history {
         if let Outcome::Refused { refusal } | Outcome::Superseded { refusal } = &h.outcome {
             insert.execute(params![
-                s.task_id,
+                task_id,
                 h.event_id,
                 h.by,
                 h.action.name(),

@@ -641,6 +641,7 @@ impl Store {
         };
         let now = st.clock.now();
         let event = folded.next_event(&st.actor_hex, &user, now, action(&mut doc));
+        let unapplied = folded.unapplied();
         let judged = match event.action.check_input() {
             Ok(()) => folded
                 .take(task_id, &parsed.events, &event, team)
@@ -658,12 +659,29 @@ impl Store {
                 return Err(e);
             }
         };
+        parsed.events.push(event);
         let state = folded.state().ok_or(Refusal::NotCreatedYet)?;
+        // A new event follows every other, so it leaves their outcomes as
+        // they were, and the needs-attention rows too; unless it folded
+        // before some (see `FoldedTask::take`) and changed one.
+        let history = match folded.unapplied() == unapplied {
+            true => None,
+            false => Some(
+                folded
+                    .with_history(&parsed.events)
+                    .ok_or(Error::Corrupt("a fold of other events"))?
+                    .history,
+            ),
+        };
         let result: Result<()> = (|| {
-            task_doc::append(&mut doc, &event)?;
+            let event = parsed.events.last().ok_or(Error::Corrupt("no event"))?;
+            task_doc::append(&mut doc, event)?;
             let tx = conn.unchecked_transaction()?;
             docs::commit_local(&tx, &doc_id, &mut doc, now)?;
-            index::upsert(&tx, &doc_id, state)?;
+            index::upsert_row(&tx, &doc_id, state)?;
+            if let Some(history) = &history {
+                index::write_attention(&tx, task_id, history)?;
+            }
             docs::maybe_compact(&tx, &doc_id, &mut doc)?;
             tx.commit()?;
             Ok(())
@@ -671,7 +689,6 @@ impl Store {
         // On an error the in-memory document may hold the change the
         // database does not: it is dropped, with the events and fold.
         result?;
-        parsed.events.push(event);
         parsed.folded = Some(folded);
         let heads = doc.get_heads();
         st.docs.put(&doc_id, doc);

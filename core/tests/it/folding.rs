@@ -9,6 +9,7 @@
 use std::sync::OnceLock;
 
 use handoff_core::derive::{derive_at_door, derive_borrowed, derive_outcomes, FoldedTask};
+use handoff_core::event::MAX_LT;
 use handoff_core::*;
 use proptest::prelude::*;
 
@@ -148,12 +149,20 @@ fn run_case(first_at_ceiling: bool, steps: &[Step]) {
                 .map(|e| e.id.n)
                 .max()
                 .unwrap_or(0);
-            if first_at_ceiling && k == 1 {
+            if first_at_ceiling && !events.iter().any(|e| e.lt == MAX_LT) {
                 // From a store that predates the relay's limit on Lamport
                 // time, and a phone whose clock ran a day ahead: what this
-                // device writes next folds before it, not last.
-                event.lt = u64::MAX;
+                // device writes next stops at the ceiling too, and folds
+                // before it, not last.
+                event.lt = MAX_LT;
                 event.at += DAY_MS;
+            }
+            if arg % 11 == 10 {
+                // A device that wrote one id twice (the relay checks the
+                // author, not that an id is new).
+                if let Some(e) = events.iter().rfind(|e| e.id.actor == actor) {
+                    event.id = e.id.clone();
+                }
             }
             events.push(event);
             // New heads: the store parses the document again, and folds anew.
@@ -185,4 +194,42 @@ proptest! {
     ) {
         run_case(first_at_ceiling, &steps);
     }
+}
+
+/// A dependency names the last copy of its id in fold order, and counts
+/// only if that copy folds before the event: the rule stores derived by
+/// from the start (`derive::RULES` "2"). Here the submission's dependency,
+/// the call, has a later copy, so the approval did not see the call and is
+/// stale: the task stays submitted, both calls kept.
+#[test]
+fn a_dependency_names_the_last_copy_of_an_id() {
+    let (team, actors) = team();
+    let (max, ana) = (actors[0].as_str(), actors[2].as_str());
+    let event = |actor: &str, n: u32, lt: u64, deps: &[&Event], by: &str, action: Action| Event {
+        id: EventId {
+            actor: actor.into(),
+            n,
+        },
+        deps: deps.iter().map(|d| d.id.clone()).collect(),
+        lt,
+        at: MONDAY_9AM + lt as i64 * 60_000,
+        by: by.into(),
+        action,
+    };
+    let created = event(max, 1, 1, &[], "max", action(0, 2));
+    let call_made = Action::CallLogged {
+        attempt: call(CallOutcome::NoAnswer),
+    };
+    let x = event(ana, 1, 2, &[&created], "ana", call_made.clone());
+    let submitted = event(ana, 2, 3, &[&x], "ana", action(8, 0));
+    let approved = event(max, 2, 4, &[&submitted], "max", action(9, 0));
+    let again = event(ana, 1, 5, &[&approved], "ana", call_made);
+    let events = vec![created, x, submitted, approved, again];
+    let state = derive_borrowed(TASK, &events, team).unwrap();
+    assert_eq!(state.status, TaskStatus::Submitted);
+    assert_eq!(state.calls.len(), 2);
+    assert_eq!(
+        FoldedTask::of(TASK, &events, team).with_history(&events),
+        Some(state)
+    );
 }

@@ -274,6 +274,12 @@ fn work_concurrent_with_a_cancellation_is_kept_but_refused() {
         c.at("ana").needs_attention().unwrap()[0].code,
         "task_closed"
     );
+    // What she writes next (a comment: a closed task takes those) leaves
+    // it there: the refused call still needs her attention.
+    c.at("ana").comment(&t, "reached her anyway").unwrap();
+    let items = c.at("ana").needs_attention().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].code, "task_closed");
 }
 
 #[test]
