@@ -396,11 +396,16 @@ impl TeamState {
     /// took the task from them.
     fn delivers(&self, seq: u64, doc: &str, user: &str) -> bool {
         doc == TEAM_DOC
-            || self.current(doc).is_some_and(|e| {
-                self.reads(e, user)
-                    || (e.exit_of(user).is_some_and(|exit| seq <= exit)
-                        && self.team.member(user).is_some_and(|m| m.active))
-            })
+            || self
+                .current(doc)
+                .is_some_and(|e| self.delivers_entry(seq, e, user))
+    }
+
+    /// [`TeamState::delivers`] for a task document's current entry.
+    fn delivers_entry(&self, seq: u64, e: &DocEntry, user: &str) -> bool {
+        self.reads(e, user)
+            || (e.exit_of(user).is_some_and(|exit| seq <= exit)
+                && self.team.member(user).is_some_and(|m| m.active))
     }
 
     /// A task document, unless a newer generation replaced it: a redacted
@@ -908,14 +913,36 @@ impl TeamState {
             self.remember(Arc::from(r.bytes.as_slice()));
         }
         let head = self.head();
+        // Each row's document looked up once, not once per waiting device.
+        enum Row<'a> {
+            /// The team document: everyone reads it.
+            Team,
+            /// A task document, unless a newer generation replaced it.
+            Task(Option<&'a DocEntry>),
+        }
+        let news: Vec<(u64, &Arc<str>, Row)> = rows
+            .iter()
+            .map(|(r, author)| {
+                let row = match r.doc_id == TEAM_DOC {
+                    true => Row::Team,
+                    false => Row::Task(self.current(&r.doc_id)),
+                };
+                (r.seq, author, row)
+            })
+            .collect();
         let mut gone = Vec::new();
         for (actor, w) in &self.waiters {
             if w.wake.receiver_count() == 0 {
                 gone.push(actor.clone());
-            } else if rows
-                .iter()
-                .any(|(r, author)| author != actor && self.delivers(r.seq, &r.doc_id, &w.user))
-            {
+            } else if news.iter().any(|(seq, author, row)| {
+                *author != actor
+                    && match row {
+                        Row::Team => true,
+                        Row::Task(entry) => {
+                            entry.is_some_and(|e| self.delivers_entry(*seq, e, &w.user))
+                        }
+                    }
+            }) {
                 w.wake.send_replace(head);
             }
         }
