@@ -429,6 +429,8 @@ pub struct FoldedTask {
     frontier: Frontier,
     /// The fold order key of the last event, folded or dropped as a copy.
     last: Option<(u64, Timestamp, String, u32)>,
+    /// Made by folding every event (not by taking the last ones alone).
+    folded_anew: bool,
 }
 
 impl FoldedTask {
@@ -485,6 +487,7 @@ impl FoldedTask {
         self.fold.push(task_id, event, team, true);
         self.frontier.advance(events, event);
         self.last = Some(owned_key(event));
+        self.folded_anew = false;
         self.verdict(Some(at)).map(|()| self)
     }
 
@@ -504,11 +507,20 @@ impl FoldedTask {
         if let Some(e) = new.last() {
             self.last = Some(owned_key(e));
         }
+        self.folded_anew = false;
     }
 
-    /// How many events did not take effect (refused or superseded): an
-    /// event taken changed what its task's needs-attention rows say only
-    /// if it changed this (an outcome only ever goes from applied to not).
+    /// Was this fold made by folding every event, rather than by taking
+    /// the last ones onto an earlier fold? Taken alone, an event that folds
+    /// last changes an earlier event's outcome only from applied to
+    /// superseded, so [`FoldedTask::unapplied`] then tells whether the
+    /// task's needs-attention rows moved; folded anew, an event folding
+    /// among the others can change any later one's outcome.
+    pub fn folded_anew(&self) -> bool {
+        self.folded_anew
+    }
+
+    /// How many events did not take effect (refused or superseded).
     pub fn unapplied(&self) -> usize {
         self.fold
             .outcomes
@@ -572,6 +584,7 @@ impl FoldedTask {
             fold,
             frontier: Frontier::of(events),
             last,
+            folded_anew: true,
         };
         (folded, at)
     }
@@ -596,6 +609,7 @@ impl Default for FoldedTask {
             fold: Fold::with_capacity(0),
             frontier: Frontier::default(),
             last: None,
+            folded_anew: true,
         }
     }
 }

@@ -256,11 +256,10 @@ impl Frontier {
                 n: last_n.saturating_add(1),
             },
             deps: self.heads.clone(),
-            // Never past the most a document may hold: the relay refuses
-            // events that jump this far ahead, but a store may hold one from
-            // before it did, and a write above it would be written, then
-            // skipped as unreadable. At the ceiling a new event may fold
-            // before others; `FoldedTask::take` sees to that.
+            // Never past the most a document may hold: a write above it would
+            // be stored, then skipped as unreadable. (Only a hand-made event
+            // gets near it.) At the ceiling a new event may fold before
+            // others; `FoldedTask::take` sees to that.
             lt: self.lt.saturating_add(1).min(MAX_LT),
             at: now,
             by: user.into(),

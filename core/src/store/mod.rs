@@ -661,12 +661,13 @@ impl Store {
         };
         parsed.events.push(event);
         let state = folded.state().ok_or(Refusal::NotCreatedYet)?;
-        // A new event follows every other, so it leaves their outcomes as
-        // they were, and the needs-attention rows too; unless it folded
-        // before some (see `FoldedTask::take`) and changed one.
-        let history = match folded.unapplied() == unapplied {
-            true => None,
-            false => Some(
+        // A new event follows every other, so taken alone it can only
+        // supersede an earlier one; folded among them (see
+        // `FoldedTask::take`), it can change any later one's outcome.
+        let moved = folded.folded_anew() || folded.unapplied() != unapplied;
+        let history = match moved {
+            false => None,
+            true => Some(
                 folded
                     .with_history(&parsed.events)
                     .ok_or(Error::Corrupt("a fold of other events"))?

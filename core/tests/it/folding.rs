@@ -125,16 +125,29 @@ fn run_case(first_at_ceiling: bool, steps: &[Step]) {
             let mut all = events.clone();
             all.push(event.clone());
             let expected = folded_again(&all, &event, team);
+            let before = fold.with_history(&events);
             match fold.take(TASK, &events, &event, team) {
                 Ok(fold) => {
                     let state = expected.expect("the kept fold let through a refused event");
                     assert_eq!(fold.state(), Some(&state));
                     events.push(event);
                     // The task detail's state, history and all.
-                    assert_eq!(
-                        fold.with_history(&events),
-                        derive_borrowed(TASK, &events, team)
-                    );
+                    let after = fold.with_history(&events);
+                    assert_eq!(after, derive_borrowed(TASK, &events, team));
+                    // Taken alone, the event left every earlier outcome as
+                    // it was, but for superseding some (the store then
+                    // leaves the needs-attention rows alone unless the count
+                    // of those moved).
+                    if let (false, Some(before), Some(after)) = (fold.folded_anew(), before, after)
+                    {
+                        for (b, a) in before.history.iter().zip(&after.history) {
+                            assert_eq!(b.event_id, a.event_id);
+                            if b.outcome != a.outcome {
+                                assert_eq!(b.outcome, Outcome::Applied);
+                                assert!(matches!(a.outcome, Outcome::Superseded { .. }));
+                            }
+                        }
+                    }
                     kept = Some(fold);
                 }
                 Err(refusal) => assert_eq!(expected, Err(refusal)),
