@@ -12,10 +12,11 @@
 //! synchronous=NORMAL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use handoff_core::*;
+
+mod fixture;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -25,12 +26,9 @@ fn main() {
     };
     let n: u32 = n.parse().expect("writes: a number");
     let flags: Vec<String> = args.collect();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("clinic.db");
-    std::fs::copy(&fixture, &path).expect("copy the fixture");
-    let store = Store::open(
-        &path,
-        &[9; 32],
+    // Kept whole: it holds the copy's directory.
+    let fx = fixture::open(
+        &fixture,
         StoreOptions {
             durability: if flags.contains(&"full".to_string()) {
                 Durability::Full
@@ -38,20 +36,11 @@ fn main() {
                 Durability::Normal
             },
             checkpoint_thread: !flags.contains(&"inline-checkpoints".to_string()),
-            doc_cache_capacity: 4096,
-            clock: Arc::new(ManualClock::at(1_772_442_000_000 + 400 * DAY_MS)),
             ..StoreOptions::default()
         },
-    )
-    .expect("open the fixture (built by the store benchmark)");
-    let open: Vec<TaskId> = (0..20)
-        .flat_map(|i| {
-            let q = store.queue_of(&format!("staff{i}")).unwrap();
-            [q.overdue, q.today, q.upcoming].concat()
-        })
-        .map(|t| t.task_id)
-        .collect();
-    for t in &open {
+    );
+    let (store, open) = (&fx.store, &fx.open_tasks);
+    for t in open {
         store.task_detail(t).unwrap();
     }
     let attempt = CallAttempt {
