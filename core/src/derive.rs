@@ -318,6 +318,16 @@ pub fn order_events(mut events: Vec<Event>) -> Vec<Event> {
     events
 }
 
+/// [`order_events`] on borrowed events; also the last of them in fold
+/// order before the copies were dropped.
+fn in_fold_order(events: &[Event]) -> (Vec<&Event>, Option<&Event>) {
+    let mut sorted: Vec<&Event> = events.iter().collect();
+    sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    let last = sorted.last().copied();
+    sorted.dedup_by(|b, a| a.id == b.id);
+    (sorted, last)
+}
+
 /// Derive the task's state. `None` while no `created` event has arrived.
 pub fn derive(task_id: &str, events: Vec<Event>, team: &Team) -> Option<TaskState> {
     let (state, history) = derive_with_history(task_id, events, team);
@@ -398,9 +408,7 @@ fn derive_judging<'e>(
     team: &Team,
     door: Option<&EventId>,
 ) -> (Option<TaskState>, Vec<(&'e Event, Outcome)>) {
-    let mut sorted: Vec<&Event> = events.iter().collect();
-    sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-    sorted.dedup_by(|b, a| a.id == b.id);
+    let (sorted, _) = in_fold_order(events);
     let (state, outcomes) = fold(task_id, &sorted, team, door);
     (state, sorted.into_iter().zip(outcomes).collect())
 }
@@ -449,9 +457,7 @@ impl FoldedTask {
     /// more or fewer than it folded).
     pub fn with_history(&self, events: &[Event]) -> Option<TaskState> {
         let state = self.fold.state.clone()?;
-        let mut sorted: Vec<&Event> = events.iter().collect();
-        sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-        sorted.dedup_by(|b, a| a.id == b.id);
+        let (sorted, _) = in_fold_order(events);
         if sorted.len() != self.fold.outcomes.len() {
             return None;
         }
@@ -568,13 +574,11 @@ impl FoldedTask {
         team: &Team,
         door: Option<&EventId>,
     ) -> (FoldedTask, Option<usize>) {
-        let mut sorted: Vec<&Event> = events.iter().collect();
-        sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-        // The last in fold order of all, copies dropped below included: an
-        // event folding before a dropped copy would keep it from being
-        // dropped when everything is folded again.
-        let last = sorted.last().map(|e| owned_key(e));
-        sorted.dedup_by(|b, a| a.id == b.id);
+        // The last in fold order of all, copies dropped included: an event
+        // folding before a dropped copy would keep it from being dropped
+        // when everything is folded again.
+        let (sorted, last) = in_fold_order(events);
+        let last = last.map(owned_key);
         let mut fold = Fold::over(&sorted);
         for e in &sorted {
             fold.push(task_id, e, team, door == Some(&e.id));
