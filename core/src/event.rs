@@ -209,6 +209,14 @@ impl Event {
 /// than a task will ever see): one above it is skipped when read.
 pub const MAX_LT: u64 = 1 << 40;
 
+/// How far past the latest event the relay holds of a task a new event's
+/// Lamport time may go. A phone's is one more than the latest it has seen,
+/// more only where its own earlier events on the task were refused (kept
+/// on the phone, never relayed). Unbounded, one hand-made event at
+/// [`MAX_LT`] would leave the task no room after it: every later write is
+/// clamped to the ceiling and refused as not coming after it.
+pub const MAX_LT_STEP: u64 = 1 << 20;
+
 /// What a device's next event to a task builds on: the events no other
 /// event follows, the latest Lamport time, and each author's last number.
 #[derive(Debug, Clone, Default)]

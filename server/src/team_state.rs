@@ -10,7 +10,7 @@ use std::sync::Arc;
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use handoff_core::access::{losing_sight, may_act, may_change_team, may_read_task, Whereabouts};
 use handoff_core::derive::{derive_outcomes, FoldedTask, TaskState};
-use handoff_core::event::{Event, EventId};
+use handoff_core::event::{Event, EventId, MAX_LT_STEP};
 use handoff_core::is_valid_id;
 use handoff_core::store::TEAM_DOC;
 use handoff_core::sync::wire::{self, DocChange, RefusalCode, Verdict, MAX_CHANGE, MAX_NEW_EVENTS};
@@ -664,19 +664,33 @@ impl TeamState {
                 // and the author's role allows the action, judged once, here,
                 // with the team as it is now. Copies of events the relay
                 // already took in (a redacted task's next generation) passed it.
-                let fresh: Vec<&Event> = new_events
+                let (carried, fresh): (Vec<&Event>, Vec<&Event>) = new_events
                     .iter()
-                    .filter(|e| !self.known_in_earlier_generation(&change.doc, e))
-                    .collect();
+                    .partition(|e| self.known_in_earlier_generation(&change.doc, e));
                 if fresh.len() > MAX_NEW_EVENTS {
                     return Err(refuse(
                         RefusalCode::InvalidChange,
                         "a change carries at most 16 new events",
                     ));
                 }
+                // The latest the relay holds of the task (copies carried over
+                // from an earlier generation included): no fresh event may
+                // reach far past it.
+                let latest = events
+                    .iter()
+                    .chain(carried)
+                    .map(|e| e.lt)
+                    .max()
+                    .unwrap_or(0);
                 for e in &fresh {
                     if let Err(e) = e.action.check_input() {
                         return Err(refuse(RefusalCode::InvalidChange, &e.to_string()));
+                    }
+                    if e.lt > latest.saturating_add(MAX_LT_STEP) {
+                        return Err(refuse(
+                            RefusalCode::InvalidChange,
+                            "an event may not run this far ahead of the task's latest",
+                        ));
                     }
                     // The fold puts an event after what it builds on only if
                     // its Lamport time is higher; the door judges it on those.

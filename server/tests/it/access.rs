@@ -736,6 +736,28 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
         )],
     );
     refused_as_invalid(&verdicts);
+    // Nor may an event run far ahead of the task: one at the Lamport
+    // ceiling would leave no room after it, and every later write to the
+    // task would be refused as not coming after it. A step of two (a phone
+    // whose event in between was refused) is a phone's.
+    let verdicts = push.verdicts(
+        &token,
+        vec![first_change(
+            "aabbccddeeff00112233445566778899",
+            &[Action::Started],
+            event::MAX_LT_STEP + 1,
+        )],
+    );
+    refused_as_invalid(&verdicts);
+    let verdicts = push.verdicts(
+        &token,
+        vec![first_change(
+            "aabbccddeeff00112233445566778899",
+            &[Action::Started],
+            2,
+        )],
+    );
+    assert!(matches!(&verdicts[..], [Verdict::Stored]), "{verdicts:?}");
     // At most 16 new events in one change: each costs the relay a derivation.
     let comment = Action::Commented {
         text: "called".into(),
