@@ -19,6 +19,9 @@ pub struct Proxy {
     pub url: String,
     /// Cuts for the next connections, in order; then connections pass.
     plan: Arc<Mutex<Vec<Cut>>>,
+    /// Bytes the relay may still send, over every connection, before the
+    /// one carrying the next byte is cut ([`Proxy::cut_replies_after`]).
+    replies_left: Budget,
     stop: Arc<AtomicBool>,
     /// Bytes that went phone → relay and relay → phone, headers included.
     pub up: Arc<AtomicUsize>,
@@ -34,8 +37,10 @@ impl Proxy {
         let stop = Arc::new(AtomicBool::new(false));
         let up: Arc<AtomicUsize> = Arc::default();
         let down: Arc<AtomicUsize> = Arc::default();
+        let replies_left = Budget::default();
         {
             let plan = plan.clone();
+            let replies_left = replies_left.clone();
             let stop = stop.clone();
             let (up, down) = (up.clone(), down.clone());
             thread::spawn(move || {
@@ -60,15 +65,23 @@ impl Proxy {
                         client.try_clone().unwrap(),
                         server.try_clone().unwrap(),
                         req_limit,
+                        Budget::default(),
                         up.clone(),
                     );
-                    pipe(server, client, resp_limit, down.clone());
+                    pipe(
+                        server,
+                        client,
+                        resp_limit,
+                        replies_left.clone(),
+                        down.clone(),
+                    );
                 }
             });
         }
         Proxy {
             url,
             plan,
+            replies_left,
             stop,
             up,
             down,
@@ -77,6 +90,15 @@ impl Proxy {
 
     pub fn cut_next(&self, cuts: &[Cut]) {
         self.plan.lock().unwrap().extend_from_slice(cuts);
+    }
+
+    /// Cut the connection that carries the relay's byte after the next
+    /// `n`, whichever it is. A cut planned per connection misses when the
+    /// HTTP client opens a new connection for a request it would usually
+    /// send on the last one (which it does when that one has not yet gone
+    /// back to its pool).
+    pub fn cut_replies_after(&self, n: usize) {
+        *self.replies_left.lock().unwrap() = Some(n);
     }
 
     /// Bytes both ways since the last call.
@@ -100,8 +122,18 @@ impl Drop for Proxy {
     }
 }
 
-/// Copy `from` → `to` until EOF, or until `limit` bytes, then cut both.
-fn pipe(mut from: TcpStream, mut to: TcpStream, limit: Option<usize>, count: Arc<AtomicUsize>) {
+/// Bytes that may pass over several connections before one is cut.
+type Budget = Arc<Mutex<Option<usize>>>;
+
+/// Copy `from` → `to` until EOF, or until `limit` bytes (or the budget's
+/// last byte), then cut both.
+fn pipe(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    limit: Option<usize>,
+    budget: Budget,
+    count: Arc<AtomicUsize>,
+) {
     thread::spawn(move || {
         let mut sent = 0usize;
         let mut buf = [0u8; 8192];
@@ -110,9 +142,25 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, limit: Option<usize>, count: Arc
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let n = match limit {
-                Some(l) if sent + n >= l => {
-                    let _ = to.write_all(&buf[..l - sent]);
+            let left = {
+                let mut budget = budget.lock().unwrap();
+                match *budget {
+                    Some(b) if n >= b => budget.take(),
+                    Some(b) => {
+                        *budget = Some(b - n);
+                        None
+                    }
+                    None => None,
+                }
+            };
+            let cut_at = match (limit, left) {
+                (Some(l), _) if sent + n >= l => Some(l - sent),
+                (_, Some(b)) => Some(b),
+                _ => None,
+            };
+            let n = match cut_at {
+                Some(k) => {
+                    let _ = to.write_all(&buf[..k]);
                     let _ = from.shutdown(Shutdown::Both);
                     let _ = to.shutdown(Shutdown::Both);
                     return;

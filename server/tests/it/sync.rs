@@ -640,13 +640,13 @@ fn a_member_given_another_role_is_sent_the_tasks_it_lets_her_read() {
 /// as "already enrolled" and leave the app with no way in.
 #[test]
 fn an_enrolment_cut_short_is_finished_by_enrolling_again() {
-    use crate::proxy::{Cut, Proxy};
+    use crate::proxy::Proxy;
     let relay = Relay::start();
     let (team, _max) = clinic_with_recalls(&relay, 10);
     let proxy = Proxy::to(&relay.url);
-    // The enrolment's reply gets through; the pull after it, on the same
-    // kept-alive connection, is cut mid-reply.
-    proxy.cut_next(&[Cut::Response(2_000)]);
+    // The enrolment's reply gets through; the pull after it is cut
+    // mid-reply.
+    proxy.cut_replies_after(2_000);
     let fay = Phone::new();
     let invite = relay.invite(&team, "fay", "front_desk");
     let heard = Arc::new(Events(Mutex::new(Vec::new())));
