@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v make >/dev/null || ! command -v perl >/dev/null || ! command -v cc >/dev/null; then
-    # SQLCipher's vendored OpenSSL builds with perl, make and a C compiler.
+if ! command -v make >/dev/null || ! perl -MFindBin -MIPC::Cmd -e1 2>/dev/null || ! command -v cc >/dev/null; then
+    # SQLCipher's vendored OpenSSL builds with perl (the full one, not
+    # perl-base: its Configure loads FindBin and IPC::Cmd), make and a C
+    # compiler.
     sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
     $sudo_ apt-get update -qq && $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc make perl
 fi

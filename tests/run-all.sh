@@ -18,7 +18,9 @@ apt_install() {
 # The encryption test checks the store file against an independent, plain
 # SQLite: Python's sqlite3 module. SQLCipher's vendored OpenSSL builds with perl and make.
 command -v python3 >/dev/null || apt_install python3
-command -v perl >/dev/null || apt_install perl
+# Debian's perl-base gives a `perl` without the modules OpenSSL's
+# Configure loads (FindBin, IPC::Cmd): those come with the full perl.
+perl -MFindBin -MIPC::Cmd -e1 2>/dev/null || apt_install perl
 command -v make >/dev/null || apt_install make
 command -v cc >/dev/null || apt_install gcc
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy || true
