@@ -37,6 +37,14 @@ pub fn doc_id_of(task: &str, generation: i64) -> String {
     }
 }
 
+/// How far past a task's newest generation (0 for a task not seen yet) a
+/// document's generation may go. Each redaction takes the next one; a
+/// phone that redacted a task several times before it synced skips a
+/// few. The relay looks at each generation below a document's for copies
+/// of events, so an id like `<task>.4294967295` would cost it billions of
+/// lookups.
+pub const MAX_GENERATION_STEP: i64 = 64;
+
 /// The task and generation a document id names. Only the form
 /// [`doc_id_of`] writes counts: `a.01` or `a.0` is generation 0 of a task
 /// so named.

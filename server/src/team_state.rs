@@ -16,6 +16,7 @@ use handoff_core::store::TEAM_DOC;
 use handoff_core::sync::wire::{self, DocChange, RefusalCode, Verdict, MAX_CHANGE, MAX_NEW_EVENTS};
 use handoff_core::task_doc::{
     self, doc_id_of, events_in_change, read_change, split_doc_id, ChangeRead, Shape,
+    MAX_GENERATION_STEP,
 };
 use handoff_core::team::{self, Reach, Team};
 use tokio::sync::watch;
@@ -487,6 +488,12 @@ impl TeamState {
             return Err(refuse(
                 RefusalCode::Retired,
                 "the task's patient details were removed and it moved to a new document",
+            ));
+        }
+        if generation > newest.unwrap_or(0).saturating_add(MAX_GENERATION_STEP) {
+            return Err(refuse(
+                RefusalCode::InvalidChange,
+                "a task document's generation runs too far ahead of the task's newest",
             ));
         }
         // A newer generation need not be the next one, and a task new to the

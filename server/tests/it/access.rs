@@ -773,6 +773,61 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
     refused_as_invalid(&verdicts);
 }
 
+/// A task document's id names its generation, and the relay looks at
+/// every generation below it for copies of events: an id far past the
+/// task's newest (`<task>.4294967295` once took it minutes per event,
+/// holding the team's state) is refused; a few past it is a phone that
+/// redacted the task before it synced.
+#[test]
+fn a_generation_far_ahead_is_refused() {
+    use automerge::ActorId;
+
+    let relay = Relay::start();
+    let (_, _max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let actor = ana.store.device_actor();
+    let token = ana.settings().token;
+    let laid_out = |task: &str, generation: i64| {
+        let mut doc = task_doc::new_doc(
+            task,
+            generation,
+            &ActorId::from(hex::decode(&actor).unwrap()),
+        )
+        .unwrap();
+        let created = Event::next(
+            &[],
+            &actor,
+            "ana",
+            1_800_000_000_000,
+            Action::Created {
+                handoff: handoff("Call"),
+                checklist: Vec::new(),
+                questions: Vec::new(),
+                pool: None,
+                assignee: Some("ana".into()),
+            },
+        );
+        task_doc::append(&mut doc, &created).unwrap();
+        doc_change(
+            &task_doc::doc_id_of(task, generation),
+            doc.get_last_local_change().unwrap().raw_bytes().to_vec(),
+        )
+    };
+    let push = RawPush::to(&relay);
+    let verdicts = push.verdicts(
+        &token,
+        vec![laid_out("0123456789abcdef0123456789abcdef", 4_294_967_295)],
+    );
+    refused_as_invalid(&verdicts);
+    let verdicts = push.verdicts(
+        &token,
+        vec![laid_out(
+            "fedcba9876543210fedcba9876543210",
+            task_doc::MAX_GENERATION_STEP,
+        )],
+    );
+    assert!(matches!(&verdicts[..], [Verdict::Stored]), "{verdicts:?}");
+}
+
 /// One change, refused as `invalid_change`.
 fn refused_as_invalid(verdicts: &[Verdict]) {
     assert!(
