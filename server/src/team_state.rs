@@ -479,6 +479,15 @@ impl TeamState {
                 "the change was written by another device",
             ));
         }
+        // Framing automerge asserts on rather than refuses (every phone's
+        // apply would panic on it): an author, which automerge writes only
+        // in an actor's first change and Handoff never sets.
+        if c.author().is_some() {
+            return Err(refuse(
+                RefusalCode::InvalidChange,
+                "a change names no author",
+            ));
+        }
         let (task, generation) = split_doc_id(&change.doc);
         let newest = match change.doc == TEAM_DOC {
             true => None,
@@ -573,7 +582,12 @@ impl TeamState {
                 ));
             }
             let mut doc = self.team_doc.clone();
-            if doc.apply_changes([c.clone()]).is_err() {
+            // On a copy: should automerge panic on the change (framing it
+            // asserts on), the copy is dropped and the change refused.
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                doc.apply_changes([c.clone()]).is_ok()
+            }));
+            if !matches!(applied, Ok(true)) {
                 return Err(refuse(
                     RefusalCode::InvalidChange,
                     "the change does not apply",
@@ -622,6 +636,20 @@ impl TeamState {
                 return Err(refuse(
                     RefusalCode::InvalidChange,
                     "it does not follow the device's last change to this document",
+                ));
+            }
+            // Another actor a change names is one whose operations it builds
+            // on, so one that wrote to the document before: automerge's
+            // apply panics on any other.
+            let wrote_here = |a: &automerge::ActorId| {
+                self.docs
+                    .get(change.doc.as_str())
+                    .is_some_and(|e| e.seqs.contains_key(a.to_hex_string().as_str()))
+            };
+            if !c.actors().skip(1).all(wrote_here) {
+                return Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "it names a device that never wrote to this document",
                 ));
             }
             // Events from other devices come only as copies into a redacted

@@ -794,17 +794,28 @@ impl Store {
                 // a device's sequence number, say), one at a time from the
                 // stored document, leaving out what it refuses: one bad change
                 // must not stop every later sync.
-                let taken = match doc.apply_changes(candidates.iter().cloned()) {
-                    Ok(()) => candidates,
-                    Err(_) => {
-                        doc = docs::load(&tx, doc_id, &st.actor)?
-                            .unwrap_or_else(|| AutoCommit::new().with_actor(st.actor.clone()));
+                let stored = |tx: &rusqlite::Transaction<'_>| -> Result<AutoCommit> {
+                    Ok(docs::load(tx, doc_id, &st.actor)?
+                        .unwrap_or_else(|| AutoCommit::new().with_actor(st.actor.clone())))
+                };
+                let taken = match apply_guarded(&mut doc, &candidates) {
+                    Applied::All => candidates,
+                    Applied::Refused | Applied::Panicked => {
+                        doc = stored(&tx)?;
                         let mut taken = Vec::with_capacity(candidates.len());
                         for c in candidates {
-                            if doc.apply_changes([c.clone()]).is_ok() {
-                                taken.push(c);
-                            } else {
-                                report.invalid += 1;
+                            match apply_guarded(&mut doc, std::slice::from_ref(&c)) {
+                                Applied::All => taken.push(c),
+                                Applied::Refused => report.invalid += 1,
+                                Applied::Panicked => {
+                                    report.invalid += 1;
+                                    doc = stored(&tx)?;
+                                    if !matches!(apply_guarded(&mut doc, &taken), Applied::All) {
+                                        return Err(Error::Corrupt(
+                                            "changes applied once did not apply again",
+                                        ));
+                                    }
+                                }
                             }
                         }
                         taken
@@ -1350,6 +1361,32 @@ fn active_member(team: &Team, user: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Refusal::NotAMember { user: user.into() }.into())
+    }
+}
+
+/// What [`apply_guarded`] did with a batch of changes.
+enum Applied {
+    All,
+    /// automerge refused one: the document is as it was.
+    Refused,
+    /// automerge panicked: the document may hold part of the batch, so it
+    /// is loaded again.
+    Panicked,
+}
+
+/// automerge's `apply_changes`, with a panic inside it taken as a refusal.
+/// It asserts on some framing a hand-made change can carry (an author in
+/// an actor's later change, another actor the document never had) rather
+/// than refusing it; the relay refuses those, and a phone leaves out any
+/// that reaches it instead of failing every sync from then on.
+fn apply_guarded(doc: &mut AutoCommit, changes: &[Change]) -> Applied {
+    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        doc.apply_changes(changes.iter().cloned()).is_ok()
+    }));
+    match applied {
+        Ok(true) => Applied::All,
+        Ok(false) => Applied::Refused,
+        Err(_) => Applied::Panicked,
     }
 }
 

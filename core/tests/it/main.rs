@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod clinic;
+mod crafting;
 mod encryption;
 mod folding;
 mod merging;

@@ -386,3 +386,60 @@ fn a_task_missing_its_history_asks_for_repair_each_time_its_changes_arrive() {
         .incomplete
         .is_empty());
 }
+
+/// Changes framed in ways automerge asserts on instead of refusing: an
+/// author in an actor's second change, another actor the document never
+/// had. automerge's apply panics on them. The relay refuses them; should
+/// one reach a phone anyway, it is counted invalid and left out, and the
+/// rest of the batch, and every later sync, goes on.
+#[test]
+fn a_change_automerge_would_panic_on_is_left_out_and_sync_goes_on() {
+    use crate::crafting::{add_author, name_another_actor, reframed};
+    use automerge::transaction::Transactable;
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    let mut doc = automerge::AutoCommit::new();
+    for (d, bytes) in outbox(c.at("max")) {
+        if d == t {
+            doc.load_incremental(&bytes).unwrap();
+        }
+    }
+    c.sync();
+    let mut d = doc.with_actor(automerge::ActorId::from(vec![0x5a; 16]));
+    let list = match automerge::ReadDoc::get(&d, automerge::ROOT, "events") {
+        Ok(Some((_, id))) => id,
+        _ => panic!("no events list"),
+    };
+    let mut append = |text: &str| {
+        let n = automerge::ReadDoc::length(&d, &list);
+        d.insert(&list, n, text).unwrap();
+        d.commit();
+        d.get_last_local_change().unwrap().raw_bytes().to_vec()
+    };
+    let (first, second) = (append("one"), append("two"));
+    let authored = reframed(&second, |b| add_author(b, b"x"));
+    let stranger = reframed(&second, |b| name_another_actor(b, &[0xab; 16]));
+    c.at("max").comment(&t, "after them").unwrap();
+    let mut batch = vec![
+        (t.clone(), first),
+        (t.clone(), authored),
+        (t.clone(), stranger),
+    ];
+    batch.extend(outbox(c.at("max")));
+    let report = c.at("ana").apply_remote(&batch).unwrap();
+    assert_eq!(report.invalid, 2, "{report:?}");
+    assert_eq!(
+        c.at("ana").task_detail(&t).unwrap().state,
+        c.at("max").task_detail(&t).unwrap().state
+    );
+    // The same change framed as automerge frames it is taken, and the
+    // phone syncs on.
+    let report = c.at("ana").apply_remote(&[(t.clone(), second)]).unwrap();
+    assert_eq!(report.invalid, 0, "{report:?}");
+    c.at("max").comment(&t, "later").unwrap();
+    c.send("max", "ana");
+    assert_eq!(c.at("ana").task_detail(&t).unwrap().state.comments.len(), 2);
+}

@@ -17,6 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
+use crate::crafting::{add_author, name_another_actor, reframed};
 use crate::harness::*;
 
 const PUSHES: usize = 300;
@@ -487,4 +488,109 @@ fn a_feed_writer_that_panics_is_replaced_and_the_team_goes_on() {
         max.store.task_detail(&task).unwrap().state.comments.len(),
         1
     );
+}
+
+/// Changes framed in ways automerge asserts on instead of refusing (its
+/// apply panics, on the relay's copy of the team and on every phone that
+/// pulls them): an author in an actor's second change, and another actor
+/// the document has never had. The relay refuses them, keeps serving,
+/// and the change as a phone writes it goes through.
+#[test]
+fn changes_automerge_would_panic_on_are_refused() {
+    use handoff_core::event::{Action, Event};
+    use handoff_core::task_doc;
+
+    let relay = Relay::start();
+    let (_team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = max
+        .store
+        .delegate(task_for("Call back", Some("ana"), None))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    let token = ana.settings().token;
+    let max_token = max.settings().token;
+    let (rt, client) = http();
+    let mut doc = AutoCommit::new();
+    let mut team_doc = AutoCommit::new();
+    // What ana's phone is sent: the task and the team as the relay has
+    // them (a phone is not sent its own changes back).
+    for c in pull_all(&rt, &client, &relay.url, &token) {
+        match c.doc.as_str() {
+            "team" => team_doc.load_incremental(&c.bytes).unwrap(),
+            d if d == task => doc.load_incremental(&c.bytes).unwrap(),
+            _ => 0,
+        };
+    }
+    let actor_hex = ana.store.device_actor();
+    let mut doc = doc.with_actor(ActorId::from(hex::decode(&actor_hex).unwrap()));
+    let mut comment = |text: &str| {
+        let (events, _) = task_doc::events(&doc);
+        let e = Event::next(
+            &events,
+            &actor_hex,
+            "ana",
+            1_900_000_000_000,
+            Action::Commented { text: text.into() },
+        );
+        task_doc::append(&mut doc, &e).unwrap();
+        doc_change(
+            &task,
+            doc.get_last_local_change().unwrap().raw_bytes().to_vec(),
+        )
+    };
+    let raw = RawPush::to(&relay);
+    let stored = |token: &str, c: wire::DocChange| {
+        let verdicts = raw.verdicts(token, vec![c]);
+        assert!(matches!(&verdicts[..], [Verdict::Stored]), "{verdicts:?}");
+    };
+    let refused = |token: &str, c: wire::DocChange| {
+        let verdicts = raw.verdicts(token, vec![c]);
+        assert!(
+            matches!(
+                &verdicts[..],
+                [Verdict::Refused {
+                    code: wire::RefusalCode::InvalidChange,
+                    ..
+                }]
+            ),
+            "{verdicts:?}"
+        );
+    };
+    // Her first change to the document.
+    stored(&token, comment("first"));
+    let second = comment("second");
+    let crafted = |edit: &dyn Fn(&mut Vec<u8>)| wire::DocChange {
+        doc: second.doc.clone(),
+        bytes: reframed(&second.bytes, edit),
+    };
+    refused(&token, crafted(&|body| add_author(body, b"ana")));
+    refused(
+        &token,
+        crafted(&|body| name_another_actor(body, &[0xab; 16])),
+    );
+    // The manager's change to the team, likewise.
+    let mut team_doc = team_doc.with_actor(ActorId::from(
+        hex::decode(max.store.device_actor()).unwrap(),
+    ));
+    team_doc.put(ROOT, "name", "Renamed").unwrap();
+    team_doc.commit();
+    let rename = team_doc
+        .get_last_local_change()
+        .unwrap()
+        .raw_bytes()
+        .to_vec();
+    refused(
+        &max_token,
+        doc_change(
+            "team",
+            reframed(&rename, |b| name_another_actor(b, &[0xcd; 16])),
+        ),
+    );
+    // Her second change as her phone wrote it: stored, and the manager's
+    // phone takes it in.
+    stored(&token, second);
+    max.sync();
+    let history = max.store.task_detail(&task).unwrap().state.history;
+    assert!(history.iter().any(|h| format!("{h:?}").contains("second")));
 }

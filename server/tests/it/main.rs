@@ -5,6 +5,8 @@
 mod access;
 mod bad_input;
 mod crafted;
+#[path = "../../../core/tests/it/crafting.rs"]
+mod crafting;
 mod harness;
 mod load;
 mod proxy;
