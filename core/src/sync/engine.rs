@@ -230,7 +230,7 @@ impl SyncEngine {
     /// One full round now: push everything, pull everything, no waiting.
     pub fn sync_now(&self) -> Result<SyncReport> {
         let inner = self.inner.clone();
-        self.block_on(async move { inner.round_or_wipe(None, None).await })?
+        self.block_on(async move { inner.round_or_wipe(None, None, None).await })?
     }
 
     /// [`SyncEngine::sync_now`], telling `listener` of each page that
@@ -240,7 +240,7 @@ impl SyncEngine {
         let inner = self.inner.clone();
         let told = listener.clone();
         let report =
-            self.block_on(async move { inner.round_or_wipe(None, Some(&*told)).await })??;
+            self.block_on(async move { inner.round_or_wipe(None, Some(&*told), None).await })??;
         listener.on_sync_event(SyncEvent::Synced(report.clone()));
         Ok(report)
     }
@@ -317,19 +317,17 @@ impl Drop for SyncEngine {
 impl Inner {
     async fn live(&self, listener: Arc<dyn SyncListener>) {
         let mut failures: u32 = 0;
-        // The first round, and the first after a local write or a failure,
-        // does not wait: the app hears "synced" (and the relay has the
-        // write) at once. Rounds after a success long-poll for news.
+        // The first round, and the first after a failure, does not wait:
+        // the app hears "synced" at once. Rounds after a success long-poll
+        // for news; a local write cuts that wait short (and only the wait:
+        // a push or a page under way when the user writes finishes, or a
+        // user writing faster than a slow link carries a batch would never
+        // see it through).
         let mut wait = None;
         loop {
-            let result = tokio::select! {
-                r = self.round_or_wipe(wait, Some(&*listener)) => r,
-                // A local write: start over so it is pushed right away.
-                () = self.wake.notified() => {
-                    wait = None;
-                    continue;
-                }
-            };
+            let result = self
+                .round_or_wipe(wait, Some(&*listener), Some(&self.wake))
+                .await;
             wait = None;
             match result {
                 Ok(report) => {
@@ -380,8 +378,9 @@ impl Inner {
         &self,
         wait: Option<Duration>,
         listener: Option<&dyn SyncListener>,
+        wake: Option<&Notify>,
     ) -> Result<SyncReport> {
-        match self.round(wait, listener).await {
+        match self.round(wait, listener, wake).await {
             Err(Error::DeviceRevoked) => {
                 let _exchange = self.exchange.lock().await;
                 if let Err(e) = self.store.wipe() {
@@ -396,6 +395,28 @@ impl Inner {
             }
             other => other,
         }
+    }
+
+    /// Push the outbox; a refused change was set aside, so its task and
+    /// "needs attention" read differently: `listener` hears of it.
+    async fn push_telling(
+        &self,
+        relay: &RelaySettings,
+        report: &mut SyncReport,
+        listener: Option<&dyn SyncListener>,
+    ) -> Result<()> {
+        let refused_before = report.refused;
+        {
+            let _exchange = self.exchange.lock().await;
+            self.still_enrolled(relay)?;
+            self.push(relay, report).await?;
+        }
+        if let Some(listener) = listener.filter(|_| report.refused > refused_before) {
+            listener.on_sync_event(SyncEvent::DataChanged {
+                tasks_updated: report.refused - refused_before,
+            });
+        }
+        Ok(())
     }
 
     /// The relay this store syncs with; `DeviceRevoked` when another round
@@ -420,38 +441,40 @@ impl Inner {
 
     /// Push, then pull until up to date, telling `listener` of each page
     /// that changed tasks and, while far behind, how far the pull has come.
+    /// A first pull that waits for news (`wait`) ends early when `wake` is
+    /// told of a local write: that is pushed, and the pull goes on without
+    /// waiting.
     async fn round(
         &self,
         wait: Option<Duration>,
         listener: Option<&dyn SyncListener>,
+        wake: Option<&Notify>,
     ) -> Result<SyncReport> {
         let relay = self.enrolment()?;
         let mut report = SyncReport::default();
-        {
-            let _exchange = self.exchange.lock().await;
-            self.still_enrolled(&relay)?;
-            self.push(&relay, &mut report).await?;
-        }
-        // A refused change was set aside: its task and "needs attention"
-        // read differently now.
-        if let Some(listener) = listener.filter(|_| report.refused > 0) {
-            listener.on_sync_event(SyncEvent::DataChanged {
-                tasks_updated: report.refused,
-            });
-        }
+        self.push_telling(&relay, &mut report, listener).await?;
         let mut cursor = self.store.relay_cursor()?;
         let mut wait = wait;
         loop {
             let secs = wait.take().map_or(0, |w| w.as_secs());
             let url = format!("{}/v1/pull?cursor={cursor}&wait={secs}", relay.url);
-            let response = self
+            let request = self
                 .http
                 .get(url)
                 .bearer_auth(&relay.token)
                 .timeout(Duration::from_secs(secs + 30))
-                .send()
-                .await
-                .map_err(offline)?;
+                .send();
+            let response = match wake.filter(|_| secs > 0) {
+                Some(wake) => tokio::select! {
+                    r = request => r,
+                    () = wake.notified() => {
+                        self.push_telling(&relay, &mut report, listener).await?;
+                        continue;
+                    }
+                },
+                None => request.await,
+            }
+            .map_err(offline)?;
             let feed_length = response
                 .headers()
                 .get(wire::FEED_LENGTH_HEADER)

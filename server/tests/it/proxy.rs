@@ -22,6 +22,8 @@ pub struct Proxy {
     /// Bytes the relay may still send, over every connection, before the
     /// one carrying the next byte is cut ([`Proxy::cut_replies_after`]).
     replies_left: Budget,
+    /// Bytes a second the phone's side may send (0: as fast as it can).
+    upload_rate: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     /// Bytes that went phone → relay and relay → phone, headers included.
     pub up: Arc<AtomicUsize>,
@@ -38,9 +40,11 @@ impl Proxy {
         let up: Arc<AtomicUsize> = Arc::default();
         let down: Arc<AtomicUsize> = Arc::default();
         let replies_left = Budget::default();
+        let upload_rate: Arc<AtomicUsize> = Arc::default();
         {
             let plan = plan.clone();
             let replies_left = replies_left.clone();
+            let upload_rate = upload_rate.clone();
             let stop = stop.clone();
             let (up, down) = (up.clone(), down.clone());
             thread::spawn(move || {
@@ -66,6 +70,7 @@ impl Proxy {
                         server.try_clone().unwrap(),
                         req_limit,
                         Budget::default(),
+                        upload_rate.clone(),
                         up.clone(),
                     );
                     pipe(
@@ -73,6 +78,7 @@ impl Proxy {
                         client,
                         resp_limit,
                         replies_left.clone(),
+                        Arc::default(),
                         down.clone(),
                     );
                 }
@@ -82,6 +88,7 @@ impl Proxy {
             url,
             plan,
             replies_left,
+            upload_rate,
             stop,
             up,
             down,
@@ -99,6 +106,11 @@ impl Proxy {
     /// back to its pool).
     pub fn cut_replies_after(&self, n: usize) {
         *self.replies_left.lock().unwrap() = Some(n);
+    }
+
+    /// Carry what phones send at most `bytes_per_sec` (a slow uplink).
+    pub fn slow_uploads(&self, bytes_per_sec: usize) {
+        self.upload_rate.store(bytes_per_sec, Ordering::SeqCst);
     }
 
     /// Bytes both ways since the last call.
@@ -126,12 +138,13 @@ impl Drop for Proxy {
 type Budget = Arc<Mutex<Option<usize>>>;
 
 /// Copy `from` → `to` until EOF, or until `limit` bytes (or the budget's
-/// last byte), then cut both.
+/// last byte), then cut both; at most `rate` bytes a second, if set.
 fn pipe(
     mut from: TcpStream,
     mut to: TcpStream,
     limit: Option<usize>,
     budget: Budget,
+    rate: Arc<AtomicUsize>,
     count: Arc<AtomicUsize>,
 ) {
     thread::spawn(move || {
@@ -169,6 +182,12 @@ fn pipe(
             };
             if to.write_all(&buf[..n]).is_err() {
                 break;
+            }
+            let rate = rate.load(Ordering::SeqCst);
+            if rate > 0 {
+                thread::sleep(std::time::Duration::from_micros(
+                    (n as u64).saturating_mul(1_000_000) / rate as u64,
+                ));
             }
             count.fetch_add(n, Ordering::SeqCst);
             sent += n;

@@ -791,3 +791,53 @@ fn metrics_count_each_route_and_status() {
         "{text}"
     );
 }
+
+/// A user who keeps writing while her phone carries a big batch over a
+/// slow uplink: each write tells live sync, which only cuts a wait for
+/// news short. The push under way goes through; it used to be dropped and
+/// started over at every write, so a user writing faster than the link
+/// carried the batch never saw it through.
+#[test]
+fn writing_while_a_batch_goes_up_does_not_start_it_over() {
+    use crate::proxy::Proxy;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
+    let task = hand_over(&max, &ana, "Post-op call", "ana");
+    for i in 0..300 {
+        ana.store.comment(&task, &format!("note {i}")).unwrap();
+    }
+    // ~70 KB to send: more than a second at 50 KB/s.
+    proxy.slow_uploads(50_000);
+    let events = Arc::new(Events(Mutex::new(Vec::new())));
+    let live = ana.engine.start(events.clone()).unwrap();
+    /// Stops the app's writes however the wait ends (a failed one too).
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _stop = Stop(&done);
+        // The app, telling live sync of a write every 20 ms.
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                live.sync_now();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        eventually(30, "the batch goes through while she writes", || {
+            ana.store.outbox(1).unwrap().is_empty()
+        });
+    });
+    live.stop();
+    max.sync();
+    assert_eq!(
+        max.store.task_detail(&task).unwrap().state.comments.len(),
+        300
+    );
+}
