@@ -27,6 +27,13 @@ const MAX_REPLY: usize = 8 * wire::MAX_BODY;
 const LIVE_WAIT: Duration = Duration::from_secs(25);
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The relay's answers that stop live sync: retrying changes nothing.
+/// (`device_revoked` wipes the store and stops it too.)
+const FINAL_CODES: [&str; 3] = [
+    codes::INVALID_TOKEN,
+    codes::NOT_A_MEMBER,
+    codes::UPGRADE_REQUIRED,
+];
 
 /// What one round moved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -347,13 +354,16 @@ impl Inner {
                     });
                     return;
                 }
-                // Refused credentials, member, or app version (426):
-                // retrying changes nothing.
+                // The relay refused the credentials, the member, or the app
+                // version (426): retrying changes nothing. Only the relay's
+                // own codes: a 401 or 403 page from a proxy or gateway in
+                // front of it (no code of ours) is retried like any outage,
+                // or live sync would stay off until the app restarts.
                 Err(Error::Relay {
                     status: 401 | 403 | 426,
                     code,
                     message,
-                }) => {
+                }) if FINAL_CODES.contains(&code.as_str()) => {
                     listener.on_sync_event(SyncEvent::AuthFailed { code, message });
                     return;
                 }

@@ -13,6 +13,9 @@ pub enum Cut {
     Request(usize),
     /// Cut after this many bytes from the relay (mid-response).
     Response(usize),
+    /// Answer the connection's first request in the relay's place with a
+    /// 401 page, as a gateway in front of it might, then close it.
+    GatewayPage,
 }
 
 pub struct Proxy {
@@ -24,6 +27,8 @@ pub struct Proxy {
     replies_left: Budget,
     /// Bytes a second the phone's side may send (0: as fast as it can).
     upload_rate: Arc<AtomicUsize>,
+    /// The phone's side of every connection so far.
+    open: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
     /// Bytes that went phone → relay and relay → phone, headers included.
     pub up: Arc<AtomicUsize>,
@@ -41,7 +46,9 @@ impl Proxy {
         let down: Arc<AtomicUsize> = Arc::default();
         let replies_left = Budget::default();
         let upload_rate: Arc<AtomicUsize> = Arc::default();
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         {
+            let open = open.clone();
             let plan = plan.clone();
             let replies_left = replies_left.clone();
             let upload_rate = upload_rate.clone();
@@ -53,6 +60,9 @@ impl Proxy {
                         return;
                     }
                     let Ok(client) = client else { continue };
+                    if let Ok(c) = client.try_clone() {
+                        open.lock().unwrap().push(c);
+                    }
                     let Ok(server) = TcpStream::connect(&upstream) else {
                         continue;
                     };
@@ -63,6 +73,10 @@ impl Proxy {
                     let (req_limit, resp_limit) = match cut {
                         Some(Cut::Request(n)) => (Some(n), None),
                         Some(Cut::Response(n)) => (None, Some(n)),
+                        Some(Cut::GatewayPage) => {
+                            thread::spawn(move || gateway_page(client));
+                            continue;
+                        }
                         None => (None, None),
                     };
                     pipe(
@@ -89,6 +103,7 @@ impl Proxy {
             plan,
             replies_left,
             upload_rate,
+            open,
             stop,
             up,
             down,
@@ -106,6 +121,14 @@ impl Proxy {
     /// back to its pool).
     pub fn cut_replies_after(&self, n: usize) {
         *self.replies_left.lock().unwrap() = Some(n);
+    }
+
+    /// Close every connection so far: a phone's next request opens a new
+    /// one (and meets the next planned cut).
+    pub fn close_all(&self) {
+        for c in self.open.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
     }
 
     /// Carry what phones send at most `bytes_per_sec` (a slow uplink).
@@ -132,6 +155,25 @@ impl Drop for Proxy {
         // Wake the accept loop so it sees the flag.
         let _ = TcpStream::connect(self.url.trim_start_matches("http://"));
     }
+}
+
+/// Read a request's head and answer it with a gateway's 401 page.
+fn gateway_page(mut client: TcpStream) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let page = "<html><body>401 Authorization Required</body></html>";
+    let _ = write!(
+        client,
+        "HTTP/1.1 401 Unauthorized\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+        page.len()
+    );
+    let _ = client.shutdown(Shutdown::Both);
 }
 
 /// Bytes that may pass over several connections before one is cut.

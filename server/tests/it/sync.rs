@@ -841,3 +841,41 @@ fn writing_while_a_batch_goes_up_does_not_start_it_over() {
         300
     );
 }
+
+/// A 401 page that is not the relay's (a gateway or captive portal in
+/// front of it, no code of ours) is retried like any outage: live sync
+/// goes on once the relay answers again. It used to stop for good, as for
+/// the relay's own `invalid_token`, until the app restarted.
+#[test]
+fn a_gateway_401_is_retried_not_taken_as_the_relays_word() {
+    use crate::proxy::{Cut, Proxy};
+
+    let relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
+    let task = hand_over(&max, &ana, "Post-op call", "ana");
+    proxy.cut_next(&[Cut::GatewayPage, Cut::GatewayPage]);
+    proxy.close_all();
+    let events = Arc::new(Events(Mutex::new(Vec::new())));
+    let live = ana.engine.start(events.clone()).unwrap();
+    eventually(30, "the gateway's pages are passed", || {
+        proxy.pending_cuts() == 0
+    });
+    max.store.comment(&task, "still there?").unwrap();
+    max.sync();
+    eventually(30, "live sync goes on and brings the comment", || {
+        ana.store.task_detail(&task).unwrap().state.comments.len() == 1
+    });
+    live.stop();
+    let heard = events.0.lock().unwrap();
+    assert!(
+        heard.iter().any(|e| matches!(e, SyncEvent::Offline { .. })),
+        "{heard:?}"
+    );
+    assert!(
+        !heard
+            .iter()
+            .any(|e| matches!(e, SyncEvent::AuthFailed { .. })),
+        "{heard:?}"
+    );
+}
