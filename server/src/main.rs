@@ -66,7 +66,7 @@ enum Command {
         /// clinician, manager, clinical_assistant, front_desk or admin.
         #[arg(long)]
         role: String,
-        /// Hours until the invite expires.
+        /// Hours until the invite expires (1 to 744, a month).
         #[arg(long, default_value_t = 72)]
         hours: u32,
     },
@@ -148,6 +148,7 @@ fn run(cli: Cli) -> Result<(), String> {
             if !role.default_permissions().may_manage_team {
                 return Err("the first member must be an admin or a manager".into());
             }
+            relay::check_invite(&admin, &admin_name, 72).map_err(err)?;
             let db = Db::open(&cli.db).map_err(err)?;
             let team = relay::create_team(&db, &name).map_err(err)?;
             let code = relay::create_invite(&db, &team.team_id, &admin, &admin_name, role, 72)

@@ -857,6 +857,37 @@ pub fn create_team(db: &Db, name: &str) -> Result<TeamRow> {
 }
 
 /// Issue a one-time invite; returns the code (shown once, stored hashed).
+/// What an invite names, checked before anything is written (so that
+/// `create-team` makes no team whose first invite it then refuses).
+pub fn check_invite(user_id: &str, name: &str, valid_for_hours: u32) -> Result<()> {
+    if !is_valid_id(user_id) {
+        return Err(Error::BadRequest(
+            "bad_user",
+            "a user id is 1-64 letters, digits or . _ - @".into(),
+        ));
+    }
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > handoff_core::input::MAX_NAME {
+        return Err(Error::BadRequest(
+            "bad_name",
+            format!(
+                "a member's name is 1-{} characters",
+                handoff_core::input::MAX_NAME
+            ),
+        ));
+    }
+    if !(1..=MAX_INVITE_HOURS).contains(&valid_for_hours) {
+        return Err(Error::BadRequest(
+            "bad_hours",
+            format!("an invite lasts 1-{MAX_INVITE_HOURS} hours"),
+        ));
+    }
+    Ok(())
+}
+
+/// The longest an invite may stay open: a month.
+pub const MAX_INVITE_HOURS: u32 = 24 * 31;
+
 pub fn create_invite(
     db: &Db,
     team_id: &str,
@@ -865,12 +896,7 @@ pub fn create_invite(
     role: Role,
     valid_for_hours: u32,
 ) -> Result<String> {
-    if !is_valid_id(user_id) {
-        return Err(Error::BadRequest(
-            "bad_user",
-            "a user id is 1-64 letters, digits or . _ - @".into(),
-        ));
-    }
+    check_invite(user_id, name, valid_for_hours)?;
     let conn = db.write();
     if Db::team(&conn, team_id)?.is_none() {
         return Err(Error::NotFound("no such team"));

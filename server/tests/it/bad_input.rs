@@ -194,8 +194,44 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
         "--role",
         "front_desk",
         "--hours",
-        "0",
+        "1",
     ]);
+    // An hour later, as the relay's file has it (an invite lasts at least
+    // an hour: `--hours 0` is refused).
+    rusqlite::Connection::open(relay.db())
+        .unwrap()
+        .execute(
+            "UPDATE invites SET expires_at = expires_at - 3600001 WHERE user_id = 'bob'",
+            [],
+        )
+        .unwrap();
+    for hours in ["0", "745"] {
+        let refused = admin_fails(
+            &relay.db(),
+            &[
+                "invite",
+                "--team",
+                &team,
+                "--user",
+                "bob",
+                "--name",
+                "Bob",
+                "--role",
+                "front_desk",
+                "--hours",
+                hours,
+            ],
+        );
+        assert!(refused.contains("an invite lasts"), "{refused}");
+    }
+    // A first admin the invite would refuse makes no team.
+    let teams_before = relay.admin(&["teams"]);
+    let refused = admin_fails(
+        &relay.db(),
+        &["create-team", "--name", "Other", "--admin", "bad id!"],
+    );
+    assert!(refused.contains("a user id is"), "{refused}");
+    assert_eq!(relay.admin(&["teams"]), teams_before);
     for (invite, status, code) in [
         (code.as_str(), 410, "invite_used"),
         (expired.trim(), 410, "invite_expired"),

@@ -198,6 +198,19 @@ pub fn admin(db: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// An admin command that must fail: what it printed to stderr.
+pub fn admin_fails(db: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env("HANDOFF_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "admin {args:?} succeeded");
+    String::from_utf8(out.stderr).unwrap()
+}
+
 /// A phone: its own encrypted store and sync engine.
 pub struct Phone {
     pub store: Arc<Store>,
