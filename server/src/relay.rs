@@ -751,6 +751,12 @@ fn enrol_device(
     if db.read(|c| Db::device(c, &actor))?.is_some() {
         return Err(Error::Conflict("this device is already enrolled".into()));
     }
+    // The relay's own actor writes the team's document (and carries events
+    // over to redacted tasks); a device sharing it would share its
+    // sequence numbers and never be sent the relay's entries.
+    if actor == st.team_doc.get_actor().to_hex_string() {
+        return Err(Error::Conflict("this actor id is the relay's own".into()));
+    }
     let member = (!st.team.members.contains_key(&row.user_id)).then(|| Member {
         user_id: row.user_id.clone(),
         name: row.name.clone(),

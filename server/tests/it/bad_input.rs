@@ -47,6 +47,13 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
         .unwrap();
     let before = feed_length(&rt, &relay.url);
     let url = &relay.url;
+    // The relay writes the team's document as its own actor, which every
+    // member sees: no device may enrol as it.
+    let relay_actor: String = rusqlite::Connection::open(relay.db())
+        .unwrap()
+        .query_row("SELECT relay_actor FROM teams", [], |r| r.get(0))
+        .unwrap();
+    let zed = relay.invite(&team, "zed", "front_desk");
 
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
         (
@@ -124,6 +131,14 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
                 .body("{\"invite\": \"0000-0000-0000-0000\", \"actor\": \"abcd\"}"),
             404,
             "not_found",
+        ),
+        (
+            "the relay's own actor",
+            client.post(format!("{url}/v1/enrol")).body(format!(
+                "{{\"invite\": \"{zed}\", \"actor\": \"{relay_actor}\"}}"
+            )),
+            409,
+            "conflict",
         ),
         (
             "unknown endpoint",
