@@ -727,7 +727,7 @@ impl Store {
         append_own_in_chunks(&tx, st, &new_id, &mut doc, events.iter())?;
         let state = derive(task_id, task_doc::events(&doc).0, team)
             .ok_or(Error::Corrupt("task has no created event"))?;
-        retire(&tx, &old_id)?;
+        retire(&tx, &old_id, &new_id, &st.actor)?;
         index::upsert(&tx, &new_id, &state)?;
         tx.commit()?;
         st.docs.put(&new_id, doc);
@@ -1175,7 +1175,7 @@ fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> 
                 let missed = missed.iter().filter(|e| !have.contains(&e.id));
                 append_own_in_chunks(conn, st, &keep_id, &mut keep, missed)?;
             }
-            retire(conn, &drop_id)?;
+            retire(conn, &drop_id, &keep_id, &st.actor)?;
             st.docs.remove(&drop_id);
             doc = keep;
             return finish_reindex(conn, st, team, &keep_id, doc, &task_id);
@@ -1391,8 +1391,34 @@ fn apply_guarded(doc: &mut AutoCommit, changes: &[Change]) -> Applied {
 }
 
 /// A retired document: gone from this device, and its unsent changes with it
-/// (their events live on in the document that replaced it).
-fn retire(conn: &Connection, doc_id: &str) -> Result<()> {
+/// (their events live on in `successor`, the document that replaced it).
+/// Its refused changes stay in their author's needs attention: each moves
+/// to `successor` with its key, code and reason, and only its events'
+/// scrubbed form, as the redaction keeps every event (they were set
+/// aside, so no copy of them lives on in either document).
+fn retire(conn: &Connection, doc_id: &str, successor: &str, actor: &ActorId) -> Result<()> {
+    let refused: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT id, bytes FROM outbox WHERE doc_id = ?1 AND refused_code IS NOT NULL",
+        )?
+        .query_map([doc_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let (task, generation) = task_doc::split_doc_id(successor);
+    for (id, bytes) in refused {
+        let events = Change::from_bytes(bytes)
+            .map(|c| task_doc::events_in_change(&c))
+            .unwrap_or_default();
+        let mut scrubbed = task_doc::new_doc(task, generation, actor)?;
+        for e in &events {
+            task_doc::append(&mut scrubbed, &e.scrubbed())?;
+        }
+        let bytes = scrubbed
+            .get_last_local_change()
+            .map(|c| c.raw_bytes().to_vec())
+            .ok_or(Error::Corrupt("a scrubbed change was not made"))?;
+        conn.prepare_cached("UPDATE outbox SET doc_id = ?2, bytes = ?3 WHERE id = ?1")?
+            .execute(params![id, successor, bytes])?;
+    }
     conn.execute("DELETE FROM outbox WHERE doc_id = ?1", [doc_id])?;
     docs::delete_document(conn, doc_id)
 }

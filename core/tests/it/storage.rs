@@ -502,3 +502,49 @@ fn a_refused_team_change_is_set_aside_and_team_edits_go_on() {
     );
     assert_eq!(ana_team, max.team().unwrap());
 }
+
+/// A refused change stays in its author's needs attention when a
+/// delegator removes the task's patient details: the redaction's newer
+/// document takes the item, with its code and reason, and only the
+/// scrubbed form of what was typed. (It was deleted with the older
+/// document's unsent changes: the user's one sign of the refusal
+/// vanished.)
+#[test]
+fn a_refused_change_stays_in_needs_attention_through_a_redaction() {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c.handed_to("ana");
+    let ana = c.at("ana");
+    ana.comment(&t, "patient asked about the biopsy").unwrap();
+    let queued = ana.outbox(10).unwrap();
+    assert_eq!(
+        ana.outbox_refused(queued.last().unwrap(), "not_permitted", "not allowed")
+            .unwrap(),
+        Some(0)
+    );
+    // What the refused change holds, as the file has it.
+    let refused_text = || -> Vec<String> {
+        let conn = raw(&c.dir.path().join("1-ana.db"));
+        let mut stmt = conn
+            .prepare("SELECT bytes FROM outbox WHERE refused_code IS NOT NULL")
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+        rows.flat_map(|b| {
+            let change = automerge::Change::from_bytes(b.unwrap()).unwrap();
+            handoff_core::task_doc::events_in_change(&change)
+        })
+        .map(|e| match e.action {
+            Action::Commented { text } => text,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+    };
+    assert_eq!(refused_text(), ["patient asked about the biopsy"]);
+    let before = ana.needs_attention().unwrap();
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    c.at("max").redact_patient(&t).unwrap();
+    c.send("max", "ana");
+    assert_eq!(ana.task_ids().unwrap(), vec![t.clone()]);
+    assert_eq!(ana.needs_attention().unwrap(), before);
+    assert_eq!(refused_text(), ["[redacted]"]);
+}
