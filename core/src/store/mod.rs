@@ -1392,16 +1392,27 @@ fn apply_guarded(doc: &mut AutoCommit, changes: &[Change]) -> Applied {
 
 /// A retired document: gone from this device, and its unsent changes with it
 /// (their events live on in `successor`, the document that replaced it).
-/// Its refused changes stay in their author's needs attention: each moves
-/// to `successor` with its key, code and reason, and only its events'
-/// scrubbed form, as the redaction keeps every event (they were set
-/// aside, so no copy of them lives on in either document).
+/// Its changes refused and set aside stay in their author's needs
+/// attention: each moves to `successor` with its key, code and reason, and
+/// only its events' scrubbed form, as the redaction keeps every event (no
+/// copy of them lives on in either document). Those refused and kept in
+/// place (`retired`, `missing_dependencies`: see `outbox_refused`) are in
+/// the document, and move on with its events.
 fn retire(conn: &Connection, doc_id: &str, successor: &str, actor: &ActorId) -> Result<()> {
+    use crate::sync::wire::RefusalCode;
     let refused: Vec<(i64, Vec<u8>)> = conn
         .prepare_cached(
-            "SELECT id, bytes FROM outbox WHERE doc_id = ?1 AND refused_code IS NOT NULL",
+            "SELECT id, bytes FROM outbox
+             WHERE doc_id = ?1 AND refused_code IS NOT NULL AND refused_code NOT IN (?2, ?3)",
         )?
-        .query_map([doc_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(
+            params![
+                doc_id,
+                RefusalCode::Retired.as_str(),
+                RefusalCode::MissingDependencies.as_str()
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
         .collect::<rusqlite::Result<_>>()?;
     let (task, generation) = task_doc::split_doc_id(successor);
     for (id, bytes) in refused {
