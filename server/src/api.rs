@@ -376,10 +376,12 @@ async fn pull(
     let caller = caller(&app, &headers).await?;
     let (mut cursor, wait) = pull_query(query.as_deref())?;
     let deadline = tokio::time::Instant::now() + wait;
-    let team = loaded_team(&app, &caller).await?;
+    let mut team = loaded_team(&app, &caller).await?;
     let mut shutdown = app.shutdown.clone();
     let mut waited = false;
     loop {
+        // Before the state is read: a failure after it wakes the wait.
+        let mut replaced = team.replaced();
         let retirements = team.retirements();
         let (seqs, page, next, more, feed_length, mut news) = {
             let mut st = team.state();
@@ -428,11 +430,19 @@ async fn pull(
         }
         cursor = next;
         waited = true;
-        let _waiting = Waiting::new(&app.metrics.long_polls);
-        tokio::select! {
-            _ = news.changed() => {}
-            () = tokio::time::sleep_until(deadline) => {}
-            _ = shutdown.changed() => {}
+        // A failed team is reloaded from its feed: changes are recorded
+        // there, never in this state again.
+        if !team.has_failed() {
+            let _waiting = Waiting::new(&app.metrics.long_polls);
+            tokio::select! {
+                _ = news.changed() => {}
+                _ = replaced.changed() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        if team.has_failed() {
+            team = loaded_team(&app, &caller).await?;
         }
     }
 }

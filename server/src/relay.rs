@@ -28,7 +28,7 @@ use handoff_core::team::{Reach, TeamWriter};
 use handoff_core::{is_valid_id, Device, Member, Role};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::db::{Db, DeviceRow, FeedRow, InviteRow, RevocationStamp, TeamRow};
 use crate::error::{Error, Result};
@@ -98,6 +98,10 @@ pub struct LoadedTeam {
     /// A write failed after the state took it in: the state is ahead of the
     /// database and is rebuilt from the feed on next use.
     failed: AtomicBool,
+    /// Told once the team failed: long-polls waiting on this state wake
+    /// and wait again on the reloaded team (no change recorded in the
+    /// reloaded state reaches them here).
+    replaced: watch::Sender<bool>,
     /// The team's revoked devices as last read from the database, for the
     /// long-polls one change wakes ([`Relay::revoked_since`]).
     revoked: Mutex<RevokedDevices>,
@@ -162,10 +166,28 @@ impl LoadedTeam {
         }
     }
 
+    /// The state is ahead of the database (a write failed) or may be
+    /// inconsistent (a panic): the next request reloads the team from its
+    /// feed, and the long-polls waiting on this one wake to wait there.
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        self.replaced.send_replace(true);
+    }
+
+    /// Did the team fail since it was loaded ([`LoadedTeam::fail`])?
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Told when the team fails; subscribe before looking at the state.
+    pub fn replaced(&self) -> watch::Receiver<bool> {
+        self.replaced.subscribe()
+    }
+
     /// A push was dropped unanswered: the team's writer stopped (it only
     /// ever answers). The next request reloads the team with a new one.
     pub fn writer_stopped(&self) {
-        self.failed.store(true, Ordering::Release);
+        self.fail();
     }
 
     /// Admit a push and queue it for the feed writer; the receipt answers
@@ -250,7 +272,7 @@ impl Drop for FailOnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
             if let Some(team) = self.0.upgrade() {
-                team.failed.store(true, Ordering::Release);
+                team.fail();
             }
             tracing::error!("a feed writer stopped with a panic; the team is reloaded on next use");
         }
@@ -300,7 +322,7 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
         let admitted =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| st.admit(&caller, &change)));
         let Ok(admitted) = admitted else {
-            team.failed.store(true, Ordering::Release);
+            team.fail();
             tracing::error!("admitting a change panicked; the team is reloaded on next use");
             lock(poisoned()).extend(hash);
             return Admitted::Failed(vec![reply]);
@@ -390,7 +412,7 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
         if failure.is_none() && !rows.is_empty() {
             let written = db.append_feed_batch(team_id, rows.iter().map(|(r, _)| r));
             if let Err(e) = written {
-                team.failed.store(true, Ordering::Release);
+                team.fail();
                 tracing::error!("a feed write failed; the team is reloaded on next use: {e}");
                 failure = Some(e.to_string());
             }
@@ -408,7 +430,7 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
                 if !retire.is_empty() {
                     if let Err(e) = retire_docs(db, team_id, &team, &retire) {
                         // Hidden and refused already; the reload deletes them.
-                        team.failed.store(true, Ordering::Release);
+                        team.fail();
                         tracing::error!("deleting retired documents failed; the team is reloaded on next use: {e}");
                     }
                 }
@@ -500,6 +522,7 @@ impl Relay {
             state: Mutex::new(state),
             door: Mutex::new(tx),
             failed: AtomicBool::new(false),
+            replaced: watch::Sender::new(false),
             revoked: Mutex::new(RevokedDevices::default()),
             last_reply: Mutex::new(SharedReply::default()),
         });
@@ -723,7 +746,7 @@ fn mark_revoked(db: &Db, team: &LoadedTeam, team_id: &str, actors: &[String]) ->
         Ok(row) => row,
         Err(e) => {
             // The document in memory may hold the change: rebuild it.
-            team.failed.store(true, Ordering::Release);
+            team.fail();
             return Err(e);
         }
     };
@@ -803,7 +826,7 @@ fn enrol_device(
     let (token, feed_row) = match written {
         Ok(w) => w,
         Err(e) => {
-            team.failed.store(true, Ordering::Release);
+            team.fail();
             return Err(e);
         }
     };

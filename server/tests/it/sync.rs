@@ -879,3 +879,36 @@ fn a_gateway_401_is_retried_not_taken_as_the_relays_word() {
         "{heard:?}"
     );
 }
+
+/// A phone's long-poll waiting when its team fails (here a panic injected
+/// at admission: the team is reloaded from its feed on next use) wakes and
+/// waits on the reloaded team, so the next change reaches it at once. It
+/// waited on the failed team's state, which no change reaches again, until
+/// its wait ran out.
+#[test]
+fn a_poll_waiting_when_its_team_is_reloaded_hears_the_next_change() {
+    use automerge::transaction::Transactable;
+
+    let relay = Relay::start_with_env(&[], &[("HANDOFF_TEST_PANIC_ON_DOC", "poison")]);
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call back", "ana");
+    let events = Arc::new(Events(Mutex::new(Vec::new())));
+    let live = ana.engine.start(events.clone()).unwrap();
+    eventually(20, "ana's phone waits for news", || {
+        relay.metrics().contains("handoff_long_polls 1")
+    });
+    let actor = automerge::ActorId::from(hex::decode(max.store.device_actor()).unwrap());
+    let mut doc = automerge::AutoCommit::new().with_actor(actor);
+    doc.put(automerge::ROOT, "task_id", "poison").unwrap();
+    doc.commit();
+    let poison = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let (status, _) =
+        RawPush::to(&relay).send(&max.settings().token, vec![doc_change("poison", poison)]);
+    assert_eq!(status, 500, "admission panicked: the team failed");
+    max.store.comment(&task, "after the reload").unwrap();
+    assert_eq!(max.sync().pushed, 1);
+    eventually(10, "the waiting phone hears of it", || {
+        ana.store.task_detail(&task).unwrap().state.comments.len() == 1
+    });
+    live.stop();
+}
