@@ -55,9 +55,21 @@ impl Store {
             .unwrap_or(0))
     }
 
-    pub fn set_relay_cursor(&self, cursor: u64) -> Result<()> {
+    /// Move the cursor from `from` to `to`, if it is still at `from`:
+    /// `false` when another sync round moved it meanwhile (two rounds may
+    /// run at once: live sync and a pull-to-refresh), which must not be
+    /// undone — least of all a move back to the feed's start, after which
+    /// the tasks this device may now read would never be fetched.
+    pub fn move_relay_cursor(&self, from: u64, to: u64) -> Result<bool> {
         let db = self.lock();
-        set_meta(&db.conn, "relay_cursor", &cursor.to_string())
+        let now: u64 = meta(&db.conn, "relay_cursor")?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if now != from {
+            return Ok(false);
+        }
+        set_meta(&db.conn, "relay_cursor", &to.to_string())?;
+        Ok(true)
     }
 
     /// The heads of a document as this device has it (empty if unknown).

@@ -535,7 +535,7 @@ impl Inner {
             if tasks_updated > 0 || team_changed {
                 tell.push(SyncEvent::DataChanged { tasks_updated });
             }
-            let done = !reply.more && !read_again;
+            let mut done = !reply.more && !read_again;
             if outcome.is_ok() {
                 if read_again {
                     // This device may read more now (another role,
@@ -543,8 +543,15 @@ impl Inner {
                     // feed's start.
                     cursor = 0;
                 } else if reply.cursor != cursor {
-                    cursor = reply.cursor;
-                    outcome = self.store.set_relay_cursor(cursor);
+                    match self.store.move_relay_cursor(cursor, reply.cursor) {
+                        Ok(true) => cursor = reply.cursor,
+                        // Another round moved it since this one read it
+                        // (set it back to the feed's start after a
+                        // promotion, say): that round goes on from there,
+                        // and this one stops without undoing it.
+                        Ok(false) => done = true,
+                        Err(e) => outcome = Err(e),
+                    }
                 }
             }
             // The length is the relay's word: never shown below the cursor.

@@ -548,3 +548,19 @@ fn a_refused_change_stays_in_needs_attention_through_a_redaction() {
     assert_eq!(ana.needs_attention().unwrap(), before);
     assert_eq!(refused_text(), ["[redacted]"]);
 }
+
+/// Two sync rounds may run at once (live sync and a pull-to-refresh). Each
+/// moves the relay cursor only from where it found it, so a round that
+/// read it before the other set it back to the feed's start (its user was
+/// promoted and may read more) does not move it on again: the tasks she
+/// may now read would never be fetched.
+#[test]
+fn the_relay_cursor_moves_only_from_where_a_round_found_it() {
+    let c = Clinic::with(&["max"]);
+    let s = c.at("max");
+    assert!(s.move_relay_cursor(0, 40).unwrap());
+    // One round reads 40 and fetches on; the other starts over.
+    assert!(s.move_relay_cursor(40, 0).unwrap());
+    assert!(!s.move_relay_cursor(40, 55).unwrap());
+    assert_eq!(s.relay_cursor().unwrap(), 0);
+}
