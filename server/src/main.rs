@@ -84,6 +84,19 @@ enum Command {
     },
 }
 
+/// The relay's database, for a command that reads or changes what is in
+/// it: a mistyped `--db` is an error, not a new empty database (where
+/// `revoke` would then find no device to revoke).
+fn existing_db(path: &std::path::Path) -> Result<Db, String> {
+    if !path.exists() {
+        return Err(format!(
+            "no relay database at {} (`serve` or `create-team` makes one)",
+            path.display()
+        ));
+    }
+    Db::open(path).map_err(|e| e.to_string())
+}
+
 fn parse_role(s: &str) -> Result<Role, String> {
     Role::parse(s).ok_or_else(|| {
         format!(
@@ -165,13 +178,13 @@ fn run(cli: Cli) -> Result<(), String> {
             hours,
         } => {
             let role = parse_role(&role)?;
-            let db = Db::open(&cli.db).map_err(err)?;
+            let db = existing_db(&cli.db)?;
             let code = relay::create_invite(&db, &team, &user, &name, role, hours).map_err(err)?;
             println!("{code}");
             Ok(())
         }
         Command::Teams => {
-            let db = Db::open(&cli.db).map_err(err)?;
+            let db = existing_db(&cli.db)?;
             let teams = db.read(Db::teams).map_err(err)?;
             for t in teams {
                 println!("{}\t{}", t.team_id, t.name);
@@ -179,7 +192,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Devices { team } => {
-            let db = Db::open(&cli.db).map_err(err)?;
+            let db = existing_db(&cli.db)?;
             let devices = db.read(|c| Db::devices(c, &team)).map_err(err)?;
             for d in devices {
                 println!(
@@ -197,7 +210,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Revoke { device } => {
-            let db = Db::open(&cli.db).map_err(err)?;
+            let db = existing_db(&cli.db)?;
             if db
                 .revoke_device(&device.to_ascii_lowercase(), relay::now_ms())
                 .map_err(err)?

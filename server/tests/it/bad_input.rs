@@ -239,6 +239,28 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
         );
         assert!(refused.contains("an invite lasts"), "{refused}");
     }
+    // A mistyped database path is an error, not a new empty database.
+    let mistyped = relay.db().with_file_name("relay-typo.db");
+    for args in [
+        &["teams"][..],
+        &["devices", "--team", &team],
+        &["revoke", "--device", "abcd"],
+        &[
+            "invite",
+            "--team",
+            &team,
+            "--user",
+            "bob",
+            "--name",
+            "Bob",
+            "--role",
+            "front_desk",
+        ],
+    ] {
+        let refused = admin_fails(&mistyped, args);
+        assert!(refused.contains("no relay database"), "{args:?}: {refused}");
+        assert!(!mistyped.exists(), "{args:?} made a database");
+    }
     // A first admin the invite would refuse makes no team.
     let teams_before = relay.admin(&["teams"]);
     let refused = admin_fails(
