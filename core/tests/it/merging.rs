@@ -301,31 +301,9 @@ fn every_change_the_app_writes_to_a_task_has_a_shape_the_relay_takes() {
 /// left out, and the rest of the batch, and every later sync, goes on.
 #[test]
 fn a_change_automerge_refuses_is_left_out_and_sync_goes_on() {
-    use automerge::transaction::Transactable;
-    let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    let mut doc = automerge::AutoCommit::new();
-    for (d, bytes) in outbox(c.at("max")) {
-        if d == t {
-            doc.load_incremental(&bytes).unwrap();
-        }
-    }
-    c.sync();
+    let (c, t, doc) = delegated_with_its_document();
     let actor = automerge::ActorId::from(vec![0x5a; 16]);
-    let twin = |text: &str| {
-        let mut d = doc.clone().with_actor(actor.clone());
-        let list = match automerge::ReadDoc::get(&d, automerge::ROOT, "events") {
-            Ok(Some((_, id))) => id,
-            _ => panic!("no events list"),
-        };
-        let n = automerge::ReadDoc::length(&d, &list);
-        d.insert(&list, n, text).unwrap();
-        d.commit();
-        d.get_last_local_change().unwrap().raw_bytes().to_vec()
-    };
+    let twin = |text: &str| append_string(&mut doc.clone().with_actor(actor.clone()), text);
     let (first, second) = (twin("one"), twin("two"));
     c.at("max").comment(&t, "after the twins").unwrap();
     let mut batch = vec![(t.clone(), first), (t.clone(), second)];
@@ -395,31 +373,9 @@ fn a_task_missing_its_history_asks_for_repair_each_time_its_changes_arrive() {
 #[test]
 fn a_change_automerge_would_panic_on_is_left_out_and_sync_goes_on() {
     use crate::crafting::{add_author, name_another_actor, reframed};
-    use automerge::transaction::Transactable;
-    let c = Clinic::with(&["max", "ana"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    let mut doc = automerge::AutoCommit::new();
-    for (d, bytes) in outbox(c.at("max")) {
-        if d == t {
-            doc.load_incremental(&bytes).unwrap();
-        }
-    }
-    c.sync();
+    let (c, t, doc) = delegated_with_its_document();
     let mut d = doc.with_actor(automerge::ActorId::from(vec![0x5a; 16]));
-    let list = match automerge::ReadDoc::get(&d, automerge::ROOT, "events") {
-        Ok(Some((_, id))) => id,
-        _ => panic!("no events list"),
-    };
-    let mut append = |text: &str| {
-        let n = automerge::ReadDoc::length(&d, &list);
-        d.insert(&list, n, text).unwrap();
-        d.commit();
-        d.get_last_local_change().unwrap().raw_bytes().to_vec()
-    };
-    let (first, second) = (append("one"), append("two"));
+    let (first, second) = (append_string(&mut d, "one"), append_string(&mut d, "two"));
     let authored = reframed(&second, |b| add_author(b, b"x"));
     let stranger = reframed(&second, |b| name_another_actor(b, &[0xab; 16]));
     c.at("max").comment(&t, "after them").unwrap();
@@ -442,4 +398,36 @@ fn a_change_automerge_would_panic_on_is_left_out_and_sync_goes_on() {
     c.at("max").comment(&t, "later").unwrap();
     c.send("max", "ana");
     assert_eq!(c.at("ana").task_detail(&t).unwrap().state.comments.len(), 2);
+}
+
+/// max delegates a task to ana and every device hears of it: the task, and
+/// its document as max wrote it.
+fn delegated_with_its_document() -> (Clinic, TaskId, automerge::AutoCommit) {
+    let c = Clinic::with(&["max", "ana"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    let mut doc = automerge::AutoCommit::new();
+    for (d, bytes) in outbox(c.at("max")) {
+        if d == t {
+            doc.load_incremental(&bytes).unwrap();
+        }
+    }
+    c.sync();
+    (c, t, doc)
+}
+
+/// Append a string (not an event) to a task document's events list: the
+/// change's bytes.
+fn append_string(doc: &mut automerge::AutoCommit, text: &str) -> Vec<u8> {
+    use automerge::transaction::Transactable;
+    let list = match automerge::ReadDoc::get(doc, automerge::ROOT, "events") {
+        Ok(Some((_, id))) => id,
+        _ => panic!("no events list"),
+    };
+    let n = automerge::ReadDoc::length(doc, &list);
+    doc.insert(&list, n, text).unwrap();
+    doc.commit();
+    doc.get_last_local_change().unwrap().raw_bytes().to_vec()
 }

@@ -654,8 +654,6 @@ fn a_deactivated_member_reads_nothing_more() {
 /// is not.
 #[test]
 fn each_event_of_a_change_passes_the_door_on_its_own() {
-    use automerge::ActorId;
-
     let relay = Relay::start();
     let (_, _max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let actor = ana.store.device_actor();
@@ -663,22 +661,7 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
     // `lt_step`: how far each later event's Lamport time is above the one
     // before (phones: 1).
     let first_change = |task: &str, then: &[Action], lt_step: u64| {
-        let mut doc =
-            task_doc::new_doc(task, 0, &ActorId::from(hex::decode(&actor).unwrap())).unwrap();
-        let created = Event::next(
-            &[],
-            &actor,
-            "ana",
-            1_800_000_000_000,
-            Action::Created {
-                handoff: handoff("Call"),
-                checklist: Vec::new(),
-                questions: Vec::new(),
-                pool: None,
-                assignee: Some("ana".into()),
-            },
-        );
-        task_doc::append(&mut doc, &created).unwrap();
+        let (mut doc, created) = created_by_ana(&actor, task, 0);
         let mut events = vec![created];
         for (k, action) in then.iter().enumerate() {
             let mut next = Event::next(
@@ -780,33 +763,12 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
 /// redacted the task before it synced.
 #[test]
 fn a_generation_far_ahead_is_refused() {
-    use automerge::ActorId;
-
     let relay = Relay::start();
     let (_, _max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let actor = ana.store.device_actor();
     let token = ana.settings().token;
     let laid_out = |task: &str, generation: i64| {
-        let mut doc = task_doc::new_doc(
-            task,
-            generation,
-            &ActorId::from(hex::decode(&actor).unwrap()),
-        )
-        .unwrap();
-        let created = Event::next(
-            &[],
-            &actor,
-            "ana",
-            1_800_000_000_000,
-            Action::Created {
-                handoff: handoff("Call"),
-                checklist: Vec::new(),
-                questions: Vec::new(),
-                pool: None,
-                assignee: Some("ana".into()),
-            },
-        );
-        task_doc::append(&mut doc, &created).unwrap();
+        let (mut doc, _) = created_by_ana(&actor, task, generation);
         doc_change(
             &task_doc::doc_id_of(task, generation),
             doc.get_last_local_change().unwrap().raw_bytes().to_vec(),
@@ -826,6 +788,32 @@ fn a_generation_far_ahead_is_refused() {
         )],
     );
     assert!(matches!(&verdicts[..], [Verdict::Stored]), "{verdicts:?}");
+}
+
+/// A task document as ana's phone (device `actor`) lays it out, with her
+/// `created` event for a task of her own: the document, and the event.
+fn created_by_ana(actor: &str, task: &str, generation: i64) -> (automerge::AutoCommit, Event) {
+    let mut doc = task_doc::new_doc(
+        task,
+        generation,
+        &automerge::ActorId::from(hex::decode(actor).unwrap()),
+    )
+    .unwrap();
+    let created = Event::next(
+        &[],
+        actor,
+        "ana",
+        1_800_000_000_000,
+        Action::Created {
+            handoff: handoff("Call"),
+            checklist: Vec::new(),
+            questions: Vec::new(),
+            pool: None,
+            assignee: Some("ana".into()),
+        },
+    );
+    task_doc::append(&mut doc, &created).unwrap();
+    (doc, created)
 }
 
 /// One change, refused as `invalid_change`.

@@ -198,19 +198,22 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
     // Invites: used once only, and not after they expire.
     let code = relay.invite(&team, "ana", "front_desk");
     let _ana = Phone::enrolled(&relay, &code);
-    let expired = relay.admin(&[
-        "invite",
-        "--team",
-        &team,
-        "--user",
-        "bob",
-        "--name",
-        "Bob",
-        "--role",
-        "front_desk",
-        "--hours",
-        "1",
-    ]);
+    let bobs_invite = |hours: &'static str| {
+        [
+            "invite",
+            "--team",
+            team.as_str(),
+            "--user",
+            "bob",
+            "--name",
+            "Bob",
+            "--role",
+            "front_desk",
+            "--hours",
+            hours,
+        ]
+    };
+    let expired = relay.admin(&bobs_invite("1"));
     // An hour later, as the relay's file has it (an invite lasts at least
     // an hour: `--hours 0` is refused).
     rusqlite::Connection::open(relay.db())
@@ -221,22 +224,7 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
         )
         .unwrap();
     for hours in ["0", "745"] {
-        let refused = admin_fails(
-            &relay.db(),
-            &[
-                "invite",
-                "--team",
-                &team,
-                "--user",
-                "bob",
-                "--name",
-                "Bob",
-                "--role",
-                "front_desk",
-                "--hours",
-                hours,
-            ],
-        );
+        let refused = admin_fails(&relay.db(), &bobs_invite(hours));
         assert!(refused.contains("an invite lasts"), "{refused}");
     }
     // A mistyped database path is an error, not a new empty database.
@@ -245,17 +233,7 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
         &["teams"][..],
         &["devices", "--team", &team],
         &["revoke", "--device", "abcd"],
-        &[
-            "invite",
-            "--team",
-            &team,
-            "--user",
-            "bob",
-            "--name",
-            "Bob",
-            "--role",
-            "front_desk",
-        ],
+        &bobs_invite("1"),
     ] {
         let refused = admin_fails(&mistyped, args);
         assert!(refused.contains("no relay database"), "{args:?}: {refused}");

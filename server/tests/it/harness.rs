@@ -182,14 +182,19 @@ impl Drop for Relay {
     }
 }
 
-pub fn admin(db: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
+/// Run an admin command of the relay binary on the database at `db`.
+fn run_admin(db: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
         .arg("--db")
         .arg(db)
         .args(args)
         .env("HANDOFF_LOG", "warn")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+pub fn admin(db: &Path, args: &[&str]) -> String {
+    let out = run_admin(db, args);
     assert!(
         out.status.success(),
         "admin {args:?} failed: {}",
@@ -200,13 +205,7 @@ pub fn admin(db: &Path, args: &[&str]) -> String {
 
 /// An admin command that must fail: what it printed to stderr.
 pub fn admin_fails(db: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .env("HANDOFF_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = run_admin(db, args);
     assert!(!out.status.success(), "admin {args:?} succeeded");
     String::from_utf8(out.stderr).unwrap()
 }
