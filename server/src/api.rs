@@ -309,8 +309,11 @@ async fn enrol(
 }
 
 async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
-    let caller = caller(&app, &headers).await?;
+    caller(&app, &headers).await?;
     let bytes = read_body(&headers, body, MAX_BODY).await?;
+    // Once more with the body in (a remembered token: a map lookup): a
+    // device revoked while it sent a slow upload stores nothing of it.
+    let caller = caller(&app, &headers).await?;
     let request: PushRequest = decode(&bytes)?;
     // Membership is checked at admission.
     let team = loaded_team(&app, &caller).await?;
@@ -331,9 +334,11 @@ async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<
 }
 
 async fn repair(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
+    caller(&app, &headers).await?;
+    let bytes = read_body(&headers, body, MAX_BODY).await?;
+    // As for a push: a device revoked while it sent reads nothing.
     let caller = caller(&app, &headers).await?;
     team_of(&app, &caller).await?;
-    let bytes = read_body(&headers, body, MAX_BODY).await?;
     let request: RepairRequest = decode(&bytes)?;
     let relay = app.relay.clone();
     let changes = blocking(move || relay.repair(&caller, &request.doc, &request.have)).await?;

@@ -57,6 +57,43 @@ fn a_device_of_one_team_reads_nothing_of_another() {
     assert_eq!(max.store.task_detail(&secret).unwrap().state, before);
 }
 
+/// A stolen phone revoked while its push is still going up (a slow
+/// uplink) stores nothing of it: the relay checks its token again once the
+/// body is in. It used to check only before, and store the whole batch.
+#[test]
+fn a_device_revoked_while_its_push_goes_up_stores_nothing_of_it() {
+    use crate::proxy::Proxy;
+    use std::sync::atomic::Ordering;
+
+    let relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
+    let task = hand_over(&max, &ana, "Call", "ana");
+    for i in 0..200 {
+        ana.store.comment(&task, &format!("note {i}")).unwrap();
+    }
+    // ~45 KB in one push, at 15 KB/s: about three seconds going up.
+    proxy.slow_uploads(15_000);
+    proxy.up.store(0, Ordering::SeqCst);
+    std::thread::scope(|s| {
+        let sync = s.spawn(|| ana.engine.sync_now());
+        eventually(10, "the push is going up", || {
+            proxy.up.load(Ordering::SeqCst) > 4_000
+        });
+        relay.admin(&["revoke", "--device", &ana.store.device_actor()]);
+        assert!(matches!(sync.join().unwrap(), Err(Error::DeviceRevoked)));
+    });
+    assert!(ana.store.was_wiped().unwrap());
+    max.sync();
+    assert!(max
+        .store
+        .task_detail(&task)
+        .unwrap()
+        .state
+        .comments
+        .is_empty());
+}
+
 #[test]
 fn a_revoked_device_gets_401_wipes_its_store_and_reads_nothing_more() {
     let relay = Relay::start();
