@@ -718,13 +718,14 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
         )
     };
     let push = RawPush::to(&relay);
-    let verdicts = push.verdicts(
-        &token,
-        vec![first_change(
-            "0123456789abcdef0123456789abcdef",
-            &[Action::Completed { note: "".into() }],
-            1,
-        )],
+    // One hand-made first change of `task`, and the relay's verdicts.
+    let judged = |task: &str, then: &[Action], lt_step: u64| {
+        push.verdicts(&token, vec![first_change(task, then, lt_step)])
+    };
+    let verdicts = judged(
+        "0123456789abcdef0123456789abcdef",
+        &[Action::Completed { note: "".into() }],
+        1,
     );
     assert!(
         matches!(
@@ -736,60 +737,29 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
         ),
         "{verdicts:?}"
     );
-    let verdicts = push.verdicts(
-        &token,
-        vec![first_change(
-            "fedcba9876543210fedcba9876543210",
-            &[Action::Started],
-            1,
-        )],
-    );
+    let verdicts = judged("fedcba9876543210fedcba9876543210", &[Action::Started], 1);
     assert!(matches!(&verdicts[..], [Verdict::Stored]), "{verdicts:?}");
     // An event folded before what it builds on (a Lamport time not above
     // theirs) would be judged on events the fold puts after it.
-    let verdicts = push.verdicts(
-        &token,
-        vec![first_change(
-            "ffeeddccbbaa99887766554433221100",
-            &[Action::Started],
-            0,
-        )],
-    );
+    let verdicts = judged("ffeeddccbbaa99887766554433221100", &[Action::Started], 0);
     refused_as_invalid(&verdicts);
     // Nor may an event run far ahead of the task: one at the Lamport
     // ceiling would leave no room after it, and every later write to the
     // task would be refused as not coming after it. A step of two (a phone
     // whose event in between was refused) is a phone's.
-    let verdicts = push.verdicts(
-        &token,
-        vec![first_change(
-            "aabbccddeeff00112233445566778899",
-            &[Action::Started],
-            event::MAX_LT_STEP + 1,
-        )],
+    let verdicts = judged(
+        "aabbccddeeff00112233445566778899",
+        &[Action::Started],
+        event::MAX_LT_STEP + 1,
     );
     refused_as_invalid(&verdicts);
-    let verdicts = push.verdicts(
-        &token,
-        vec![first_change(
-            "aabbccddeeff00112233445566778899",
-            &[Action::Started],
-            2,
-        )],
-    );
+    let verdicts = judged("aabbccddeeff00112233445566778899", &[Action::Started], 2);
     assert!(matches!(&verdicts[..], [Verdict::Stored]), "{verdicts:?}");
     // At most 16 new events in one change: each costs the relay a derivation.
     let comment = Action::Commented {
         text: "called".into(),
     };
-    let verdicts = push.verdicts(
-        &token,
-        vec![first_change(
-            "00112233445566778899aabbccddeeff",
-            &vec![comment; 16],
-            1,
-        )],
-    );
+    let verdicts = judged("00112233445566778899aabbccddeeff", &vec![comment; 16], 1);
     refused_as_invalid(&verdicts);
 }
 

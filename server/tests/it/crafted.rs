@@ -502,12 +502,7 @@ fn changes_automerge_would_panic_on_are_refused() {
 
     let relay = Relay::start();
     let (_team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
-    let task = max
-        .store
-        .delegate(task_for("Call back", Some("ana"), None))
-        .unwrap();
-    max.sync();
-    ana.sync();
+    let task = hand_over(&max, &ana, "Call back", "ana");
     let token = ana.settings().token;
     let max_token = max.settings().token;
     let (rt, client) = http();
