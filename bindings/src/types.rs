@@ -666,6 +666,8 @@ pub struct SyncReport {
     /// Changes from other devices applied here.
     pub pulled: u32,
     pub tasks_updated: u32,
+    /// My changes a relay restored from a backup had lost, and took again.
+    pub offered_again: u32,
 }
 
 fn count(n: usize) -> u32 {
@@ -679,6 +681,7 @@ impl From<core::SyncReport> for SyncReport {
             refused: count(r.refused),
             pulled: count(r.pulled),
             tasks_updated: count(r.tasks_updated),
+            offered_again: count(r.offered_again),
         }
     }
 }

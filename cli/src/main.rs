@@ -210,6 +210,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 "pushed {}, refused {}, pulled {}, tasks updated {}",
                 r.pushed, r.refused, r.pulled, r.tasks_updated
             );
+            if r.offered_again > 0 {
+                println!(
+                    "the relay had lost {} of this device's changes (restored from a backup); it has them again",
+                    r.offered_again
+                );
+            }
         }
         Cmd::Queue => {
             let q = s.my_queue().map_err(e)?;

@@ -21,8 +21,8 @@ pub use store::{
     AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskCommand, TaskDetail, TaskSummary,
 };
 pub use store::{
-    Durability, MergeReport, NewTask, OpenProgress, OutgoingChange, RelaySettings, Store,
-    StoreOptions,
+    Durability, FeedCursor, MergeReport, NewTask, OpenProgress, OutgoingChange, RelaySettings,
+    Store, StoreOptions,
 };
 pub use sync::{SyncEngine, SyncEvent, SyncHandle, SyncListener, SyncReport};
 pub use team::Team;

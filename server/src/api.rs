@@ -350,8 +350,10 @@ async fn repair(State(app): State<App>, headers: HeaderMap, body: Body) -> Resul
     }))
 }
 
-fn pull_query(query: Option<&str>) -> Result<(u64, Duration)> {
+/// A pull's query: the cursor with its tag (`at`), and how long to wait.
+fn pull_query(query: Option<&str>) -> Result<(u64, u32, Duration)> {
     let mut cursor = 0;
+    let mut at = 0;
     let mut wait = 0;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -361,16 +363,21 @@ fn pull_query(query: Option<&str>) -> Result<(u64, Duration)> {
         };
         match k {
             "cursor" => cursor = number()?,
+            "at" => {
+                at = v.parse::<u32>().map_err(|_| {
+                    Error::BadRequest("bad_query", "at must be a cursor's tag".into())
+                })?
+            }
             "wait" => wait = number()?.min(MAX_WAIT_SECS),
             _ => {
                 return Err(Error::BadRequest(
                     "bad_query",
-                    "pull takes cursor and wait".into(),
+                    "pull takes cursor, at and wait".into(),
                 ))
             }
         }
     }
-    Ok((cursor, Duration::from_secs(wait)))
+    Ok((cursor, at, Duration::from_secs(wait)))
 }
 
 async fn pull(
@@ -379,34 +386,39 @@ async fn pull(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let caller = caller(&app, &headers).await?;
-    let (mut cursor, wait) = pull_query(query.as_deref())?;
+    let (mut cursor, at, wait) = pull_query(query.as_deref())?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut team = loaded_team(&app, &caller).await?;
     let mut shutdown = app.shutdown.clone();
     let mut waited = false;
+    let mut restarted = false;
     loop {
         // Before the state is read: a failure after it wakes the wait.
         let mut replaced = team.replaced();
         let retirements = team.retirements();
-        let (seqs, page, next, more, feed_length, mut news) = {
+        let (seqs, page, next, cursor_tag, more, feed_length, mut news) = {
             let mut st = team.state();
             // Also after a wait: deactivated meanwhile, she reads nothing.
             if !st.is_active_member(&caller.user_id) {
                 return Err(Error::NotAMember);
             }
-            if cursor > st.head() {
-                // The relay's feed is shorter than the device thinks (restored
-                // from a backup): start over; duplicates are harmless.
+            if !waited && !st.follows(cursor, at) {
+                // Not the feed the device followed (the relay was restored
+                // from a backup): start over, and say so; duplicates are
+                // harmless.
                 cursor = 0;
+                restarted = true;
             }
             // The page is taken with what it may hold, under one lock (a
             // redaction's clean-up may forget entries in between).
             let (seqs, next, more) = st.visible_since(cursor, &caller);
             let page = st.page(&seqs);
-            (seqs, page, next, more, st.head(), st.wait(&caller))
+            let tag = st.tag_at(next);
+            (seqs, page, next, tag, more, st.head(), st.wait(&caller))
         };
         let now = tokio::time::Instant::now();
-        if !seqs.is_empty() || more || now >= deadline || *shutdown.borrow() {
+        // A device started over hears it now: what it had sent may be lost.
+        if !seqs.is_empty() || more || restarted || now >= deadline || *shutdown.borrow() {
             if waited && !seqs.is_empty() && app.relay.revoked_since(&team, &caller, next)? {
                 // Revoked while its poll waited (a stolen phone): the 401,
                 // not the news.
@@ -415,6 +427,7 @@ async fn pull(
             let reply = PullPage {
                 seqs,
                 cursor: next,
+                restarted,
                 more,
                 retirements,
             };
@@ -428,6 +441,8 @@ async fn pull(
             let body = Bytes::from(wire::encode(&PullReply {
                 changes,
                 cursor: reply.cursor,
+                cursor_tag,
+                restarted,
                 more: reply.more,
             }));
             team.share_reply(reply, body.clone());

@@ -117,6 +117,7 @@ pub struct LoadedTeam {
 pub struct PullPage {
     pub seqs: Vec<u64>,
     pub cursor: u64,
+    pub restarted: bool,
     pub more: bool,
     pub retirements: u64,
 }

@@ -25,6 +25,11 @@ use crate::db::{FeedRow, RetiredDoc};
 use crate::error::{Error, Result};
 use crate::relay::{sha256, Caller};
 
+/// A feed entry's tag: the first bytes of its change's hash, never 0.
+fn tag_of(hash: &[u8; 32]) -> u32 {
+    u32::from_le_bytes([hash[0], hash[1], hash[2], hash[3]]).max(1)
+}
+
 /// Changes per pull page, and bytes.
 pub const PAGE_CHANGES: usize = 1000;
 pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -108,6 +113,11 @@ impl DocEntry {
 
 struct FeedEntry {
     doc: Arc<str>,
+    /// The first bytes of the change's hash (0 once its row is deleted):
+    /// a phone's cursor names the tag it saw at its seq, and a relay whose
+    /// entry there differs is not the feed the phone followed (restored
+    /// from a backup).
+    tag: u32,
     size: u32,
     /// The device that wrote it: it is not sent back to that device.
     actor: Arc<str>,
@@ -240,6 +250,7 @@ impl TeamState {
         let none = self.actor_key("");
         self.feed.push(FeedEntry {
             doc: Arc::from(""),
+            tag: 0,
             size: 0,
             actor: none,
         });
@@ -287,6 +298,7 @@ impl TeamState {
                 if let Some(entry) = self.feed.get_mut(seq as usize - 1) {
                     *entry = FeedEntry {
                         doc: retired.clone(),
+                        tag: entry.tag,
                         size: 0,
                         actor: none.clone(),
                     };
@@ -336,6 +348,30 @@ impl TeamState {
 
     pub fn head(&self) -> u64 {
         self.feed.len() as u64
+    }
+
+    /// The tag of the entry at `seq` (0 before the first, past the head,
+    /// or where the entry's row was already gone when the team was loaded:
+    /// a retired document's).
+    pub fn tag_at(&self, seq: u64) -> u32 {
+        usize::try_from(seq)
+            .ok()
+            .and_then(|s| s.checked_sub(1))
+            .and_then(|i| self.feed.get(i))
+            .map_or(0, |e| e.tag)
+    }
+
+    /// Whether a phone's cursor (`seq`, with the tag it was given there)
+    /// is in this feed: not past its head, and the entry there the one the
+    /// phone saw. A relay restored from a backup may have fewer entries, or
+    /// other ones under the same seqs: the phone must start over, or it
+    /// would never be sent what lies between.
+    pub fn follows(&self, seq: u64, tag: u32) -> bool {
+        if seq > self.head() {
+            return false;
+        }
+        let here = self.tag_at(seq);
+        tag == 0 || here == 0 || here == tag
     }
 
     pub fn is_active_member(&self, user: &str) -> bool {
@@ -956,6 +992,7 @@ impl TeamState {
             self.hashes.insert(ChangeHash(r.hash), doc.clone());
             self.feed.push(FeedEntry {
                 doc,
+                tag: tag_of(&r.hash),
                 size: r.bytes.len() as u32,
                 actor: actor.clone(),
             });
@@ -1067,6 +1104,7 @@ impl Replay {
         };
         st.feed.push(FeedEntry {
             doc: doc.clone(),
+            tag: tag_of(&r.hash),
             size,
             actor: actor.clone(),
         });

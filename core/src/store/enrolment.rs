@@ -4,8 +4,11 @@
 use automerge::ActorId;
 use rand::RngCore;
 
+use rusqlite::params;
+
 use super::{docs, meta, set_meta, Db, Store};
 use crate::error::{Error, Result};
+use crate::sync::wire::RefusalCode;
 
 /// Where this device syncs, as saved at enrolment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +16,38 @@ pub struct RelaySettings {
     pub url: String,
     pub token: String,
     pub team: String,
+}
+
+/// How many times a document is offered again while some of its changes
+/// build on a change the relay lacks (see [`Store::offered_again`]).
+pub const MAX_OFFERS: u32 = 8;
+
+/// Where this device is in the relay's feed: the seq it has pulled up to,
+/// and the tag the relay named that entry by (0: none yet), which tells a
+/// relay restored from a backup that the device followed another feed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedCursor {
+    pub seq: u64,
+    pub tag: u32,
+}
+
+impl FeedCursor {
+    /// As kept in `meta`: `seq` or `seq:tag`. Unreadable reads as the
+    /// feed's start (pulling it all again is harmless).
+    fn read(kept: Option<&str>) -> FeedCursor {
+        let Some(kept) = kept else {
+            return FeedCursor::default();
+        };
+        let (seq, tag) = kept.split_once(':').unwrap_or((kept, "0"));
+        match (seq.parse(), tag.parse()) {
+            (Ok(seq), Ok(tag)) => FeedCursor { seq, tag },
+            _ => FeedCursor::default(),
+        }
+    }
+
+    fn written(&self) -> String {
+        format!("{}:{}", self.seq, self.tag)
+    }
 }
 
 impl Store {
@@ -48,11 +83,9 @@ impl Store {
     }
 
     /// Position in the team's feed up to which this device has pulled.
-    pub fn relay_cursor(&self) -> Result<u64> {
+    pub fn relay_cursor(&self) -> Result<FeedCursor> {
         let db = self.lock();
-        Ok(meta(&db.conn, "relay_cursor")?
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0))
+        Ok(FeedCursor::read(meta(&db.conn, "relay_cursor")?.as_deref()))
     }
 
     /// Move the cursor from `from` to `to`, if it is still at `from`:
@@ -60,16 +93,93 @@ impl Store {
     /// run at once: live sync and a pull-to-refresh), which must not be
     /// undone — least of all a move back to the feed's start, after which
     /// the tasks this device may now read would never be fetched.
-    pub fn move_relay_cursor(&self, from: u64, to: u64) -> Result<bool> {
+    pub fn move_relay_cursor(&self, from: FeedCursor, to: FeedCursor) -> Result<bool> {
         let db = self.lock();
-        let now: u64 = meta(&db.conn, "relay_cursor")?
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        let now = FeedCursor::read(meta(&db.conn, "relay_cursor")?.as_deref());
         if now != from {
             return Ok(false);
         }
-        set_meta(&db.conn, "relay_cursor", &to.to_string())?;
+        set_meta(&db.conn, "relay_cursor", &to.written())?;
         Ok(true)
+    }
+
+    /// The relay did not know this device's cursor: it was restored from a
+    /// backup, and may have lost changes it had acknowledged, which this
+    /// device took off its outbox. Every document this device holds is to
+    /// be offered again ([`Store::own_changes`]); the relay stores what it
+    /// lacks and answers the rest as duplicates. Returns how many.
+    pub fn relay_restarted(&self) -> Result<usize> {
+        let db = self.lock();
+        Ok(db.conn.execute(
+            "INSERT OR IGNORE INTO offer_again (doc_id) SELECT doc_id FROM documents",
+            [],
+        )?)
+    }
+
+    /// The documents to offer the relay again, each with how many offers
+    /// were refused for what they build on.
+    pub fn to_offer_again(&self) -> Result<Vec<(String, u32)>> {
+        let db = self.lock();
+        let mut stmt = db
+            .conn
+            .prepare_cached("SELECT doc_id, attempts FROM offer_again ORDER BY doc_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Every change this device wrote to a document, in an order the relay
+    /// can take them (each after what it builds on); none if the document
+    /// is gone.
+    pub fn own_changes(&self, doc_id: &str) -> Result<Vec<Vec<u8>>> {
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let mut doc = match st.docs.take(doc_id) {
+            Some(d) => d,
+            None => match docs::load(conn, doc_id, &st.actor)? {
+                Some(d) => d,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let own = doc
+            .get_changes(&[])
+            .into_iter()
+            .filter(|c| *c.actor_id() == st.actor)
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        st.docs.put(doc_id, doc);
+        Ok(own)
+    }
+
+    /// A document was offered again. `complete`: the relay took or had
+    /// every change; the document is done, and its outbox rows refused
+    /// for what they built on (which the relay may now have) are queued
+    /// again, once. Otherwise some change still builds on one the relay
+    /// lacks (another device's, which that device will offer again): the
+    /// document is offered again after later news, up to
+    /// [`MAX_OFFERS`] times. Returns whether outbox rows were queued again.
+    pub fn offered_again(&self, doc_id: &str, complete: bool) -> Result<bool> {
+        let db = self.lock();
+        let tx = db.conn.unchecked_transaction()?;
+        let mut queued = 0;
+        if complete {
+            tx.execute("DELETE FROM offer_again WHERE doc_id = ?1", [doc_id])?;
+            queued = tx.execute(
+                "UPDATE outbox SET refused_code = NULL, refused_reason = NULL, offered_again = 1
+                 WHERE doc_id = ?1 AND refused_code = ?2 AND offered_again = 0",
+                params![doc_id, RefusalCode::MissingDependencies.as_str()],
+            )?;
+        } else {
+            tx.execute(
+                "UPDATE offer_again SET attempts = attempts + 1 WHERE doc_id = ?1",
+                [doc_id],
+            )?;
+            tx.execute(
+                "DELETE FROM offer_again WHERE doc_id = ?1 AND attempts >= ?2",
+                params![doc_id, MAX_OFFERS],
+            )?;
+        }
+        tx.commit()?;
+        Ok(queued > 0)
     }
 
     /// The heads of a document as this device has it (empty if unknown).
@@ -109,6 +219,7 @@ impl Store {
             "dismissed",
             "tasks",
             "outbox",
+            "offer_again",
             "changes",
             "snapshots",
             "documents",

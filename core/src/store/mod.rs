@@ -37,7 +37,7 @@ use crate::task_doc::{self, Shape};
 use crate::team::{Reach, Team, TeamWriter};
 
 pub use docs::{COMPACT_AFTER, TEAM_DOC};
-pub use enrolment::RelaySettings;
+pub use enrolment::{FeedCursor, RelaySettings, MAX_OFFERS};
 pub use views::{
     AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskCommand, TaskDetail, TaskSummary,
 };
@@ -982,6 +982,18 @@ impl Store {
             "UPDATE outbox SET refused_code = ?2, refused_reason = ?3 WHERE id = ?1",
         )?
         .execute(params![id, code, reason])?;
+        // Refused for what it builds on, though it is part of its document
+        // (it does not build on a change set aside here): the relay may have
+        // lost this device's own earlier changes (restored from a backup).
+        // Its document is offered again, and the change queued again after
+        // that, once (`Store::offered_again`).
+        if in_document && code == RefusalCode::MissingDependencies.as_str() {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO offer_again (doc_id)
+                 SELECT doc_id FROM outbox WHERE id = ?1 AND offered_again = 0",
+            )?
+            .execute([id])?;
+        }
         // Not set aside: a change to a retired document (its events move to
         // the newer one when that arrives), and one refused only for what it
         // builds on (the cause was set aside already, or cannot be: the

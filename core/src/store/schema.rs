@@ -7,7 +7,7 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
 
 const V1: &str = "
 -- Who this device is: its automerge actor id and, once enrolled, its user.
@@ -157,6 +157,21 @@ const V4: &str = "
 CREATE INDEX outbox_doc ON outbox(doc_id);
 ";
 
+/// v5 remembers which documents this device must offer the relay again:
+/// a relay restored from a backup lost changes it had acknowledged, which
+/// this device no longer queues (`Store::relay_restarted`). `attempts`
+/// counts offers that were refused for what the changes build on (another
+/// device's lost change, offered again later). An outbox row refused as
+/// `missing_dependencies` marks its document once: `offered_again` says it
+/// was queued again after its document was offered, and is not marked twice.
+const V5: &str = "
+CREATE TABLE offer_again (
+    doc_id   TEXT PRIMARY KEY,
+    attempts INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+ALTER TABLE outbox ADD COLUMN offered_again INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Bring a database to [`VERSION`].
 pub fn upgrade(conn: &Connection) -> Result<()> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -178,6 +193,7 @@ fn upgrade_from(conn: &Connection, from: i64) -> Result<()> {
         1 => conn.execute_batch(V2)?,
         2 => conn.execute_batch(V3)?,
         3 => conn.execute_batch(V4)?,
+        4 => conn.execute_batch(V5)?,
         _ => return Err(Error::Corrupt("unknown schema version")),
     }
     Ok(())

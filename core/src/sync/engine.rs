@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::wire::{self, codes, DocChange, PullReply, PushReply, PushRequest, Verdict};
 use crate::error::{Error, Result};
-use crate::store::{RelaySettings, Store};
+use crate::store::{FeedCursor, RelaySettings, Store};
 
 /// Changes per push request.
 const PUSH_BATCH: usize = 256;
@@ -45,6 +45,9 @@ pub struct SyncReport {
     /// Changes from other devices applied here.
     pub pulled: usize,
     pub tasks_updated: usize,
+    /// Own changes the relay had lost (restored from a backup) and took
+    /// again when offered.
+    pub offered_again: usize,
 }
 
 /// What the engine tells the app.
@@ -465,9 +468,15 @@ impl Inner {
         self.push_telling(&relay, &mut report, listener).await?;
         let mut cursor = self.store.relay_cursor()?;
         let mut wait = wait;
+        // Whether a page brought changes: what an earlier offer of this
+        // device's lost changes lacked may be among them.
+        let mut news = false;
         loop {
             let secs = wait.take().map_or(0, |w| w.as_secs());
-            let url = format!("{}/v1/pull?cursor={cursor}&wait={secs}", relay.url);
+            let url = format!(
+                "{}/v1/pull?cursor={}&at={}&wait={secs}",
+                relay.url, cursor.seq, cursor.tag
+            );
             let request = self
                 .http
                 .get(url)
@@ -503,6 +512,12 @@ impl Inner {
             // A failure after the page was applied still tells what it
             // changed, then ends the round.
             let mut outcome = Ok(());
+            if reply.restarted {
+                // Restored from a backup: the pull starts over, and this
+                // device offers again what the relay may have lost.
+                self.store.relay_restarted()?;
+            }
+            news |= !reply.changes.is_empty();
             if !reply.changes.is_empty() {
                 let changes: Vec<(String, Vec<u8>)> = reply
                     .changes
@@ -537,14 +552,18 @@ impl Inner {
             }
             let mut done = !reply.more && !read_again;
             if outcome.is_ok() {
+                let next = FeedCursor {
+                    seq: reply.cursor,
+                    tag: reply.cursor_tag,
+                };
                 if read_again {
                     // This device may read more now (another role,
                     // promoted): the store set its cursor back to the
                     // feed's start.
-                    cursor = 0;
-                } else if reply.cursor != cursor {
-                    match self.store.move_relay_cursor(cursor, reply.cursor) {
-                        Ok(true) => cursor = reply.cursor,
+                    cursor = FeedCursor::default();
+                } else if next != cursor {
+                    match self.store.move_relay_cursor(cursor, next) {
+                        Ok(true) => cursor = next,
                         // Another round moved it since this one read it
                         // (set it back to the feed's start after a
                         // promotion, say): that round goes on from there,
@@ -557,14 +576,23 @@ impl Inner {
             // The length is the relay's word: never shown below the cursor.
             if let Some(of) = feed_length.filter(|_| reply.more && outcome.is_ok()) {
                 tell.push(SyncEvent::CatchingUp {
-                    at: cursor,
-                    of: of.max(cursor),
+                    at: cursor.seq,
+                    of: of.max(cursor.seq),
                 });
+            }
+            // Offer again what a restored relay lost; changes refused for
+            // building on it are queued again.
+            let mut queued_again = false;
+            if done && outcome.is_ok() {
+                match self.offer_again(&relay, &mut report, news).await {
+                    Ok(queued) => queued_again = queued,
+                    Err(e) => outcome = Err(e),
+                }
             }
             // What the pull itself wrote (this device's events carried
             // into a redacted task's newer document) goes out now, not at
             // the next round: "sync now" leaves nothing behind.
-            if done && report.pulled > 0 && outcome.is_ok() {
+            if done && (report.pulled > 0 || queued_again) && outcome.is_ok() {
                 let refused_before = report.refused;
                 outcome = self.push(&relay, &mut report).await;
                 if report.refused > refused_before {
@@ -659,6 +687,55 @@ impl Inner {
         }
     }
 
+    /// Offer the relay again each marked document's own changes (it was
+    /// restored from a backup, or refused a change for building on one it
+    /// lacks): it stores what it lost, and answers the rest as duplicates.
+    /// A document some of whose changes still build on one the relay lacks
+    /// (another device's, until that device offers it again) is offered
+    /// again only in a round that pulled changes (`news`). Returns whether
+    /// outbox rows were queued again.
+    async fn offer_again(
+        &self,
+        relay: &RelaySettings,
+        report: &mut SyncReport,
+        news: bool,
+    ) -> Result<bool> {
+        let mut queued = false;
+        for (doc, attempts) in self.store.to_offer_again()? {
+            if attempts > 0 && !news {
+                continue;
+            }
+            let batches = in_requests(&doc, self.store.own_changes(&doc)?);
+            let mut complete = true;
+            for batch in batches {
+                let sent = batch.len();
+                let reply: PushReply = self
+                    .post(relay, "/v1/push", &PushRequest { changes: batch })
+                    .await?;
+                if reply.verdicts.len() != sent {
+                    return Err(Error::Offline(
+                        "the relay answered a different number of changes".into(),
+                    ));
+                }
+                for verdict in reply.verdicts {
+                    match verdict {
+                        Verdict::Stored => report.offered_again += 1,
+                        Verdict::Refused {
+                            code: wire::RefusalCode::MissingDependencies,
+                            ..
+                        } => complete = false,
+                        // Refused for another reason: the relay's rules
+                        // now (the task moved on, a role changed); it was
+                        // acknowledged once, and stays in this document.
+                        Verdict::Duplicate | Verdict::Refused { .. } => {}
+                    }
+                }
+            }
+            queued |= self.store.offered_again(&doc, complete)?;
+        }
+        Ok(queued)
+    }
+
     /// POST a binary body to the relay and decode its binary reply.
     async fn post<T: serde::de::DeserializeOwned>(
         &self,
@@ -694,6 +771,30 @@ impl Inner {
             .collect();
         self.store.apply_remote(&changes)
     }
+}
+
+/// A document's changes, in order, in push requests that fit; one larger
+/// than the relay takes is left out (it was refused when first pushed).
+fn in_requests(doc: &str, changes: Vec<Vec<u8>>) -> Vec<Vec<DocChange>> {
+    let mut requests: Vec<Vec<DocChange>> = Vec::new();
+    let mut bytes = 0;
+    for change in changes.into_iter().filter(|c| c.len() <= wire::MAX_CHANGE) {
+        let full = requests
+            .last()
+            .is_none_or(|r| r.len() == PUSH_BATCH || bytes + change.len() > PUSH_BYTES);
+        if full {
+            requests.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += change.len();
+        if let Some(request) = requests.last_mut() {
+            request.push(DocChange {
+                doc: doc.to_owned(),
+                bytes: change,
+            });
+        }
+    }
+    requests
 }
 
 fn offline(e: reqwest::Error) -> Error {

@@ -100,13 +100,20 @@ impl RefusalCode {
     }
 }
 
-/// `GET /v1/pull?cursor=N&wait=S`: changes after `cursor` that this device
-/// may read. `cursor` in the reply is where to continue; `more` says another
-/// page is ready now.
+/// `GET /v1/pull?cursor=N&at=T&wait=S`: changes after `cursor` that this
+/// device may read. `cursor` in the reply is where to continue, and
+/// `cursor_tag` the `at` to send with it: it names the feed entry there, so
+/// that a relay restored from a backup (its entry at that seq another, or
+/// none) knows the device followed another feed. `restarted` says the relay
+/// did not know the device's cursor and started it over from the feed's
+/// beginning: what the relay acknowledged of this device's may be lost
+/// (`Store::relay_restarted`). `more` says another page is ready now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullReply {
     pub changes: Vec<DocChange>,
     pub cursor: u64,
+    pub cursor_tag: u32,
+    pub restarted: bool,
     pub more: bool,
 }
 

@@ -558,9 +558,68 @@ fn a_refused_change_stays_in_needs_attention_through_a_redaction() {
 fn the_relay_cursor_moves_only_from_where_a_round_found_it() {
     let c = Clinic::with(&["max"]);
     let s = c.at("max");
-    assert!(s.move_relay_cursor(0, 40).unwrap());
+    let at = |seq, tag| FeedCursor { seq, tag };
+    let start = FeedCursor::default();
+    assert_eq!(s.relay_cursor().unwrap(), start);
+    assert!(s.move_relay_cursor(start, at(40, 7)).unwrap());
+    assert_eq!(s.relay_cursor().unwrap(), at(40, 7));
     // One round reads 40 and fetches on; the other starts over.
-    assert!(s.move_relay_cursor(40, 0).unwrap());
-    assert!(!s.move_relay_cursor(40, 55).unwrap());
-    assert_eq!(s.relay_cursor().unwrap(), 0);
+    assert!(s.move_relay_cursor(at(40, 7), start).unwrap());
+    assert!(!s.move_relay_cursor(at(40, 7), at(55, 9)).unwrap());
+    assert_eq!(s.relay_cursor().unwrap(), start);
+    // The same seq under another tag is another place in another feed.
+    assert!(s.move_relay_cursor(start, at(40, 8)).unwrap());
+    assert!(!s.move_relay_cursor(at(40, 7), at(55, 9)).unwrap());
+}
+
+/// A change the relay refused for what it builds on marks its document to
+/// be offered again (a relay restored from a backup lost this device's
+/// earlier changes), and is queued again after that offer, once: refused
+/// again, it stays refused, in "needs attention". An offer that still
+/// lacks something (another device's lost change) is tried at most
+/// `MAX_OFFERS` times.
+#[test]
+fn a_change_refused_for_what_it_builds_on_is_queued_again_once_after_its_document_is_offered() {
+    let c = Clinic::with(&["max"]);
+    let s = c.at("max");
+    let t = s
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    s.outbox_delivered(&s.outbox(100).unwrap()).unwrap();
+    s.comment(&t, "Call before noon").unwrap();
+    let comment = s.outbox(10).unwrap().pop().unwrap();
+    let doc = comment.doc_id.clone();
+    let refuse = || {
+        s.outbox_refused(
+            &comment,
+            "missing_dependencies",
+            "it builds on a change the relay does not have",
+        )
+        .unwrap()
+    };
+    refuse();
+    assert!(s.outbox(10).unwrap().is_empty());
+    assert_eq!(s.to_offer_again().unwrap(), vec![(doc.clone(), 0)]);
+    // Offered: every change this device wrote to the task, in order.
+    let own = s.own_changes(&doc).unwrap();
+    assert!(own.len() >= 2, "the delegation and the comment");
+    assert_eq!(own.last(), Some(&comment.bytes));
+    assert!(s.offered_again(&doc, true).unwrap(), "queued again");
+    assert!(s.to_offer_again().unwrap().is_empty());
+    assert_eq!(s.outbox(10).unwrap(), vec![comment.clone()]);
+    refuse();
+    assert!(s.to_offer_again().unwrap().is_empty(), "marked once");
+    assert!(s.outbox(10).unwrap().is_empty());
+    assert_eq!(s.needs_attention().unwrap().len(), 1);
+    // The relay was restored: every document is to be offered again.
+    assert!(
+        s.relay_restarted().unwrap() >= 2,
+        "the team's and the task's"
+    );
+    for _ in 0..store::MAX_OFFERS {
+        assert!(s.to_offer_again().unwrap().iter().any(|(d, _)| *d == doc));
+        assert!(!s.offered_again(&doc, false).unwrap());
+    }
+    assert!(!s.to_offer_again().unwrap().iter().any(|(d, _)| *d == doc));
+    assert_eq!(s.outbox(10).unwrap(), vec![], "still refused");
 }

@@ -573,7 +573,7 @@ fn a_long_poll_waiting_through_a_revocation_gets_401(news: bool, revoke: impl Fn
         relay.wait_for_long_polls(1);
         waiting
     };
-    let waiting = wait_from(ana.store.relay_cursor().unwrap());
+    let waiting = wait_from(ana.store.relay_cursor().unwrap().seq);
     max.store.comment(&task, "first news").unwrap();
     max.sync();
     let (status, body) = waiting.join().unwrap();

@@ -97,6 +97,14 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
             "bad_query",
         ),
         (
+            "a cursor's tag past 32 bits",
+            client
+                .get(format!("{url}/v1/pull?cursor=1&at=4294967296"))
+                .bearer_auth(&token),
+            400,
+            "bad_query",
+        ),
+        (
             "unknown document",
             client
                 .post(format!("{url}/v1/repair"))

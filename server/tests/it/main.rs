@@ -11,6 +11,7 @@ mod harness;
 mod load;
 mod proxy;
 mod redaction;
+mod restore;
 mod storage;
 mod sync;
 mod tls;

@@ -367,7 +367,7 @@ fn the_relay_shuts_down_gracefully_even_with_long_polls_waiting() {
     assert_eq!(health, 200);
     let token = max.settings().token;
     let url = relay.url.clone();
-    let cursor = max.store.relay_cursor().unwrap();
+    let cursor = max.store.relay_cursor().unwrap().seq;
     // A pull that would wait a minute for news.
     let waiting = std::thread::spawn(move || {
         let (rt, client) = http();

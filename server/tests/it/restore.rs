@@ -1,0 +1,120 @@
+//! A relay restored from a backup: it lost changes it had acknowledged,
+//! which the phones no longer queue. They learn it from the feed (their
+//! cursor names an entry the restored feed does not have) or from a push
+//! refused for what it builds on, offer their own changes again, and the
+//! relay ends with everything again.
+
+use std::path::Path;
+
+use handoff_core::*;
+
+use crate::harness::*;
+
+/// The relay's database file with its log, as a copy taken while it is
+/// stopped.
+fn copy_db(from: &Path, to: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let (from, to) = (
+            format!("{}{suffix}", from.display()),
+            format!("{}{suffix}", to.display()),
+        );
+        let _ = std::fs::remove_file(&to);
+        if Path::new(&from).exists() {
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_relay_restored_from_a_backup_gets_back_what_the_phones_had_sent() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    // mia, a second manager, only reads.
+    let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
+    let task = hand_over(&max, &ana, "Call back about the referral", "ana");
+    mia.sync();
+
+    // The night's backup.
+    assert!(relay.terminate().success());
+    let backup = relay.dir.path().join("backup.db");
+    copy_db(&relay.db(), &backup);
+    relay.spawn();
+
+    // The next day's work, every change acknowledged by the relay.
+    ana.store
+        .log_call(&task, call(CallOutcome::NoAnswer))
+        .unwrap();
+    ana.store.comment(&task, "left a voicemail").unwrap();
+    assert_eq!(ana.sync().pushed, 2);
+    max.sync();
+    max.store.comment(&task, "try again after lunch").unwrap();
+    assert_eq!(max.sync().pushed, 1);
+    ana.sync();
+    mia.sync();
+    assert_eq!(
+        mia.store.task_detail(&task).unwrap().state.comments.len(),
+        2
+    );
+
+    // The relay's disk is lost: last night's backup is put back.
+    assert!(relay.terminate().success());
+    copy_db(&backup, &relay.db());
+    relay.spawn();
+
+    // max hands over more work: a new task builds on nothing lost, and
+    // goes. His round learns the relay was restored (his cursor is past
+    // its feed's end) and offers his comment again, which the relay cannot
+    // take yet: it builds on ana's comment, lost too.
+    let booking = max
+        .store
+        .delegate(task_for("Book the follow-up", Some("ana"), None))
+        .unwrap();
+    let report = max.sync();
+    assert_eq!((report.pushed, report.offered_again), (1, 0), "{report:?}");
+    // ana's next call builds on changes the restored relay lacks: her
+    // own, and max's comment. Refused for that, her document is offered
+    // again: the relay takes her two changes back, but not the call, until
+    // max has offered his comment again.
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    let report = ana.sync();
+    assert_eq!((report.refused, report.offered_again), (1, 2), "{report:?}");
+    // News for max: his comment goes now.
+    let report = max.sync();
+    assert_eq!(report.offered_again, 1, "{report:?}");
+    // News for ana: her document is offered again, and her call goes.
+    let report = ana.sync();
+    assert_eq!(report.offered_again, 1, "{report:?}");
+    assert!(ana.store.outbox(10).unwrap().is_empty());
+    max.sync();
+    // The feed has grown past where mia had pulled to, with entries she
+    // never saw below it (the new task): her cursor names an entry the
+    // feed does not have there, and she starts over.
+    mia.sync();
+    assert!(
+        mia.store.task_detail(&booking).is_ok(),
+        "mia has the new task"
+    );
+
+    let detail = mia.store.task_detail(&task).unwrap();
+    assert_eq!(detail.state.calls.len(), 2);
+    assert_eq!(detail.state.comments.len(), 2);
+    assert_converged(&[&max, &ana, &mia]);
+    for phone in [&max, &ana, &mia] {
+        assert!(phone.store.needs_attention().unwrap().is_empty());
+    }
+    // The relay itself has it all: a phone enrolled now reads the same.
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    lee.sync();
+    assert_eq!(
+        lee.store.task_detail(&task).unwrap().state,
+        detail.state,
+        "a new phone reads what the others do"
+    );
+    // Offered once: the next rounds move nothing.
+    for phone in [&max, &ana, &mia] {
+        let report = phone.sync();
+        assert_eq!((report.pushed, report.offered_again), (0, 0));
+    }
+}
