@@ -35,6 +35,9 @@ pub struct App {
     /// Turns true when the server is shutting down: long-polls answer at once.
     pub shutdown: watch::Receiver<bool>,
     pub enrol_guard: Arc<EnrolGuard>,
+    /// How long a request body may pause between its pieces (see
+    /// [`read_body`]).
+    pub body_pause: Duration,
 }
 
 /// Failed enrolments one address may make per minute before it is refused
@@ -184,7 +187,22 @@ const MAX_ENROL_BODY: usize = 4 * 1024;
 /// are admitted on a blocking thread (admission takes tens of µs a change).
 const INLINE_ADMISSION: usize = 16;
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes> {
+/// The longest a request body may take to arrive: a phone pushes at most
+/// 4 MB, ~7 minutes over a poor 2G uplink (10 KB/s).
+const BODY_TIME: Duration = Duration::from_secs(600);
+
+/// Read a request body of at most `limit` bytes. It may pause at most
+/// `pause` between its pieces, and take [`BODY_TIME`] in all (408
+/// `body_timeout`): a client that sends a byte now and then holds its
+/// connection, and what it sent, that long at most, not as long as it
+/// likes.
+async fn read_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+    pause: Duration,
+) -> Result<Bytes> {
+    use axum::body::HttpBody;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -194,9 +212,37 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > 4 * limit) {
         return Err(Error::TooLarge(limit));
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Error::TooLarge(limit))
+    let deadline = tokio::time::Instant::now() + BODY_TIME;
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut read = 0;
+    loop {
+        let pause_ends = (tokio::time::Instant::now() + pause).min(deadline);
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+        let piece = match tokio::time::timeout_at(pause_ends, frame).await {
+            Err(_) => return Err(Error::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(Error::BadRequest(
+                    "bad_body",
+                    "the body was cut short".into(),
+                ))
+            }
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(piece) => piece,
+                // Trailers: nothing of the body.
+                Err(_) => continue,
+            },
+        };
+        read += piece.len();
+        if read > limit {
+            return Err(Error::TooLarge(limit));
+        }
+        pieces.push(piece);
+    }
+    Ok(match pieces.len() {
+        1 => pieces.remove(0),
+        _ => Bytes::from(pieces.concat()),
+    })
 }
 
 async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller> {
@@ -281,7 +327,7 @@ async fn enrol(
         return Err(Error::TooManyAttempts);
     }
     let attempt = async {
-        let bytes = read_body(&headers, body, MAX_ENROL_BODY).await?;
+        let bytes = read_body(&headers, body, MAX_ENROL_BODY, app.body_pause).await?;
         let request: EnrolRequest = serde_json::from_slice(&bytes).map_err(|_| {
             Error::BadRequest("bad_body", "expected {\"invite\", \"actor\"}".into())
         })?;
@@ -310,7 +356,7 @@ async fn enrol(
 
 async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
     caller(&app, &headers).await?;
-    let bytes = read_body(&headers, body, MAX_BODY).await?;
+    let bytes = read_body(&headers, body, MAX_BODY, app.body_pause).await?;
     // Once more with the body in (a remembered token: a map lookup): a
     // device revoked while it sent a slow upload stores nothing of it.
     let caller = caller(&app, &headers).await?;
@@ -335,7 +381,7 @@ async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<
 
 async fn repair(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
     caller(&app, &headers).await?;
-    let bytes = read_body(&headers, body, MAX_BODY).await?;
+    let bytes = read_body(&headers, body, MAX_BODY, app.body_pause).await?;
     // As for a push: a device revoked while it sent reads nothing.
     let caller = caller(&app, &headers).await?;
     team_of(&app, &caller).await?;

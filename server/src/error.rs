@@ -28,6 +28,8 @@ pub enum Error {
     Conflict(String),
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("too many failed attempts from this address; try again in a minute")]
     TooManyAttempts,
     #[error("this app derives tasks by rules {0}, the relay by rules {1}: update the app")]
@@ -66,6 +68,7 @@ impl Error {
             Error::InviteExpired => (StatusCode::GONE, "invite_expired"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Error::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Error::TooManyAttempts => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
             Error::UpgradeRequired(..) => (StatusCode::UPGRADE_REQUIRED, codes::UPGRADE_REQUIRED),
             Error::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

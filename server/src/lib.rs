@@ -25,6 +25,8 @@ pub struct ServeConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Serve plain http on a non-loopback address (behind a TLS proxy).
     pub allow_plain_http: bool,
+    /// How long a request body may pause between its pieces.
+    pub body_pause: Duration,
 }
 
 /// Serve until SIGINT/SIGTERM, then finish in-flight requests and return.
@@ -46,6 +48,7 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
         metrics: Arc::new(metrics::Metrics::default()),
         shutdown: stop_rx,
         enrol_guard: Arc::default(),
+        body_pause: config.body_pause,
     };
     let db = app.relay.db.clone();
     every("checkpoint", Duration::from_millis(500), move || {

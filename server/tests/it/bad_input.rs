@@ -406,3 +406,70 @@ fn text_longer_than_a_phone_accepts_is_refused() {
     assert_eq!(comments.len(), 1);
     assert_eq!(comments[0].text, "called back, all well");
 }
+
+/// A push sent over a raw connection, paced by `send` (the head, then the
+/// body's bytes as `send` writes them); what came back before the relay
+/// closed the connection, or within 20 s.
+fn raw_push(
+    relay: &Relay,
+    token: &str,
+    body: &[u8],
+    send: impl FnOnce(&mut std::net::TcpStream, &[u8]),
+) -> String {
+    use std::io::{Read, Write};
+    let addr = relay.url.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "POST /v1/push HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         content-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        wire::CONTENT_TYPE,
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    send(&mut conn, body);
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// A body that stops arriving is given up once it has paused longer than
+/// the relay allows (`--body-pause-secs`): 408 `body_timeout` with a JSON
+/// body, nothing stored, the connection let go. A slow body that keeps
+/// coming is not: only a pause counts, not the time the body takes.
+#[test]
+fn a_body_that_stops_arriving_is_given_up_and_a_slow_one_is_not() {
+    use std::io::Write;
+    let relay = Relay::start_with(&["--body-pause-secs", "1"]);
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call back", "ana");
+    ana.store
+        .log_call(&task, call(handoff_core::CallOutcome::NoAnswer))
+        .unwrap();
+    let change = ana.store.outbox(10).unwrap().remove(0);
+    let body = wire::encode(&PushRequest {
+        changes: vec![doc_change(&change.doc_id, change.bytes.clone())],
+    });
+    let token = ana.settings().token;
+    let (rt, _) = http();
+    let before = feed_length(&rt, &relay.url);
+
+    let stalled = raw_push(&relay, &token, &body, |conn, body| {
+        conn.write_all(&body[..body.len() / 2]).unwrap();
+    });
+    assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+    assert!(stalled.contains("\"code\":\"body_timeout\""), "{stalled}");
+    assert_eq!(feed_length(&rt, &relay.url), before, "nothing stored");
+
+    // Eight pieces 400 ms apart: three times the pause in all.
+    let slow = raw_push(&relay, &token, &body, |conn, body| {
+        for piece in body.chunks(body.len().div_ceil(8)) {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            conn.write_all(piece).unwrap();
+        }
+    });
+    assert!(slow.starts_with("HTTP/1.1 200"), "{slow}");
+    assert_eq!(feed_length(&rt, &relay.url), before + 1);
+    assert_eq!(ana.sync().pushed, 1, "the phone's own push is a duplicate");
+}
