@@ -450,12 +450,16 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
     }
 }
 
-/// Rebuild a team's state from its stored feed.
+/// Rebuild a team's state from its stored feed. The relay writes with a
+/// new actor each time it loads a team (`teams.relay_actor` is only its
+/// first): restored from a backup, it lost the changes it wrote since, which
+/// phones have, and writing on under the same actor would give its next
+/// change a sequence number those phones already hold another change
+/// under. automerge refuses such a change, and every change after it.
 fn load_team(db: &Db, row: &TeamRow) -> Result<TeamState> {
-    let relay_actor = ActorId::from(
-        hex::decode(&row.relay_actor)
-            .map_err(|_| Error::Storage("relay actor is not hex".into()))?,
-    );
+    let mut relay_actor = vec![0u8; 16];
+    rand::rng().fill_bytes(&mut relay_actor);
+    let relay_actor = ActorId::from(relay_actor);
     let mut replay = Replay::new(db.read(|conn| Db::retired_events(conn, &row.team_id))?);
     db.read(|conn| Db::feed(conn, &row.team_id, |r| replay.entry(r)))?;
     let exits = db.read(|conn| Db::exits(conn, &row.team_id))?;
@@ -775,10 +779,11 @@ fn enrol_device(
     if db.read(|c| Db::device(c, &actor))?.is_some() {
         return Err(Error::Conflict("this device is already enrolled".into()));
     }
-    // The relay's own actor writes the team's document (and carries events
-    // over to redacted tasks); a device sharing it would share its
-    // sequence numbers and never be sent the relay's entries.
-    if actor == st.team_doc.get_actor().to_hex_string() {
+    // The relay's own actors write the team's document (and carry events
+    // over to redacted tasks); a device sharing one would share its
+    // sequence numbers and never be sent the relay's entries. No device
+    // takes an actor that wrote anything before either.
+    if actor == st.team_doc.get_actor().to_hex_string() || st.has_written(&actor) {
         return Err(Error::Conflict("this actor id is the relay's own".into()));
     }
     let member = (!st.team.members.contains_key(&row.user_id)).then(|| Member {

@@ -113,7 +113,8 @@ impl DocEntry {
 
 struct FeedEntry {
     doc: Arc<str>,
-    /// The first bytes of the change's hash (0 once its row is deleted):
+    /// The first bytes of the change's hash (0 when its row was already
+    /// deleted, a retired document's, when the team was loaded):
     /// a phone's cursor names the tag it saw at its seq, and a relay whose
     /// entry there differs is not the feed the phone followed (restored
     /// from a backup).
@@ -352,7 +353,7 @@ impl TeamState {
 
     /// The tag of the entry at `seq` (0 before the first, past the head,
     /// or where the entry's row was already gone when the team was loaded:
-    /// a retired document's).
+    /// a retired document's; one retired since keeps its tag).
     pub fn tag_at(&self, seq: u64) -> u32 {
         usize::try_from(seq)
             .ok()
@@ -372,6 +373,15 @@ impl TeamState {
         }
         let here = self.tag_at(seq);
         tag == 0 || here == 0 || here == tag
+    }
+
+    /// Whether `actor` wrote an entry of the feed (the relay's actors of
+    /// earlier loads among them).
+    pub fn has_written(&self, actor: &str) -> bool {
+        let Some(key) = self.actors.get(actor) else {
+            return false;
+        };
+        self.feed.iter().any(|e| Arc::ptr_eq(&e.actor, key))
     }
 
     pub fn is_active_member(&self, user: &str) -> bool {

@@ -4,6 +4,8 @@
 use automerge::ActorId;
 use rand::RngCore;
 
+use std::collections::HashSet;
+
 use rusqlite::params;
 
 use super::{docs, meta, set_meta, Db, Store};
@@ -21,6 +23,14 @@ pub struct RelaySettings {
 /// How many times a document is offered again while some of its changes
 /// build on a change the relay lacks (see [`Store::offered_again`]).
 pub const MAX_OFFERS: u32 = 8;
+
+/// One of this device's changes to a document ([`Store::own_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnChange {
+    pub bytes: Vec<u8>,
+    /// The relay acknowledged it once (it is not in the outbox).
+    pub sent: bool,
+}
 
 /// Where this device is in the relay's feed: the seq it has pulled up to,
 /// and the tag the relay named that entry by (0: none yet), which tells a
@@ -116,21 +126,21 @@ impl Store {
         )?)
     }
 
-    /// The documents to offer the relay again, each with how many offers
-    /// were refused for what they build on.
+    /// The documents to offer the relay again, the team's first, each with
+    /// how many offers had changes refused.
     pub fn to_offer_again(&self) -> Result<Vec<(String, u32)>> {
         let db = self.lock();
-        let mut stmt = db
-            .conn
-            .prepare_cached("SELECT doc_id, attempts FROM offer_again ORDER BY doc_id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut stmt = db.conn.prepare_cached(
+            "SELECT doc_id, attempts FROM offer_again ORDER BY doc_id <> ?1, doc_id",
+        )?;
+        let rows = stmt.query_map([docs::TEAM_DOC], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     /// Every change this device wrote to a document, in an order the relay
     /// can take them (each after what it builds on); none if the document
     /// is gone.
-    pub fn own_changes(&self, doc_id: &str) -> Result<Vec<Vec<u8>>> {
+    pub fn own_changes(&self, doc_id: &str) -> Result<Vec<OwnChange>> {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         let mut doc = match st.docs.take(doc_id) {
@@ -140,11 +150,18 @@ impl Store {
                 None => return Ok(Vec::new()),
             },
         };
+        let queued: HashSet<Vec<u8>> = conn
+            .prepare_cached("SELECT hash FROM outbox WHERE doc_id = ?1")?
+            .query_map([doc_id], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
         let own = doc
             .get_changes(&[])
             .into_iter()
             .filter(|c| *c.actor_id() == st.actor)
-            .map(|c| c.raw_bytes().to_vec())
+            .map(|c| OwnChange {
+                bytes: c.raw_bytes().to_vec(),
+                sent: !queued.contains(&c.hash().0[..]),
+            })
             .collect();
         st.docs.put(doc_id, doc);
         Ok(own)
@@ -153,10 +170,11 @@ impl Store {
     /// A document was offered again. `complete`: the relay took or had
     /// every change; the document is done, and its outbox rows refused
     /// for what they built on (which the relay may now have) are queued
-    /// again, once. Otherwise some change still builds on one the relay
-    /// lacks (another device's, which that device will offer again): the
-    /// document is offered again after later news, up to
-    /// [`MAX_OFFERS`] times. Returns whether outbox rows were queued again.
+    /// again, once. Otherwise some change was refused (it builds on
+    /// another device's lost change, which that device will offer again,
+    /// or needs a lost team change): the document is offered again after
+    /// later news, up to [`MAX_OFFERS`] times. Returns whether outbox rows
+    /// were queued again.
     pub fn offered_again(&self, doc_id: &str, complete: bool) -> Result<bool> {
         let db = self.lock();
         let tx = db.conn.unchecked_transaction()?;

@@ -4,6 +4,7 @@
 //! repeats rounds with a long-poll, wakes early on local writes, and backs
 //! off with jitter while the relay is unreachable.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::wire::{self, codes, DocChange, PullReply, PushReply, PushRequest, Verdict};
 use crate::error::{Error, Result};
-use crate::store::{FeedCursor, RelaySettings, Store};
+use crate::store::{FeedCursor, RelaySettings, Store, TEAM_DOC};
 
 /// Changes per push request.
 const PUSH_BATCH: usize = 256;
@@ -468,9 +469,9 @@ impl Inner {
         self.push_telling(&relay, &mut report, listener).await?;
         let mut cursor = self.store.relay_cursor()?;
         let mut wait = wait;
-        // Whether a page brought changes: what an earlier offer of this
-        // device's lost changes lacked may be among them.
-        let mut news = false;
+        // The documents pages brought changes to: what an earlier offer of
+        // this device's lost changes lacked may be among them.
+        let mut news: HashSet<String> = HashSet::new();
         loop {
             let secs = wait.take().map_or(0, |w| w.as_secs());
             let url = format!(
@@ -517,7 +518,7 @@ impl Inner {
                 // device offers again what the relay may have lost.
                 self.store.relay_restarted()?;
             }
-            news |= !reply.changes.is_empty();
+            news.extend(reply.changes.iter().map(|c| c.doc.clone()));
             if !reply.changes.is_empty() {
                 let changes: Vec<(String, Vec<u8>)> = reply
                     .changes
@@ -584,7 +585,7 @@ impl Inner {
             // building on it are queued again.
             let mut queued_again = false;
             if done && outcome.is_ok() {
-                match self.offer_again(&relay, &mut report, news).await {
+                match self.offer_again(&relay, &mut report, &news).await {
                     Ok(queued) => queued_again = queued,
                     Err(e) => outcome = Err(e),
                 }
@@ -690,22 +691,31 @@ impl Inner {
     /// Offer the relay again each marked document's own changes (it was
     /// restored from a backup, or refused a change for building on one it
     /// lacks): it stores what it lost, and answers the rest as duplicates.
-    /// A document some of whose changes still build on one the relay lacks
-    /// (another device's, until that device offers it again) is offered
-    /// again only in a round that pulled changes (`news`). Returns whether
-    /// outbox rows were queued again.
+    /// The team's document goes first: a task change may need what a lost
+    /// team change allowed. A document some of whose changes the relay
+    /// still refused (building on another device's lost change, until that
+    /// device offers it again; or needing a lost team change) is offered
+    /// again only in a round that pulled changes to it or to the team
+    /// (`news`). Returns whether outbox rows were queued again.
     async fn offer_again(
         &self,
         relay: &RelaySettings,
         report: &mut SyncReport,
-        news: bool,
+        news: &HashSet<String>,
     ) -> Result<bool> {
         let mut queued = false;
         for (doc, attempts) in self.store.to_offer_again()? {
-            if attempts > 0 && !news {
+            if attempts > 0 && !news.contains(&doc) && !news.contains(TEAM_DOC) {
                 continue;
             }
-            let batches = in_requests(&doc, self.store.own_changes(&doc)?);
+            let mut own = self.store.own_changes(&doc)?;
+            // One larger than the relay takes was refused when first pushed.
+            own.retain(|c| c.bytes.len() <= wire::MAX_CHANGE);
+            // What the relay acknowledged before (not what waits in the
+            // outbox), for the report.
+            let acknowledged: Vec<bool> = own.iter().map(|c| c.sent).collect();
+            let mut acknowledged = acknowledged.into_iter();
+            let batches = in_requests(&doc, own.into_iter().map(|c| c.bytes).collect());
             let mut complete = true;
             for batch in batches {
                 let sent = batch.len();
@@ -718,16 +728,15 @@ impl Inner {
                     ));
                 }
                 for verdict in reply.verdicts {
+                    let was_sent = acknowledged.next().unwrap_or(false);
                     match verdict {
-                        Verdict::Stored => report.offered_again += 1,
-                        Verdict::Refused {
-                            code: wire::RefusalCode::MissingDependencies,
-                            ..
-                        } => complete = false,
-                        // Refused for another reason: the relay's rules
-                        // now (the task moved on, a role changed); it was
-                        // acknowledged once, and stays in this document.
-                        Verdict::Duplicate | Verdict::Refused { .. } => {}
+                        Verdict::Stored if was_sent => report.offered_again += 1,
+                        Verdict::Stored | Verdict::Duplicate => {}
+                        // Refused now, though acknowledged once (or built
+                        // on what was): what it needs is lost too, until
+                        // another device, or the team's document, brings
+                        // it back.
+                        Verdict::Refused { .. } => complete = false,
                     }
                 }
             }
@@ -773,12 +782,11 @@ impl Inner {
     }
 }
 
-/// A document's changes, in order, in push requests that fit; one larger
-/// than the relay takes is left out (it was refused when first pushed).
+/// A document's changes, in order, in push requests that fit.
 fn in_requests(doc: &str, changes: Vec<Vec<u8>>) -> Vec<Vec<DocChange>> {
     let mut requests: Vec<Vec<DocChange>> = Vec::new();
     let mut bytes = 0;
-    for change in changes.into_iter().filter(|c| c.len() <= wire::MAX_CHANGE) {
+    for change in changes {
         let full = requests
             .last()
             .is_none_or(|r| r.len() == PUSH_BATCH || bytes + change.len() > PUSH_BYTES);

@@ -603,7 +603,15 @@ fn a_change_refused_for_what_it_builds_on_is_queued_again_once_after_its_documen
     // Offered: every change this device wrote to the task, in order.
     let own = s.own_changes(&doc).unwrap();
     assert!(own.len() >= 2, "the delegation and the comment");
-    assert_eq!(own.last(), Some(&comment.bytes));
+    assert_eq!(
+        own.last(),
+        Some(&store::OwnChange {
+            bytes: comment.bytes.clone(),
+            sent: false
+        }),
+        "still in the outbox: never acknowledged"
+    );
+    assert!(own[0].sent, "the delegation was");
     assert!(s.offered_again(&doc, true).unwrap(), "queued again");
     assert!(s.to_offer_again().unwrap().is_empty());
     assert_eq!(s.outbox(10).unwrap(), vec![comment.clone()]);

@@ -40,7 +40,10 @@ fn a_relay_restored_from_a_backup_gets_back_what_the_phones_had_sent() {
     copy_db(&relay.db(), &backup);
     relay.spawn();
 
-    // The next day's work, every change acknowledged by the relay.
+    // The next day's work, every change acknowledged by the relay; kim
+    // joins the front desk (the relay writes her device into the team).
+    let kim = Phone::enrolled(&relay, &relay.invite(&team, "kim", "front_desk"));
+    kim.sync();
     ana.store
         .log_call(&task, call(CallOutcome::NoAnswer))
         .unwrap();
@@ -60,6 +63,9 @@ fn a_relay_restored_from_a_backup_gets_back_what_the_phones_had_sent() {
     assert!(relay.terminate().success());
     copy_db(&backup, &relay.db());
     relay.spawn();
+    // lee joins: the relay writes her device into the team, where it had
+    // written kim's before it lost that change.
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
 
     // max hands over more work: a new task builds on nothing lost, and
     // goes. His round learns the relay was restored (his cursor is past
@@ -80,12 +86,21 @@ fn a_relay_restored_from_a_backup_gets_back_what_the_phones_had_sent() {
         .unwrap();
     let report = ana.sync();
     assert_eq!((report.refused, report.offered_again), (1, 2), "{report:?}");
+    // News of another task, more rounds of it than a document is offered
+    // again, does not use up ana's offers.
+    lee.sync();
+    for i in 0..=store::MAX_OFFERS {
+        lee.store.comment(&booking, &format!("note {i}")).unwrap();
+        lee.sync();
+        assert!(ana.sync().pulled > 0);
+    }
     // News for max: his comment goes now.
     let report = max.sync();
     assert_eq!(report.offered_again, 1, "{report:?}");
-    // News for ana: her document is offered again, and her call goes.
+    // News for ana: her document is offered again, and her call goes
+    // (not counted as lost: the relay never had it).
     let report = ana.sync();
-    assert_eq!(report.offered_again, 1, "{report:?}");
+    assert_eq!((report.pushed, report.offered_again), (1, 0), "{report:?}");
     assert!(ana.store.outbox(10).unwrap().is_empty());
     max.sync();
     // The feed has grown past where mia had pulled to, with entries she
@@ -100,20 +115,34 @@ fn a_relay_restored_from_a_backup_gets_back_what_the_phones_had_sent() {
     let detail = mia.store.task_detail(&task).unwrap();
     assert_eq!(detail.state.calls.len(), 2);
     assert_eq!(detail.state.comments.len(), 2);
-    assert_converged(&[&max, &ana, &mia]);
-    for phone in [&max, &ana, &mia] {
+    lee.sync();
+    // kim's enrolment was lost with the rest: the relay does not know her
+    // phone (she needs a new invite).
+    match kim.engine.sync_now() {
+        Err(Error::Relay { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (401, "invalid_token"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_converged(&[&max, &ana, &mia, &lee]);
+    for phone in [&max, &ana, &mia, &lee] {
         assert!(phone.store.needs_attention().unwrap().is_empty());
+        let team = phone.store.team().unwrap();
+        assert!(
+            team.devices.values().any(|d| d.user_id == "lee"),
+            "lee's device, as the restored relay wrote it"
+        );
     }
     // The relay itself has it all: a phone enrolled now reads the same.
-    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
-    lee.sync();
+    let noa = Phone::enrolled(&relay, &relay.invite(&team, "noa", "manager"));
+    noa.sync();
     assert_eq!(
-        lee.store.task_detail(&task).unwrap().state,
+        noa.store.task_detail(&task).unwrap().state,
         detail.state,
         "a new phone reads what the others do"
     );
     // Offered once: the next rounds move nothing.
-    for phone in [&max, &ana, &mia] {
+    for phone in [&max, &ana, &mia, &lee] {
         let report = phone.sync();
         assert_eq!((report.pushed, report.offered_again), (0, 0));
     }
