@@ -222,6 +222,9 @@ fn pipe(
                 }
                 _ => n,
             };
+            // Counted before it is passed on: once the phone has read a
+            // reply, its bytes are in the count.
+            count.fetch_add(n, Ordering::SeqCst);
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }
@@ -231,7 +234,6 @@ fn pipe(
                     (n as u64).saturating_mul(1_000_000) / rate as u64,
                 ));
             }
-            count.fetch_add(n, Ordering::SeqCst);
             sent += n;
         }
         let _ = to.shutdown(Shutdown::Write);
