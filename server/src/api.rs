@@ -372,11 +372,16 @@ async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<
         let team = team.clone();
         blocking(move || Ok(team.push(caller, changes))).await?
     };
-    let verdicts = receipt.await.map_err(|_| {
+    let pushed = receipt.await.map_err(|_| {
         team.writer_stopped();
         Error::Storage("the feed writer stopped".into())
     })??;
-    Ok(binary(&PushReply { verdicts }))
+    let (stored_at, stored_tag) = pushed.newest.unwrap_or((0, 0));
+    Ok(binary(&PushReply {
+        verdicts: pushed.verdicts,
+        stored_at,
+        stored_tag,
+    }))
 }
 
 async fn repair(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
@@ -396,11 +401,24 @@ async fn repair(State(app): State<App>, headers: HeaderMap, body: Body) -> Resul
     }))
 }
 
-/// A pull's query: the cursor with its tag (`at`), and how long to wait.
-fn pull_query(query: Option<&str>) -> Result<(u64, u32, Duration)> {
-    let mut cursor = 0;
-    let mut at = 0;
-    let mut wait = 0;
+/// A pull's query.
+struct PullQuery {
+    /// The cursor, and the tag the relay gave with it.
+    cursor: u64,
+    at: u32,
+    /// The newest entry a push of the device's stored, past the cursor
+    /// (the pull after that push did not finish), with its tag.
+    pushed: u64,
+    pushed_at: u32,
+    wait: Duration,
+}
+
+fn pull_query(query: Option<&str>) -> Result<PullQuery> {
+    let (mut cursor, mut at, mut pushed, mut pushed_at, mut wait) = (0, 0, 0, 0, 0);
+    let tag = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| Error::BadRequest("bad_query", "a tag is a 32-bit number".into()))
+    };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let number = || {
@@ -409,21 +427,25 @@ fn pull_query(query: Option<&str>) -> Result<(u64, u32, Duration)> {
         };
         match k {
             "cursor" => cursor = number()?,
-            "at" => {
-                at = v.parse::<u32>().map_err(|_| {
-                    Error::BadRequest("bad_query", "at must be a cursor's tag".into())
-                })?
-            }
+            "at" => at = tag(v)?,
+            "pushed" => pushed = number()?,
+            "pushed_at" => pushed_at = tag(v)?,
             "wait" => wait = number()?.min(MAX_WAIT_SECS),
             _ => {
                 return Err(Error::BadRequest(
                     "bad_query",
-                    "pull takes cursor, at and wait".into(),
+                    "pull takes cursor, at, pushed, pushed_at and wait".into(),
                 ))
             }
         }
     }
-    Ok((cursor, at, Duration::from_secs(wait)))
+    Ok(PullQuery {
+        cursor,
+        at,
+        pushed,
+        pushed_at,
+        wait: Duration::from_secs(wait),
+    })
 }
 
 async fn pull(
@@ -432,8 +454,9 @@ async fn pull(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let caller = caller(&app, &headers).await?;
-    let (mut cursor, at, wait) = pull_query(query.as_deref())?;
-    let deadline = tokio::time::Instant::now() + wait;
+    let query = pull_query(query.as_deref())?;
+    let mut cursor = query.cursor;
+    let deadline = tokio::time::Instant::now() + query.wait;
     let mut team = loaded_team(&app, &caller).await?;
     let mut shutdown = app.shutdown.clone();
     let mut waited = false;
@@ -448,10 +471,11 @@ async fn pull(
             if !st.is_active_member(&caller.user_id) {
                 return Err(Error::NotAMember);
             }
-            if !waited && !st.follows(cursor, at) {
-                // Not the feed the device followed (the relay was restored
-                // from a backup): start over, and say so; duplicates are
-                // harmless.
+            let pushed_here = query.pushed <= cursor || st.follows(query.pushed, query.pushed_at);
+            if !waited && (!st.follows(cursor, query.at) || !pushed_here) {
+                // Not the feed the device followed, or without what it
+                // pushed (the relay was restored from a backup): start
+                // over, and say so; duplicates are harmless.
                 cursor = 0;
                 restarted = true;
             }

@@ -32,7 +32,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::db::{Db, DeviceRow, FeedRow, InviteRow, RevocationStamp, TeamRow};
 use crate::error::{Error, Result};
-use crate::team_state::{refuse, Incoming, Replay, TeamState};
+use crate::team_state::{refuse, tag_of, Incoming, Replay, TeamState};
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -230,7 +230,15 @@ impl LoadedTeam {
 }
 
 /// Where a push's verdicts go.
-type Reply = oneshot::Sender<Result<Vec<Verdict>>>;
+type Reply = oneshot::Sender<Result<Pushed>>;
+
+/// How a push is answered: one verdict per change, and where the newest
+/// change it stored stands in the feed (its seq and tag), if it stored any.
+#[derive(Debug, Default)]
+pub struct Pushed {
+    pub verdicts: Vec<Verdict>,
+    pub newest: Option<(u64, u32)>,
+}
 
 /// One push being admitted.
 struct Push {
@@ -243,7 +251,7 @@ struct Push {
 enum Admitted {
     Batch {
         rows: Vec<(FeedRow, Arc<str>)>,
-        answers: Vec<(Reply, Vec<Verdict>)>,
+        answers: Vec<(Reply, Pushed)>,
         /// Older generations of redacted tasks, deleted once `rows` are in.
         retire: Vec<Arc<str>>,
     },
@@ -257,7 +265,7 @@ enum Admitted {
 }
 
 /// A push's answer, once the feed writer has taken it.
-pub type PushReceipt = oneshot::Receiver<Result<Vec<Verdict>>>;
+pub type PushReceipt = oneshot::Receiver<Result<Pushed>>;
 
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -305,6 +313,7 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
     let relay_actor = st.actor_key(&relay_actor);
     let actor = st.actor_key(&caller.actor);
     let mut verdicts = Vec::with_capacity(changes.len());
+    let mut newest = None;
     for change in changes {
         let hash = change.decoded.as_ref().ok().map(|(c, _)| c.hash());
         if hash.is_some_and(|h| lock(poisoned()).contains(&h)) {
@@ -334,11 +343,13 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
                     continue;
                 };
                 let row = st.next_row(change.doc, c);
+                newest = Some((row.seq, tag_of(&row.hash)));
                 rows.push((row, actor.clone()));
                 verdicts.push(Verdict::Stored);
                 for (doc, carried) in std::mem::take(&mut st.carry_over) {
                     st.admit_carry_over(&doc, &carried);
                     let row = st.next_row(doc, &carried);
+                    newest = Some((row.seq, tag_of(&row.hash)));
                     rows.push((row, relay_actor.clone()));
                 }
                 retire.append(&mut st.retiring);
@@ -349,7 +360,7 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
     }
     Admitted::Batch {
         rows,
-        answers: vec![(reply, verdicts)],
+        answers: vec![(reply, Pushed { verdicts, newest })],
         retire,
     }
 }
@@ -395,7 +406,7 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
                     failure.get_or_insert_with(|| {
                         "the relay could not take this team's changes; try again".to_owned()
                     });
-                    answers.extend(replies.into_iter().map(|r| (r, Vec::new())));
+                    answers.extend(replies.into_iter().map(|r| (r, Pushed::default())));
                 }
             }
         }
@@ -425,8 +436,8 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
                     st.uncommitted -= rows.len() as u64;
                     st.record(&rows);
                 }
-                for (reply, verdicts) in answers {
-                    let _ = reply.send(Ok(verdicts));
+                for (reply, pushed) in answers {
+                    let _ = reply.send(Ok(pushed));
                 }
                 if !retire.is_empty() {
                     if let Err(e) = retire_docs(db, team_id, &team, &retire) {

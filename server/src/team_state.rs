@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::relay::{sha256, Caller};
 
 /// A feed entry's tag: the first bytes of its change's hash, never 0.
-fn tag_of(hash: &[u8; 32]) -> u32 {
+pub(crate) fn tag_of(hash: &[u8; 32]) -> u32 {
     u32::from_le_bytes([hash[0], hash[1], hash[2], hash[3]]).max(1)
 }
 

@@ -73,6 +73,7 @@ impl Store {
         set_meta(&tx, "relay_token", token)?;
         set_meta(&tx, "relay_team", team)?;
         set_meta(&tx, "relay_cursor", "0")?;
+        set_meta(&tx, "relay_pushed", "0")?;
         set_meta(&tx, "user", user)?;
         tx.commit()?;
         db.st.user = Some(user.into());
@@ -113,6 +114,23 @@ impl Store {
         Ok(true)
     }
 
+    /// The newest feed entry a push of this device's stored (see
+    /// [`crate::sync::wire::PushReply::stored_at`]).
+    pub fn relay_pushed(&self) -> Result<FeedCursor> {
+        let db = self.lock();
+        Ok(FeedCursor::read(meta(&db.conn, "relay_pushed")?.as_deref()))
+    }
+
+    /// A push stored changes up to `at`: kept if newer than the last.
+    pub fn note_pushed(&self, at: FeedCursor) -> Result<()> {
+        let db = self.lock();
+        let kept = FeedCursor::read(meta(&db.conn, "relay_pushed")?.as_deref());
+        if at.seq > kept.seq {
+            set_meta(&db.conn, "relay_pushed", &at.written())?;
+        }
+        Ok(())
+    }
+
     /// The relay did not know this device's cursor: it was restored from a
     /// backup, and may have lost changes it had acknowledged, which this
     /// device took off its outbox. Every document this device holds is to
@@ -120,10 +138,15 @@ impl Store {
     /// lacks and answers the rest as duplicates. Returns how many.
     pub fn relay_restarted(&self) -> Result<usize> {
         let db = self.lock();
-        Ok(db.conn.execute(
+        let tx = db.conn.unchecked_transaction()?;
+        // What it pushed before is offered again, and stored anew.
+        set_meta(&tx, "relay_pushed", "0")?;
+        let marked = tx.execute(
             "INSERT OR IGNORE INTO offer_again (doc_id) SELECT doc_id FROM documents",
             [],
-        )?)
+        )?;
+        tx.commit()?;
+        Ok(marked)
     }
 
     /// The documents to offer the relay again, the team's first, each with

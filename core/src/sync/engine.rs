@@ -466,6 +466,10 @@ impl Inner {
     ) -> Result<SyncReport> {
         let relay = self.enrolment()?;
         let mut report = SyncReport::default();
+        // Stored by a push an earlier pull did not get past (that round
+        // failed after its push): read before this round pushes, whose own
+        // changes its pull gets past.
+        let pushed = self.store.relay_pushed()?;
         self.push_telling(&relay, &mut report, listener).await?;
         let mut cursor = self.store.relay_cursor()?;
         let mut wait = wait;
@@ -474,10 +478,14 @@ impl Inner {
         let mut news: HashSet<String> = HashSet::new();
         loop {
             let secs = wait.take().map_or(0, |w| w.as_secs());
-            let url = format!(
+            let mut url = format!(
                 "{}/v1/pull?cursor={}&at={}&wait={secs}",
                 relay.url, cursor.seq, cursor.tag
             );
+            // The relay checks it has it still.
+            if pushed.seq > cursor.seq {
+                url += &format!("&pushed={}&pushed_at={}", pushed.seq, pushed.tag);
+            }
             let request = self
                 .http
                 .get(url)
@@ -655,12 +663,7 @@ impl Inner {
                     })
                     .collect(),
             };
-            let reply: PushReply = self.post(relay, "/v1/push", &request).await?;
-            if reply.verdicts.len() != batch.len() {
-                return Err(Error::Offline(
-                    "the relay answered a different number of changes".into(),
-                ));
-            }
+            let reply = self.send_push(relay, &request).await?;
             let mut delivered = Vec::with_capacity(batch.len());
             let mut written_again = 0;
             for (change, verdict) in batch.iter().zip(reply.verdicts) {
@@ -718,15 +721,9 @@ impl Inner {
             let batches = in_requests(&doc, own.into_iter().map(|c| c.bytes).collect());
             let mut complete = true;
             for batch in batches {
-                let sent = batch.len();
-                let reply: PushReply = self
-                    .post(relay, "/v1/push", &PushRequest { changes: batch })
+                let reply = self
+                    .send_push(relay, &PushRequest { changes: batch })
                     .await?;
-                if reply.verdicts.len() != sent {
-                    return Err(Error::Offline(
-                        "the relay answered a different number of changes".into(),
-                    ));
-                }
                 for verdict in reply.verdicts {
                     let was_sent = acknowledged.next().unwrap_or(false);
                     match verdict {
@@ -743,6 +740,24 @@ impl Inner {
             queued |= self.store.offered_again(&doc, complete)?;
         }
         Ok(queued)
+    }
+
+    /// Push changes: one verdict each, and where the newest stored stands
+    /// in the feed, kept for the next pull to check.
+    async fn send_push(&self, relay: &RelaySettings, request: &PushRequest) -> Result<PushReply> {
+        let reply: PushReply = self.post(relay, "/v1/push", request).await?;
+        if reply.verdicts.len() != request.changes.len() {
+            return Err(Error::Offline(
+                "the relay answered a different number of changes".into(),
+            ));
+        }
+        if reply.stored_at > 0 {
+            self.store.note_pushed(FeedCursor {
+                seq: reply.stored_at,
+                tag: reply.stored_tag,
+            })?;
+        }
+        Ok(reply)
     }
 
     /// POST a binary body to the relay and decode its binary reply.

@@ -52,6 +52,12 @@ pub struct PushRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushReply {
     pub verdicts: Vec<Verdict>,
+    /// Where the newest change this push stored stands in the feed, and
+    /// its tag (0: it stored none). A phone whose pull has not yet passed
+    /// it names it in its next pull (`pushed`, `pushed_at`): a relay
+    /// restored from a backup taken before it lost the change.
+    pub stored_at: u64,
+    pub stored_tag: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +110,9 @@ impl RefusalCode {
 /// device may read. `cursor` in the reply is where to continue, and
 /// `cursor_tag` the `at` to send with it: it names the feed entry there, so
 /// that a relay restored from a backup (its entry at that seq another, or
-/// none) knows the device followed another feed. `restarted` says the relay
+/// none) knows the device followed another feed. A device whose push
+/// stored changes past its cursor adds `pushed=P&pushed_at=T`
+/// ([`PushReply::stored_at`]), checked the same way. `restarted` says the relay
 /// did not know the device's cursor and started it over from the feed's
 /// beginning: what the relay acknowledged of this device's may be lost
 /// (`Store::relay_restarted`). `more` says another page is ready now.

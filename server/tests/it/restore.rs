@@ -147,3 +147,49 @@ fn a_relay_restored_from_a_backup_gets_back_what_the_phones_had_sent() {
         assert_eq!((report.pushed, report.offered_again), (0, 0));
     }
 }
+
+/// A push the relay acknowledged after the backup, whose phone's pull then
+/// failed: the phone's cursor still stands before the backup's end, where
+/// the restored feed has the same entries. The phone names what its push
+/// stored in its next pull, learns the relay was restored, and offers its
+/// change again.
+#[test]
+fn a_push_acknowledged_after_the_backup_comes_back_though_its_pull_failed() {
+    let mut relay = Relay::start();
+    let proxy = crate::proxy::Proxy::to(&relay.url);
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
+    let task = hand_over(&max, &ana, "Call back about the referral", "ana");
+    // The bytes of a push's reply: a sync that pushes one change, less one
+    // that pushes nothing.
+    ana.sync();
+    proxy.take_counts();
+    ana.sync();
+    let (_, empty_pull) = proxy.take_counts();
+    ana.store.comment(&task, "calling at noon").unwrap();
+    assert_eq!(ana.sync().pushed, 1);
+    let (_, push_and_pull) = proxy.take_counts();
+    let push_reply = push_and_pull - empty_pull;
+
+    assert!(relay.terminate().success());
+    let backup = relay.dir.path().join("backup.db");
+    copy_db(&relay.db(), &backup);
+    relay.spawn();
+
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    // The push's reply comes through (a few bytes more or less: its seq
+    // and tag), the pull's does not.
+    proxy.cut_replies_after(push_reply + 8);
+    assert!(ana.engine.sync_now().is_err(), "the pull was cut");
+    assert!(ana.store.outbox(10).unwrap().is_empty(), "acknowledged");
+
+    assert!(relay.terminate().success());
+    copy_db(&backup, &relay.db());
+    relay.spawn();
+    let report = ana.sync();
+    assert_eq!(report.offered_again, 1, "{report:?}");
+    max.sync();
+    assert_eq!(max.store.task_detail(&task).unwrap().state.calls.len(), 1);
+    assert_converged(&[&max, &ana]);
+}
