@@ -37,7 +37,7 @@ pub struct App {
     pub enrol_guard: Arc<EnrolGuard>,
     /// How long a request body may pause between its pieces (see
     /// [`read_body`]).
-    pub body_pause: Duration,
+    pub read_pause: Duration,
 }
 
 /// Failed enrolments one address may make per minute before it is refused
@@ -207,8 +207,9 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    // Far too large: answer before reading. Slightly too large: read up to
-    // the limit, so that the client is done sending when the answer comes.
+    // Far too large: answer before reading. Less far: refused once the
+    // limit is passed (the client may still be sending; the connection is
+    // then closed after the answer).
     if declared.is_some_and(|n| n > 4 * limit) {
         return Err(Error::TooLarge(limit));
     }
@@ -327,7 +328,7 @@ async fn enrol(
         return Err(Error::TooManyAttempts);
     }
     let attempt = async {
-        let bytes = read_body(&headers, body, MAX_ENROL_BODY, app.body_pause).await?;
+        let bytes = read_body(&headers, body, MAX_ENROL_BODY, app.read_pause).await?;
         let request: EnrolRequest = serde_json::from_slice(&bytes).map_err(|_| {
             Error::BadRequest("bad_body", "expected {\"invite\", \"actor\"}".into())
         })?;
@@ -356,7 +357,7 @@ async fn enrol(
 
 async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
     caller(&app, &headers).await?;
-    let bytes = read_body(&headers, body, MAX_BODY, app.body_pause).await?;
+    let bytes = read_body(&headers, body, MAX_BODY, app.read_pause).await?;
     // Once more with the body in (a remembered token: a map lookup): a
     // device revoked while it sent a slow upload stores nothing of it.
     let caller = caller(&app, &headers).await?;
@@ -386,7 +387,7 @@ async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<
 
 async fn repair(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
     caller(&app, &headers).await?;
-    let bytes = read_body(&headers, body, MAX_BODY, app.body_pause).await?;
+    let bytes = read_body(&headers, body, MAX_BODY, app.read_pause).await?;
     // As for a push: a device revoked while it sent reads nothing.
     let caller = caller(&app, &headers).await?;
     team_of(&app, &caller).await?;

@@ -493,9 +493,12 @@ impl Db {
 
     /// Revoke a device (the admin command, beside a live relay or not).
     /// A relay serving this database remembers the tokens it has checked:
-    /// once the revocation is committed, a byte is appended to the
-    /// revocations file beside the database, and a relay that finds that
-    /// file changed ([`Db::revocation_stamp`]) checks every token again.
+    /// once the revocation is committed, the device's actor is appended to
+    /// the revocations file beside the database, and a relay that finds
+    /// that file changed ([`Db::revocation_stamp`]) checks every token
+    /// again. The file also outlives the database: a database restored
+    /// from a backup taken before the revocation has the device revoked
+    /// again when it is served ([`Db::revoke_again`]).
     pub fn revoke_device(&self, actor: &str, now: i64) -> Result<bool> {
         let n = self.write().execute(
             "UPDATE devices SET revoked_at = ?2 WHERE actor = ?1 AND revoked_at IS NULL",
@@ -506,7 +509,9 @@ impl Db {
                 .create(true)
                 .append(true)
                 .open(&self.revocations)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, b"r"));
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, format!("{actor}\n").as_bytes())
+                });
             if let Err(e) = noted {
                 return Err(Error::Storage(format!(
                     "the device is revoked, but a running relay could not be told at once \
@@ -515,6 +520,31 @@ impl Db {
             }
         }
         Ok(n == 1)
+    }
+
+    /// Revoke again every device the revocations file lists that the
+    /// database has as active: it was restored from a backup taken before
+    /// those revocations (a stolen phone must not come back with it).
+    /// Returns how many. Lines that name no device (a relay before this
+    /// one appended a byte per revocation) are passed over.
+    pub fn revoke_again(&self, now: i64) -> Result<usize> {
+        let listed = match std::fs::read(&self.revocations) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::Storage(format!("reading the revocations file: {e}"))),
+        };
+        let conn = self.write();
+        let tx = conn.unchecked_transaction()?;
+        let mut again = 0;
+        for actor in String::from_utf8_lossy(&listed).lines() {
+            again += tx
+                .prepare_cached(
+                    "UPDATE devices SET revoked_at = ?2 WHERE actor = ?1 AND revoked_at IS NULL",
+                )?
+                .execute(params![actor.trim(), now])?;
+        }
+        tx.commit()?;
+        Ok(again)
     }
 
     /// Changes whenever a revocation is noted beside the database (see

@@ -25,8 +25,9 @@ pub struct ServeConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Serve plain http on a non-loopback address (behind a TLS proxy).
     pub allow_plain_http: bool,
-    /// How long a request body may pause between its pieces.
-    pub body_pause: Duration,
+    /// How long a request's head may take to arrive (an idle connection
+    /// is closed after it), and its body may pause between pieces.
+    pub read_pause: Duration,
 }
 
 /// Serve until SIGINT/SIGTERM, then finish in-flight requests and return.
@@ -41,6 +42,14 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
         ));
     }
     let db = Db::open(&config.db_path)?;
+    let again = db.revoke_again(relay::now_ms())?;
+    if again > 0 {
+        tracing::warn!(
+            devices = again,
+            "revoked again: the revocations file lists them, the database did not \
+             (restored from a backup?)"
+        );
+    }
     db.checkpoint_in_background()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = api::App {
@@ -48,7 +57,7 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
         metrics: Arc::new(metrics::Metrics::default()),
         shutdown: stop_rx,
         enrol_guard: Arc::default(),
-        body_pause: config.body_pause,
+        read_pause: config.read_pause,
     };
     let db = app.relay.db.clone();
     every("checkpoint", Duration::from_millis(500), move || {
@@ -79,6 +88,12 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
         });
     }
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    // A request's head must arrive within `read_pause`, and a connection
+    // that waits for its next request is closed after it (hyper's header read
+    // timeout): neither a client that sends its head a byte at a time nor one
+    // that connects and sends nothing holds a connection (~23 KB of buffers)
+    // for as long as it likes. Phones let a connection rest at most 20 s
+    // before they stop reusing it, within the default 30 s.
     match &config.tls {
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -89,8 +104,13 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
                 })?;
             ready(addr);
             tracing::info!(%addr, "relay listening (https)");
-            axum_server::from_tcp_rustls(listener, tls)
-                .map_err(|e| Error::Storage(e.to_string()))?
+            let mut server = axum_server::from_tcp_rustls(listener, tls)
+                .map_err(|e| Error::Storage(e.to_string()))?;
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(config.read_pause);
+            server
                 .handle(handle)
                 .serve(service)
                 .await
@@ -99,8 +119,13 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
         None => {
             ready(addr);
             tracing::info!(%addr, "relay listening (http)");
-            axum_server::from_tcp(listener)
-                .map_err(|e| Error::Storage(e.to_string()))?
+            let mut server =
+                axum_server::from_tcp(listener).map_err(|e| Error::Storage(e.to_string()))?;
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(config.read_pause);
+            server
                 .handle(handle)
                 .serve(service)
                 .await

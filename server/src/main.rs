@@ -40,12 +40,13 @@ enum Command {
         /// Serve plain http on a public address (only behind a TLS proxy).
         #[arg(long)]
         allow_plain_http: bool,
-        /// Seconds a request body may pause between its pieces before the
-        /// relay gives up on it (408); the whole body must be in within
-        /// ten minutes.
-        #[arg(long, env = "HANDOFF_BODY_PAUSE_SECS", default_value_t = 30,
+        /// Seconds a request may take to arrive: its head must be in within
+        /// them (or the connection is closed; an idle connection too), and
+        /// its body may pause that long between pieces (then 408), and take
+        /// ten minutes in all.
+        #[arg(long, env = "HANDOFF_READ_PAUSE_SECS", default_value_t = 30,
               value_parser = clap::value_parser!(u64).range(1..=600))]
-        body_pause_secs: u64,
+        read_pause_secs: u64,
     },
     /// Create a team and print its id and the first admin's invite.
     CreateTeam {
@@ -137,14 +138,14 @@ fn run(cli: Cli) -> Result<(), String> {
             tls_cert,
             tls_key,
             allow_plain_http,
-            body_pause_secs,
+            read_pause_secs,
         } => {
             let config = ServeConfig {
                 db_path: cli.db,
                 bind,
                 tls: tls_cert.zip(tls_key),
                 allow_plain_http,
-                body_pause: std::time::Duration::from_secs(body_pause_secs),
+                read_pause: std::time::Duration::from_secs(read_pause_secs),
             };
             let scheme = if config.tls.is_some() {
                 "https"

@@ -354,7 +354,14 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
                 }
                 retire.append(&mut st.retiring);
             }
-            Ok(false) => verdicts.push(Verdict::Duplicate),
+            Ok(false) => {
+                verdicts.push(Verdict::Duplicate);
+                // Where it stands too: a phone whose first push of it was
+                // stored, but whose reply was lost, hears it now.
+                if let Some(at) = hash.and_then(|h| st.position_of(&change.doc, &h.0)) {
+                    newest = newest.max(Some(at));
+                }
+            }
             Err(v) => verdicts.push(v),
         }
     }

@@ -375,6 +375,20 @@ impl TeamState {
         tag == 0 || here == 0 || here == tag
     }
 
+    /// The seq and tag of a committed change of `doc` by its hash: its
+    /// document's entries searched newest first for its tag (4 bytes of
+    /// the hash; another of the same document sharing them is as good a
+    /// witness that the relay still has what it had).
+    pub fn position_of(&self, doc: &str, hash: &[u8; 32]) -> Option<(u64, u32)> {
+        let tag = tag_of(hash);
+        self.seqs_by_doc
+            .get(doc)?
+            .iter()
+            .rev()
+            .find(|&&seq| self.tag_at(seq) == tag)
+            .map(|&seq| (seq, tag))
+    }
+
     /// Whether `actor` wrote an entry of the feed (the relay's actors of
     /// earlier loads among them).
     pub fn has_written(&self, actor: &str) -> bool {

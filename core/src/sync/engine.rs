@@ -158,7 +158,10 @@ impl SyncEngine {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Within the relay's 30 s for a connection's next request
+            // (`--read-pause-secs`): a connection it may be closing is not
+            // reused.
+            .pool_idle_timeout(Duration::from_secs(20))
             // A redirect could send a push's patient data elsewhere, or
             // over plain http: the relay's address is the one enrolled.
             .redirect(reqwest::redirect::Policy::none())
@@ -469,13 +472,14 @@ impl Inner {
         // Stored by a push an earlier pull did not get past (that round
         // failed after its push): read before this round pushes, whose own
         // changes its pull gets past.
-        let pushed = self.store.relay_pushed()?;
+        let mut pushed = self.store.relay_pushed()?;
         self.push_telling(&relay, &mut report, listener).await?;
         let mut cursor = self.store.relay_cursor()?;
         let mut wait = wait;
         // The documents pages brought changes to: what an earlier offer of
         // this device's lost changes lacked may be among them.
         let mut news: HashSet<String> = HashSet::new();
+        let mut started_over = false;
         loop {
             let secs = wait.take().map_or(0, |w| w.as_secs());
             let mut url = format!(
@@ -521,10 +525,21 @@ impl Inner {
             // A failure after the page was applied still tells what it
             // changed, then ends the round.
             let mut outcome = Ok(());
+            if reply.restarted && started_over {
+                // Not twice in one round: the relay would start it over
+                // page after page.
+                return Err(Error::Offline(
+                    "the relay started this device's pull over twice".into(),
+                ));
+            }
             if reply.restarted {
+                started_over = true;
                 // Restored from a backup: the pull starts over, and this
-                // device offers again what the relay may have lost.
+                // device offers again what the relay may have lost (what
+                // it pushed included: the next pages do not name that, or
+                // the relay would start them over again, page after page).
                 self.store.relay_restarted()?;
+                pushed = FeedCursor::default();
             }
             news.extend(reply.changes.iter().map(|c| c.doc.clone()));
             if !reply.changes.is_empty() {

@@ -435,13 +435,13 @@ fn raw_push(
 }
 
 /// A body that stops arriving is given up once it has paused longer than
-/// the relay allows (`--body-pause-secs`): 408 `body_timeout` with a JSON
+/// the relay allows (`--read-pause-secs`): 408 `body_timeout` with a JSON
 /// body, nothing stored, the connection let go. A slow body that keeps
 /// coming is not: only a pause counts, not the time the body takes.
 #[test]
 fn a_body_that_stops_arriving_is_given_up_and_a_slow_one_is_not() {
     use std::io::Write;
-    let relay = Relay::start_with(&["--body-pause-secs", "1"]);
+    let relay = Relay::start_with(&["--read-pause-secs", "1"]);
     let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = hand_over(&max, &ana, "Call back", "ana");
     ana.store
@@ -472,4 +472,43 @@ fn a_body_that_stops_arriving_is_given_up_and_a_slow_one_is_not() {
     assert!(slow.starts_with("HTTP/1.1 200"), "{slow}");
     assert_eq!(feed_length(&rt, &relay.url), before + 1);
     assert_eq!(ana.sync().pushed, 1, "the phone's own push is a duplicate");
+}
+
+/// A connection whose request head does not arrive in time is closed: a
+/// client sending it a byte at a time holds it no longer than the relay
+/// allows (`--read-pause-secs`); the relay goes on serving.
+#[test]
+fn a_connection_whose_request_head_does_not_arrive_is_closed() {
+    use std::io::{Read, Write};
+    let relay = Relay::start_with(&["--read-pause-secs", "1"]);
+    let addr = relay.url.trim_start_matches("http://").to_owned();
+    let closed_within = |conn: &mut std::net::TcpStream| {
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        // EOF (or a reset): the relay let go of it.
+        let gone = match conn.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(gone, "the connection is still open after 15 s");
+        started.elapsed()
+    };
+    let mut trickling = std::net::TcpStream::connect(&addr).unwrap();
+    let trickle = {
+        let mut conn = trickling.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for b in b"GET /health HTTP/1.1\r\nhost: relay\r\nx-slow: " {
+                if conn.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        })
+    };
+    assert!(closed_within(&mut trickling) < std::time::Duration::from_secs(10));
+    trickle.join().unwrap();
+    let (rt, _) = http();
+    assert_eq!(feed_length(&rt, &relay.url), feed_length(&rt, &relay.url));
 }

@@ -159,6 +159,11 @@ fn a_push_acknowledged_after_the_backup_comes_back_though_its_pull_failed() {
     let proxy = crate::proxy::Proxy::to(&relay.url);
     let (max, ana) = manager_and_proxied(&relay, &proxy.url);
     let task = hand_over(&max, &ana, "Call back about the referral", "ana");
+    // More than a pull page: starting over takes ana several pages.
+    for i in 0..=handoff_server::team_state::PAGE_CHANGES {
+        max.store.comment(&task, &format!("note {i}")).unwrap();
+    }
+    max.sync();
     // The bytes of a push's reply: a sync that pushes one change, less one
     // that pushes nothing.
     ana.sync();
@@ -192,4 +197,69 @@ fn a_push_acknowledged_after_the_backup_comes_back_though_its_pull_failed() {
     max.sync();
     assert_eq!(max.store.task_detail(&task).unwrap().state.calls.len(), 1);
     assert_converged(&[&max, &ana]);
+}
+
+/// A device revoked after the backup stays revoked once the backup is
+/// restored: the revocations file beside the database outlives it, and
+/// the relay revokes again every device it lists when it starts.
+#[test]
+fn a_device_revoked_after_the_backup_stays_revoked_after_the_restore() {
+    let mut relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call back about the referral", "ana");
+
+    assert!(relay.terminate().success());
+    let backup = relay.dir.path().join("backup.db");
+    copy_db(&relay.db(), &backup);
+    relay.spawn();
+    // ana's phone is lost; she is revoked before it syncs again.
+    relay.admin(&["revoke", "--device", &ana.store.device_actor()]);
+
+    assert!(relay.terminate().success());
+    copy_db(&backup, &relay.db());
+    relay.spawn();
+    assert!(matches!(ana.engine.sync_now(), Err(Error::DeviceRevoked)));
+    assert!(ana.store.was_wiped().unwrap());
+    // The team's document lists her device as revoked, for every phone.
+    eventually(10, "max hears of the revocation", || {
+        max.sync();
+        let team = max.store.team().unwrap();
+        team.devices
+            .values()
+            .any(|d| d.user_id == "ana" && d.revoked)
+    });
+    assert!(max.store.task_detail(&task).is_ok());
+}
+
+/// A push answered `Duplicate` (its first answer was lost) still says where
+/// the change stands, as the first answer did: the phone's next pull names
+/// it, as it would have.
+#[test]
+fn a_duplicate_is_answered_with_where_the_change_stands() {
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call back about the referral", "ana");
+    ana.store
+        .log_call(&task, call(CallOutcome::NoAnswer))
+        .unwrap();
+    let change = ana.store.outbox(10).unwrap().remove(0);
+    let push = RawPush::to(&relay);
+    let token = ana.settings().token;
+    let answer = || {
+        let (status, body) = push.send(
+            &token,
+            vec![doc_change(&change.doc_id, change.bytes.clone())],
+        );
+        assert_eq!(status, 200);
+        sync::wire::decode::<sync::wire::PushReply>(&body).unwrap()
+    };
+    let first = answer();
+    assert_eq!(first.verdicts, vec![sync::wire::Verdict::Stored]);
+    assert!(first.stored_at > 0);
+    let again = answer();
+    assert_eq!(again.verdicts, vec![sync::wire::Verdict::Duplicate]);
+    assert_eq!(
+        (again.stored_at, again.stored_tag),
+        (first.stored_at, first.stored_tag)
+    );
 }
