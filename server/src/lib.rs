@@ -88,12 +88,14 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
         });
     }
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    // A request's head must arrive within `read_pause`, and a connection
-    // that waits for its next request is closed after it (hyper's header read
-    // timeout): neither a client that sends its head a byte at a time nor one
-    // that connects and sends nothing holds a connection (~23 KB of buffers)
-    // for as long as it likes. Phones let a connection rest at most 20 s
-    // before they stop reusing it, within the default 30 s.
+    // A connection's first request must be in within `read_pause` (its
+    // head: the body has its own limits, `api::read_body`), whichever HTTP
+    // it speaks; on HTTP/1 every later request's head too, and a connection
+    // that waits that long for its next request is closed (hyper's header
+    // read timeout). Neither a client that sends its head a byte at a time
+    // nor one that connects and sends nothing holds a connection (~23 KB
+    // of buffers) for as long as it likes. Phones let a connection rest at
+    // most 20 s before they stop reusing it, within the default 30 s.
     match &config.tls {
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -111,6 +113,7 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
                 .http1()
                 .header_read_timeout(config.read_pause);
             server
+                .first_request_timeout(config.read_pause)
                 .handle(handle)
                 .serve(service)
                 .await
@@ -126,6 +129,7 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
                 .http1()
                 .header_read_timeout(config.read_pause);
             server
+                .first_request_timeout(config.read_pause)
                 .handle(handle)
                 .serve(service)
                 .await
