@@ -216,6 +216,18 @@ impl LoadedTeam {
     /// the next push is admitted (enrolment writes the feed itself). Not
     /// on a state that is ahead of its database: then the caller is told
     /// to try again, on the reloaded team.
+    /// Wait until the writer has committed (or refused) everything
+    /// admitted before now. A failed team's writer may still be committing
+    /// pushes admitted before the failure: its reload waits for that, or it
+    /// would read the feed without those rows and give their seqs again.
+    fn drain(&self) {
+        let (done, drained) = mpsc::sync_channel(1);
+        if lock(&self.door).send(Admitted::Flush(done)).is_ok() {
+            // Gone: the writer stopped, and commits nothing more.
+            let _ = drained.recv();
+        }
+    }
+
     fn alone<T>(&self, work: impl FnOnce(&LoadedTeam) -> T) -> Result<T> {
         let stopped = || Error::Storage("the feed writer stopped".into());
         let door = lock(&self.door);
@@ -532,6 +544,10 @@ impl Relay {
             .db
             .read(|c| Db::team(c, team_id))?
             .ok_or(Error::NotFound("no such team"))?;
+        let failed = lock(&self.teams).get(team_id).cloned();
+        if let Some(failed) = failed {
+            failed.drain();
+        }
         let state = load_team(&self.db, &row)?;
         let mut teams = lock(&self.teams);
         if let Some(t) = teams
