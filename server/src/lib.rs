@@ -96,46 +96,42 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
     // nor one that connects and sends nothing holds a connection (~23 KB
     // of buffers) for as long as it likes. Phones let a connection rest at
     // most 20 s before they stop reusing it, within the default 30 s.
-    match &config.tls {
+    let tls = match &config.tls {
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(|e| {
-                    Error::Storage(format!("cannot read the TLS certificate or key: {e}"))
-                })?;
-            ready(addr);
+            Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .map_err(|e| {
+                        Error::Storage(format!("cannot read the TLS certificate or key: {e}"))
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let mut server = axum_server::from_tcp(listener).map_err(|e| Error::Storage(e.to_string()))?;
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(config.read_pause);
+    let server = server
+        .first_request_timeout(config.read_pause)
+        .handle(handle);
+    ready(addr);
+    match tls {
+        Some(tls) => {
             tracing::info!(%addr, "relay listening (https)");
-            let mut server = axum_server::from_tcp_rustls(listener, tls)
-                .map_err(|e| Error::Storage(e.to_string()))?;
             server
-                .http_builder()
-                .http1()
-                .header_read_timeout(config.read_pause);
-            server
-                .first_request_timeout(config.read_pause)
-                .handle(handle)
+                .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls))
                 .serve(service)
                 .await
-                .map_err(|e| Error::Storage(e.to_string()))?;
         }
         None => {
-            ready(addr);
             tracing::info!(%addr, "relay listening (http)");
-            let mut server =
-                axum_server::from_tcp(listener).map_err(|e| Error::Storage(e.to_string()))?;
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(config.read_pause);
-            server
-                .first_request_timeout(config.read_pause)
-                .handle(handle)
-                .serve(service)
-                .await
-                .map_err(|e| Error::Storage(e.to_string()))?;
+            server.serve(service).await
         }
     }
+    .map_err(|e| Error::Storage(e.to_string()))?;
     // Requests are finished: fold the WAL into the database file and empty
     // it, so no page of a deleted row outlives the relay in it.
     db.checkpoint_truncate()?;

@@ -16,6 +16,20 @@ pub const COMPACT_AFTER: i64 = 32;
 
 pub const TEAM_DOC: &str = "team";
 
+/// A document from the cache, or else from the database (`None`: the
+/// store does not have it). Give it back with [`DocCache::put`].
+pub(crate) fn take_or_load(
+    cache: &mut DocCache,
+    conn: &Connection,
+    doc_id: &str,
+    actor: &ActorId,
+) -> Result<Option<AutoCommit>> {
+    match cache.take(doc_id) {
+        Some(doc) => Ok(Some(doc)),
+        None => load(conn, doc_id, actor),
+    }
+}
+
 pub(crate) fn load(conn: &Connection, doc_id: &str, actor: &ActorId) -> Result<Option<AutoCommit>> {
     let snapshot: Option<Option<Vec<u8>>> = conn
         .prepare_cached(

@@ -166,12 +166,8 @@ impl Store {
     pub fn own_changes(&self, doc_id: &str) -> Result<Vec<OwnChange>> {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
-        let mut doc = match st.docs.take(doc_id) {
-            Some(d) => d,
-            None => match docs::load(conn, doc_id, &st.actor)? {
-                Some(d) => d,
-                None => return Ok(Vec::new()),
-            },
+        let Some(mut doc) = docs::take_or_load(&mut st.docs, conn, doc_id, &st.actor)? else {
+            return Ok(Vec::new());
         };
         let queued: HashSet<Vec<u8>> = conn
             .prepare_cached("SELECT hash FROM outbox WHERE doc_id = ?1")?
@@ -227,12 +223,8 @@ impl Store {
     pub fn doc_heads(&self, doc_id: &str) -> Result<Vec<[u8; 32]>> {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
-        let mut doc = match st.docs.take(doc_id) {
-            Some(d) => d,
-            None => match docs::load(conn, doc_id, &st.actor)? {
-                Some(d) => d,
-                None => return Ok(Vec::new()),
-            },
+        let Some(mut doc) = docs::take_or_load(&mut st.docs, conn, doc_id, &st.actor)? else {
+            return Ok(Vec::new());
         };
         let heads = doc.get_heads().iter().map(|h| h.0).collect();
         st.docs.put(doc_id, doc);

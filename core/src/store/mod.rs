@@ -958,10 +958,7 @@ impl Store {
         // change set aside before: then it never applied, and stays out.
         let in_document = match Change::from_bytes(bytes.clone()) {
             Ok(change) => {
-                let mut doc = match st.docs.take(&doc_id) {
-                    Some(d) => Some(d),
-                    None => docs::load(conn, &doc_id, &st.actor)?,
-                };
+                let mut doc = docs::take_or_load(&mut st.docs, conn, &doc_id, &st.actor)?;
                 let has = doc
                     .as_mut()
                     .is_some_and(|d| d.get_change_by_hash(&change.hash()).is_some());
