@@ -187,12 +187,13 @@ const MAX_ENROL_BODY: usize = 4 * 1024;
 /// are admitted on a blocking thread (admission takes tens of µs a change).
 const INLINE_ADMISSION: usize = 16;
 
-/// The longest a request body may take to arrive: a phone pushes at most
-/// 4 MB, ~7 minutes over a poor 2G uplink (10 KB/s).
+/// The longest a push or repair body may take to arrive: a phone pushes at
+/// most 4 MB, ~7 minutes over a poor 2G uplink (10 KB/s). An enrolment's
+/// (4 KB, from anyone) gets one pause in all.
 const BODY_TIME: Duration = Duration::from_secs(600);
 
 /// Read a request body of at most `limit` bytes. It may pause at most
-/// `pause` between its pieces, and take [`BODY_TIME`] in all (408
+/// `pause` between its pieces, and take `total` in all (408
 /// `body_timeout`): a client that sends a byte now and then holds its
 /// connection, and what it sent, that long at most, not as long as it
 /// likes.
@@ -201,6 +202,7 @@ async fn read_body(
     mut body: Body,
     limit: usize,
     pause: Duration,
+    total: Duration,
 ) -> Result<Bytes> {
     use axum::body::HttpBody;
     let declared = headers
@@ -213,7 +215,7 @@ async fn read_body(
     if declared.is_some_and(|n| n > 4 * limit) {
         return Err(Error::TooLarge(limit));
     }
-    let deadline = tokio::time::Instant::now() + BODY_TIME;
+    let deadline = tokio::time::Instant::now() + total;
     let mut pieces: Vec<Bytes> = Vec::new();
     let mut read = 0;
     loop {
@@ -328,7 +330,14 @@ async fn enrol(
         return Err(Error::TooManyAttempts);
     }
     let attempt = async {
-        let bytes = read_body(&headers, body, MAX_ENROL_BODY, app.read_pause).await?;
+        let bytes = read_body(
+            &headers,
+            body,
+            MAX_ENROL_BODY,
+            app.read_pause,
+            app.read_pause,
+        )
+        .await?;
         let request: EnrolRequest = serde_json::from_slice(&bytes).map_err(|_| {
             Error::BadRequest("bad_body", "expected {\"invite\", \"actor\"}".into())
         })?;
@@ -357,7 +366,7 @@ async fn enrol(
 
 async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
     caller(&app, &headers).await?;
-    let bytes = read_body(&headers, body, MAX_BODY, app.read_pause).await?;
+    let bytes = read_body(&headers, body, MAX_BODY, app.read_pause, BODY_TIME).await?;
     // Once more with the body in (a remembered token: a map lookup): a
     // device revoked while it sent a slow upload stores nothing of it.
     let caller = caller(&app, &headers).await?;
@@ -387,7 +396,7 @@ async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<
 
 async fn repair(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
     caller(&app, &headers).await?;
-    let bytes = read_body(&headers, body, MAX_BODY, app.read_pause).await?;
+    let bytes = read_body(&headers, body, MAX_BODY, app.read_pause, BODY_TIME).await?;
     // As for a push: a device revoked while it sent reads nothing.
     let caller = caller(&app, &headers).await?;
     team_of(&app, &caller).await?;

@@ -514,3 +514,58 @@ fn a_connection_whose_request_head_does_not_arrive_is_closed() {
     let (rt, _) = http();
     assert_eq!(feed_length(&rt, &relay.url), feed_length(&rt, &relay.url));
 }
+
+/// An enrolment (from anyone, before any token) gets one pause in all for
+/// its body, not a push's ten minutes: trickled within the pause but for
+/// longer than it, it is given up (408), and the invite is still good.
+#[test]
+fn an_enrolment_body_trickled_past_the_pause_is_given_up() {
+    use std::io::{Read, Write};
+    let relay = Relay::start_with(&["--read-pause-secs", "1"]);
+    let (team, _) = relay.create_team("Clinic", "max");
+    let invite = relay.invite(&team, "ana", "clinical_assistant");
+    let body = format!(
+        "{{\"invite\": \"{invite}\", \"actor\": \"{}\"}}",
+        "ab".repeat(16)
+    );
+    let addr = relay.url.trim_start_matches("http://").to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /v1/enrol HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // A byte every 400 ms, the whole body (~30 s) unless the relay gives
+    // up first: within the pause, past it in all.
+    let trickle = {
+        let mut conn = conn.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for b in body.bytes() {
+                if conn.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(400));
+            }
+        })
+    };
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    // What the relay sent before it closed (a reset may follow).
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+    trickle.join().unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("\"code\":\"body_timeout\""), "{reply}");
+    // Nothing was taken: the invite still enrols a phone.
+    Phone::enrolled(&relay, &invite);
+}
