@@ -5,6 +5,8 @@
 //! off with jitter while the relay is unreachable.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +23,20 @@ use crate::store::{FeedCursor, RelaySettings, Store, TEAM_DOC};
 const PUSH_BATCH: usize = 256;
 /// Change bytes per push request: well inside the relay's body limit.
 const PUSH_BYTES: usize = wire::MAX_BODY / 2;
+/// The least a push may carry once pushes failed on the way (a link that
+/// drops every connection after so many seconds or bytes): each failure
+/// halves what the next push carries, down to this (or one change), and
+/// each success doubles it again up to [`PUSH_BYTES`].
+const MIN_PUSH_BYTES: usize = 16 * 1024;
+/// A push is given up when its body goes up slower than this, in bytes a
+/// second (a weak signal), on top of [`REPLY_WAIT`]: a big batch may take
+/// minutes, and a fixed limit would give it up every time, for good.
+const UPLINK_FLOOR: u64 = 8 * 1024;
+/// How long the relay may take to answer a request once it is in.
+const REPLY_WAIT: Duration = Duration::from_secs(60);
+/// A reply given up when nothing of it arrives for this long. Its whole
+/// length may take minutes on a weak signal: a page of a long history.
+const STALL: Duration = Duration::from_secs(30);
 /// The largest reply read from the relay (a repair of a long task's whole
 /// history can be large); anything longer is a faulty relay.
 const MAX_REPLY: usize = 8 * wire::MAX_BODY;
@@ -122,6 +138,9 @@ struct Inner {
     /// once (pull-to-refresh during live sync) then never answer for the
     /// same outbox together, and nothing pulled is written after a wipe.
     exchange: tokio::sync::Mutex<()>,
+    /// Change bytes the next push may carry: halved by each push that
+    /// failed on the way, doubled by each that went through.
+    push_bytes: AtomicUsize,
 }
 
 /// Live sync runs until this is dropped or stopped.
@@ -185,6 +204,7 @@ impl SyncEngine {
                 wake: Notify::new(),
                 live: Mutex::new(None),
                 exchange: tokio::sync::Mutex::new(()),
+                push_bytes: AtomicUsize::new(PUSH_BYTES),
             }),
             runtime: Some(runtime),
         })
@@ -490,12 +510,11 @@ impl Inner {
             if pushed.seq > cursor.seq {
                 url += &format!("&pushed={}&pushed_at={}", pushed.seq, pushed.tag);
             }
-            let request = self
-                .http
-                .get(url)
-                .bearer_auth(&relay.token)
-                .timeout(Duration::from_secs(secs + 30))
-                .send();
+            let request = within(
+                // The relay holds the head back for the wait only.
+                Duration::from_secs(secs + 30),
+                self.http.get(url).bearer_auth(&relay.token).send(),
+            );
             let response = match wake.filter(|_| secs > 0) {
                 Some(wake) => tokio::select! {
                     r = request => r,
@@ -505,8 +524,7 @@ impl Inner {
                     }
                 },
                 None => request.await,
-            }
-            .map_err(offline)?;
+            }?;
             let feed_length = response
                 .headers()
                 .get(wire::FEED_LENGTH_HEADER)
@@ -647,14 +665,22 @@ impl Inner {
             let mut more = batch.len() == PUSH_BATCH;
             // What fits one request; a change that fits none (the relay
             // takes at most MAX_CHANGE) is refused here, not sent forever.
+            let budget = self.push_bytes.load(Ordering::Relaxed);
             let mut bytes = 0;
             let fits = batch
                 .iter()
                 .position(|c| {
                     bytes += c.bytes.len();
-                    bytes > PUSH_BYTES
+                    bytes > budget
                 })
                 .unwrap_or(batch.len());
+            // Over the budget a failure left, not over what the relay
+            // takes: sent alone.
+            let fits = if fits == 0 && batch[0].bytes.len() <= PUSH_BYTES {
+                1
+            } else {
+                fits
+            };
             if fits == 0 {
                 let too_large = batch.swap_remove(0);
                 self.store.outbox_refused(
@@ -733,7 +759,11 @@ impl Inner {
             // outbox), for the report.
             let acknowledged: Vec<bool> = own.iter().map(|c| c.sent).collect();
             let mut acknowledged = acknowledged.into_iter();
-            let batches = in_requests(&doc, own.into_iter().map(|c| c.bytes).collect());
+            let batches = in_requests(
+                &doc,
+                own.into_iter().map(|c| c.bytes).collect(),
+                self.push_bytes.load(Ordering::Relaxed),
+            );
             let mut complete = true;
             for batch in batches {
                 let reply = self
@@ -760,7 +790,19 @@ impl Inner {
     /// Push changes: one verdict each, and where the newest stored stands
     /// in the feed, kept for the next pull to check.
     async fn send_push(&self, relay: &RelaySettings, request: &PushRequest) -> Result<PushReply> {
-        let reply: PushReply = self.post(relay, "/v1/push", request).await?;
+        let sent = self.post(relay, "/v1/push", request).await;
+        let budget = &self.push_bytes;
+        let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+            Some(match &sent {
+                Ok(_) => b.saturating_mul(2).min(PUSH_BYTES),
+                // Lost on the way (not the relay's word on it): the next
+                // push carries half, which a link that drops long
+                // transfers may carry through.
+                Err(Error::Offline(_)) => (b / 2).max(MIN_PUSH_BYTES),
+                Err(_) => b,
+            })
+        });
+        let reply: PushReply = sent?;
         if reply.verdicts.len() != request.changes.len() {
             return Err(Error::Offline(
                 "the relay answered a different number of changes".into(),
@@ -782,16 +824,18 @@ impl Inner {
         path: &str,
         body: &impl serde::Serialize,
     ) -> Result<T> {
-        let response = self
+        let body = wire::encode(body);
+        // However slow the signal, a body that keeps going up at the
+        // floor's pace is not given up.
+        let going_up = Duration::from_secs(body.len() as u64 / UPLINK_FLOOR);
+        let request = self
             .http
             .post(format!("{}{path}", relay.url))
             .bearer_auth(&relay.token)
             .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
-            .body(wire::encode(body))
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(offline)?;
+            .body(body)
+            .send();
+        let response = within(going_up + REPLY_WAIT, request).await?;
         decode(&check(response).await?)
     }
 
@@ -812,14 +856,15 @@ impl Inner {
     }
 }
 
-/// A document's changes, in order, in push requests that fit.
-fn in_requests(doc: &str, changes: Vec<Vec<u8>>) -> Vec<Vec<DocChange>> {
+/// A document's changes, in order, in push requests of at most `budget`
+/// change bytes (or one change).
+fn in_requests(doc: &str, changes: Vec<Vec<u8>>, budget: usize) -> Vec<Vec<DocChange>> {
     let mut requests: Vec<Vec<DocChange>> = Vec::new();
     let mut bytes = 0;
     for change in changes {
-        let full = requests
-            .last()
-            .is_none_or(|r| r.len() == PUSH_BATCH || bytes + change.len() > PUSH_BYTES);
+        let full = requests.last().is_none_or(|r| {
+            r.len() == PUSH_BATCH || (!r.is_empty() && bytes + change.len() > budget)
+        });
         if full {
             requests.push(Vec::new());
             bytes = 0;
@@ -849,11 +894,27 @@ fn offline(e: reqwest::Error) -> Error {
     )
 }
 
-/// The body of a 2xx reply, or the relay's error.
+/// A request's reply head within `limit`.
+async fn within(
+    limit: Duration,
+    request: impl Future<Output = reqwest::Result<reqwest::Response>>,
+) -> Result<reqwest::Response> {
+    tokio::time::timeout(limit, request)
+        .await
+        .map_err(|_| Error::Offline("the relay did not answer in time".into()))?
+        .map_err(offline)
+}
+
+/// The body of a 2xx reply, or the relay's error. A body is read for as
+/// long as it keeps coming: only one that stops for [`STALL`] is given up.
 async fn check(mut response: reqwest::Response) -> Result<Vec<u8>> {
     let status = response.status();
     let mut bytes = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(offline)? {
+    while let Some(chunk) = tokio::time::timeout(STALL, response.chunk())
+        .await
+        .map_err(|_| Error::Offline("the relay's reply stopped arriving".into()))?
+        .map_err(offline)?
+    {
         if bytes.len() + chunk.len() > MAX_REPLY {
             return Err(Error::Offline("the relay sent an oversized reply".into()));
         }

@@ -27,6 +27,11 @@ pub struct Proxy {
     replies_left: Budget,
     /// Bytes a second the phone's side may send (0: as fast as it can).
     upload_rate: Arc<AtomicUsize>,
+    /// Bytes a second the relay's side may send (0: as fast as it can).
+    download_rate: Arc<AtomicUsize>,
+    /// Bytes from the phone after which every new connection with no cut
+    /// planned is cut (0: none).
+    uploads_cut_at: Arc<AtomicUsize>,
     /// The phone's side of every connection so far.
     open: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
@@ -46,12 +51,16 @@ impl Proxy {
         let down: Arc<AtomicUsize> = Arc::default();
         let replies_left = Budget::default();
         let upload_rate: Arc<AtomicUsize> = Arc::default();
+        let download_rate: Arc<AtomicUsize> = Arc::default();
+        let uploads_cut_at: Arc<AtomicUsize> = Arc::default();
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         {
             let open = open.clone();
             let plan = plan.clone();
             let replies_left = replies_left.clone();
             let upload_rate = upload_rate.clone();
+            let download_rate = download_rate.clone();
+            let uploads_cut_at = uploads_cut_at.clone();
             let stop = stop.clone();
             let (up, down) = (up.clone(), down.clone());
             thread::spawn(move || {
@@ -77,7 +86,10 @@ impl Proxy {
                             thread::spawn(move || gateway_page(client));
                             continue;
                         }
-                        None => (None, None),
+                        None => match uploads_cut_at.load(Ordering::SeqCst) {
+                            0 => (None, None),
+                            n => (Some(n), None),
+                        },
                     };
                     pipe(
                         client.try_clone().unwrap(),
@@ -92,7 +104,7 @@ impl Proxy {
                         client,
                         resp_limit,
                         replies_left.clone(),
-                        Arc::default(),
+                        download_rate.clone(),
                         down.clone(),
                     );
                 }
@@ -103,6 +115,8 @@ impl Proxy {
             plan,
             replies_left,
             upload_rate,
+            download_rate,
+            uploads_cut_at,
             open,
             stop,
             up,
@@ -134,6 +148,17 @@ impl Proxy {
     /// Carry what phones send at most `bytes_per_sec` (a slow uplink).
     pub fn slow_uploads(&self, bytes_per_sec: usize) {
         self.upload_rate.store(bytes_per_sec, Ordering::SeqCst);
+    }
+
+    /// Carry what the relay sends at most `bytes_per_sec` (a weak signal).
+    pub fn slow_downloads(&self, bytes_per_sec: usize) {
+        self.download_rate.store(bytes_per_sec, Ordering::SeqCst);
+    }
+
+    /// Cut every connection after `bytes` from the phone from now on (a
+    /// link that drops long uploads); 0 stops it. Planned cuts come first.
+    pub fn cut_uploads_over(&self, bytes: usize) {
+        self.uploads_cut_at.store(bytes, Ordering::SeqCst);
     }
 
     /// Bytes both ways since the last call.

@@ -842,6 +842,135 @@ fn writing_while_a_batch_goes_up_does_not_start_it_over() {
     );
 }
 
+/// Text that does not compress: what a real note reads like to deflate.
+fn varied_text(seed: usize, len: usize) -> String {
+    let mut x = seed as u64 * 2_654_435_761 + 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
+
+/// A phone on a weak signal catching up on a long task: the page takes
+/// longer to arrive than any fixed limit would allow, and is read for as
+/// long as it keeps coming. Under a 30 s limit for the whole reply it was
+/// given up every time, and the phone never caught up.
+#[test]
+fn a_page_on_a_weak_signal_is_read_for_as_long_as_it_keeps_coming() {
+    use crate::proxy::Proxy;
+    use std::time::{Duration, Instant};
+
+    let relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
+    let task = hand_over(&max, &ana, "Post-op call", "ana");
+    for i in 0..40 {
+        max.store.comment(&task, &varied_text(i, 9_000)).unwrap();
+    }
+    max.sync();
+    // ~370 KB at 11 KB/s: more than 30 s.
+    proxy.slow_downloads(11_000);
+    let started = Instant::now();
+    let report = ana.engine.sync_now();
+    let took = started.elapsed();
+    assert!(report.is_ok(), "{report:?} after {took:?}");
+    assert!(
+        took > Duration::from_secs(31),
+        "the page came faster than the old limit ({took:?}): this checks nothing"
+    );
+    assert_eq!(
+        ana.store.task_detail(&task).unwrap().state.comments.len(),
+        40
+    );
+}
+
+/// A reply that stops arriving is given up, so live sync can try again,
+/// rather than waited on for good.
+#[test]
+fn a_reply_that_stops_arriving_is_given_up() {
+    use crate::proxy::Proxy;
+    use std::time::{Duration, Instant};
+
+    let relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
+    let task = hand_over(&max, &ana, "Post-op call", "ana");
+    for i in 0..4 {
+        max.store.comment(&task, &varied_text(i, 9_000)).unwrap();
+    }
+    max.sync();
+    // One piece of the page, then nothing for hours.
+    proxy.slow_downloads(1);
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ana = Arc::new(ana);
+    {
+        // Not a scoped thread: a sync that never returns must fail the
+        // test, not hang it.
+        let ana = ana.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(ana.engine.sync_now());
+        });
+    }
+    let outcome = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a stalled reply was still waited on after 60 s");
+    assert!(matches!(outcome, Err(Error::Offline(_))), "{outcome:?}");
+    assert!(started.elapsed() >= Duration::from_secs(29));
+    assert!(ana
+        .store
+        .task_detail(&task)
+        .unwrap()
+        .state
+        .comments
+        .is_empty());
+}
+
+/// A link that drops every connection after so many bytes up: a phone's
+/// big batch fails on the way each time. Each failure halves what the next
+/// push carries, until pushes get through, and everything arrives once.
+/// With a fixed batch size it failed the same way at every retry, and the
+/// phone's work never reached the relay.
+#[test]
+fn pushes_over_a_link_that_drops_long_uploads_carry_less_until_they_get_through() {
+    use crate::proxy::Proxy;
+
+    let relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
+    let task = hand_over(&max, &ana, "Post-op call", "ana");
+    for i in 0..300 {
+        ana.store.comment(&task, &varied_text(i, 1_000)).unwrap();
+    }
+    // The first push would carry 256 changes, ~300 KB.
+    proxy.cut_uploads_over(48_000);
+    proxy.close_all();
+    let mut failed = 0;
+    for _ in 0..80 {
+        if ana.store.outbox(1).unwrap().is_empty() {
+            break;
+        }
+        if ana.engine.sync_now().is_err() {
+            failed += 1;
+        }
+    }
+    assert!(failed > 0, "no push was cut: this checks nothing");
+    assert!(
+        ana.store.outbox(1).unwrap().is_empty(),
+        "the outbox is still not through after {failed} cut pushes"
+    );
+    proxy.cut_uploads_over(0);
+    max.sync();
+    let comments = max.store.task_detail(&task).unwrap().state.comments;
+    assert_eq!(comments.len(), 300);
+    ana.sync();
+    assert_converged(&[&max, &ana]);
+}
+
 /// A 401 page that is not the relay's (a gateway or captive portal in
 /// front of it, no code of ours) is retried like any outage: live sync
 /// goes on once the relay answers again. It used to stop for good, as for
