@@ -421,10 +421,14 @@ struct PullQuery {
     pushed: u64,
     pushed_at: u32,
     wait: Duration,
+    /// Change bytes the page may carry (a phone on a link that drops long
+    /// transfers asks for less).
+    page: usize,
 }
 
 fn pull_query(query: Option<&str>) -> Result<PullQuery> {
     let (mut cursor, mut at, mut pushed, mut pushed_at, mut wait) = (0, 0, 0, 0, 0);
+    let mut page = wire::PAGE_BYTES;
     let tag = |v: &str| {
         v.parse::<u32>()
             .map_err(|_| Error::BadRequest("bad_query", "a tag is a 32-bit number".into()))
@@ -441,10 +445,15 @@ fn pull_query(query: Option<&str>) -> Result<PullQuery> {
             "pushed" => pushed = number()?,
             "pushed_at" => pushed_at = tag(v)?,
             "wait" => wait = number()?.min(MAX_WAIT_SECS),
+            "page" => {
+                page = usize::try_from(number()?)
+                    .unwrap_or(usize::MAX)
+                    .clamp(1, wire::PAGE_BYTES)
+            }
             _ => {
                 return Err(Error::BadRequest(
                     "bad_query",
-                    "pull takes cursor, at, pushed, pushed_at and wait".into(),
+                    "pull takes cursor, at, pushed, pushed_at, wait and page".into(),
                 ))
             }
         }
@@ -455,6 +464,7 @@ fn pull_query(query: Option<&str>) -> Result<PullQuery> {
         pushed,
         pushed_at,
         wait: Duration::from_secs(wait),
+        page,
     })
 }
 
@@ -491,7 +501,7 @@ async fn pull(
             }
             // The page is taken with what it may hold, under one lock (a
             // redaction's clean-up may forget entries in between).
-            let (seqs, next, more) = st.visible_since(cursor, &caller);
+            let (seqs, next, more) = st.visible_since(cursor, &caller, query.page);
             let page = st.page(&seqs);
             let tag = st.tag_at(next);
             (seqs, page, next, tag, more, st.head(), st.wait(&caller))

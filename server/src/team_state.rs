@@ -32,7 +32,7 @@ pub(crate) fn tag_of(hash: &[u8; 32]) -> u32 {
 
 /// Changes per pull page, and bytes.
 pub const PAGE_CHANGES: usize = 1000;
-pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+pub use handoff_core::sync::wire::PAGE_BYTES;
 /// Feed entries one pull looks at before answering (most may be invisible).
 const PAGE_SCAN: usize = 20_000;
 /// Bytes of each team's newest changes kept in memory: live devices pull
@@ -486,16 +486,22 @@ impl TeamState {
             .is_some_and(|state| may_read_task(&self.team, user, state))
     }
 
-    /// The feed entries after `cursor` this user may read: their seqs, and
-    /// the cursor to continue from.
-    pub fn visible_since(&self, cursor: u64, caller: &Caller) -> (Vec<u64>, u64, bool) {
+    /// The feed entries after `cursor` this user may read, at least one and
+    /// at most `page_bytes` of changes past the first: their seqs, and the
+    /// cursor to continue from.
+    pub fn visible_since(
+        &self,
+        cursor: u64,
+        caller: &Caller,
+        page_bytes: usize,
+    ) -> (Vec<u64>, u64, bool) {
         let head = self.head();
         let mut seqs = Vec::new();
         let mut bytes = 0usize;
         let mut seq = cursor;
         let mut scanned = 0;
         while seq < head {
-            if seqs.len() >= PAGE_CHANGES || bytes >= PAGE_BYTES || scanned >= PAGE_SCAN {
+            if seqs.len() >= PAGE_CHANGES || bytes >= page_bytes || scanned >= PAGE_SCAN {
                 break;
             }
             let entry = &self.feed[seq as usize];
@@ -1374,12 +1380,15 @@ mod tests {
         );
         assert_eq!(c.st.head(), 3);
 
-        let (seqs, cursor, more) = c.st.visible_since(0, &caller(&c.fay, "fay"));
+        let (seqs, cursor, more) = c.st.visible_since(0, &caller(&c.fay, "fay"), PAGE_BYTES);
         assert_eq!((cursor, more), (3, false));
         let docs: Vec<String> = c.st.page(&seqs).iter().map(|e| e.doc.to_string()).collect();
         assert_eq!(docs, [TEAM_DOC.to_owned(), doc_id_of(&pooled, 0)]);
+        // A page asked smaller than any change still carries one.
+        let (one, cursor, more) = c.st.visible_since(0, &caller(&c.fay, "fay"), 1);
+        assert_eq!((one.len(), cursor, more), (1, 1, true));
         // A device is not sent back what it wrote itself.
-        let (mine, _, _) = c.st.visible_since(1, &max);
+        let (mine, _, _) = c.st.visible_since(1, &max, PAGE_BYTES);
         assert!(mine.is_empty(), "{mine:?}");
     }
 

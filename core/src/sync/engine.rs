@@ -23,11 +23,12 @@ use crate::store::{FeedCursor, RelaySettings, Store, TEAM_DOC};
 const PUSH_BATCH: usize = 256;
 /// Change bytes per push request: well inside the relay's body limit.
 const PUSH_BYTES: usize = wire::MAX_BODY / 2;
-/// The least a push may carry once pushes failed on the way (a link that
-/// drops every connection after so many seconds or bytes): each failure
-/// halves what the next push carries, down to this (or one change), and
-/// each success doubles it again up to [`PUSH_BYTES`].
-const MIN_PUSH_BYTES: usize = 16 * 1024;
+/// The least a push or a pull page may carry once transfers failed on the
+/// way (a link that drops every connection after so many seconds or
+/// bytes): each failure halves what the next one carries, down to this (or
+/// one change), and each success doubles it again, up to [`PUSH_BYTES`]
+/// or [`wire::PAGE_BYTES`].
+const MIN_TRANSFER_BYTES: usize = 16 * 1024;
 /// A push is given up when its body goes up slower than this, in bytes a
 /// second (a weak signal), on top of [`REPLY_WAIT`]: a big batch may take
 /// minutes, and a fixed limit would give it up every time, for good.
@@ -141,6 +142,8 @@ struct Inner {
     /// Change bytes the next push may carry: halved by each push that
     /// failed on the way, doubled by each that went through.
     push_bytes: AtomicUsize,
+    /// The same for the next pull page.
+    page_bytes: AtomicUsize,
 }
 
 /// Live sync runs until this is dropped or stopped.
@@ -205,6 +208,7 @@ impl SyncEngine {
                 live: Mutex::new(None),
                 exchange: tokio::sync::Mutex::new(()),
                 push_bytes: AtomicUsize::new(PUSH_BYTES),
+                page_bytes: AtomicUsize::new(wire::PAGE_BYTES),
             }),
             runtime: Some(runtime),
         })
@@ -510,6 +514,11 @@ impl Inner {
             if pushed.seq > cursor.seq {
                 url += &format!("&pushed={}&pushed_at={}", pushed.seq, pushed.tag);
             }
+            // Smaller pages after pulls that failed on the way.
+            let page = self.page_bytes.load(Ordering::Relaxed);
+            if page < wire::PAGE_BYTES {
+                url += &format!("&page={page}");
+            }
             let request = within(
                 // The relay holds the head back for the wait only.
                 Duration::from_secs(secs + 30),
@@ -524,12 +533,17 @@ impl Inner {
                     }
                 },
                 None => request.await,
-            }?;
+            }
+            .map_err(|e| lost_on_the_way(&self.page_bytes, e))?;
             let feed_length = response
                 .headers()
                 .get(wire::FEED_LENGTH_HEADER)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            let reply: PullReply = decode(&check(response).await?)?;
+            let reply: PullReply = match check(response).await {
+                Ok(body) => decode(&body)?,
+                Err(e) => return Err(lost_on_the_way(&self.page_bytes, e)),
+            };
+            carried(&self.page_bytes, wire::PAGE_BYTES);
             // What the listener is told of this page, once the exchange is
             // let go: the app's code never runs under the engine's lock (a
             // listener that re-reads views, or asks for a sync, would hold
@@ -790,19 +804,11 @@ impl Inner {
     /// Push changes: one verdict each, and where the newest stored stands
     /// in the feed, kept for the next pull to check.
     async fn send_push(&self, relay: &RelaySettings, request: &PushRequest) -> Result<PushReply> {
-        let sent = self.post(relay, "/v1/push", request).await;
-        let budget = &self.push_bytes;
-        let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-            Some(match &sent {
-                Ok(_) => b.saturating_mul(2).min(PUSH_BYTES),
-                // Lost on the way (not the relay's word on it): the next
-                // push carries half, which a link that drops long
-                // transfers may carry through.
-                Err(Error::Offline(_)) => (b / 2).max(MIN_PUSH_BYTES),
-                Err(_) => b,
-            })
-        });
-        let reply: PushReply = sent?;
+        let reply: PushReply = self
+            .post(relay, "/v1/push", request)
+            .await
+            .map_err(|e| lost_on_the_way(&self.push_bytes, e))?;
+        carried(&self.push_bytes, PUSH_BYTES);
         if reply.verdicts.len() != request.changes.len() {
             return Err(Error::Offline(
                 "the relay answered a different number of changes".into(),
@@ -892,6 +898,25 @@ fn offline(e: reqwest::Error) -> Error {
         }
         .into(),
     )
+}
+
+/// A transfer went through: the next may carry twice as much, up to `most`.
+fn carried(budget: &AtomicUsize, most: usize) {
+    let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+        Some(b.saturating_mul(2).min(most))
+    });
+}
+
+/// A transfer failed with `e`. Lost on the way (not the relay's word on
+/// it), the next carries half, which a link that drops long transfers may
+/// carry through.
+fn lost_on_the_way(budget: &AtomicUsize, e: Error) -> Error {
+    if matches!(e, Error::Offline(_)) {
+        let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+            Some((b / 2).max(MIN_TRANSFER_BYTES))
+        });
+    }
+    e
 }
 
 /// A request's reply head within `limit`.

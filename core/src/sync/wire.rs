@@ -17,6 +17,10 @@ pub const MAX_CHANGE: usize = 512 * 1024;
 /// write one per change, and split what they carry over (a migration to a
 /// redacted task) into changes of at most this many of their own.
 pub const MAX_NEW_EVENTS: usize = 16;
+/// Change bytes a pull page carries at most. A phone whose pulls failed on
+/// the way asks for less (`page=`): a link that drops long transfers may
+/// carry a smaller page through.
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Longest a pull may wait for new changes.
 pub const MAX_WAIT_SECS: u64 = 60;
 

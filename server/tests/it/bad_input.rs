@@ -105,6 +105,14 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
             "bad_query",
         ),
         (
+            "a page size that is not a number",
+            client
+                .get(format!("{url}/v1/pull?cursor=0&page=half"))
+                .bearer_auth(&token),
+            400,
+            "bad_query",
+        ),
+        (
             "unknown document",
             client
                 .post(format!("{url}/v1/repair"))

@@ -29,9 +29,10 @@ pub struct Proxy {
     upload_rate: Arc<AtomicUsize>,
     /// Bytes a second the relay's side may send (0: as fast as it can).
     download_rate: Arc<AtomicUsize>,
-    /// Bytes from the phone after which every new connection with no cut
-    /// planned is cut (0: none).
+    /// Bytes from the phone, and from the relay, after which every new
+    /// connection with no cut planned is cut (0: none).
     uploads_cut_at: Arc<AtomicUsize>,
+    downloads_cut_at: Arc<AtomicUsize>,
     /// The phone's side of every connection so far.
     open: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
@@ -53,6 +54,7 @@ impl Proxy {
         let upload_rate: Arc<AtomicUsize> = Arc::default();
         let download_rate: Arc<AtomicUsize> = Arc::default();
         let uploads_cut_at: Arc<AtomicUsize> = Arc::default();
+        let downloads_cut_at: Arc<AtomicUsize> = Arc::default();
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         {
             let open = open.clone();
@@ -61,6 +63,7 @@ impl Proxy {
             let upload_rate = upload_rate.clone();
             let download_rate = download_rate.clone();
             let uploads_cut_at = uploads_cut_at.clone();
+            let downloads_cut_at = downloads_cut_at.clone();
             let stop = stop.clone();
             let (up, down) = (up.clone(), down.clone());
             thread::spawn(move || {
@@ -86,10 +89,11 @@ impl Proxy {
                             thread::spawn(move || gateway_page(client));
                             continue;
                         }
-                        None => match uploads_cut_at.load(Ordering::SeqCst) {
-                            0 => (None, None),
-                            n => (Some(n), None),
-                        },
+                        None => {
+                            let at =
+                                |n: &AtomicUsize| Some(n.load(Ordering::SeqCst)).filter(|&n| n > 0);
+                            (at(&uploads_cut_at), at(&downloads_cut_at))
+                        }
                     };
                     pipe(
                         client.try_clone().unwrap(),
@@ -117,6 +121,7 @@ impl Proxy {
             upload_rate,
             download_rate,
             uploads_cut_at,
+            downloads_cut_at,
             open,
             stop,
             up,
@@ -159,6 +164,12 @@ impl Proxy {
     /// link that drops long uploads); 0 stops it. Planned cuts come first.
     pub fn cut_uploads_over(&self, bytes: usize) {
         self.uploads_cut_at.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Cut every connection after `bytes` from the relay from now on (a
+    /// link that drops long downloads); 0 stops it.
+    pub fn cut_downloads_over(&self, bytes: usize) {
+        self.downloads_cut_at.store(bytes, Ordering::SeqCst);
     }
 
     /// Bytes both ways since the last call.

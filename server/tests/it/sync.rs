@@ -888,6 +888,42 @@ fn a_page_on_a_weak_signal_is_read_for_as_long_as_it_keeps_coming() {
     );
 }
 
+/// A link that drops every connection after so many bytes down: a page
+/// of a long task fails on the way each time. Each failure halves the page
+/// the phone asks for, until pages get through. With a fixed page size it
+/// failed the same way at every retry, and the phone never caught up.
+#[test]
+fn pulls_over_a_link_that_drops_long_downloads_ask_for_smaller_pages() {
+    use crate::proxy::Proxy;
+
+    let relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
+    let task = hand_over(&max, &ana, "Post-op call", "ana");
+    for i in 0..40 {
+        max.store.comment(&task, &varied_text(i, 9_000)).unwrap();
+    }
+    max.sync();
+    // One page would carry ~370 KB.
+    proxy.cut_downloads_over(100_000);
+    proxy.close_all();
+    let mut failed = 0;
+    for _ in 0..60 {
+        match ana.engine.sync_now() {
+            Ok(_) => break,
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(failed > 0, "no pull was cut: this checks nothing");
+    assert_eq!(
+        ana.store.task_detail(&task).unwrap().state.comments.len(),
+        40,
+        "still not caught up after {failed} cut pulls"
+    );
+    proxy.cut_downloads_over(0);
+    assert_converged(&[&max, &ana]);
+}
+
 /// A reply that stops arriving is given up, so live sync can try again,
 /// rather than waited on for good.
 #[test]
