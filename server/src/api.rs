@@ -394,21 +394,51 @@ async fn push(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<
     }))
 }
 
-async fn repair(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
+async fn repair(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response> {
     caller(&app, &headers).await?;
+    let page = repair_query(query.as_deref())?;
     let bytes = read_body(&headers, body, MAX_BODY, app.read_pause, BODY_TIME).await?;
     // As for a push: a device revoked while it sent reads nothing.
     let caller = caller(&app, &headers).await?;
     team_of(&app, &caller).await?;
     let request: RepairRequest = decode(&bytes)?;
     let relay = app.relay.clone();
-    let changes = blocking(move || relay.repair(&caller, &request.doc, &request.have)).await?;
+    let changes =
+        blocking(move || relay.repair(&caller, &request.doc, &request.have, page)).await?;
     Ok(binary(&RepairReply {
         changes: changes
             .into_iter()
             .map(serde_bytes::ByteBuf::from)
             .collect(),
     }))
+}
+
+/// A repair's query: how many bytes of changes its reply may carry (a
+/// phone on a link that drops long transfers asks for less, and asks again
+/// until a reply is empty). Without it, every change missing.
+fn repair_query(query: Option<&str>) -> Result<usize> {
+    let mut page = usize::MAX;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("page", v)) => {
+                page = v.parse::<usize>().map_err(|_| {
+                    Error::BadRequest("bad_query", "page must be a whole number".into())
+                })?;
+            }
+            _ => {
+                return Err(Error::BadRequest(
+                    "bad_query",
+                    "repair takes only page".into(),
+                ))
+            }
+        }
+    }
+    Ok(page)
 }
 
 /// A pull's query.

@@ -656,7 +656,16 @@ impl Relay {
 
     /// Every change of a document the caller may read that is not behind
     /// `have` (heads the caller holds; unknown ones are ignored).
-    pub fn repair(&self, caller: &Caller, doc: &str, have: &[[u8; 32]]) -> Result<Vec<Vec<u8>>> {
+    /// Every change of `doc` not behind `have`, in the order it can be
+    /// applied, cut after `page_bytes` (at least one): a prefix, so the
+    /// device takes it and asks again from its new heads.
+    pub fn repair(
+        &self,
+        caller: &Caller,
+        doc: &str,
+        have: &[[u8; 32]],
+        page_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>> {
         let team = self.team(&caller.team_id)?;
         let seqs = {
             let st = team.state();
@@ -679,9 +688,15 @@ impl Relay {
             .map(|h| ChangeHash(*h))
             .filter(|h| am.get_change_by_hash(h).is_some())
             .collect();
+        let mut bytes = 0;
         Ok(am
             .get_changes(&known)
             .into_iter()
+            .take_while(|c| {
+                let first = bytes == 0;
+                bytes += c.raw_bytes().len();
+                first || bytes <= page_bytes
+            })
             .map(|c| c.raw_bytes().to_vec())
             .collect())
     }

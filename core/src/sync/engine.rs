@@ -540,10 +540,12 @@ impl Inner {
                 .get(wire::FEED_LENGTH_HEADER)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             let reply: PullReply = match check(response).await {
-                Ok(body) => decode(&body)?,
+                Ok(body) => {
+                    carried(&self.page_bytes, wire::PAGE_BYTES, body.len());
+                    decode(&body)?
+                }
                 Err(e) => return Err(lost_on_the_way(&self.page_bytes, e)),
             };
-            carried(&self.page_bytes, wire::PAGE_BYTES);
             // What the listener is told of this page, once the exchange is
             // let go: the app's code never runs under the engine's lock (a
             // listener that re-reads views, or asks for a sync, would hold
@@ -808,7 +810,11 @@ impl Inner {
             .post(relay, "/v1/push", request)
             .await
             .map_err(|e| lost_on_the_way(&self.push_bytes, e))?;
-        carried(&self.push_bytes, PUSH_BYTES);
+        carried(
+            &self.push_bytes,
+            PUSH_BYTES,
+            request.changes.iter().map(|c| c.bytes.len()).sum(),
+        );
         if reply.verdicts.len() != request.changes.len() {
             return Err(Error::Offline(
                 "the relay answered a different number of changes".into(),
@@ -846,19 +852,54 @@ impl Inner {
     }
 
     /// Fetch what a document is missing: everything the relay has that is
-    /// not behind our heads.
+    /// not behind our heads. After pulls lost on the way, in pages of the
+    /// size pulls ask for, each taken in before the next is asked for
+    /// (from the new heads) until one comes back empty. A page with nothing
+    /// new (the relay knows none of our heads, which are our own unsent
+    /// changes, so it pages from the document's start) is followed by one
+    /// request for everything, as without pages.
     async fn repair(&self, relay: &RelaySettings, doc: &str) -> Result<crate::MergeReport> {
-        let request = wire::RepairRequest {
-            doc: doc.to_owned(),
-            have: self.store.doc_heads(doc)?,
-        };
-        let reply: wire::RepairReply = self.post(relay, "/v1/repair", &request).await?;
-        let changes: Vec<(String, Vec<u8>)> = reply
-            .changes
-            .into_iter()
-            .map(|b| (doc.to_owned(), b.into_vec()))
-            .collect();
-        self.store.apply_remote(&changes)
+        let mut report = crate::MergeReport::default();
+        let mut paged = true;
+        loop {
+            let request = wire::RepairRequest {
+                doc: doc.to_owned(),
+                have: self.store.doc_heads(doc)?,
+            };
+            let page = if paged {
+                self.page_bytes.load(Ordering::Relaxed)
+            } else {
+                wire::PAGE_BYTES
+            };
+            let path = if page < wire::PAGE_BYTES {
+                format!("/v1/repair?page={page}")
+            } else {
+                "/v1/repair".to_owned()
+            };
+            let reply: wire::RepairReply = self
+                .post(relay, &path, &request)
+                .await
+                .map_err(|e| lost_on_the_way(&self.page_bytes, e))?;
+            carried(
+                &self.page_bytes,
+                wire::PAGE_BYTES,
+                reply.changes.iter().map(|c| c.len()).sum(),
+            );
+            let last = page >= wire::PAGE_BYTES || reply.changes.is_empty();
+            let changes: Vec<(String, Vec<u8>)> = reply
+                .changes
+                .into_iter()
+                .map(|b| (doc.to_owned(), b.into_vec()))
+                .collect();
+            let merged = self.store.apply_remote(&changes)?;
+            paged = merged.applied > 0;
+            report.applied += merged.applied;
+            // One document: its task counts once however many pages.
+            report.tasks_updated = report.tasks_updated.max(merged.tasks_updated);
+            if last {
+                return Ok(report);
+            }
+        }
     }
 }
 
@@ -900,10 +941,14 @@ fn offline(e: reqwest::Error) -> Error {
     )
 }
 
-/// A transfer went through: the next may carry twice as much, up to `most`.
-fn carried(budget: &AtomicUsize, most: usize) {
+/// A transfer of `bytes` went through. One that used half its budget or
+/// more shows the link carries that much: the next may carry twice as
+/// much, up to `most`. A smaller one shows nothing (a short page before a
+/// long repair would double the budget past what just failed, and the
+/// repair would fail there again, round after round).
+fn carried(budget: &AtomicUsize, most: usize, bytes: usize) {
     let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-        Some(b.saturating_mul(2).min(most))
+        (bytes.saturating_mul(2) >= b && b < most).then(|| b.saturating_mul(2).min(most))
     });
 }
 

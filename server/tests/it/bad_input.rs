@@ -113,6 +113,18 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
             "bad_query",
         ),
         (
+            "a repair's page size that is not a number",
+            client
+                .post(format!("{url}/v1/repair?page=-1"))
+                .bearer_auth(&token)
+                .body(wire::encode(&wire::RepairRequest {
+                    doc: "nope".into(),
+                    have: vec![],
+                })),
+            400,
+            "bad_query",
+        ),
+        (
             "unknown document",
             client
                 .post(format!("{url}/v1/repair"))

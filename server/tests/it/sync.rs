@@ -924,6 +924,50 @@ fn pulls_over_a_link_that_drops_long_downloads_ask_for_smaller_pages() {
     assert_converged(&[&max, &ana]);
 }
 
+/// The same link, for a task handed to the phone after a long history it
+/// never saw: the relay sends the history in a repair, which was one reply
+/// however long. After the pulls lost on the way it comes in pages, each
+/// taken in before the next is asked for.
+#[test]
+fn a_long_task_handed_over_is_repaired_in_pages_over_a_link_that_drops_long_downloads() {
+    use crate::proxy::Proxy;
+
+    let relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
+    let task = max
+        .store
+        .delegate(task_for("Post-op call", Some("max"), None))
+        .unwrap();
+    for i in 0..40 {
+        max.store.comment(&task, &varied_text(i, 9_000)).unwrap();
+    }
+    max.sync();
+    // Her cursor passes the history she may not read.
+    ana.sync();
+    assert!(ana.store.task_ids().unwrap().is_empty());
+    max.store.assign(&task, "ana").unwrap();
+    max.sync();
+    // The repair would carry ~370 KB.
+    proxy.cut_downloads_over(100_000);
+    proxy.close_all();
+    let mut failed = 0;
+    for _ in 0..60 {
+        match ana.engine.sync_now() {
+            Ok(_) => break,
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(failed > 0, "no repair was cut: this checks nothing");
+    assert_eq!(
+        ana.store.task_detail(&task).unwrap().state.comments.len(),
+        40,
+        "still not repaired after {failed} cut pulls"
+    );
+    proxy.cut_downloads_over(0);
+    assert_converged(&[&max, &ana]);
+}
+
 /// A reply that stops arriving is given up, so live sync can try again,
 /// rather than waited on for good.
 #[test]
