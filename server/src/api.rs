@@ -426,9 +426,12 @@ fn repair_query(query: Option<&str>) -> Result<usize> {
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("page", v)) => {
-                page = v.parse::<usize>().map_err(|_| {
-                    Error::BadRequest("bad_query", "page must be a whole number".into())
-                })?;
+                page = v
+                    .parse::<usize>()
+                    .map_err(|_| {
+                        Error::BadRequest("bad_query", "page must be a whole number".into())
+                    })?
+                    .max(wire::MIN_PAGE_BYTES);
             }
             _ => {
                 return Err(Error::BadRequest(
@@ -478,7 +481,7 @@ fn pull_query(query: Option<&str>) -> Result<PullQuery> {
             "page" => {
                 page = usize::try_from(number()?)
                     .unwrap_or(usize::MAX)
-                    .clamp(1, wire::PAGE_BYTES)
+                    .clamp(wire::MIN_PAGE_BYTES, wire::PAGE_BYTES)
             }
             _ => {
                 return Err(Error::BadRequest(

@@ -655,10 +655,9 @@ impl Relay {
     }
 
     /// Every change of a document the caller may read that is not behind
-    /// `have` (heads the caller holds; unknown ones are ignored).
-    /// Every change of `doc` not behind `have`, in the order it can be
-    /// applied, cut after `page_bytes` (at least one): a prefix, so the
-    /// device takes it and asks again from its new heads.
+    /// `have` (heads the caller holds; unknown ones are ignored), in the
+    /// order it can be applied, cut after `page_bytes` (at least one): a
+    /// prefix, so the device takes it and asks again from its new heads.
     pub fn repair(
         &self,
         caller: &Caller,

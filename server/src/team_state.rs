@@ -487,8 +487,8 @@ impl TeamState {
     }
 
     /// The feed entries after `cursor` this user may read, at least one and
-    /// at most `page_bytes` of changes past the first: their seqs, and the
-    /// cursor to continue from.
+    /// at most `page_bytes` of changes (unless the first is larger): their
+    /// seqs, and the cursor to continue from.
     pub fn visible_since(
         &self,
         cursor: u64,
@@ -505,13 +505,18 @@ impl TeamState {
                 break;
             }
             let entry = &self.feed[seq as usize];
+            // A device has what it wrote itself.
+            if *entry.actor != *caller.actor && self.delivers(seq + 1, &entry.doc, &caller.user_id)
+            {
+                let size = entry.size as usize;
+                if !seqs.is_empty() && bytes + size > page_bytes {
+                    break;
+                }
+                seqs.push(seq + 1);
+                bytes += size;
+            }
             seq += 1;
             scanned += 1;
-            // A device has what it wrote itself.
-            if *entry.actor != *caller.actor && self.delivers(seq, &entry.doc, &caller.user_id) {
-                seqs.push(seq);
-                bytes += entry.size as usize;
-            }
         }
         (seqs, seq, seq < head)
     }

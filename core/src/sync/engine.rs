@@ -6,15 +6,15 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::budget::{self, Budget};
 use super::wire::{self, codes, DocChange, PullReply, PushReply, PushRequest, Verdict};
 use crate::error::{Error, Result};
 use crate::store::{FeedCursor, RelaySettings, Store, TEAM_DOC};
@@ -23,20 +23,14 @@ use crate::store::{FeedCursor, RelaySettings, Store, TEAM_DOC};
 const PUSH_BATCH: usize = 256;
 /// Change bytes per push request: well inside the relay's body limit.
 const PUSH_BYTES: usize = wire::MAX_BODY / 2;
-/// The least a push or a pull page may carry once transfers failed on the
-/// way (a link that drops every connection after so many seconds or
-/// bytes): each failure halves what the next one carries, down to this (or
-/// one change), and each success doubles it again, up to [`PUSH_BYTES`]
-/// or [`wire::PAGE_BYTES`].
-const MIN_TRANSFER_BYTES: usize = 16 * 1024;
-/// A push is given up when its body goes up slower than this, in bytes a
-/// second (a weak signal), on top of [`REPLY_WAIT`]: a big batch may take
-/// minutes, and a fixed limit would give it up every time, for good.
-const UPLINK_FLOOR: u64 = 8 * 1024;
+/// A body is given up when it goes slower than this, in bytes a second,
+/// on average (a push's on top of [`REPLY_WAIT`], a reply's on top of
+/// [`STALL`]): on a weak signal a big batch or a page of a long history
+/// may take minutes, and a fixed limit would give it up every time.
+const LINK_FLOOR: u64 = 8 * 1024;
 /// How long the relay may take to answer a request once it is in.
 const REPLY_WAIT: Duration = Duration::from_secs(60);
-/// A reply given up when nothing of it arrives for this long. Its whole
-/// length may take minutes on a weak signal: a page of a long history.
+/// A reply is given up when nothing of it arrives for this long.
 const STALL: Duration = Duration::from_secs(30);
 /// The largest reply read from the relay (a repair of a long task's whole
 /// history can be large); anything longer is a faulty relay.
@@ -139,11 +133,10 @@ struct Inner {
     /// once (pull-to-refresh during live sync) then never answer for the
     /// same outbox together, and nothing pulled is written after a wipe.
     exchange: tokio::sync::Mutex<()>,
-    /// Change bytes the next push may carry: halved by each push that
-    /// failed on the way, doubled by each that went through.
-    push_bytes: AtomicUsize,
-    /// The same for the next pull page.
-    page_bytes: AtomicUsize,
+    /// Change bytes the next push may carry, and the next pull page or
+    /// repair: smaller after transfers lost on the way.
+    pushes: Budget,
+    pages: Budget,
 }
 
 /// Live sync runs until this is dropped or stopped.
@@ -207,8 +200,8 @@ impl SyncEngine {
                 wake: Notify::new(),
                 live: Mutex::new(None),
                 exchange: tokio::sync::Mutex::new(()),
-                push_bytes: AtomicUsize::new(PUSH_BYTES),
-                page_bytes: AtomicUsize::new(wire::PAGE_BYTES),
+                pushes: Budget::new(PUSH_BYTES),
+                pages: Budget::new(wire::PAGE_BYTES),
             }),
             runtime: Some(runtime),
         })
@@ -514,15 +507,17 @@ impl Inner {
             if pushed.seq > cursor.seq {
                 url += &format!("&pushed={}&pushed_at={}", pushed.seq, pushed.tag);
             }
-            // Smaller pages after pulls that failed on the way.
-            let page = self.page_bytes.load(Ordering::Relaxed);
-            if page < wire::PAGE_BYTES {
-                url += &format!("&page={page}");
+            // Smaller pages after transfers lost on the way.
+            if self.pages.reduced() {
+                url += &format!("&page={}", self.pages.bytes());
             }
+            // The relay holds the head back for the wait only. Nothing
+            // long is on the way before the head: a failure then says
+            // nothing of what the link carries.
             let request = within(
-                // The relay holds the head back for the wait only.
                 Duration::from_secs(secs + 30),
                 self.http.get(url).bearer_auth(&relay.token).send(),
+                false,
             );
             let response = match wake.filter(|_| secs > 0) {
                 Some(wake) => tokio::select! {
@@ -534,18 +529,14 @@ impl Inner {
                 },
                 None => request.await,
             }
-            .map_err(|e| lost_on_the_way(&self.page_bytes, e))?;
+            .map_err(|f| f.count_in(&self.pages))?;
             let feed_length = response
                 .headers()
                 .get(wire::FEED_LENGTH_HEADER)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            let reply: PullReply = match check(response).await {
-                Ok(body) => {
-                    carried(&self.page_bytes, wire::PAGE_BYTES, body.len());
-                    decode(&body)?
-                }
-                Err(e) => return Err(lost_on_the_way(&self.page_bytes, e)),
-            };
+            let body = check(response).await.map_err(|f| f.count_in(&self.pages))?;
+            let reply: PullReply = decode(&body)?;
+            let page_used = body.len();
             // What the listener is told of this page, once the exchange is
             // let go: the app's code never runs under the engine's lock (a
             // listener that re-reads views, or asks for a sync, would hold
@@ -602,6 +593,11 @@ impl Inner {
                         }
                     }
                 }
+            }
+            if outcome.is_ok() {
+                // Once its repairs are in too: a page that grew the budget
+                // before them would have them fail where the last did.
+                self.pages.carried(page_used, Instant::now());
             }
             let tasks_updated = report.tasks_updated - updated_before;
             // The views also read the team (names, roles, policy).
@@ -681,7 +677,7 @@ impl Inner {
             let mut more = batch.len() == PUSH_BATCH;
             // What fits one request; a change that fits none (the relay
             // takes at most MAX_CHANGE) is refused here, not sent forever.
-            let budget = self.push_bytes.load(Ordering::Relaxed);
+            let budget = self.pushes.bytes();
             let mut bytes = 0;
             let fits = batch
                 .iter()
@@ -778,7 +774,7 @@ impl Inner {
             let batches = in_requests(
                 &doc,
                 own.into_iter().map(|c| c.bytes).collect(),
-                self.push_bytes.load(Ordering::Relaxed),
+                self.pushes.bytes(),
             );
             let mut complete = true;
             for batch in batches {
@@ -809,11 +805,10 @@ impl Inner {
         let reply: PushReply = self
             .post(relay, "/v1/push", request)
             .await
-            .map_err(|e| lost_on_the_way(&self.push_bytes, e))?;
-        carried(
-            &self.push_bytes,
-            PUSH_BYTES,
+            .map_err(|f| f.count_in(&self.pushes))?;
+        self.pushes.carried(
             request.changes.iter().map(|c| c.bytes.len()).sum(),
+            Instant::now(),
         );
         if reply.verdicts.len() != request.changes.len() {
             return Err(Error::Offline(
@@ -835,11 +830,12 @@ impl Inner {
         relay: &RelaySettings,
         path: &str,
         body: &impl serde::Serialize,
-    ) -> Result<T> {
+    ) -> std::result::Result<T, Failed> {
         let body = wire::encode(body);
         // However slow the signal, a body that keeps going up at the
         // floor's pace is not given up.
-        let going_up = Duration::from_secs(body.len() as u64 / UPLINK_FLOOR);
+        let going_up_bytes = body.len();
+        let going_up = Duration::from_secs(going_up_bytes as u64 / LINK_FLOOR);
         let request = self
             .http
             .post(format!("{}{path}", relay.url))
@@ -847,8 +843,11 @@ impl Inner {
             .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
             .body(body)
             .send();
-        let response = within(going_up + REPLY_WAIT, request).await?;
-        decode(&check(response).await?)
+        // A body too short for a smaller one to help is never lost on the
+        // way (a repair's request, a push of a few changes).
+        let uploading = going_up_bytes >= budget::MIN_TRANSFER_BYTES;
+        let response = within(going_up + REPLY_WAIT, request, uploading).await?;
+        decode(&check(response).await?).map_err(Failed::before)
     }
 
     /// Fetch what a document is missing: everything the relay has that is
@@ -860,39 +859,32 @@ impl Inner {
     /// request for everything, as without pages.
     async fn repair(&self, relay: &RelaySettings, doc: &str) -> Result<crate::MergeReport> {
         let mut report = crate::MergeReport::default();
-        let mut paged = true;
+        let mut more_paged = true;
         loop {
             let request = wire::RepairRequest {
                 doc: doc.to_owned(),
                 have: self.store.doc_heads(doc)?,
             };
-            let page = if paged {
-                self.page_bytes.load(Ordering::Relaxed)
-            } else {
-                wire::PAGE_BYTES
-            };
-            let path = if page < wire::PAGE_BYTES {
-                format!("/v1/repair?page={page}")
+            let paged = more_paged && self.pages.reduced();
+            let path = if paged {
+                format!("/v1/repair?page={}", self.pages.bytes())
             } else {
                 "/v1/repair".to_owned()
             };
             let reply: wire::RepairReply = self
                 .post(relay, &path, &request)
                 .await
-                .map_err(|e| lost_on_the_way(&self.page_bytes, e))?;
-            carried(
-                &self.page_bytes,
-                wire::PAGE_BYTES,
-                reply.changes.iter().map(|c| c.len()).sum(),
-            );
-            let last = page >= wire::PAGE_BYTES || reply.changes.is_empty();
+                .map_err(|f| f.count_in(&self.pages))?;
+            self.pages
+                .carried(reply.changes.iter().map(|c| c.len()).sum(), Instant::now());
+            let last = !paged || reply.changes.is_empty();
             let changes: Vec<(String, Vec<u8>)> = reply
                 .changes
                 .into_iter()
                 .map(|b| (doc.to_owned(), b.into_vec()))
                 .collect();
             let merged = self.store.apply_remote(&changes)?;
-            paged = merged.applied > 0;
+            more_paged = merged.applied > 0;
             report.applied += merged.applied;
             // One document: its task counts once however many pages.
             report.tasks_updated = report.tasks_updated.max(merged.tasks_updated);
@@ -909,9 +901,9 @@ fn in_requests(doc: &str, changes: Vec<Vec<u8>>, budget: usize) -> Vec<Vec<DocCh
     let mut requests: Vec<Vec<DocChange>> = Vec::new();
     let mut bytes = 0;
     for change in changes {
-        let full = requests.last().is_none_or(|r| {
-            r.len() == PUSH_BATCH || (!r.is_empty() && bytes + change.len() > budget)
-        });
+        let full = requests
+            .last()
+            .is_none_or(|r| r.len() == PUSH_BATCH || bytes + change.len() > budget);
         if full {
             requests.push(Vec::new());
             bytes = 0;
@@ -941,62 +933,98 @@ fn offline(e: reqwest::Error) -> Error {
     )
 }
 
-/// A transfer of `bytes` went through. One that used half its budget or
-/// more shows the link carries that much: the next may carry twice as
-/// much, up to `most`. A smaller one shows nothing (a short page before a
-/// long repair would double the budget past what just failed, and the
-/// repair would fail there again, round after round).
-fn carried(budget: &AtomicUsize, most: usize, bytes: usize) {
-    let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-        (bytes.saturating_mul(2) >= b && b < most).then(|| b.saturating_mul(2).min(most))
-    });
+/// A request that failed, and whether on the way: it broke or stalled
+/// while bytes moved, which a smaller transfer may get through. Not one
+/// that never reached the relay, nor the relay's own answer.
+struct Failed {
+    error: Error,
+    on_the_way: bool,
 }
 
-/// A transfer failed with `e`. Lost on the way (not the relay's word on
-/// it), the next carries half, which a link that drops long transfers may
-/// carry through.
-fn lost_on_the_way(budget: &AtomicUsize, e: Error) -> Error {
-    if matches!(e, Error::Offline(_)) {
-        let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-            Some((b / 2).max(MIN_TRANSFER_BYTES))
-        });
+impl Failed {
+    fn before(error: Error) -> Failed {
+        Failed {
+            error,
+            on_the_way: false,
+        }
     }
-    e
+
+    /// The error, after counting a loss on the way against `budget`.
+    fn count_in(self, budget: &Budget) -> Error {
+        if self.on_the_way {
+            budget.lost(Instant::now());
+        }
+        self.error
+    }
 }
 
-/// A request's reply head within `limit`.
+impl From<Failed> for Error {
+    fn from(f: Failed) -> Error {
+        f.error
+    }
+}
+
+/// A request's reply head within `limit`. `uploading`: the request carries
+/// a body that may take long to go up, so a failure before the head
+/// (other than not connecting) is a loss on the way.
 async fn within(
     limit: Duration,
     request: impl Future<Output = reqwest::Result<reqwest::Response>>,
-) -> Result<reqwest::Response> {
-    tokio::time::timeout(limit, request)
-        .await
-        .map_err(|_| Error::Offline("the relay did not answer in time".into()))?
-        .map_err(offline)
+    uploading: bool,
+) -> std::result::Result<reqwest::Response, Failed> {
+    match tokio::time::timeout(limit, request).await {
+        Err(_) => Err(Failed {
+            error: Error::Offline("the relay did not answer in time".into()),
+            on_the_way: uploading,
+        }),
+        Ok(Err(e)) => Err(Failed {
+            on_the_way: uploading && !e.is_connect(),
+            error: offline(e),
+        }),
+        Ok(Ok(response)) => Ok(response),
+    }
 }
 
 /// The body of a 2xx reply, or the relay's error. A body is read for as
-/// long as it keeps coming: only one that stops for [`STALL`] is given up.
-async fn check(mut response: reqwest::Response) -> Result<Vec<u8>> {
+/// long as it keeps coming at [`LINK_FLOOR`] on average: one that stops
+/// for [`STALL`], or trickles slower than that, is given up.
+async fn check(mut response: reqwest::Response) -> std::result::Result<Vec<u8>, Failed> {
     let status = response.status();
     let mut bytes = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(STALL, response.chunk())
-        .await
-        .map_err(|_| Error::Offline("the relay's reply stopped arriving".into()))?
-        .map_err(offline)?
-    {
+    let mut deadline = tokio::time::Instant::now() + STALL;
+    loop {
+        let until = deadline.min(tokio::time::Instant::now() + STALL);
+        let chunk = match tokio::time::timeout_at(until, response.chunk()).await {
+            Err(_) => {
+                return Err(Failed {
+                    error: Error::Offline("the relay's reply stopped arriving".into()),
+                    on_the_way: true,
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(Failed {
+                    error: offline(e),
+                    on_the_way: true,
+                })
+            }
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => chunk,
+        };
         if bytes.len() + chunk.len() > MAX_REPLY {
-            return Err(Error::Offline("the relay sent an oversized reply".into()));
+            return Err(Failed::before(Error::Offline(
+                "the relay sent an oversized reply".into(),
+            )));
         }
+        deadline += Duration::from_millis(chunk.len() as u64 * 1000 / LINK_FLOOR);
         bytes.extend_from_slice(&chunk);
     }
     if status.is_success() {
         return Ok(bytes);
     }
     if status.is_server_error() {
-        return Err(Error::Offline(format!(
+        return Err(Failed::before(Error::Offline(format!(
             "the relay had a problem ({status})"
-        )));
+        ))));
     }
     let body: wire::ErrorBody =
         serde_json::from_slice(&bytes).unwrap_or_else(|_| wire::ErrorBody {
@@ -1004,13 +1032,13 @@ async fn check(mut response: reqwest::Response) -> Result<Vec<u8>> {
             message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
         });
     if status.as_u16() == 401 && body.code == codes::DEVICE_REVOKED {
-        return Err(Error::DeviceRevoked);
+        return Err(Failed::before(Error::DeviceRevoked));
     }
-    Err(Error::Relay {
+    Err(Failed::before(Error::Relay {
         status: status.as_u16(),
         code: body.code,
         message: body.message,
-    })
+    }))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {

@@ -21,6 +21,9 @@ pub const MAX_NEW_EVENTS: usize = 16;
 /// the way asks for less (`page=`): a link that drops long transfers may
 /// carry a smaller page through.
 pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The least a phone asks a page (or a repair) to carry: each repair page
+/// costs the relay a load of the document's history.
+pub const MIN_PAGE_BYTES: usize = 16 * 1024;
 /// Longest a pull may wait for new changes.
 pub const MAX_WAIT_SECS: u64 = 60;
 

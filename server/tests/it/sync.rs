@@ -921,6 +921,7 @@ fn pulls_over_a_link_that_drops_long_downloads_ask_for_smaller_pages() {
         "still not caught up after {failed} cut pulls"
     );
     proxy.cut_downloads_over(0);
+    proxy.close_all();
     assert_converged(&[&max, &ana]);
 }
 
@@ -946,6 +947,17 @@ fn a_long_task_handed_over_is_repaired_in_pages_over_a_link_that_drops_long_down
     // Her cursor passes the history she may not read.
     ana.sync();
     assert!(ana.store.task_ids().unwrap().is_empty());
+    // The page that brings the handover brings ~60 KB of other news first:
+    // a page that grew the budget before the repair had it fail there.
+    let other = max
+        .store
+        .delegate(task_for("Lab results", Some("ana"), None))
+        .unwrap();
+    for i in 0..7 {
+        max.store
+            .comment(&other, &varied_text(100 + i, 9_000))
+            .unwrap();
+    }
     max.store.assign(&task, "ana").unwrap();
     max.sync();
     // The repair would carry ~370 KB.
@@ -964,7 +976,12 @@ fn a_long_task_handed_over_is_repaired_in_pages_over_a_link_that_drops_long_down
         40,
         "still not repaired after {failed} cut pulls"
     );
+    assert_eq!(
+        ana.store.task_detail(&other).unwrap().state.comments.len(),
+        7
+    );
     proxy.cut_downloads_over(0);
+    proxy.close_all();
     assert_converged(&[&max, &ana]);
 }
 
@@ -1044,6 +1061,7 @@ fn pushes_over_a_link_that_drops_long_uploads_carry_less_until_they_get_through(
         "the outbox is still not through after {failed} cut pushes"
     );
     proxy.cut_uploads_over(0);
+    proxy.close_all();
     max.sync();
     let comments = max.store.task_detail(&task).unwrap().state.comments;
     assert_eq!(comments.len(), 300);
