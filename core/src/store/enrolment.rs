@@ -131,6 +131,23 @@ impl Store {
         Ok(())
     }
 
+    /// What the sync engine last found one push and one page may carry on
+    /// this phone's link (`sync::budget`), if it ever found less than the
+    /// most: an app started again on a link that drops long transfers
+    /// goes on from there.
+    pub fn transfer_budgets(&self) -> Result<Option<(usize, usize)>> {
+        let db = self.lock();
+        Ok(meta(&db.conn, "transfer_budgets")?.and_then(|v| {
+            let (push, page) = v.split_once(':')?;
+            Some((push.parse().ok()?, page.parse().ok()?))
+        }))
+    }
+
+    pub fn save_transfer_budgets(&self, push: usize, page: usize) -> Result<()> {
+        let db = self.lock();
+        set_meta(&db.conn, "transfer_budgets", &format!("{push}:{page}"))
+    }
+
     /// The relay did not know this device's cursor: it was restored from a
     /// backup, and may have lost changes it had acknowledged, which this
     /// device took off its outbox. Every document this device holds is to

@@ -53,24 +53,40 @@ impl Budget {
         self.bytes() < self.most
     }
 
-    /// A transfer of `used` bytes went through.
-    pub fn carried(&self, used: usize, now: Instant) {
+    /// A transfer of `used` bytes went through. Returns whether the
+    /// budget changed.
+    pub fn carried(&self, used: usize, now: Instant) -> bool {
         let mut st = self.lock();
         let held = st
             .last_loss
             .is_some_and(|at| now.saturating_duration_since(at) < HELD_AFTER_LOSS);
+        let before = st.bytes;
         if !held && used.saturating_mul(2) >= st.bytes {
             st.bytes = st.bytes.saturating_mul(2).min(self.most);
         }
+        st.bytes != before
     }
 
     /// A transfer was lost on the way: it broke or stalled while bytes
     /// moved (not one that never reached the relay, nor the relay's own
-    /// answer).
-    pub fn lost(&self, now: Instant) {
+    /// answer). Returns whether the budget changed.
+    pub fn lost(&self, now: Instant) -> bool {
         let mut st = self.lock();
         st.last_loss = Some(now);
+        let before = st.bytes;
         st.bytes = (st.bytes / 2).max(MIN_TRANSFER_BYTES);
+        st.bytes != before
+    }
+
+    /// Go on from `bytes`, found by an earlier run of the app (each start
+    /// of a background sync may be a new process): held there as after a
+    /// loss now, rather than relearnt from the top one loss at a time.
+    pub fn resume(&self, bytes: usize, now: Instant) {
+        let mut st = self.lock();
+        st.bytes = bytes.clamp(MIN_TRANSFER_BYTES.min(self.most), self.most);
+        if st.bytes < self.most {
+            st.last_loss = Some(now);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -115,5 +131,21 @@ mod tests {
         b.carried(2 * MB, later);
         b.carried(4 * MB, later);
         assert_eq!(b.bytes(), 4 * MB, "never past where it started");
+    }
+
+    #[test]
+    fn resumed_it_is_held_where_it_was_then_grows() {
+        let b = Budget::new(4 * MB);
+        let t0 = Instant::now();
+        b.resume(64 * 1024, t0);
+        assert_eq!(b.bytes(), 64 * 1024);
+        assert!(!b.carried(64 * 1024, t0 + Duration::from_secs(1)));
+        assert!(b.carried(64 * 1024, t0 + HELD_AFTER_LOSS));
+        assert_eq!(b.bytes(), 128 * 1024);
+        // Whatever was stored, within bounds.
+        b.resume(0, t0);
+        assert_eq!(b.bytes(), MIN_TRANSFER_BYTES);
+        b.resume(usize::MAX, t0);
+        assert!(!b.reduced());
     }
 }

@@ -193,6 +193,13 @@ impl SyncEngine {
             .enable_all()
             .build()
             .map_err(|e| Error::Offline(format!("cannot start the sync runtime: {e}")))?;
+        let (pushes, pages) = (Budget::new(PUSH_BYTES), Budget::new(wire::PAGE_BYTES));
+        // Where the last run of the app left them (a background sync may
+        // be a new process each time on a link that drops long transfers).
+        if let Some((push, page)) = store.transfer_budgets()? {
+            pushes.resume(push, Instant::now());
+            pages.resume(page, Instant::now());
+        }
         Ok(SyncEngine {
             inner: Arc::new(Inner {
                 store,
@@ -200,8 +207,8 @@ impl SyncEngine {
                 wake: Notify::new(),
                 live: Mutex::new(None),
                 exchange: tokio::sync::Mutex::new(()),
-                pushes: Budget::new(PUSH_BYTES),
-                pages: Budget::new(wire::PAGE_BYTES),
+                pushes,
+                pages,
             }),
             runtime: Some(runtime),
         })
@@ -529,12 +536,14 @@ impl Inner {
                 },
                 None => request.await,
             }
-            .map_err(|f| f.count_in(&self.pages))?;
+            .map_err(|f| self.lost(&self.pages, f))?;
             let feed_length = response
                 .headers()
                 .get(wire::FEED_LENGTH_HEADER)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            let body = check(response).await.map_err(|f| f.count_in(&self.pages))?;
+            let body = check(response)
+                .await
+                .map_err(|f| self.lost(&self.pages, f))?;
             let reply: PullReply = decode(&body)?;
             let page_used = body.len();
             // What the listener is told of this page, once the exchange is
@@ -597,7 +606,7 @@ impl Inner {
             if outcome.is_ok() {
                 // Once its repairs are in too: a page that grew the budget
                 // before them would have them fail where the last did.
-                self.pages.carried(page_used, Instant::now());
+                self.carried(&self.pages, page_used);
             }
             let tasks_updated = report.tasks_updated - updated_before;
             // The views also read the team (names, roles, policy).
@@ -666,6 +675,30 @@ impl Inner {
                 return Ok(report);
             }
         }
+    }
+
+    /// `failed`'s error, after counting a loss on the way against `budget`.
+    fn lost(&self, budget: &Budget, failed: Failed) -> Error {
+        if failed.on_the_way && budget.lost(Instant::now()) {
+            self.keep_budgets();
+        }
+        failed.error
+    }
+
+    /// A transfer of `used` bytes went through.
+    fn carried(&self, budget: &Budget, used: usize) {
+        if budget.carried(used, Instant::now()) {
+            self.keep_budgets();
+        }
+    }
+
+    /// Kept for the app's next start (a background sync may be a new
+    /// process each time). Only a hint: a failure to keep it costs the
+    /// next start a few losses, and is not the sync's failure.
+    fn keep_budgets(&self) {
+        let _ = self
+            .store
+            .save_transfer_budgets(self.pushes.bytes(), self.pages.bytes());
     }
 
     async fn push(&self, relay: &RelaySettings, report: &mut SyncReport) -> Result<()> {
@@ -805,10 +838,10 @@ impl Inner {
         let reply: PushReply = self
             .post(relay, "/v1/push", request)
             .await
-            .map_err(|f| f.count_in(&self.pushes))?;
-        self.pushes.carried(
+            .map_err(|f| self.lost(&self.pushes, f))?;
+        self.carried(
+            &self.pushes,
             request.changes.iter().map(|c| c.bytes.len()).sum(),
-            Instant::now(),
         );
         if reply.verdicts.len() != request.changes.len() {
             return Err(Error::Offline(
@@ -874,9 +907,8 @@ impl Inner {
             let reply: wire::RepairReply = self
                 .post(relay, &path, &request)
                 .await
-                .map_err(|f| f.count_in(&self.pages))?;
-            self.pages
-                .carried(reply.changes.iter().map(|c| c.len()).sum(), Instant::now());
+                .map_err(|f| self.lost(&self.pages, f))?;
+            self.carried(&self.pages, reply.changes.iter().map(|c| c.len()).sum());
             let last = !paged || reply.changes.is_empty();
             let changes: Vec<(String, Vec<u8>)> = reply
                 .changes
@@ -947,14 +979,6 @@ impl Failed {
             error,
             on_the_way: false,
         }
-    }
-
-    /// The error, after counting a loss on the way against `budget`.
-    fn count_in(self, budget: &Budget) -> Error {
-        if self.on_the_way {
-            budget.lost(Instant::now());
-        }
-        self.error
     }
 }
 
