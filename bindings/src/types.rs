@@ -698,6 +698,9 @@ pub enum SyncEvent {
     /// Far behind (a new phone, or back after days away), the device pulls
     /// page after page: `at` of `of` entries so far (a progress bar).
     CatchingUp { at: u64, of: u64 },
+    /// A long outbox (back after hours offline, on a weak signal) goes up
+    /// request after request: `sent` of `of` changes so far.
+    Sending { sent: u64, of: u64 },
     /// The relay is unreachable; sync tries again after the delay. Nothing
     /// is lost.
     Offline { reason: String, retry_in_ms: u64 },
@@ -717,6 +720,7 @@ impl From<core::SyncEvent> for SyncEvent {
                 tasks_updated: count(tasks_updated),
             },
             core::SyncEvent::CatchingUp { at, of } => SyncEvent::CatchingUp { at, of },
+            core::SyncEvent::Sending { sent, of } => SyncEvent::Sending { sent, of },
             core::SyncEvent::Offline {
                 message,
                 retry_in_ms,

@@ -172,6 +172,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 fn on_sync_event(&self, event: SyncEvent) {
                     match event {
                         SyncEvent::CatchingUp { at, of } => eprintln!("catching up: {at} of {of}"),
+                        SyncEvent::Sending { sent, of } => eprintln!("sending: {sent} of {of}"),
                         SyncEvent::Synced(r) => self.0.store(r.pulled, Ordering::Relaxed),
                         _ => {}
                     }

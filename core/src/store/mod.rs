@@ -907,6 +907,18 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// How many changes wait in the outbox to be pushed (not those the
+    /// relay refused).
+    pub fn outbox_waiting(&self) -> Result<usize> {
+        let db = self.lock();
+        let n: i64 = db.conn.query_row(
+            "SELECT count(*) FROM outbox WHERE refused_code IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     /// The relay has these changes: take them off the outbox, keeping each
     /// with its document's changes (the outbox held the only copy). Each
     /// goes by its id and its bytes: SQLite gives a deleted row's id to the

@@ -77,6 +77,11 @@ pub enum SyncEvent {
     /// page after page: it has come `at` entries of the team's `of` (a
     /// progress bar's `at / of`). Sent after each page while more follow.
     CatchingUp { at: u64, of: u64 },
+    /// A long outbox (back after hours offline, on a weak signal) goes up
+    /// request after request: `sent` of `of` changes so far (`of` grows if
+    /// the user writes meanwhile). Sent after each request while more
+    /// follow.
+    Sending { sent: u64, of: u64 },
     /// The relay is unreachable; the engine tries again after the delay.
     Offline { message: String, retry_in_ms: u64 },
     /// The relay refuses this device: its credentials, its member, or its
@@ -447,10 +452,28 @@ impl Inner {
         listener: Option<&dyn SyncListener>,
     ) -> Result<()> {
         let refused_before = report.refused;
-        {
-            let _exchange = self.exchange.lock().await;
-            self.still_enrolled(relay)?;
-            self.push(relay, report).await?;
+        let sent_before = report.pushed + report.refused;
+        loop {
+            // Taken per request, as per pulled page: another round may
+            // answer for the outbox in between, never at the same time.
+            let more = {
+                let _exchange = self.exchange.lock().await;
+                self.still_enrolled(relay)?;
+                self.push_request(relay, report).await?
+            };
+            if !more {
+                break;
+            }
+            // A long outbox (back after hours offline, on a weak signal)
+            // shows how far it has come.
+            if let Some(listener) = listener {
+                let sent = report.pushed + report.refused - sent_before;
+                let left = self.store.outbox_waiting()?;
+                listener.on_sync_event(SyncEvent::Sending {
+                    sent: sent as u64,
+                    of: (sent + left) as u64,
+                });
+            }
         }
         if let Some(listener) = listener.filter(|_| report.refused > refused_before) {
             listener.on_sync_event(SyncEvent::DataChanged {
@@ -701,11 +724,19 @@ impl Inner {
             .save_transfer_budgets(self.pushes.bytes(), self.pages.bytes());
     }
 
+    /// Push the whole outbox.
     async fn push(&self, relay: &RelaySettings, report: &mut SyncReport) -> Result<()> {
+        while self.push_request(relay, report).await? {}
+        Ok(())
+    }
+
+    /// Push what one request carries of the outbox. Returns whether more
+    /// is left to push.
+    async fn push_request(&self, relay: &RelaySettings, report: &mut SyncReport) -> Result<bool> {
         loop {
             let mut batch = self.store.outbox(PUSH_BATCH)?;
             if batch.is_empty() {
-                return Ok(());
+                return Ok(false);
             }
             let mut more = batch.len() == PUSH_BATCH;
             // What fits one request; a change that fits none (the relay
@@ -771,9 +802,7 @@ impl Inner {
             report.pushed += delivered.len();
             // Work written again after a refusal goes out now, not at the
             // next round.
-            if !more && written_again == 0 {
-                return Ok(());
-            }
+            return Ok(more || written_again > 0);
         }
     }
 

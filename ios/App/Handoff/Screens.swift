@@ -68,6 +68,8 @@ struct SyncBanner: View {
         case .synced(let at, _): Text("Synced \(at.formatted(date: .omitted, time: .shortened))")
         case .catchingUp(let at, let of):
             ProgressView("Catching up with the team…", value: Double(at), total: Double(max(of, 1)))
+        case .sending(let sent, let of):
+            ProgressView("Sending your work…", value: Double(sent), total: Double(max(of, 1)))
         case .offline: Text("Offline — your work is saved and will sync")
         case .authFailed(_, let reason): Text("Sign-in problem: \(reason)")
         case .revoked: Text("This phone was removed from the team")

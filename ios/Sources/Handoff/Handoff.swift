@@ -20,6 +20,9 @@ public enum SyncStatus: Equatable {
     /// Far behind (new phone, or back after days away): `at` of `of`
     /// entries pulled so far.
     case catchingUp(at: UInt64, of: UInt64)
+    /// A long outbox going up (back after hours offline, weak signal):
+    /// `sent` of `of` changes so far.
+    case sending(sent: UInt64, of: UInt64)
     /// No signal or relay down; work waits in the outbox.
     case offline(reason: String, retryInMs: UInt64)
     case authFailed(code: String, reason: String)
@@ -164,6 +167,7 @@ public final class Handoff: ObservableObject {
         case .authFailed(let code, let reason): syncStatus = .authFailed(code: code, reason: reason)
         case .revoked: syncStatus = .revoked
         case .catchingUp(let at, let of): syncStatus = .catchingUp(at: at, of: of)
+        case .sending(let sent, let of): syncStatus = .sending(sent: sent, of: of)
         case .dataChanged: break
         }
         switch event {

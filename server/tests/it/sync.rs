@@ -531,6 +531,39 @@ fn a_new_phone_far_behind_hears_how_far_it_has_come() {
     assert_converged(&[&max, &mia]);
 }
 
+/// A phone back after hours offline with a long outbox sends it request
+/// after request: its user sees how far that has come.
+#[test]
+fn a_phone_sending_a_long_outbox_tells_how_far_it_has_come() {
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Post-op call", "ana");
+    // 256 changes a request: two requests and a bit.
+    for i in 0..600 {
+        ana.store.comment(&task, &format!("note {i}")).unwrap();
+    }
+    let events = Arc::new(Events(Mutex::new(Vec::new())));
+    let report = ana.engine.sync_now_telling(events.clone()).unwrap();
+    assert_eq!(report.pushed, 600);
+    let sending: Vec<(u64, u64)> = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            SyncEvent::Sending { sent, of } => Some((*sent, *of)),
+            _ => None,
+        })
+        .collect();
+    // None once the last request is through: "synced" says that.
+    assert_eq!(sending, [(256, 600), (512, 600)]);
+    max.sync();
+    assert_eq!(
+        max.store.task_detail(&task).unwrap().state.comments.len(),
+        600
+    );
+}
+
 /// A change the relay refuses during live sync is set aside on the phone:
 /// the app hears that its views read differently, so "needs attention"
 /// shows the refusal without waiting for some other news.

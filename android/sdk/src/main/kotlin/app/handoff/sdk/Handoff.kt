@@ -56,6 +56,12 @@ sealed interface SyncStatus {
         val fraction: Float get() = if (of <= 0) 0f else (at.toFloat() / of.toFloat()).coerceIn(0f, 1f)
     }
 
+    /** A long outbox going up (back after hours offline, weak signal): [sent] of [of] changes so far. */
+    data class Sending(val sent: Long, val of: Long) : SyncStatus {
+        /** 0.0 to 1.0, for a progress bar. */
+        val fraction: Float get() = if (of <= 0) 0f else (sent.toFloat() / of.toFloat()).coerceIn(0f, 1f)
+    }
+
     /** No signal or relay down; work waits in the outbox. Retrying after [retryInMs]. */
     data class Offline(val reason: String, val retryInMs: Long) : SyncStatus
 
@@ -203,6 +209,7 @@ class Handoff(
                 is SyncEvent.AuthFailed -> SyncStatus.AuthFailed(event.code, event.reason)
                 is SyncEvent.Revoked -> SyncStatus.Revoked
                 is SyncEvent.CatchingUp -> SyncStatus.CatchingUp(event.at.toLong(), event.of.toLong())
+                is SyncEvent.Sending -> SyncStatus.Sending(event.sent.toLong(), event.of.toLong())
                 is SyncEvent.DataChanged -> _sync.value
             }
             // Called on the core's sync thread: hand the re-read to ours.

@@ -32,6 +32,7 @@ fun SyncBanner(status: SyncStatus) {
         SyncStatus.Idle -> "Not syncing"
         is SyncStatus.Synced -> "Synced ${formatTime(status.atMillis)}"
         is SyncStatus.CatchingUp -> "Catching up with the team… ${(status.fraction * 100).toInt()}%"
+        is SyncStatus.Sending -> "Sending your work… ${(status.fraction * 100).toInt()}%"
         is SyncStatus.Offline -> "Offline — your work is saved and will sync"
         is SyncStatus.AuthFailed -> "Sign-in problem: ${status.reason}"
         SyncStatus.Revoked -> "This phone was removed from the team"
