@@ -132,20 +132,21 @@ impl Store {
     }
 
     /// What the sync engine last found one push and one page may carry on
-    /// this phone's link (`sync::budget`), if it ever found less than the
-    /// most: an app started again on a link that drops long transfers
-    /// goes on from there.
-    pub fn transfer_budgets(&self) -> Result<Option<(usize, usize)>> {
-        let db = self.lock();
-        Ok(meta(&db.conn, "transfer_budgets")?.and_then(|v| {
-            let (push, page) = v.split_once(':')?;
-            Some((push.parse().ok()?, page.parse().ok()?))
-        }))
+    /// this phone's link, as it wrote it (`sync::budget::Kept`): an app
+    /// started again on a link that drops long transfers goes on from
+    /// there.
+    pub fn transfer_budgets(&self) -> Result<Option<String>> {
+        meta(&self.lock().conn, "transfer_budgets")
     }
 
-    pub fn save_transfer_budgets(&self, push: usize, page: usize) -> Result<()> {
+    /// Keep the engine's budgets; not in a wiped store, which stays empty
+    /// (a round still under way when another wiped it).
+    pub fn save_transfer_budgets(&self, text: &str) -> Result<()> {
         let db = self.lock();
-        set_meta(&db.conn, "transfer_budgets", &format!("{push}:{page}"))
+        if meta(&db.conn, "wiped")?.is_none() {
+            set_meta(&db.conn, "transfer_budgets", text)?;
+        }
+        Ok(())
     }
 
     /// The relay did not know this device's cursor: it was restored from a

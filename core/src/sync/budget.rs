@@ -25,6 +25,44 @@ pub struct Budget {
     state: Mutex<State>,
 }
 
+/// A budget as an app started again finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    pub bytes: usize,
+    /// When the last loss was, on the wall clock (ms), if any.
+    pub lost_at_ms: Option<i64>,
+}
+
+impl Kept {
+    /// The push and page budgets as the store keeps them:
+    /// `push:lost:page:lost`, `-` for no loss.
+    pub fn write_pair(push: &Kept, page: &Kept) -> String {
+        let lost = |k: &Kept| k.lost_at_ms.map_or("-".to_owned(), |t| t.to_string());
+        format!(
+            "{}:{}:{}:{}",
+            push.bytes,
+            lost(push),
+            page.bytes,
+            lost(page)
+        )
+    }
+
+    /// [`Kept::write_pair`] read back; `None` if it does not read.
+    pub fn read_pair(text: &str) -> Option<(Kept, Kept)> {
+        let mut parts = text.split(':');
+        let mut one = || {
+            let bytes = parts.next()?.parse().ok()?;
+            let lost_at_ms = match parts.next()? {
+                "-" => None,
+                t => Some(t.parse().ok()?),
+            };
+            Some(Kept { bytes, lost_at_ms })
+        };
+        let pair = (one()?, one()?);
+        parts.next().is_none().then_some(pair)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct State {
     bytes: usize,
@@ -78,15 +116,34 @@ impl Budget {
         st.bytes != before
     }
 
-    /// Go on from `bytes`, found by an earlier run of the app (each start
-    /// of a background sync may be a new process): held there as after a
-    /// loss now, rather than relearnt from the top one loss at a time.
-    pub fn resume(&self, bytes: usize, now: Instant) {
-        let mut st = self.lock();
-        st.bytes = bytes.clamp(MIN_TRANSFER_BYTES.min(self.most), self.most);
-        if st.bytes < self.most {
-            st.last_loss = Some(now);
+    /// What an app started again goes on from: the size, and when (on
+    /// the wall clock, ms) the last loss was. `now` and `wall_ms` are the
+    /// same moment on both clocks.
+    pub fn kept(&self, now: Instant, wall_ms: i64) -> Kept {
+        let st = *self.lock();
+        Kept {
+            bytes: st.bytes,
+            lost_at_ms: st.last_loss.map(|at| {
+                let ago = i64::try_from(now.saturating_duration_since(at).as_millis());
+                wall_ms.saturating_sub(ago.unwrap_or(i64::MAX))
+            }),
         }
+    }
+
+    /// Go on from what an earlier run of the app kept (each start of a
+    /// background sync may be a new process), rather than relearn the
+    /// size from the top one loss at a time: held for what is left of
+    /// [`HELD_AFTER_LOSS`] since that run's last loss. A loss dated in the
+    /// future (the clock was set back) counts as now.
+    pub fn resume(&self, kept: &Kept, now: Instant, wall_ms: i64) {
+        let mut st = self.lock();
+        st.bytes = kept
+            .bytes
+            .clamp(MIN_TRANSFER_BYTES.min(self.most), self.most);
+        st.last_loss = kept.lost_at_ms.and_then(|at| {
+            let ago = Duration::from_millis(u64::try_from(wall_ms.saturating_sub(at)).unwrap_or(0));
+            (ago < HELD_AFTER_LOSS).then(|| now.checked_sub(ago).unwrap_or(now))
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -134,18 +191,47 @@ mod tests {
     }
 
     #[test]
-    fn resumed_it_is_held_where_it_was_then_grows() {
-        let b = Budget::new(4 * MB);
+    fn resumed_it_is_held_for_what_is_left_of_the_hold() {
         let t0 = Instant::now();
-        b.resume(64 * 1024, t0);
+        let wall = 1_800_000_000_000;
+        let run = Budget::new(4 * MB);
+        for _ in 0..6 {
+            run.lost(t0);
+        }
+        let kept = run.kept(t0 + Duration::from_secs(60), wall);
+        assert_eq!(kept.lost_at_ms, Some(wall - 60_000));
+        let untouched = Budget::new(MB).kept(t0, wall);
+        assert_eq!(untouched.lost_at_ms, None);
+        let text = Kept::write_pair(&kept, &untouched);
+        assert_eq!(Kept::read_pair(&text), Some((kept, untouched)));
+        let push = kept;
+
+        // Started again two minutes after that loss: three minutes held.
+        let b = Budget::new(4 * MB);
+        let t1 = t0 + Duration::from_secs(3600);
+        b.resume(&push, t1, wall + 60_000);
         assert_eq!(b.bytes(), 64 * 1024);
-        assert!(!b.carried(64 * 1024, t0 + Duration::from_secs(1)));
-        assert!(b.carried(64 * 1024, t0 + HELD_AFTER_LOSS));
-        assert_eq!(b.bytes(), 128 * 1024);
+        assert!(!b.carried(64 * 1024, t1 + Duration::from_secs(170)));
+        assert!(b.carried(64 * 1024, t1 + Duration::from_secs(180)));
+        // Started again long after: not held at all.
+        b.resume(&push, t1, wall + 3_600_000);
+        assert!(b.carried(64 * 1024, t1));
+        // A loss dated in the future counts as now.
+        b.resume(&push, t1, wall - 3_600_000);
+        assert!(!b.carried(64 * 1024, t1 + Duration::from_secs(1)));
         // Whatever was stored, within bounds.
-        b.resume(0, t0);
-        assert_eq!(b.bytes(), MIN_TRANSFER_BYTES);
-        b.resume(usize::MAX, t0);
-        assert!(!b.reduced());
+        for (bytes, within) in [(0, MIN_TRANSFER_BYTES), (usize::MAX, 4 * MB)] {
+            b.resume(
+                &Kept {
+                    bytes,
+                    lost_at_ms: None,
+                },
+                t1,
+                wall,
+            );
+            assert_eq!(b.bytes(), within);
+        }
+        assert_eq!(Kept::read_pair("1:2:3"), None);
+        assert_eq!(Kept::read_pair("1:-:3:-:5"), None);
     }
 }

@@ -14,8 +14,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::budget::{self, Budget};
+use super::budget::{self, Budget, Kept};
 use super::wire::{self, codes, DocChange, PullReply, PushReply, PushRequest, Verdict};
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::store::{FeedCursor, RelaySettings, Store, TEAM_DOC};
 
@@ -133,8 +134,10 @@ struct Inner {
     http: reqwest::Client,
     wake: Notify,
     live: Mutex<Option<JoinHandle<()>>>,
-    /// Held while a round pushes, while it takes in what it pulled, and
-    /// while the store is wiped; not while a long-poll waits. Two rounds at
+    /// Held while a round pushes a request, while it takes in what it
+    /// pulled, and while the store is wiped; not while a long-poll waits
+    /// (nor between a long outbox's requests, when the app hears how far
+    /// it has come). Two rounds at
     /// once (pull-to-refresh during live sync) then never answer for the
     /// same outbox together, and nothing pulled is written after a wipe.
     exchange: tokio::sync::Mutex<()>,
@@ -142,6 +145,9 @@ struct Inner {
     /// repair: smaller after transfers lost on the way.
     pushes: Budget,
     pages: Budget,
+    /// Held while the budgets are read and kept, so a later write never
+    /// carries older figures.
+    keeping: Mutex<()>,
 }
 
 /// Live sync runs until this is dropped or stopped.
@@ -201,9 +207,14 @@ impl SyncEngine {
         let (pushes, pages) = (Budget::new(PUSH_BYTES), Budget::new(wire::PAGE_BYTES));
         // Where the last run of the app left them (a background sync may
         // be a new process each time on a link that drops long transfers).
-        if let Some((push, page)) = store.transfer_budgets()? {
-            pushes.resume(push, Instant::now());
-            pages.resume(page, Instant::now());
+        if let Some((push, page)) = store
+            .transfer_budgets()?
+            .as_deref()
+            .and_then(Kept::read_pair)
+        {
+            let (now, wall) = (Instant::now(), SystemClock.now());
+            pushes.resume(&push, now, wall);
+            pages.resume(&page, now, wall);
         }
         Ok(SyncEngine {
             inner: Arc::new(Inner {
@@ -214,6 +225,7 @@ impl SyncEngine {
                 exchange: tokio::sync::Mutex::new(()),
                 pushes,
                 pages,
+                keeping: Mutex::new(()),
             }),
             runtime: Some(runtime),
         })
@@ -451,9 +463,10 @@ impl Inner {
         report: &mut SyncReport,
         listener: Option<&dyn SyncListener>,
     ) -> Result<()> {
-        let refused_before = report.refused;
         let sent_before = report.pushed + report.refused;
+        let mut of = 0;
         loop {
+            let refused_before = report.refused;
             // Taken per request, as per pulled page: another round may
             // answer for the outbox in between, never at the same time.
             let more = {
@@ -461,26 +474,34 @@ impl Inner {
                 self.still_enrolled(relay)?;
                 self.push_request(relay, report).await?
             };
+            let Some(listener) = listener else {
+                if more {
+                    continue;
+                }
+                return Ok(());
+            };
+            // Told now, not after the last request: a later one may fail.
+            if report.refused > refused_before {
+                listener.on_sync_event(SyncEvent::DataChanged {
+                    tasks_updated: report.refused - refused_before,
+                });
+            }
             if !more {
-                break;
+                return Ok(());
             }
             // A long outbox (back after hours offline, on a weak signal)
-            // shows how far it has come.
-            if let Some(listener) = listener {
-                let sent = report.pushed + report.refused - sent_before;
-                let left = self.store.outbox_waiting()?;
+            // shows how far it has come; never backwards, though another
+            // round may send some of it.
+            let sent = report.pushed + report.refused - sent_before;
+            let left = self.store.outbox_waiting()?;
+            if left > 0 {
+                of = of.max(sent + left);
                 listener.on_sync_event(SyncEvent::Sending {
                     sent: sent as u64,
-                    of: (sent + left) as u64,
+                    of: of as u64,
                 });
             }
         }
-        if let Some(listener) = listener.filter(|_| report.refused > refused_before) {
-            listener.on_sync_event(SyncEvent::DataChanged {
-                tasks_updated: report.refused - refused_before,
-            });
-        }
-        Ok(())
     }
 
     /// The relay this store syncs with; `DeviceRevoked` when another round
@@ -568,7 +589,7 @@ impl Inner {
                 .await
                 .map_err(|f| self.lost(&self.pages, f))?;
             let reply: PullReply = decode(&body)?;
-            let page_used = body.len();
+            let mut page_used = body.len();
             // What the listener is told of this page, once the exchange is
             // let go: the app's code never runs under the engine's lock (a
             // listener that re-reads views, or asks for a sync, would hold
@@ -612,9 +633,10 @@ impl Inner {
                 read_again = merged.read_again;
                 for doc in merged.incomplete {
                     match self.repair(&relay, &doc).await {
-                        Ok(repaired) => {
+                        Ok((repaired, used)) => {
                             report.pulled += repaired.applied;
                             report.tasks_updated += repaired.tasks_updated;
+                            page_used = page_used.max(used);
                         }
                         // No longer readable by this device (reassigned,
                         // or replaced by a redaction): nothing to repair.
@@ -627,8 +649,9 @@ impl Inner {
                 }
             }
             if outcome.is_ok() {
-                // Once its repairs are in too: a page that grew the budget
-                // before them would have them fail where the last did.
+                // Once its repairs are in too (by the most any of them
+                // carried): a page that grew the budget before them would
+                // have them fail where the last did.
                 self.carried(&self.pages, page_used);
             }
             let tasks_updated = report.tasks_updated - updated_before;
@@ -719,9 +742,10 @@ impl Inner {
     /// process each time). Only a hint: a failure to keep it costs the
     /// next start a few losses, and is not the sync's failure.
     fn keep_budgets(&self) {
-        let _ = self
-            .store
-            .save_transfer_budgets(self.pushes.bytes(), self.pages.bytes());
+        let _one_at_a_time = lock(&self.keeping);
+        let (now, wall) = (Instant::now(), SystemClock.now());
+        let text = Kept::write_pair(&self.pushes.kept(now, wall), &self.pages.kept(now, wall));
+        let _ = self.store.save_transfer_budgets(&text);
     }
 
     /// Push the whole outbox.
@@ -909,7 +933,14 @@ impl Inner {
         // way (a repair's request, a push of a few changes).
         let uploading = going_up_bytes >= budget::MIN_TRANSFER_BYTES;
         let response = within(going_up + REPLY_WAIT, request, uploading).await?;
-        decode(&check(response).await?).map_err(Failed::before)
+        let reply = check(response).await.map_err(|mut failed| {
+            // The relay gave up on a body that stopped going up.
+            if uploading && matches!(failed.error, Error::Relay { status: 408, .. }) {
+                failed.on_the_way = true;
+            }
+            failed
+        })?;
+        decode(&reply).map_err(Failed::before)
     }
 
     /// Fetch what a document is missing: everything the relay has that is
@@ -919,8 +950,15 @@ impl Inner {
     /// new (the relay knows none of our heads, which are our own unsent
     /// changes, so it pages from the document's start) is followed by one
     /// request for everything, as without pages.
-    async fn repair(&self, relay: &RelaySettings, doc: &str) -> Result<crate::MergeReport> {
+    /// Also returns the most change bytes one reply carried, for the page
+    /// budget to grow by once the page that needed the repair is in.
+    async fn repair(
+        &self,
+        relay: &RelaySettings,
+        doc: &str,
+    ) -> Result<(crate::MergeReport, usize)> {
         let mut report = crate::MergeReport::default();
+        let mut most_used = 0;
         let mut more_paged = true;
         loop {
             let request = wire::RepairRequest {
@@ -937,7 +975,7 @@ impl Inner {
                 .post(relay, &path, &request)
                 .await
                 .map_err(|f| self.lost(&self.pages, f))?;
-            self.carried(&self.pages, reply.changes.iter().map(|c| c.len()).sum());
+            most_used = most_used.max(reply.changes.iter().map(|c| c.len()).sum());
             let last = !paged || reply.changes.is_empty();
             let changes: Vec<(String, Vec<u8>)> = reply
                 .changes
@@ -950,7 +988,7 @@ impl Inner {
             // One document: its task counts once however many pages.
             report.tasks_updated = report.tasks_updated.max(merged.tasks_updated);
             if last {
-                return Ok(report);
+                return Ok((report, most_used));
             }
         }
     }

@@ -572,6 +572,27 @@ fn the_relay_cursor_moves_only_from_where_a_round_found_it() {
     assert!(!s.move_relay_cursor(at(40, 7), at(55, 9)).unwrap());
 }
 
+/// The sync engine's transfer budgets are kept for the next start, and
+/// never written into a store wiped meanwhile (a round still under way
+/// when another was told of the revocation): it stays empty.
+#[test]
+fn transfer_budgets_are_kept_but_not_in_a_wiped_store() {
+    let c = Clinic::with(&["max"]);
+    let s = c.at("max");
+    assert_eq!(s.transfer_budgets().unwrap(), None);
+    s.save_transfer_budgets("65536:1800000000000:4194304:-")
+        .unwrap();
+    assert_eq!(
+        s.transfer_budgets().unwrap().as_deref(),
+        Some("65536:1800000000000:4194304:-")
+    );
+    s.wipe().unwrap();
+    assert_eq!(s.transfer_budgets().unwrap(), None);
+    s.save_transfer_budgets("16384:-:16384:-").unwrap();
+    assert_eq!(s.transfer_budgets().unwrap(), None);
+    assert!(s.was_wiped().unwrap());
+}
+
 /// A change the relay refused for what it builds on marks its document to
 /// be offered again (a relay restored from a backup lost this device's
 /// earlier changes), and is queued again after that offer, once: refused
