@@ -950,6 +950,7 @@ impl Inner {
     /// new (the relay knows none of our heads, which are our own unsent
     /// changes, so it pages from the document's start) is followed by one
     /// request for everything, as without pages.
+    ///
     /// Also returns the most change bytes one reply carried, for the page
     /// budget to grow by once the page that needed the repair is in.
     async fn repair(

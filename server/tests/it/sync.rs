@@ -888,6 +888,36 @@ fn varied_text(seed: usize, len: usize) -> String {
         .collect()
 }
 
+/// `n` comments of `len` characters that do not compress, from `seed` on.
+fn long_comments(store: &Store, task: &str, n: usize, len: usize, seed: usize) {
+    for i in 0..n {
+        store.comment(task, &varied_text(seed + i, len)).unwrap();
+    }
+}
+
+/// Rounds of `engine` that failed before one went through, at most
+/// `tries`.
+fn rounds_failed_until_one_goes_through(engine: &SyncEngine, tries: usize) -> usize {
+    (0..tries)
+        .take_while(|_| engine.sync_now().is_err())
+        .count()
+}
+
+/// Rounds of `engine` that failed before `store`'s outbox was through, at
+/// most `tries` rounds.
+fn rounds_failed_until_sent(store: &Store, engine: &SyncEngine, tries: usize) -> usize {
+    let mut failed = 0;
+    for _ in 0..tries {
+        if store.outbox(1).unwrap().is_empty() {
+            break;
+        }
+        if engine.sync_now().is_err() {
+            failed += 1;
+        }
+    }
+    failed
+}
+
 /// A phone on a weak signal catching up on a long task: the page takes
 /// longer to arrive than any fixed limit would allow, and is read for as
 /// long as it keeps coming. Under a 30 s limit for the whole reply it was
@@ -901,9 +931,7 @@ fn a_page_on_a_weak_signal_is_read_for_as_long_as_it_keeps_coming() {
     let proxy = Proxy::to(&relay.url);
     let (max, ana) = manager_and_proxied(&relay, &proxy.url);
     let task = hand_over(&max, &ana, "Post-op call", "ana");
-    for i in 0..40 {
-        max.store.comment(&task, &varied_text(i, 9_000)).unwrap();
-    }
+    long_comments(&max.store, &task, 40, 9_000, 0);
     max.sync();
     // ~370 KB at 11 KB/s: more than 30 s.
     proxy.slow_downloads(11_000);
@@ -933,20 +961,12 @@ fn pulls_over_a_link_that_drops_long_downloads_ask_for_smaller_pages() {
     let proxy = Proxy::to(&relay.url);
     let (max, ana) = manager_and_proxied(&relay, &proxy.url);
     let task = hand_over(&max, &ana, "Post-op call", "ana");
-    for i in 0..40 {
-        max.store.comment(&task, &varied_text(i, 9_000)).unwrap();
-    }
+    long_comments(&max.store, &task, 40, 9_000, 0);
     max.sync();
     // One page would carry ~370 KB.
     proxy.cut_downloads_over(100_000);
     proxy.close_all();
-    let mut failed = 0;
-    for _ in 0..60 {
-        match ana.engine.sync_now() {
-            Ok(_) => break,
-            Err(_) => failed += 1,
-        }
-    }
+    let failed = rounds_failed_until_one_goes_through(&ana.engine, 60);
     assert!(failed > 0, "no pull was cut: this checks nothing");
     assert_eq!(
         ana.store.task_detail(&task).unwrap().state.comments.len(),
@@ -973,9 +993,7 @@ fn a_long_task_handed_over_is_repaired_in_pages_over_a_link_that_drops_long_down
         .store
         .delegate(task_for("Post-op call", Some("max"), None))
         .unwrap();
-    for i in 0..40 {
-        max.store.comment(&task, &varied_text(i, 9_000)).unwrap();
-    }
+    long_comments(&max.store, &task, 40, 9_000, 0);
     max.sync();
     // Her cursor passes the history she may not read.
     ana.sync();
@@ -986,23 +1004,13 @@ fn a_long_task_handed_over_is_repaired_in_pages_over_a_link_that_drops_long_down
         .store
         .delegate(task_for("Lab results", Some("ana"), None))
         .unwrap();
-    for i in 0..7 {
-        max.store
-            .comment(&other, &varied_text(100 + i, 9_000))
-            .unwrap();
-    }
+    long_comments(&max.store, &other, 7, 9_000, 100);
     max.store.assign(&task, "ana").unwrap();
     max.sync();
     // The repair would carry ~370 KB.
     proxy.cut_downloads_over(100_000);
     proxy.close_all();
-    let mut failed = 0;
-    for _ in 0..60 {
-        match ana.engine.sync_now() {
-            Ok(_) => break,
-            Err(_) => failed += 1,
-        }
-    }
+    let failed = rounds_failed_until_one_goes_through(&ana.engine, 60);
     assert!(failed > 0, "no repair was cut: this checks nothing");
     assert_eq!(
         ana.store.task_detail(&task).unwrap().state.comments.len(),
@@ -1029,9 +1037,7 @@ fn a_reply_that_stops_arriving_is_given_up() {
     let proxy = Proxy::to(&relay.url);
     let (max, ana) = manager_and_proxied(&relay, &proxy.url);
     let task = hand_over(&max, &ana, "Post-op call", "ana");
-    for i in 0..4 {
-        max.store.comment(&task, &varied_text(i, 9_000)).unwrap();
-    }
+    long_comments(&max.store, &task, 4, 9_000, 0);
     max.sync();
     // One piece of the page, then nothing for hours.
     proxy.slow_downloads(1);
@@ -1073,21 +1079,11 @@ fn pushes_over_a_link_that_drops_long_uploads_carry_less_until_they_get_through(
     let proxy = Proxy::to(&relay.url);
     let (max, ana) = manager_and_proxied(&relay, &proxy.url);
     let task = hand_over(&max, &ana, "Post-op call", "ana");
-    for i in 0..300 {
-        ana.store.comment(&task, &varied_text(i, 1_000)).unwrap();
-    }
+    long_comments(&ana.store, &task, 300, 1_000, 0);
     // The first push would carry 256 changes, ~300 KB.
     proxy.cut_uploads_over(48_000);
     proxy.close_all();
-    let mut failed = 0;
-    for _ in 0..80 {
-        if ana.store.outbox(1).unwrap().is_empty() {
-            break;
-        }
-        if ana.engine.sync_now().is_err() {
-            failed += 1;
-        }
-    }
+    let failed = rounds_failed_until_sent(&ana.store, &ana.engine, 80);
     assert!(failed > 0, "no push was cut: this checks nothing");
     assert!(
         ana.store.outbox(1).unwrap().is_empty(),
@@ -1096,21 +1092,9 @@ fn pushes_over_a_link_that_drops_long_uploads_carry_less_until_they_get_through(
     // The app starts again (a background sync may be a new process each
     // time) on the same link: it goes on from what the last run found,
     // rather than learning it again one lost push at a time.
-    for i in 0..60 {
-        ana.store
-            .comment(&task, &varied_text(1_000 + i, 1_000))
-            .unwrap();
-    }
+    long_comments(&ana.store, &task, 60, 1_000, 1_000);
     let started_again = SyncEngine::new(ana.store.clone()).unwrap();
-    let mut failed_again = 0;
-    for _ in 0..20 {
-        if ana.store.outbox(1).unwrap().is_empty() {
-            break;
-        }
-        if started_again.sync_now().is_err() {
-            failed_again += 1;
-        }
-    }
+    let failed_again = rounds_failed_until_sent(&ana.store, &started_again, 20);
     assert!(ana.store.outbox(1).unwrap().is_empty());
     assert!(
         failed_again <= 2,
