@@ -88,28 +88,37 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
         });
     }
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    // A connection's first request must be in within `read_pause` (its
-    // head: the body has its own limits, `api::read_body`), whichever HTTP
-    // it speaks; on HTTP/1 every later request's head too, and a connection
-    // that waits that long for its next request is closed (hyper's header
-    // read timeout). Neither a client that sends its head a byte at a time
-    // nor one that connects and sends nothing holds a connection (~23 KB
-    // of buffers) for as long as it likes. Phones let a connection rest at
-    // most 20 s before they stop reusing it, within the default 30 s.
+    // HTTP/1.1 only (phones speak nothing else), where every request's
+    // head must be in within `read_pause` (the body has its own limits,
+    // `api::read_body`), and a connection that waits that long for its
+    // next request is closed (hyper's header read timeout). Neither a
+    // client that sends its head a byte at a time nor one that connects
+    // and sends nothing holds a connection (~23 KB of buffers) for as long
+    // as it likes. Phones let a connection rest at most 20 s before they
+    // stop reusing it, within the default 30 s. (hyper's HTTP/2 bounds a
+    // connection's first request only: an HTTP/2 client could keep one
+    // open, idle, for good.)
     let tls = match &config.tls {
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
-            Some(
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                    .await
-                    .map_err(|e| {
-                        Error::Storage(format!("cannot read the TLS certificate or key: {e}"))
-                    })?,
-            )
+            let read = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| {
+                    Error::Storage(format!("cannot read the TLS certificate or key: {e}"))
+                })?;
+            // axum-server offers h2 too: a client offering only that is
+            // refused in the handshake.
+            let mut tls = (*read.get_inner()).clone();
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(axum_server::tls_rustls::RustlsConfig::from_config(
+                std::sync::Arc::new(tls),
+            ))
         }
         None => None,
     };
-    let mut server = axum_server::from_tcp(listener).map_err(|e| Error::Storage(e.to_string()))?;
+    let mut server = axum_server::from_tcp(listener)
+        .map_err(|e| Error::Storage(e.to_string()))?
+        .http1_only();
     server
         .http_builder()
         .http1()

@@ -535,6 +535,49 @@ fn a_connection_whose_request_head_does_not_arrive_is_closed() {
     assert_eq!(feed_length(&rt, &relay.url), feed_length(&rt, &relay.url));
 }
 
+/// The relay speaks HTTP/1.1 only, where every request's head is bounded
+/// by the read pause: a client that opens with HTTP/2's preface (prior
+/// knowledge, as h2c clients do) gets no HTTP/2 frame back, its
+/// connection is let go, and the relay goes on serving.
+#[test]
+fn a_connection_that_speaks_http2_gets_no_http2() {
+    use std::io::{Read, Write};
+    let relay = Relay::start_with(&["--read-pause-secs", "1"]);
+    let addr = relay.url.trim_start_matches("http://").to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    // The preface, then an empty SETTINGS frame.
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "the connection is still open after {:?}: {e}",
+                started.elapsed()
+            ),
+        }
+    }
+    // An HTTP/2 server answers with its own SETTINGS frame (type 4).
+    assert!(
+        reply.len() < 9 || reply[3] != 4,
+        "the relay spoke HTTP/2: {reply:?}"
+    );
+    assert!(
+        reply.is_empty() || reply.starts_with(b"HTTP/1.1 4"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let (rt, _) = http();
+    assert_eq!(feed_length(&rt, &relay.url), feed_length(&rt, &relay.url));
+}
+
 /// An enrolment (from anyone, before any token) gets one pause in all for
 /// its body, not a push's ten minutes: trickled within the pause but for
 /// longer than it, it is given up (408), and the invite is still good.

@@ -78,3 +78,49 @@ fn relay_team(relay: &Relay) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// Over TLS the relay offers HTTP/1.1 alone (ALPN), where every request's
+/// head is bounded by the read pause: a client offering both gets
+/// HTTP/1.1, one offering HTTP/2 alone is refused in the handshake.
+#[test]
+fn over_tls_the_relay_speaks_http1_only() {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let dir = tempfile::tempdir().unwrap();
+    let (pem, cert, key) = certificate(dir.path());
+    let relay = Relay::start_with(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let addr = relay.url.trim_start_matches("https://").to_owned();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+        .unwrap();
+    // The protocol the handshake settles on, offering `protocols`.
+    let offer = |protocols: &[&[u8]]| -> std::io::Result<Option<Vec<u8>>> {
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut conn)?;
+        }
+        Ok(tls.alpn_protocol().map(<[u8]>::to_vec))
+    };
+    assert_eq!(
+        offer(&[b"h2", b"http/1.1"]).unwrap().as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+    let h2_only = offer(&[b"h2"]);
+    assert!(h2_only.is_err(), "{h2_only:?}");
+    // Offering nothing is plain HTTP/1.1, as before ALPN.
+    assert_eq!(offer(&[]).unwrap(), None);
+}
