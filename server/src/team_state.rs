@@ -10,7 +10,7 @@ use std::sync::Arc;
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use handoff_core::access::{losing_sight, may_act, may_change_team, may_read_task, Whereabouts};
 use handoff_core::derive::{derive_outcomes, FoldedTask, TaskState};
-use handoff_core::event::{Event, EventId, MAX_LT_STEP};
+use handoff_core::event::{Action, Event, EventId, MAX_LT_STEP};
 use handoff_core::is_valid_id;
 use handoff_core::store::TEAM_DOC;
 use handoff_core::sync::wire::{self, DocChange, RefusalCode, Verdict, MAX_CHANGE, MAX_NEW_EVENTS};
@@ -777,6 +777,23 @@ impl TeamState {
                     return Err(refuse(
                         RefusalCode::InvalidChange,
                         "a change carries at most 16 new events",
+                    ));
+                }
+                // A task is created once, building on nothing, by a change
+                // of a task the relay has never held (its first document,
+                // or a later generation a phone laid out before the task
+                // ever left it). A second `created` in a task, folded
+                // before the real one, would make its author the creator:
+                // the handoff theirs, and sight of the task for good.
+                let creating: Vec<&&Event> = fresh
+                    .iter()
+                    .filter(|e| matches!(e.action, Action::Created { .. }))
+                    .collect();
+                let first = newest.is_none() && creating.len() == 1;
+                if creating.iter().any(|e| !first || !e.deps.is_empty()) {
+                    return Err(refuse(
+                        RefusalCode::InvalidChange,
+                        "a task is created once, by the first event of its first change",
                     ));
                 }
                 // The latest the relay holds of the task (copies carried over

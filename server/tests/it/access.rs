@@ -763,6 +763,64 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
     refused_as_invalid(&verdicts);
 }
 
+/// A task is created once, by the first change of its document: a member
+/// who may read a task cannot slip a second `created` event into it (one
+/// that builds on nothing, folded before the real one) and so become its
+/// creator, with its handoff rewritten and sight of it for good.
+#[test]
+fn a_second_creation_of_a_task_is_refused() {
+    use automerge::{ActorId, AutoCommit, Change};
+    let relay = Relay::start();
+    let (_, max, fay) = manager_and(&relay, "fay", "front_desk");
+    let task = hand_over(&max, &fay, "Call", "fay");
+    let (rt, client) = http();
+    let token = fay.settings().token;
+    let actor = fay.store.device_actor();
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(hex::decode(&actor).unwrap()));
+    for c in pull_all(&rt, &client, &relay.url, &token) {
+        if c.doc == task {
+            doc.apply_changes([Change::from_bytes(c.bytes).unwrap()])
+                .unwrap();
+        }
+    }
+    let (mut events, _) = task_doc::events(&doc);
+    assert_eq!(events.len(), 1, "the task as fay has it");
+    // Built on nothing, and earlier than max's: folded first.
+    let again = handoff("Nothing to see");
+    let created = Event::next(
+        &[],
+        &actor,
+        "fay",
+        events[0].at - 1,
+        Action::Created {
+            handoff: again,
+            checklist: Vec::new(),
+            questions: Vec::new(),
+            pool: None,
+            assignee: Some("fay".into()),
+        },
+    );
+    events.push(created.clone());
+    // Built on the task as she read it: her write access is judged so.
+    let comment = Event::next(
+        &events,
+        &actor,
+        "fay",
+        events[0].at + 1,
+        Action::Commented { text: "ok".into() },
+    );
+    task_doc::append(&mut doc, &created).unwrap();
+    task_doc::append(&mut doc, &comment).unwrap();
+    let bytes = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let verdicts = RawPush::to(&relay).verdicts(&token, vec![doc_change(&task, bytes)]);
+    refused_as_invalid(&verdicts);
+    max.sync();
+    let state = max.store.task_detail(&task).unwrap().state;
+    assert_eq!(state.created_by, "max");
+    assert_eq!(state.handoff.title, "Call");
+    assert!(state.comments.is_empty());
+}
+
 /// A task document's id names its generation, and the relay looks at
 /// every generation below it for copies of events: an id far past the
 /// task's newest (`<task>.4294967295` once took it minutes per event,
