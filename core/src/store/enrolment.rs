@@ -24,6 +24,17 @@ pub struct RelaySettings {
 /// build on a change the relay lacks (see [`Store::offered_again`]).
 pub const MAX_OFFERS: u32 = 8;
 
+/// How offering a document's own changes again went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// The relay took or had every change.
+    All,
+    /// Some change was still refused. `counts`: in a round that pulled
+    /// news of the document itself (one with only the team's does not
+    /// count against the tries).
+    NotAll { counts: bool },
+}
+
 /// One of this device's changes to a document ([`Store::own_changes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnChange {
@@ -204,34 +215,43 @@ impl Store {
         Ok(own)
     }
 
-    /// A document was offered again. `complete`: the relay took or had
-    /// every change; the document is done, and its outbox rows refused
+    /// A document was offered again. [`Offered::All`]: the relay took or
+    /// had every change; the document is done, and its outbox rows refused
     /// for what they built on (which the relay may now have) are queued
     /// again, once. Otherwise some change was refused (it builds on
     /// another device's lost change, which that device will offer again,
     /// or needs a lost team change): the document is offered again after
-    /// later news, up to [`MAX_OFFERS`] times. Returns whether outbox rows
-    /// were queued again.
-    pub fn offered_again(&self, doc_id: &str, complete: bool) -> Result<bool> {
+    /// later news, up to [`MAX_OFFERS`] times after news of the document
+    /// itself. Rounds with only the team's news do not count: a team
+    /// busy while the other device is away would use up the tries, and
+    /// what the relay lost of this device would stay lost. Returns whether
+    /// outbox rows were queued again.
+    pub fn offered_again(&self, doc_id: &str, offered: Offered) -> Result<bool> {
         let db = self.lock();
         let tx = db.conn.unchecked_transaction()?;
         let mut queued = 0;
-        if complete {
-            tx.execute("DELETE FROM offer_again WHERE doc_id = ?1", [doc_id])?;
-            queued = tx.execute(
-                "UPDATE outbox SET refused_code = NULL, refused_reason = NULL, offered_again = 1
-                 WHERE doc_id = ?1 AND refused_code = ?2 AND offered_again = 0",
-                params![doc_id, RefusalCode::MissingDependencies.as_str()],
-            )?;
-        } else {
-            tx.execute(
-                "UPDATE offer_again SET attempts = attempts + 1 WHERE doc_id = ?1",
-                [doc_id],
-            )?;
-            tx.execute(
-                "DELETE FROM offer_again WHERE doc_id = ?1 AND attempts >= ?2",
-                params![doc_id, MAX_OFFERS],
-            )?;
+        match offered {
+            Offered::All => {
+                tx.execute("DELETE FROM offer_again WHERE doc_id = ?1", [doc_id])?;
+                queued = tx.execute(
+                    "UPDATE outbox SET refused_code = NULL, refused_reason = NULL, offered_again = 1
+                     WHERE doc_id = ?1 AND refused_code = ?2 AND offered_again = 0",
+                    params![doc_id, RefusalCode::MissingDependencies.as_str()],
+                )?;
+            }
+            // Tried once at least: offered again only after news.
+            Offered::NotAll { counts } => {
+                tx.execute(
+                    "UPDATE offer_again
+                     SET attempts = CASE WHEN ?2 THEN attempts + 1 ELSE MAX(attempts, 1) END
+                     WHERE doc_id = ?1",
+                    params![doc_id, counts],
+                )?;
+                tx.execute(
+                    "DELETE FROM offer_again WHERE doc_id = ?1 AND attempts >= ?2",
+                    params![doc_id, MAX_OFFERS],
+                )?;
+            }
         }
         tx.commit()?;
         Ok(queued > 0)

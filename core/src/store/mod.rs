@@ -37,7 +37,7 @@ use crate::task_doc::{self, Shape};
 use crate::team::{Reach, Team, TeamWriter};
 
 pub use docs::{COMPACT_AFTER, TEAM_DOC};
-pub use enrolment::{FeedCursor, OwnChange, RelaySettings, MAX_OFFERS};
+pub use enrolment::{FeedCursor, Offered, OwnChange, RelaySettings, MAX_OFFERS};
 pub use views::{
     AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskCommand, TaskDetail, TaskSummary,
 };

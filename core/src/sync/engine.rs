@@ -18,7 +18,7 @@ use super::budget::{self, Budget, Kept};
 use super::wire::{self, codes, DocChange, PullReply, PushReply, PushRequest, Verdict};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::store::{FeedCursor, RelaySettings, Store, TEAM_DOC};
+use crate::store::{FeedCursor, Offered, RelaySettings, Store, TEAM_DOC};
 
 /// Changes per push request.
 const PUSH_BATCH: usize = 256;
@@ -880,7 +880,13 @@ impl Inner {
                     }
                 }
             }
-            queued |= self.store.offered_again(&doc, complete)?;
+            let offered = match complete {
+                true => Offered::All,
+                false => Offered::NotAll {
+                    counts: news.contains(&doc),
+                },
+            };
+            queued |= self.store.offered_again(&doc, offered)?;
         }
         Ok(queued)
     }

@@ -94,6 +94,22 @@ fn a_relay_restored_from_a_backup_gets_back_what_the_phones_had_sent() {
         lee.sync();
         assert!(ana.sync().pulled > 0);
     }
+    // Nor does news of the team (a busy clinic while max is away): each
+    // such round offers her document again, as a lost team change may be
+    // what it lacks.
+    for i in 0..=store::MAX_OFFERS {
+        lee.store
+            .put_member(&Member {
+                user_id: "zoe".into(),
+                name: format!("Zoe {i}"),
+                role: Role::FrontDesk,
+                trusted: false,
+                active: true,
+            })
+            .unwrap();
+        lee.sync();
+        assert!(ana.sync().pulled > 0);
+    }
     // News for max: his comment goes now.
     let report = max.sync();
     assert_eq!(report.offered_again, 1, "{report:?}");
