@@ -224,10 +224,24 @@ pub enum Shape {
     Malformed(&'static str),
 }
 
+/// A change's operations, or `None` for one automerge parses but cannot
+/// read: its operations name an actor past the change's list of them
+/// (a hand-made change; automerge panics on it).
+pub(crate) fn decoded(change: &automerge::Change) -> Option<automerge::ExpandedChange> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode())).ok()
+}
+
 /// Read a change's events, layout and shape in one pass.
 pub fn read_change(change: &automerge::Change) -> ChangeRead {
     use automerge::legacy::{Key, ObjectId, OpId, OpType};
-    let decoded = change.decode();
+    let Some(decoded) = decoded(change) else {
+        return ChangeRead {
+            events: Vec::new(),
+            task_id: None,
+            generation: None,
+            shape: Shape::Malformed("its operations name actors it does not list"),
+        };
+    };
     let first = decoded.deps.is_empty();
     let mut read = ChangeRead {
         events: Vec::new(),

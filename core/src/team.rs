@@ -154,7 +154,10 @@ pub fn change_fits(change: &automerge::Change, doc: &AutoCommit) -> bool {
             _ => None,
         })
         .collect();
-    change.decode().operations.iter().all(|op| {
+    let Some(decoded) = crate::task_doc::decoded(change) else {
+        return false;
+    };
+    decoded.operations.iter().all(|op| {
         let (OpType::Put(automerge::ScalarValue::Str(value)), Key::Map(key), false) =
             (&op.action, &op.key, op.insert)
         else {

@@ -753,7 +753,10 @@ impl Store {
                 None => report.invalid += 1,
             }
         }
-        let result = (|| {
+        // A panic (automerge asserts on some hand-made changes) fails the
+        // batch like an error: memory is set right below, and the app
+        // goes on.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let tx = conn.unchecked_transaction()?;
             let mut touched = BTreeSet::new();
             // Compared with the team after, if this batch changes it.
@@ -880,7 +883,10 @@ impl Store {
             }
             tx.commit()?;
             Ok(())
-        })();
+        }))
+        .unwrap_or(Err(Error::Corrupt(
+            "applying changes from the relay panicked",
+        )));
         if result.is_err() {
             // Memory may be ahead of the rolled-back database: reload from disk.
             st.docs.clear();

@@ -90,3 +90,30 @@ pub fn name_another_actor(body: &mut Vec<u8>, actor: &[u8]) {
     put_uleb(&mut new_count, count + 1);
     body.splice(count_at..count_end, new_count);
 }
+
+/// Empty a change body's list of other actors, though its operations
+/// name them (by their place in that list).
+pub fn forget_other_actors(body: &mut Vec<u8>) {
+    let mut at = 0;
+    let next = |at: &mut usize| {
+        let (v, n) = uleb(&body[*at..]);
+        *at += n;
+        v
+    };
+    let deps = next(&mut at);
+    at += 32 * deps as usize;
+    let own = next(&mut at);
+    at += own as usize;
+    next(&mut at); // seq
+    next(&mut at); // start op
+    next(&mut at); // time (signed; the same length rule)
+    let message = next(&mut at);
+    at += message as usize;
+    let count_at = at;
+    let count = next(&mut at);
+    for _ in 0..count {
+        let len = next(&mut at);
+        at += len as usize;
+    }
+    body.splice(count_at..at, [0]);
+}

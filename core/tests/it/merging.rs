@@ -400,6 +400,29 @@ fn a_change_automerge_would_panic_on_is_left_out_and_sync_goes_on() {
     assert_eq!(c.at("ana").task_detail(&t).unwrap().state.comments.len(), 2);
 }
 
+/// A change whose operations name actors its list does not hold (a
+/// faulty or hostile relay's): counted invalid, and the rest goes on.
+#[test]
+fn a_change_naming_actors_it_does_not_list_is_left_out_and_sync_goes_on() {
+    use crate::crafting::{forget_other_actors, reframed};
+    let (c, t, doc) = delegated_with_its_document();
+    let mut d = doc.with_actor(automerge::ActorId::from(vec![0x5a; 16]));
+    let appended = append_string(&mut d, "one");
+    let unlisted = reframed(&appended, forget_other_actors);
+    c.at("max").comment(&t, "after it").unwrap();
+    let mut batch = vec![(t.clone(), unlisted)];
+    batch.extend(outbox(c.at("max")));
+    let report = c.at("ana").apply_remote(&batch).unwrap();
+    assert_eq!(report.invalid, 1, "{report:?}");
+    assert_eq!(
+        c.at("ana").task_detail(&t).unwrap().state,
+        c.at("max").task_detail(&t).unwrap().state
+    );
+    c.at("max").comment(&t, "later").unwrap();
+    c.send("max", "ana");
+    assert_eq!(c.at("ana").task_detail(&t).unwrap().state.comments.len(), 2);
+}
+
 /// max delegates a task to ana and every device hears of it: the task, and
 /// its document as max wrote it.
 fn delegated_with_its_document() -> (Clinic, TaskId, automerge::AutoCommit) {

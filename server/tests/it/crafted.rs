@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::crafting::{add_author, name_another_actor, reframed};
+use crate::crafting::{add_author, forget_other_actors, name_another_actor, reframed};
 use crate::harness::*;
 
 const PUSHES: usize = 300;
@@ -492,8 +492,9 @@ fn a_feed_writer_that_panics_is_replaced_and_the_team_goes_on() {
 
 /// Changes framed in ways automerge asserts on instead of refusing (its
 /// apply panics, on the relay's copy of the team and on every phone that
-/// pulls them): an author in an actor's second change, and another actor
-/// the document has never had. The relay refuses them, keeps serving,
+/// pulls them): an author in an actor's second change, another actor
+/// the document has never had, and operations naming an actor the change
+/// does not list. The relay refuses them, keeps serving,
 /// and the change as a phone writes it goes through.
 #[test]
 fn changes_automerge_would_panic_on_are_refused() {
@@ -564,6 +565,9 @@ fn changes_automerge_would_panic_on_are_refused() {
         &token,
         crafted(&|body| name_another_actor(body, &[0xab; 16])),
     );
+    // Operations naming an actor the change does not list (automerge
+    // panics reading them).
+    refused(&token, crafted(&forget_other_actors));
     // The manager's change to the team, likewise.
     let mut team_doc = team_doc.with_actor(ActorId::from(
         hex::decode(max.store.device_actor()).unwrap(),
