@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -45,31 +45,87 @@ pub struct App {
 /// stays impractical, and an attacker cannot burn through them.
 pub const ENROL_FAILURES_PER_MINUTE: u32 = 20;
 
-/// Failed enrolment attempts per client address, in one-minute windows.
+/// Failed enrolment attempts per client, in one-minute windows. A client
+/// is its IPv4 address, or its IPv6 network (/64: one host holds a whole
+/// one, and could otherwise try from as many addresses as it likes).
 /// Behind a proxy every phone shares the proxy's address.
-#[derive(Default)]
 pub struct EnrolGuard {
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    failures: Mutex<Failures>,
+    /// Clients kept track of at most: past that (failures from more
+    /// clients at once than any clinic has phones), a client not among
+    /// them is refused until some age out.
+    most: usize,
+}
+
+struct Failures {
+    by_client: HashMap<IpAddr, (Instant, u32)>,
+    /// When those out of the window were last let go: at most once a
+    /// second, so a flood does not scan the map at every attempt.
+    swept: Option<Instant>,
+}
+
+impl Default for EnrolGuard {
+    fn default() -> EnrolGuard {
+        EnrolGuard::keeping(100_000)
+    }
 }
 
 impl EnrolGuard {
+    fn keeping(most: usize) -> EnrolGuard {
+        EnrolGuard {
+            failures: Mutex::new(Failures {
+                by_client: HashMap::new(),
+                swept: None,
+            }),
+            most,
+        }
+    }
+
     fn window() -> Duration {
         Duration::from_secs(60)
     }
 
+    fn client(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(std::net::Ipv6Addr::from(
+                    u128::from(v6) & !((1u128 << 64) - 1),
+                )),
+            },
+            v4 => v4,
+        }
+    }
+
+    /// The failures, those out of the window let go if the map is full.
+    fn failures(&self) -> MutexGuard<'_, Failures> {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let due = f
+            .swept
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if f.by_client.len() >= self.most && due {
+            f.by_client
+                .retain(|_, (since, _)| since.elapsed() < Self::window());
+            f.swept = Some(Instant::now());
+        }
+        f
+    }
+
     fn blocked(&self, ip: IpAddr) -> bool {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures.get(&ip).is_some_and(|(since, n)| {
-            since.elapsed() < Self::window() && *n >= ENROL_FAILURES_PER_MINUTE
-        })
+        let f = self.failures();
+        match f.by_client.get(&Self::client(ip)) {
+            Some((since, n)) => since.elapsed() < Self::window() && *n >= ENROL_FAILURES_PER_MINUTE,
+            None => f.by_client.len() >= self.most,
+        }
     }
 
     fn failed(&self, ip: IpAddr) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() > 100_000 {
-            failures.retain(|_, (since, _)| since.elapsed() < Self::window());
+        let mut f = self.failures();
+        let client = Self::client(ip);
+        if f.by_client.len() >= self.most && !f.by_client.contains_key(&client) {
+            return;
         }
-        let entry = failures.entry(ip).or_insert((Instant::now(), 0));
+        let entry = f.by_client.entry(client).or_insert((Instant::now(), 0));
         if entry.0.elapsed() >= Self::window() {
             *entry = (Instant::now(), 0);
         }
@@ -641,5 +697,45 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse()
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
+    #[test]
+    fn enrolments_are_throttled_per_ipv4_address_and_ipv6_network() {
+        let guard = EnrolGuard::default();
+        for n in 0..ENROL_FAILURES_PER_MINUTE {
+            assert!(!guard.blocked(ip("2001:db8:1:2::1")));
+            // Every address of one /64 is the same client.
+            guard.failed(ip(&format!("2001:db8:1:2::{:x}", n + 1)));
+        }
+        assert!(guard.blocked(ip("2001:db8:1:2:ffff::9")));
+        assert!(!guard.blocked(ip("2001:db8:1:3::1")), "the next /64");
+        for _ in 0..ENROL_FAILURES_PER_MINUTE {
+            guard.failed(ip("192.0.2.7"));
+        }
+        assert!(guard.blocked(ip("192.0.2.7")));
+        assert!(guard.blocked(ip("::ffff:192.0.2.7")), "the same, mapped");
+        assert!(!guard.blocked(ip("192.0.2.8")));
+    }
+
+    #[test]
+    fn failures_from_more_clients_than_are_kept_refuse_new_ones_only() {
+        let guard = EnrolGuard::keeping(3);
+        for c in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+            guard.failed(ip(c));
+        }
+        assert!(!guard.blocked(ip("192.0.2.1")), "one failure is not many");
+        assert!(guard.blocked(ip("192.0.2.4")), "full: a new client waits");
+        guard.failed(ip("192.0.2.4"));
+        assert_eq!(guard.failures().by_client.len(), 3, "not kept");
     }
 }
