@@ -39,8 +39,9 @@ use crate::team::Team;
 
 /// The version of these rules. A change to what any event derives to
 /// comes with a new one: stores derive their index again when they open
-/// (`Store::open`). 2: what a role allows is judged at the door.
-pub const RULES: &str = "2";
+/// (`Store::open`). 2: what a role allows is judged at the door. 3: the
+/// loser of a claim race may not submit or complete the winner's task.
+pub const RULES: &str = "3";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -743,7 +744,14 @@ impl Fold {
                 self.note_status(i, e, before);
                 Outcome::Applied
             }
-            Err(refusal) => Outcome::Refused { refusal },
+            Err(refusal) => {
+                // Its author went on as the holder: they held the task as
+                // they saw it from here (see `held_as_seen`).
+                if matches!(e.action, Action::Claimed) {
+                    self.holders.push((i, e.by.clone()));
+                }
+                Outcome::Refused { refusal }
+            }
         };
         // `apply` may already have superseded this event; its own verdict otherwise:
         if self.outcomes[i] == Outcome::Applied {
@@ -1026,23 +1034,24 @@ impl Fold {
     }
 
     /// Submitting or completing is the holder's word that the work is done:
-    /// from someone the task was taken from by an assignment they had not
-    /// seen, it does not stand (their calls do: they happened). This is
-    /// the order where the assignment folds first; [`Fold::undo_done`] is
-    /// the other.
+    /// from someone who held the task as they saw it but does not hold it
+    /// here, it does not stand (their calls do: they happened). The task
+    /// was taken from them by what they had not seen: an assignment, or
+    /// a claim that won the race theirs lost. This is the order where that
+    /// folds first; [`Fold::undo_done`] is the other (for assignments).
     fn not_moved_meanwhile(&self, i: usize, by: &str, is_assignee: bool) -> Result<(), Refusal> {
-        match (self.assign_event, &self.state_ref().assignee) {
-            (Some(a), Some(to))
-                if !is_assignee && !self.ancestors[i].contains(a) && self.held_as_seen(i, by) =>
-            {
-                Err(Refusal::Reassigned { to: to.clone() })
-            }
+        match &self.state_ref().assignee {
+            Some(to) if !is_assignee && self.held_as_seen(i, by) => Err(match self.claim_event {
+                Some(_) => Refusal::AlreadyTaken { by: to.clone() },
+                None => Refusal::Reassigned { to: to.clone() },
+            }),
             _ => Ok(()),
         }
     }
 
     /// Did `by` hold the task as the author of event `i` saw it (the last
-    /// holder set among the events it builds on)?
+    /// holder set among the events it builds on, a claim that lost its race
+    /// included: its author's phone went on from it)?
     fn held_as_seen(&self, i: usize, by: &str) -> bool {
         self.holders
             .iter()

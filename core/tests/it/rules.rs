@@ -196,6 +196,49 @@ fn two_front_desk_phones_claiming_offline_resolve_to_one_owner_and_tell_the_othe
     assert!(c.at("fred").shared_pool().unwrap().is_empty());
 }
 
+/// The phone that lost a claim race had gone on as the task's holder:
+/// its submission is not taken as the winner's work being done (its call
+/// stands: it happened). Without this, fred's submission put fay's task
+/// up for review, and her later work was refused.
+#[test]
+fn the_loser_of_a_claim_race_cannot_submit_the_winners_task() {
+    let c = Clinic::with(&["max", "fay", "fred"]);
+    let t = c.at("max").delegate(pooled(Role::FrontDesk)).unwrap();
+    c.sync();
+    c.at("fay").claim(&t).unwrap();
+    c.clock.advance(1000);
+    c.at("fred").claim(&t).unwrap();
+    c.at("fred")
+        .log_call(&t, call(CallOutcome::Voicemail))
+        .unwrap();
+    c.at("fred").submit(&t, "left a message").unwrap();
+    c.sync();
+    for u in ["max", "fay", "fred"] {
+        let state = c.at(u).task_detail(&t).unwrap().state;
+        assert_eq!(state.assignee.as_deref(), Some("fay"), "at {u}");
+        // fred's call stands (it happened), and is work on the task.
+        assert_eq!(state.status, TaskStatus::InProgress, "at {u}");
+        assert_eq!(state.submitted, None, "at {u}");
+        assert_eq!(state.calls.len(), 1, "at {u}");
+    }
+    let mut codes: Vec<String> = c
+        .at("fred")
+        .needs_attention()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.code)
+        .collect();
+    codes.sort();
+    assert_eq!(codes, vec!["already_taken", "already_taken"]);
+    // fay's work goes on.
+    c.at("fay").submit(&t, "called back").unwrap();
+    c.sync();
+    assert_eq!(
+        c.at("max").task_detail(&t).unwrap().state.status,
+        TaskStatus::Submitted
+    );
+}
+
 #[test]
 fn a_manager_assignment_concurrent_with_a_claim_overrides_it_and_says_so() {
     let c = Clinic::with(&["max", "fay", "fred"]);
