@@ -179,6 +179,8 @@ pub struct InviteRow {
     pub role: String,
     pub expires_at: i64,
     pub redeemed_at: Option<i64>,
+    /// The device (actor) that redeemed it.
+    pub redeemed_by: Option<String>,
 }
 
 /// A redacted task's older document, to delete from the feed.
@@ -406,7 +408,7 @@ impl Db {
     pub fn invite(conn: &Connection, code_hash: &[u8]) -> Result<Option<InviteRow>> {
         Ok(conn
             .prepare_cached(
-                "SELECT team_id, user_id, name, role, expires_at, redeemed_at
+                "SELECT team_id, user_id, name, role, expires_at, redeemed_at, redeemed_by
                  FROM invites WHERE code_hash = ?1",
             )?
             .query_row([code_hash], |r| {
@@ -417,6 +419,7 @@ impl Db {
                     role: r.get(3)?,
                     expires_at: r.get(4)?,
                     redeemed_at: r.get(5)?,
+                    redeemed_by: r.get(6)?,
                 })
             })
             .optional()?)
@@ -433,6 +436,21 @@ impl Db {
             "UPDATE invites SET redeemed_at = ?2, redeemed_by = ?3
              WHERE code_hash = ?1 AND redeemed_at IS NULL",
             params![code_hash, now, actor],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// A new token for a device not revoked; false if there is none.
+    pub fn replace_token(
+        conn: &Connection,
+        team_id: &str,
+        actor: &str,
+        token_hash: &[u8],
+    ) -> Result<bool> {
+        let n = conn.execute(
+            "UPDATE devices SET token_hash = ?3
+             WHERE team_id = ?1 AND actor = ?2 AND revoked_at IS NULL",
+            params![team_id, actor, token_hash],
         )?;
         Ok(n == 1)
     }

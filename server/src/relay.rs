@@ -34,6 +34,10 @@ use crate::db::{Db, DeviceRow, FeedRow, InviteRow, RevocationStamp, TeamRow};
 use crate::error::{Error, Result};
 use crate::team_state::{refuse, tag_of, Incoming, Replay, TeamState};
 
+/// How long after redeeming an invite its device may redeem it again
+/// (its enrolment's reply was lost): a phone retries within seconds.
+pub const ENROL_AGAIN_WITHIN_MS: i64 = 10 * 60 * 1000;
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -754,10 +758,30 @@ impl Relay {
             .db
             .read(|c| Db::invite(c, &code_hash))?
             .ok_or(Error::NotFound("no such invite"))?;
-        if row.redeemed_at.is_some() {
-            return Err(Error::InviteUsed);
-        }
         let now = now_ms();
+        if let Some(redeemed_at) = row.redeemed_at {
+            // The same device again, soon after: its enrolment's reply was
+            // lost (a dead zone, a timeout), and it could never enrol
+            // again with its actor. It gets a new token; the first never
+            // reached it (or, if it did, stops working).
+            let again = row.redeemed_by.as_deref() == Some(actor.as_str())
+                && now.saturating_sub(redeemed_at) < ENROL_AGAIN_WITHIN_MS;
+            if !again {
+                return Err(Error::InviteUsed);
+            }
+            let token = random_hex(32);
+            let replaced = Db::replace_token(
+                &self.db.write(),
+                &row.team_id,
+                &actor,
+                &sha256(token.as_bytes()),
+            )?;
+            if !replaced {
+                return Err(Error::InviteUsed);
+            }
+            self.forget_tokens();
+            return Ok((token, row));
+        }
         if row.expires_at <= now {
             return Err(Error::InviteExpired);
         }
@@ -1003,6 +1027,7 @@ pub fn create_invite(
             role: role.as_str().into(),
             expires_at: now + i64::from(valid_for_hours) * 3_600_000,
             redeemed_at: None,
+            redeemed_by: None,
         },
         now,
     )?;

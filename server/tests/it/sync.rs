@@ -668,6 +668,54 @@ fn a_member_given_another_role_is_sent_the_tasks_it_lets_her_read() {
     assert_eq!(fay.sync().pulled, 0);
 }
 
+/// The relay enrolled a phone, but the reply was lost on the way (a dead
+/// zone): the same phone redeems the same invite again and gets in, where
+/// it used to get `invite_used` and have no way in with its device id.
+/// Another device still gets `invite_used`.
+#[test]
+fn an_enrolment_whose_reply_was_lost_is_made_again_by_the_same_phone() {
+    use crate::proxy::Proxy;
+    let relay = Relay::start();
+    let (team, max, _) = manager_and(&relay, "tom", "clinical_assistant");
+    let proxy = Proxy::to(&relay.url);
+    proxy.cut_replies_after(0);
+    let ana = Phone::new();
+    let invite = relay.invite(&team, "ana", "clinical_assistant");
+    let lost = ana.engine.enrol(&proxy.url, &invite);
+    assert!(matches!(lost, Err(Error::Offline(_))), "{lost:?}");
+    assert!(ana.store.relay_settings().unwrap().is_none());
+    let devices = relay.admin(&["devices", "--team", &team]);
+    assert!(
+        devices.contains("\tana\t"),
+        "the relay enrolled her: {devices}"
+    );
+
+    let again = ana.engine.enrol(&proxy.url, &invite).unwrap();
+    assert_eq!(
+        (again.user.as_str(), again.role),
+        ("ana", Role::ClinicalAssistant)
+    );
+    max.sync();
+    let task = max
+        .store
+        .delegate(task_for("Call back", Some("ana"), None))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    assert!(ana.store.task_detail(&task).is_ok());
+
+    let other = Phone::new();
+    match other.engine.enrol(&relay.url, &invite) {
+        Err(Error::Relay { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (410, "invite_used"))
+        }
+        got => panic!("{got:?}"),
+    }
+    // One device for her, as before.
+    let devices = relay.admin(&["devices", "--team", &team]);
+    assert_eq!(devices.matches("\tana\t").count(), 1, "{devices}");
+}
+
 /// A new phone's first catch-up is cut short (the signal goes in the
 /// basement): enrolling again fetches the rest, where it used to refuse
 /// as "already enrolled" and leave the app with no way in.
