@@ -785,6 +785,22 @@ impl TeamState {
                 // ever left it). A second `created` in a task, folded
                 // before the real one, would make its author the creator:
                 // the handoff theirs, and sight of the task for good.
+                // An event's id names it for good: one that takes an id
+                // the task holds (its other copies are carried, above), or
+                // that another event of the change takes, would fold in
+                // place of it or be what names that id points at.
+                let mut ids = HashSet::new();
+                let reused = fresh.iter().any(|e| {
+                    !ids.insert(&e.id)
+                        || events.iter().any(|x| x.id == e.id)
+                        || self.holds_in_earlier_generation(&change.doc, &e.id)
+                });
+                if reused {
+                    return Err(refuse(
+                        RefusalCode::InvalidChange,
+                        "an event takes an id the task already holds",
+                    ));
+                }
                 let creating: Vec<&&Event> = fresh
                     .iter()
                     .filter(|e| matches!(e.action, Action::Created { .. }))
@@ -963,6 +979,19 @@ impl TeamState {
 
     /// Is `event` (written by another device) a copy of one in an earlier
     /// generation of its task, unchanged or scrubbed?
+    /// Does an earlier generation of `doc`'s task hold an event `id`?
+    fn holds_in_earlier_generation(&self, doc: &str, id: &EventId) -> bool {
+        let (task, generation) = split_doc_id(doc);
+        self.retired_events
+            .get(task)
+            .is_some_and(|events| events.contains_key(id))
+            || (0..generation).any(|g| {
+                self.docs
+                    .get(doc_id_of(task, g).as_str())
+                    .is_some_and(|e| e.events.iter().any(|x| x.id == *id))
+            })
+    }
+
     fn known_in_earlier_generation(&self, doc: &str, event: &Event) -> bool {
         let (task, generation) = split_doc_id(doc);
         let retired = self

@@ -821,6 +821,56 @@ fn a_second_creation_of_a_task_is_refused() {
     assert!(state.comments.is_empty());
 }
 
+/// An event's id names it for good: a change whose event takes an id the
+/// task already holds (with other content, placed so that the fold keeps
+/// it, or so that what names that id points at it) is refused. Without
+/// this, ana could re-use her submission's id for a call logged after the
+/// approval, and the approval would count as covering it.
+#[test]
+fn an_event_that_takes_an_id_the_task_already_holds_is_refused() {
+    use automerge::{ActorId, AutoCommit, Change};
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call", "ana");
+    ana.store.comment(&task, "on it").unwrap();
+    ana.sync();
+    let (rt, client) = http();
+    let token = ana.settings().token;
+    let actor = ana.store.device_actor();
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(hex::decode(&actor).unwrap()));
+    // A phone is not sent its own changes back: the task as both have it.
+    for phone in [&max, &ana] {
+        for c in pull_all(&rt, &client, &relay.url, &phone.settings().token) {
+            if c.doc == task {
+                doc.apply_changes([Change::from_bytes(c.bytes).unwrap()])
+                    .unwrap();
+            }
+        }
+    }
+    let (events, _) = task_doc::events(&doc);
+    let comment = events.iter().find(|e| e.id.actor == actor).unwrap().clone();
+    // A call under the comment's id, after everything.
+    let mut again = Event::next(
+        &events,
+        &actor,
+        "ana",
+        comment.at + 1,
+        Action::CallLogged {
+            attempt: call(CallOutcome::Reached),
+        },
+    );
+    again.id = comment.id.clone();
+    task_doc::append(&mut doc, &again).unwrap();
+    let bytes = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let verdicts = RawPush::to(&relay).verdicts(&token, vec![doc_change(&task, bytes)]);
+    refused_as_invalid(&verdicts);
+    max.sync();
+    assert!(max.store.task_detail(&task).unwrap().state.calls.is_empty());
+    // Her phone's own next write still goes.
+    ana.store.comment(&task, "called").unwrap();
+    assert_eq!(ana.sync().pushed, 1);
+}
+
 /// A task document's id names its generation, and the relay looks at
 /// every generation below it for copies of events: an id far past the
 /// task's newest (`<task>.4294967295` once took it minutes per event,
