@@ -217,6 +217,13 @@ pub const MAX_LT: u64 = 1 << 40;
 /// clamped to the ceiling and refused as not coming after it.
 pub const MAX_LT_STEP: u64 = 1 << 20;
 
+/// The most events one task holds: far past any task's calls, comments
+/// and checklist. Every device keeps a task's fold in memory, with a set
+/// of ancestors per event (its size grows with the square of the count):
+/// unbounded, one member's hand-made changes could make one task cost the
+/// relay and every manager's phone hundreds of megabytes.
+pub const MAX_TASK_EVENTS: usize = 2_000;
+
 /// What a device's next event to a task builds on: the events no other
 /// event follows, the latest Lamport time, and each author's last number.
 #[derive(Debug, Clone, Default)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use handoff_core::access::{losing_sight, may_act, may_change_team, may_read_task, Whereabouts};
 use handoff_core::derive::{derive_outcomes, FoldedTask, TaskState};
-use handoff_core::event::{Action, Event, EventId, MAX_LT_STEP};
+use handoff_core::event::{Action, Event, EventId, MAX_LT_STEP, MAX_TASK_EVENTS};
 use handoff_core::is_valid_id;
 use handoff_core::store::TEAM_DOC;
 use handoff_core::sync::wire::{self, DocChange, RefusalCode, Verdict, MAX_CHANGE, MAX_NEW_EVENTS};
@@ -785,6 +785,12 @@ impl TeamState {
                 // ever left it). A second `created` in a task, folded
                 // before the real one, would make its author the creator:
                 // the handoff theirs, and sight of the task for good.
+                if !fresh.is_empty() && events.len() + new_events.len() > MAX_TASK_EVENTS {
+                    return Err(refuse(
+                        RefusalCode::InvalidChange,
+                        "the task holds as many events as a task may",
+                    ));
+                }
                 // An event's id names it for good: one that takes an id
                 // the task holds (its other copies are carried, above), or
                 // that another event of the change takes, would fold in

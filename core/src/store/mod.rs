@@ -639,6 +639,15 @@ impl Store {
             Some(f) => f,
             None => FoldedTask::of(task_id, &parsed.events, team),
         };
+        if parsed.events.len() >= crate::event::MAX_TASK_EVENTS {
+            parsed.folded = Some(folded);
+            st.docs.put(&doc_id, doc);
+            st.docs.put_events(&doc_id, heads, parsed);
+            return Err(Error::InvalidInput(format!(
+                "a task holds at most {} events: carry on in a new task",
+                crate::event::MAX_TASK_EVENTS
+            )));
+        }
         let now = st.clock.now();
         let event = folded.next_event(&st.actor_hex, &user, now, action(&mut doc));
         let unapplied = folded.unapplied();

@@ -871,6 +871,71 @@ fn an_event_that_takes_an_id_the_task_already_holds_is_refused() {
     assert_eq!(ana.sync().pushed, 1);
 }
 
+/// A task holds at most `MAX_TASK_EVENTS` events (each device keeps its
+/// fold in memory, growing with the square of the count): hand-made
+/// changes past that are refused.
+#[test]
+fn a_task_takes_no_more_events_than_a_task_may_hold() {
+    use automerge::{ActorId, AutoCommit, Change};
+    use handoff_core::event::MAX_TASK_EVENTS;
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call", "ana");
+    let (rt, client) = http();
+    let token = ana.settings().token;
+    let actor = ana.store.device_actor();
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(hex::decode(&actor).unwrap()));
+    for c in pull_all(&rt, &client, &relay.url, &token) {
+        if c.doc == task {
+            doc.apply_changes([Change::from_bytes(c.bytes).unwrap()])
+                .unwrap();
+        }
+    }
+    let (mut events, _) = task_doc::events(&doc);
+    let mut comments = |n: usize| {
+        for _ in 0..n {
+            let e = Event::next(
+                &events,
+                &actor,
+                "ana",
+                events[events.len() - 1].at + 1,
+                Action::Commented { text: "x".into() },
+            );
+            task_doc::append(&mut doc, &e).unwrap();
+            events.push(e);
+        }
+        doc_change(
+            &task,
+            doc.get_last_local_change().unwrap().raw_bytes().to_vec(),
+        )
+    };
+    let push = RawPush::to(&relay);
+    let mut room = MAX_TASK_EVENTS - 1;
+    while room > 0 {
+        let batch: Vec<_> = (0..50)
+            .map_while(|_| {
+                let n = room.min(16);
+                room -= n;
+                (n > 0).then(|| comments(n))
+            })
+            .collect();
+        let verdicts = push.verdicts(&token, batch);
+        assert!(
+            verdicts.iter().all(|v| matches!(v, Verdict::Stored)),
+            "{verdicts:?}"
+        );
+    }
+    refused_as_invalid(&push.verdicts(&token, vec![comments(1)]));
+    max.sync();
+    let detail = max.store.task_detail(&task).unwrap();
+    assert_eq!(detail.state.comments.len(), MAX_TASK_EVENTS - 1);
+    // The phones hold to the same limit, with a clear error.
+    assert!(matches!(
+        max.store.comment(&task, "one more"),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
 /// A task document's id names its generation, and the relay looks at
 /// every generation below it for copies of events: an id far past the
 /// task's newest (`<task>.4294967295` once took it minutes per event,
