@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use handoff_core::event::EventId;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -204,12 +205,15 @@ pub struct FeedRow {
     pub exits: Vec<String>,
 }
 
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn open_conn(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -279,10 +283,16 @@ impl Db {
     /// ([`Db::finish_checkpoint_if_asked`]).
     pub fn checkpoint(&self) -> Result<()> {
         if self.truncate_wal.swap(false, Ordering::AcqRel) {
-            // Waits for readers to move on; if one does not in time, the
-            // next tick tries again.
-            let busy: i64 = self
-                .read(|c| Ok(c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?))?;
+            // Does not wait for readers to move on: waiting, it holds the
+            // write lock, and every team's commits would wait with it (a
+            // long reader, such as a team loading its feed, would fail
+            // them). If one is in the way, the next tick tries again.
+            let busy: i64 = self.read(|c| {
+                c.busy_timeout(Duration::ZERO)?;
+                let busy = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
+                c.busy_timeout(BUSY_TIMEOUT)?;
+                Ok(busy?)
+            })?;
             if busy != 0 {
                 self.truncate_wal.store(true, Ordering::Release);
             }
@@ -528,7 +538,11 @@ impl Db {
                 .append(true)
                 .open(&self.revocations)
                 .and_then(|mut f| {
-                    std::io::Write::write_all(&mut f, format!("{actor}\n").as_bytes())
+                    std::io::Write::write_all(&mut f, format!("{actor}\n").as_bytes())?;
+                    // On disk before the admin is told: a restore from an
+                    // older backup revokes again what this file lists, and
+                    // a power cut must not take the line with it.
+                    f.sync_all()
                 });
             if let Err(e) = noted {
                 return Err(Error::Storage(format!(

@@ -403,3 +403,51 @@ fn a_task_redacted_twice_between_syncs_reaches_the_team_with_every_call() {
     assert_eq!(relay.terminate().code(), Some(0));
     assert!(!relay_files_hold(&relay, NAME));
 }
+
+/// After a redaction the relay empties its WAL, so that no page of the
+/// removed details stays in it. A reader in the way (an operator's backup,
+/// a team loading its feed) is waited out tick by tick, not while holding
+/// the write lock: every push meanwhile goes through at once, where each
+/// waited up to 5 s and could fail. Once the reader is done, the details
+/// leave the files.
+#[test]
+fn emptying_the_wal_after_a_redaction_holds_up_no_push_while_a_reader_is_in_the_way() {
+    use std::time::{Duration, Instant};
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = quill_task_with_a_call(&max, &ana);
+    let reader = rusqlite::Connection::open(relay.db()).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let rows: i64 = reader
+        .query_row("SELECT count(*) FROM feed", [], |r| r.get(0))
+        .unwrap();
+    assert!(rows > 0);
+    max.store.redact_patient(&task).unwrap();
+    assert_eq!(max.sync().pushed, 1);
+    ana.sync();
+    // Over several of the timer's ticks (every 500 ms).
+    let started = Instant::now();
+    let mut pushes = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        ana.store.comment(&task, "called again").unwrap();
+        let push = Instant::now();
+        assert_eq!(ana.sync().pushed, 1);
+        assert!(
+            push.elapsed() < Duration::from_secs(2),
+            "a push took {:?}",
+            push.elapsed()
+        );
+        pushes += 1;
+    }
+    assert!(pushes > 3, "{pushes}");
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while relay_files_hold(&relay, NAME) {
+        assert!(
+            Instant::now() < deadline,
+            "the details are still in the files"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
