@@ -548,18 +548,22 @@ impl Relay {
             .db
             .read(|c| Db::team(c, team_id))?
             .ok_or(Error::NotFound("no such team"))?;
-        let failed = lock(&self.teams).get(team_id).cloned();
-        if let Some(failed) = failed {
-            failed.drain();
-        }
-        let state = load_team(&self.db, &row)?;
-        let mut teams = lock(&self.teams);
-        if let Some(t) = teams
-            .get(team_id)
-            .filter(|t| !t.failed.load(Ordering::Acquire))
-        {
-            return Ok(t.clone());
-        }
+        let (state, mut teams) = loop {
+            let failed = lock(&self.teams).get(team_id).cloned();
+            if let Some(failed) = &failed {
+                failed.drain();
+            }
+            let state = load_team(&self.db, &row)?;
+            let teams = lock(&self.teams);
+            match teams.get(team_id) {
+                Some(t) if !t.failed.load(Ordering::Acquire) => return Ok(t.clone()),
+                // Another load was put in place meanwhile, and has failed
+                // too: its writer may have committed rows this load did
+                // not read. Load again, after draining it.
+                Some(t) if !failed.as_ref().is_some_and(|f| Arc::ptr_eq(f, t)) => continue,
+                _ => break (state, teams),
+            }
+        };
         let (tx, rx) = mpsc::channel();
         let team = Arc::new(LoadedTeam {
             state: Mutex::new(state),
