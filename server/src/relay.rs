@@ -852,9 +852,6 @@ fn enrol_device(
     now: i64,
 ) -> Result<(String, InviteRow)> {
     let mut st = team.state();
-    if db.read(|c| Db::device(c, &actor))?.is_some() {
-        return Err(Error::Conflict("this device is already enrolled".into()));
-    }
     // The relay's own actors write the team's document (and carry events
     // over to redacted tasks); a device sharing one would share its
     // sequence numbers and never be sent the relay's entries. No device
@@ -874,6 +871,19 @@ fn enrol_device(
         user_id: row.user_id.clone(),
         revoked: false,
     };
+    // Taken, and the device still new, in the transaction that binds it:
+    // an invite redeemed or a device enrolled meanwhile (by another team's
+    // relay on the same database, or the same phone twice at once) is
+    // refused before anything is written, not by a failure that reloads
+    // the team.
+    let conn = db.write();
+    let tx = conn.unchecked_transaction()?;
+    if !Db::redeem_invite(&tx, code_hash, &actor, now)? {
+        return Err(Error::InviteUsed);
+    }
+    if Db::device(&tx, &actor)?.is_some() {
+        return Err(Error::Conflict("this device is already enrolled".into()));
+    }
     // Written straight into the team's document: if anything below
     // fails, the whole state is dropped and rebuilt from the feed.
     let written = (|| {
@@ -884,11 +894,6 @@ fn enrol_device(
         w.device(&device)?;
         let feed_row = st.commit_team_change("enrolment")?;
         let token = random_hex(32);
-        let conn = db.write();
-        let tx = conn.unchecked_transaction()?;
-        if !Db::redeem_invite(&tx, code_hash, &actor, now)? {
-            return Err(Error::InviteUsed);
-        }
         Db::insert_device(
             &tx,
             &DeviceRow {
