@@ -1,4 +1,5 @@
 import BackgroundTasks
+import Combine
 import Handoff
 import SwiftUI
 
@@ -11,6 +12,10 @@ struct HandoffApp: App {
         WindowGroup {
             RootView().environmentObject(session)
                 .task { await session.open() }
+                // Patient details on screen: the app switcher's picture
+                // (kept by the system outside the encrypted store, shown
+                // after a wipe) is taken of this cover instead.
+                .overlay { if phase != .active { Color(.systemBackground).ignoresSafeArea() } }
         }
         .onChange(of: phase) { phase in
             // Live sync while in the foreground; BGAppRefresh otherwise.
@@ -34,13 +39,22 @@ final class Session: ObservableObject {
     @Published var message: String?
     /// How far an open that derives every task again has come (0...1), if it does.
     @Published var updating: Double?
+    private var revoked: AnyCancellable?
 
     func open() async {
         guard handoff == nil else { return }
         await run {
-            let path = try FileManager.default
+            // In a folder of its own, kept out of backups: a backup taken
+            // before a revocation, restored onto the same phone, would
+            // bring the store and its key (this device's) back.
+            var folder = try FileManager.default
                 .url(for: .applicationSupportDirectory, in: .userDomainMask, appropriateFor: nil, create: true)
-                .appendingPathComponent("handoff.db").path
+                .appendingPathComponent("Handoff", isDirectory: true)
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            var noBackup = URLResourceValues()
+            noBackup.isExcludedFromBackup = true
+            try folder.setResourceValues(noBackup)
+            let path = folder.appendingPathComponent("handoff.db").path
             let offset = Int32(TimeZone.current.secondsFromGMT() / 60)
             let handoff = try await Handoff.open(
                 path: path, key: try KeyVault.storeKey(), utcOffsetMinutes: offset,
@@ -49,6 +63,11 @@ final class Session: ObservableObject {
                     Task { @MainActor [weak self] in self?.updating = fraction }
                 })
             self.handoff = handoff
+            // However the core heard it (live sync, a background refresh,
+            // an action): the store is wiped, back to enrolment.
+            self.revoked = handoff.$syncStatus
+                .filter { $0 == .revoked }
+                .sink { [weak self] _ in self?.enrolment = nil }
             self.enrolment = try await handoff.enrolment()
             if self.enrolment != nil { try handoff.startLiveSync() }
         }
@@ -59,7 +78,7 @@ final class Session: ObservableObject {
         do {
             try await action()
         } catch let e as HandoffError {
-            if case .DeviceRevoked = e { KeyVault.forget(); enrolment = nil }
+            if case .DeviceRevoked = e { enrolment = nil }
             message = e.userMessage()
         } catch {
             message = error.localizedDescription

@@ -2,7 +2,10 @@ import Foundation
 import Security
 
 /// The store's 32-byte key, random on first use, kept in the Keychain for
-/// this device only (never in backups, never synced to iCloud).
+/// this device only (never in backups, never synced to iCloud). A revoked
+/// phone keeps it: the core wiped the store's contents, and the same store,
+/// under the same key, takes the next enrolment (dropping the key while
+/// the file stays would leave a store no key opens).
 enum KeyVault {
     private static let query: [String: Any] = [
         kSecClass as String: kSecClassGenericPassword,
@@ -28,8 +31,4 @@ enum KeyVault {
         return key
     }
 
-    /// After a remote wipe: a new store gets a new key.
-    static func forget() {
-        SecItemDelete(query as CFDictionary)
-    }
 }

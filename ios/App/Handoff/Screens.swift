@@ -240,7 +240,13 @@ struct TaskDetailView: View {
                 }
             }
         }
-        .task(id: handoff.views) { await session.run { task = try await handoff.taskDetail(taskId) } }
+        // Re-read when the data changes; gone (wiped, no longer this
+        // phone's to see), the detail leaves the screen.
+        .task(id: handoff.views) {
+            await session.run {
+                do { task = try await handoff.taskDetail(taskId) } catch { task = nil; throw error }
+            }
+        }
     }
 
     private func act(_ body: @escaping () async throws -> Void) {

@@ -57,11 +57,10 @@ class HandoffViewModel(app: Application) : AndroidViewModel(app) {
                 detail.value = runCatching { handoff.value?.taskDetail(open.taskId) }.getOrNull()
             }
         }
-        // Revoked while live: the core wiped the store; drop the key and go back to enrolment.
+        // Revoked while live: the core wiped the store; back to enrolment.
         viewModelScope.launch {
             syncStatus.collect {
                 if (it is SyncStatus.Revoked && enrolment.value != null) {
-                    KeyVault(getApplication()).forget()
                     enrolment.value = null
                     detail.value = null
                 }
@@ -79,8 +78,8 @@ class HandoffViewModel(app: Application) : AndroidViewModel(app) {
                 message.value = e.userMessage()
             }
             if (syncStatus.value is SyncStatus.Revoked) {
-                KeyVault(getApplication()).forget()
                 enrolment.value = null
+                detail.value = null
             }
         }
     }

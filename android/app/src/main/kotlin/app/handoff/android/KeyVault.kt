@@ -13,8 +13,12 @@ import javax.crypto.spec.GCMParameterSpec
 
 /**
  * The store's 32-byte key. Random on first use, kept only wrapped by an AES
- * key that never leaves the Android Keystore. A wiped or lost phone reads
- * nothing: without the Keystore entry the wrapped key is noise.
+ * key that never leaves the Android Keystore: the file alone, copied off
+ * the phone, reads as noise. A revoked phone keeps its key: the core wiped
+ * the store's contents (deleted and overwritten), and the same store,
+ * under the same key, takes the next enrolment. (Dropping the key while
+ * the file stays would leave a store no key opens: the next launch would
+ * fail, and whatever was written after the wipe would be lost.)
  */
 class KeyVault(context: Context) {
     private val prefs = context.getSharedPreferences("handoff.key", Context.MODE_PRIVATE)
@@ -26,12 +30,6 @@ class KeyVault(context: Context) {
         val key = ByteArray(32).also { SecureRandom().nextBytes(it) }
         prefs.edit().putString("wrapped", Base64.encodeToString(wrap(key), Base64.NO_WRAP)).commit()
         return key
-    }
-
-    /** After a remote wipe: a new store gets a new key. */
-    fun forget() {
-        prefs.edit().clear().commit()
-        KeyStore.getInstance("AndroidKeyStore").apply { load(null) }.deleteEntry(alias)
     }
 
     private fun wrappingKey(): SecretKey {

@@ -1,6 +1,7 @@
 package app.handoff.android
 
 import android.os.Bundle
+import android.view.WindowManager
 import androidx.activity.ComponentActivity
 import androidx.activity.compose.setContent
 import androidx.activity.viewModels
@@ -17,6 +18,10 @@ class MainActivity : ComponentActivity() {
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
+        // Patient details on screen: no screenshots, and no picture of the
+        // last screen in the app switcher (kept by the system, outside the
+        // encrypted store, and shown after a wipe).
+        window.setFlags(WindowManager.LayoutParams.FLAG_SECURE, WindowManager.LayoutParams.FLAG_SECURE)
         setContent {
             MaterialTheme {
                 val opened by model.opened.collectAsState()

@@ -16,8 +16,7 @@ class SyncWorker(context: Context, params: WorkerParameters) : CoroutineWorker(c
         } catch (e: HandoffException.Offline) {
             Result.retry()
         } catch (e: HandoffException.DeviceRevoked) {
-            // The core already wiped the store; drop the key too.
-            KeyVault(applicationContext).forget()
+            // The core wiped the store; the app shows enrolment next time.
             Result.success()
         } catch (e: HandoffException) {
             Result.failure()
