@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use checkpoint::Checkpointer;
 
-use crate::access::sight;
+use crate::access::{self, sight};
 use crate::clock::{Clock, SystemClock};
 use crate::derive::{derive, derive_at_door, with_history, FoldedTask, Refusal, TaskState};
 use crate::error::{Error, Result};
@@ -739,6 +739,9 @@ impl Store {
         retire(&tx, &old_id, &new_id, &st.actor)?;
         index::upsert(&tx, &new_id, &state)?;
         tx.commit()?;
+        // Its events (notes and all) and their fold too, not only the
+        // document taken above.
+        st.docs.remove(&old_id);
         st.docs.put(&new_id, doc);
         Ok(())
     }
@@ -887,8 +890,21 @@ impl Store {
                     report.tasks_updated += usize::from(reindex_doc(&tx, st, &team, &doc_id)?);
                 }
             }
+            let user = st.user.clone().unwrap_or_default();
             for doc_id in touched {
+                let before = whereabouts_in_index(&tx, &doc_id)?;
                 report.tasks_updated += usize::from(reindex_doc(&tx, st, &team, &doc_id)?);
+                // Readable again (handed back, or back in this user's
+                // pool) after they lost sight of it: work done on it
+                // meanwhile, which their pulls passed over, may be on a
+                // branch the change that gave it back does not name, so
+                // nothing in their copy is missing. A repair brings it.
+                let regained = before.is_some_and(|b| !b.readable_by(&team, &user))
+                    && whereabouts_in_index(&tx, &doc_id)?
+                        .is_some_and(|a| a.readable_by(&team, &user));
+                if regained && !report.incomplete.contains(&doc_id) {
+                    report.incomplete.push(doc_id);
+                }
             }
             tx.commit()?;
             Ok(())
@@ -1026,30 +1042,49 @@ impl Store {
             .iter()
             .any(|c| c.as_str() == code);
         let mut written_again = 0;
+        // Setting aside rebuilds documents (and the team) in memory as it
+        // goes: if it or a commit fails, memory is ahead of the database.
+        let mut memory_ahead = false;
+        let mut failed = None;
         match Change::from_bytes(bytes) {
             Ok(refused) if !keep_in_place => {
                 let sp = tx.savepoint()?;
+                memory_ahead = true;
                 let set = if doc_id == TEAM_DOC {
                     set_aside_team(&sp, st, &refused).map(|()| 0)
                 } else {
                     set_aside(&sp, st, &doc_id, &refused)
                 };
                 match set {
-                    Ok(n) => {
-                        sp.commit()?;
-                        written_again = n;
-                    }
+                    Ok(n) => match sp.commit() {
+                        Ok(()) => {
+                            memory_ahead = false;
+                            written_again = n;
+                        }
+                        Err(e) => failed = Some(Error::from(e)),
+                    },
                     // The refusal is still recorded; the document stays as
                     // it was (its later changes will be refused too).
-                    Err(_) => {
-                        drop(sp);
-                        st.docs.remove(&doc_id);
-                    }
+                    Err(_) => drop(sp),
                 }
             }
             _ => {}
         }
-        tx.commit()?;
+        let committed = match failed {
+            Some(e) => {
+                drop(tx);
+                Err(e)
+            }
+            None => tx.commit().map_err(Error::from),
+        };
+        if memory_ahead || committed.is_err() {
+            // Read again from the database: a write built on a document
+            // that never reached it would be lost at the next start.
+            st.docs.clear();
+            let team = docs::load(conn, TEAM_DOC, &st.actor)?.map(|d| Team::read(&d));
+            st.set_team(team);
+        }
+        committed?;
         Ok(Some(written_again))
     }
 
@@ -1177,7 +1212,14 @@ fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> 
         .optional()?;
     if let Some((current_id, archived)) = current {
         if archived {
-            return Ok(false);
+            // News of a task this phone archived (work logged before its
+            // author heard of the approval, a reassignment undoing the
+            // completion, a comment): it comes back, as every other phone
+            // derives it, and is archived again once finished and old.
+            // (Its document came back whole: the news built on what was
+            // evicted, and was repaired.)
+            conn.prepare_cached("UPDATE tasks SET archived = 0 WHERE task_id = ?1")?
+                .execute([&task_id])?;
         }
         if current_id != doc_id {
             let current_gen: i64 = conn
@@ -1218,6 +1260,23 @@ fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> 
         }
     }
     finish_reindex(conn, st, team, doc_id, doc, &task_id)
+}
+
+/// Who may read the task indexed from `doc_id`, as the index has it (its
+/// result's recipient left out: fixed when the task is created, it never
+/// changes who gains sight of it).
+fn whereabouts_in_index(conn: &Connection, doc_id: &str) -> Result<Option<access::Whereabouts>> {
+    Ok(conn
+        .prepare_cached("SELECT created_by, assignee, pool_role FROM tasks WHERE doc_id = ?1")?
+        .query_row([doc_id], |r| {
+            Ok(access::Whereabouts {
+                created_by: r.get(0)?,
+                assignee: r.get(1)?,
+                route_result_to: None,
+                pool: r.get::<_, Option<String>>(2)?.and_then(|p| Role::parse(&p)),
+            })
+        })
+        .optional()?)
 }
 
 fn finish_reindex(
@@ -1380,14 +1439,13 @@ fn set_aside_team(conn: &Connection, st: &mut State, refused: &Change) -> Result
 /// a newer document? (See [`task_doc::doc_id_of`].)
 fn superseded(conn: &Connection, doc_id: &str) -> Result<bool> {
     let (task, generation) = task_doc::split_doc_id(doc_id);
-    let current: Option<i64> = conn
-        .prepare_cached(
-            "SELECT d.generation FROM tasks t JOIN documents d ON d.doc_id = t.doc_id
-             WHERE t.task_id = ?1",
-        )?
+    // From the index's document id, not its document row: an archived
+    // task's document is gone.
+    let current: Option<String> = conn
+        .prepare_cached("SELECT doc_id FROM tasks WHERE task_id = ?1")?
         .query_row([task], |r| r.get(0))
         .optional()?;
-    Ok(current.is_some_and(|current| current > generation))
+    Ok(current.is_some_and(|current| task_doc::split_doc_id(&current).1 > generation))
 }
 
 /// A new task goes only to an active member. (Derivation lets a task stay

@@ -357,6 +357,90 @@ fn a_call_logged_offline_on_a_task_moved_meanwhile_reaches_its_new_holder() {
 /// Demoting a manager who handed out work leaves that work where it is: on
 /// the relay, also after a restart, and on every phone. From then on the
 /// relay judges what they push by their new role.
+/// Fay lost sight of a pooled task when gil claimed it; gil then logged a
+/// call, which fay's pulls passed over. Max, who had not seen the call,
+/// hands the task to fay. Nothing in his change names the call, so her
+/// copy lacked nothing the relay could tell, and she held the task
+/// without it (and would call the patient again). Her phone now repairs
+/// a task it may read again, and gets the call.
+#[test]
+fn a_task_handed_back_to_someone_who_lost_sight_of_it_brings_the_work_done_meanwhile() {
+    let relay = Relay::start();
+    let (team, max, fay) = manager_and(&relay, "fay", "front_desk");
+    let gil = Phone::enrolled(&relay, &relay.invite(&team, "gil", "front_desk"));
+    max.sync();
+    let task = max
+        .store
+        .delegate(task_for("Book the follow-up", None, Some(Role::FrontDesk)))
+        .unwrap();
+    max.sync();
+    fay.sync();
+    gil.sync();
+    gil.store.claim(&task).unwrap();
+    gil.sync();
+    fay.sync();
+    max.sync();
+    // max's phone goes quiet; gil works the task.
+    gil.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    gil.sync();
+    fay.sync();
+    max.store.assign(&task, "fay").unwrap();
+    max.sync();
+    fay.sync();
+    let detail = fay.store.task_detail(&task).unwrap();
+    assert_eq!(detail.state.assignee.as_deref(), Some("fay"));
+    assert_eq!(detail.state.calls.len(), 1, "gil's call reached fay");
+    gil.sync();
+    max.sync();
+    assert_converged(&[&max, &fay, &gil]);
+}
+
+/// max archived a task he had approved; ana's call, logged offline
+/// before she heard of the approval, then reached him. The approval went
+/// stale on every phone but his: his kept the task archived as completed
+/// (never told, and it fetched the whole document back, patient details
+/// included, and kept it for good). A task archived here comes back when
+/// news of it arrives, and is archived again once finished and old.
+#[test]
+fn news_of_a_task_archived_on_a_phone_brings_it_back_there() {
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call back", "ana");
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    ana.store.submit(&task, "done").unwrap();
+    ana.sync();
+    max.sync();
+    // In the basement: not yet told of the approval.
+    ana.store
+        .log_call(&task, call(CallOutcome::Voicemail))
+        .unwrap();
+    max.store.approve(&task, "").unwrap();
+    let mut policy = max.store.team().unwrap().policy;
+    policy.archive_after_days = 0;
+    max.store.set_policy(&policy).unwrap();
+    max.sync();
+    assert_eq!(max.store.archive_finished().unwrap(), 1);
+    assert!(matches!(
+        max.store.task_detail(&task),
+        Err(Error::Archived(_))
+    ));
+    ana.sync();
+    max.sync();
+    let detail = max.store.task_detail(&task).unwrap();
+    assert_eq!(detail.state.status, TaskStatus::Submitted);
+    assert!(detail.state.last_review.as_ref().is_some_and(|r| r.stale));
+    assert_eq!(detail.state.calls.len(), 2);
+    assert_converged(&[&max, &ana]);
+    // Finished again and old: archived again.
+    max.store.approve(&task, "").unwrap();
+    max.sync();
+    assert_eq!(max.store.archive_finished().unwrap(), 1);
+}
+
 #[test]
 fn demoting_a_delegator_leaves_the_work_they_handed_out_where_it_is() {
     let mut relay = Relay::start();
