@@ -480,6 +480,17 @@ impl Store {
             let team = Team::read(&doc);
             let before = st.team.clone();
             rederive_for_team(&tx, st, before.as_ref(), &team, None)?;
+            // This user now sees more, or less (an admin who made herself
+            // a manager): their pulls passed over tasks they may now read,
+            // and the relay never sends a device its own change back,
+            // where `apply_remote` would notice. The feed is read again
+            // from its start (what this device holds is skipped).
+            if before
+                .as_ref()
+                .is_some_and(|b| sight(b, &user) != sight(&team, &user))
+            {
+                set_meta(&tx, "relay_cursor", "0")?;
+            }
             tx.commit()?;
             Ok(team)
         })();

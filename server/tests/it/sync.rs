@@ -624,6 +624,27 @@ fn a_new_policy_tells_a_live_phone_to_read_its_views_again() {
     assert_eq!(lee.store.team().unwrap().policy.follow_up_within_hours, 24);
 }
 
+/// An admin who makes herself a manager on her own phone sees every task
+/// from then on, also those her pulls passed over before: the relay never
+/// sends a phone its own change back, so her phone reads the feed again
+/// from its start when it writes the change.
+#[test]
+fn an_admin_who_widens_her_own_sight_is_sent_the_tasks_it_lets_her_read() {
+    let relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let ada = Phone::enrolled(&relay, &relay.invite(&team, "ada", "admin"));
+    max.sync();
+    let task = hand_over(&max, &ana, "Post-op call", "ana");
+    ada.sync();
+    assert!(ada.store.task_detail(&task).is_err());
+    set_member(&ada, "ada", Role::Manager, false, true);
+    ada.sync();
+    assert_eq!(
+        ada.store.task_detail(&task).unwrap().state,
+        max.store.task_detail(&task).unwrap().state
+    );
+}
+
 /// Ana moves from the assistants to the front desk, and Fay is promoted to
 /// manager: each phone is then sent the tasks its user may read now that
 /// nothing changed since (the desk's pool, everyone's tasks). It used to
