@@ -57,9 +57,10 @@ fn put_uleb(out: &mut Vec<u8>, mut value: u64) {
     }
 }
 
-/// Add `actor` to the end of a change body's list of other actors (one
-/// no operation of the change refers to).
-pub fn name_another_actor(body: &mut Vec<u8>, actor: &[u8]) {
+/// Where a change body's list of other actors is: its count's first
+/// byte, the count, the count's end (where the entries start), and the
+/// list's end.
+fn other_actors(body: &[u8]) -> (usize, u64, usize, usize) {
     let mut at = 0;
     let next = |at: &mut usize| {
         let (v, n) = uleb(&body[*at..]);
@@ -82,10 +83,17 @@ pub fn name_another_actor(body: &mut Vec<u8>, actor: &[u8]) {
         let len = next(&mut at);
         at += len as usize;
     }
+    (count_at, count, count_end, at)
+}
+
+/// Add `actor` to the end of a change body's list of other actors (one
+/// no operation of the change refers to).
+pub fn name_another_actor(body: &mut Vec<u8>, actor: &[u8]) {
+    let (count_at, count, count_end, end) = other_actors(body);
     let mut entry = Vec::new();
     put_uleb(&mut entry, actor.len() as u64);
     entry.extend_from_slice(actor);
-    body.splice(at..at, entry);
+    body.splice(end..end, entry);
     let mut new_count = Vec::new();
     put_uleb(&mut new_count, count + 1);
     body.splice(count_at..count_end, new_count);
@@ -94,26 +102,6 @@ pub fn name_another_actor(body: &mut Vec<u8>, actor: &[u8]) {
 /// Empty a change body's list of other actors, though its operations
 /// name them (by their place in that list).
 pub fn forget_other_actors(body: &mut Vec<u8>) {
-    let mut at = 0;
-    let next = |at: &mut usize| {
-        let (v, n) = uleb(&body[*at..]);
-        *at += n;
-        v
-    };
-    let deps = next(&mut at);
-    at += 32 * deps as usize;
-    let own = next(&mut at);
-    at += own as usize;
-    next(&mut at); // seq
-    next(&mut at); // start op
-    next(&mut at); // time (signed; the same length rule)
-    let message = next(&mut at);
-    at += message as usize;
-    let count_at = at;
-    let count = next(&mut at);
-    for _ in 0..count {
-        let len = next(&mut at);
-        at += len as usize;
-    }
-    body.splice(count_at..at, [0]);
+    let (count_at, _, _, end) = other_actors(body);
+    body.splice(count_at..end, [0]);
 }

@@ -853,20 +853,12 @@ fn each_event_of_a_change_passes_the_door_on_its_own() {
 /// creator, with its handoff rewritten and sight of it for good.
 #[test]
 fn a_second_creation_of_a_task_is_refused() {
-    use automerge::{ActorId, AutoCommit, Change};
     let relay = Relay::start();
     let (_, max, fay) = manager_and(&relay, "fay", "front_desk");
     let task = hand_over(&max, &fay, "Call", "fay");
-    let (rt, client) = http();
     let token = fay.settings().token;
     let actor = fay.store.device_actor();
-    let mut doc = AutoCommit::new().with_actor(ActorId::from(hex::decode(&actor).unwrap()));
-    for c in pull_all(&rt, &client, &relay.url, &token) {
-        if c.doc == task {
-            doc.apply_changes([Change::from_bytes(c.bytes).unwrap()])
-                .unwrap();
-        }
-    }
+    let mut doc = task_doc_as(&relay, &[&fay], &task, &fay);
     let (mut events, _) = task_doc::events(&doc);
     assert_eq!(events.len(), 1, "the task as fay has it");
     // Built on nothing, and earlier than max's: folded first.
@@ -912,25 +904,14 @@ fn a_second_creation_of_a_task_is_refused() {
 /// approval, and the approval would count as covering it.
 #[test]
 fn an_event_that_takes_an_id_the_task_already_holds_is_refused() {
-    use automerge::{ActorId, AutoCommit, Change};
     let relay = Relay::start();
     let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = hand_over(&max, &ana, "Call", "ana");
     ana.store.comment(&task, "on it").unwrap();
     ana.sync();
-    let (rt, client) = http();
     let token = ana.settings().token;
     let actor = ana.store.device_actor();
-    let mut doc = AutoCommit::new().with_actor(ActorId::from(hex::decode(&actor).unwrap()));
-    // A phone is not sent its own changes back: the task as both have it.
-    for phone in [&max, &ana] {
-        for c in pull_all(&rt, &client, &relay.url, &phone.settings().token) {
-            if c.doc == task {
-                doc.apply_changes([Change::from_bytes(c.bytes).unwrap()])
-                    .unwrap();
-            }
-        }
-    }
+    let mut doc = task_doc_as(&relay, &[&max, &ana], &task, &ana);
     let (events, _) = task_doc::events(&doc);
     let comment = events.iter().find(|e| e.id.actor == actor).unwrap().clone();
     // A call under the comment's id, after everything.
@@ -960,21 +941,13 @@ fn an_event_that_takes_an_id_the_task_already_holds_is_refused() {
 /// changes past that are refused.
 #[test]
 fn a_task_takes_no_more_events_than_a_task_may_hold() {
-    use automerge::{ActorId, AutoCommit, Change};
     use handoff_core::event::MAX_TASK_EVENTS;
     let relay = Relay::start();
     let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = hand_over(&max, &ana, "Call", "ana");
-    let (rt, client) = http();
     let token = ana.settings().token;
     let actor = ana.store.device_actor();
-    let mut doc = AutoCommit::new().with_actor(ActorId::from(hex::decode(&actor).unwrap()));
-    for c in pull_all(&rt, &client, &relay.url, &token) {
-        if c.doc == task {
-            doc.apply_changes([Change::from_bytes(c.bytes).unwrap()])
-                .unwrap();
-        }
-    }
+    let mut doc = task_doc_as(&relay, &[&ana], &task, &ana);
     let (mut events, _) = task_doc::events(&doc);
     let mut comments = |n: usize| {
         for _ in 0..n {

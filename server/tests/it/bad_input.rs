@@ -376,7 +376,6 @@ fn a_compressed_change_is_refused_before_it_is_inflated() {
 /// nothing of it reaches another phone.
 #[test]
 fn text_longer_than_a_phone_accepts_is_refused() {
-    use automerge::{ActorId, AutoCommit, Change};
     use handoff_core::{task_doc, Action, Error, Event};
 
     let relay = Relay::start();
@@ -388,16 +387,10 @@ fn text_longer_than_a_phone_accepts_is_refused() {
         Err(Error::InvalidInput(_))
     ));
 
-    let (rt, client) = http();
+    let (rt, _) = http();
     let token = ana.settings().token;
     let actor = ana.store.device_actor();
-    let mut doc = AutoCommit::new().with_actor(ActorId::from(hex::decode(&actor).unwrap()));
-    for c in pull_all(&rt, &client, &relay.url, &token) {
-        if c.doc == task {
-            doc.apply_changes([Change::from_bytes(c.bytes).unwrap()])
-                .unwrap();
-        }
-    }
+    let mut doc = task_doc_as(&relay, &[&ana], &task, &ana);
     let (events, _) = task_doc::events(&doc);
     assert_eq!(events.len(), 1, "the task as ana has it");
     let comment = Event::next(

@@ -454,6 +454,29 @@ pub fn hand_over(max: &Phone, to: &Phone, title: &str, user: &str) -> String {
     task
 }
 
+/// A task's document as `phones` have it between them (a phone is not sent
+/// its own changes back), for `writer`'s device to write hand-made changes
+/// to: what they pulled of it, with `writer`'s actor.
+pub fn task_doc_as(
+    relay: &Relay,
+    phones: &[&Phone],
+    task: &str,
+    writer: &Phone,
+) -> automerge::AutoCommit {
+    let (rt, client) = http();
+    let actor = hex::decode(writer.store.device_actor()).unwrap();
+    let mut doc = automerge::AutoCommit::new().with_actor(automerge::ActorId::from(actor));
+    for phone in phones {
+        for c in pull_all(&rt, &client, &relay.url, &phone.settings().token) {
+            if c.doc == task {
+                doc.apply_changes([automerge::Change::from_bytes(c.bytes).unwrap()])
+                    .unwrap();
+            }
+        }
+    }
+    doc
+}
+
 /// Everything in the feed `token` may read.
 pub fn pull_all(
     rt: &tokio::runtime::Runtime,

@@ -13,16 +13,23 @@ fn certificate(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path:
     (made.cert.pem(), cert, key)
 }
 
-#[test]
-fn the_relay_serves_https_with_its_certificate_and_a_phone_refuses_one_it_cannot_verify() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pem, cert, key) = certificate(dir.path());
+/// A relay serving https with a self-signed certificate (its files in
+/// `dir`): the certificate's PEM, and the relay.
+fn tls_relay(dir: &std::path::Path) -> (String, Relay) {
+    let (pem, cert, key) = certificate(dir);
     let relay = Relay::start_with(&[
         "--tls-cert",
         cert.to_str().unwrap(),
         "--tls-key",
         key.to_str().unwrap(),
     ]);
+    (pem, relay)
+}
+
+#[test]
+fn the_relay_serves_https_with_its_certificate_and_a_phone_refuses_one_it_cannot_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pem, relay) = tls_relay(dir.path());
     assert!(relay.url.starts_with("https://127.0.0.1:"), "{}", relay.url);
     let (_, invite) = relay.create_team("Riverside", "max");
 
@@ -86,13 +93,7 @@ fn relay_team(relay: &Relay) -> String {
 fn over_tls_the_relay_speaks_http1_only() {
     use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
     let dir = tempfile::tempdir().unwrap();
-    let (pem, cert, key) = certificate(dir.path());
-    let relay = Relay::start_with(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let (pem, relay) = tls_relay(dir.path());
     let addr = relay.url.trim_start_matches("https://").to_owned();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
