@@ -164,8 +164,10 @@ public final class Handoff: ObservableObject {
         switch event {
         case .synced(let report): syncStatus = .synced(at: Date(), report: report)
         case .offline(let reason, let retry): syncStatus = .offline(reason: reason, retryInMs: retry)
-        case .authFailed(let code, let reason): syncStatus = .authFailed(code: code, reason: reason)
-        case .revoked: syncStatus = .revoked
+        // The core's live loop ends after these: a later startLiveSync
+        // (after enrolling again, say) starts a new one.
+        case .authFailed(let code, let reason): syncStatus = .authFailed(code: code, reason: reason); live = nil
+        case .revoked: syncStatus = .revoked; live = nil
         case .catchingUp(let at, let of): syncStatus = .catchingUp(at: at, of: of)
         case .sending(let sent, let of): syncStatus = .sending(sent: sent, of: of)
         case .dataChanged: break

@@ -89,6 +89,7 @@ class Handoff(
     private val refreshLock = Mutex()
     private val _views = MutableStateFlow<Views?>(null)
     private val _sync = MutableStateFlow<SyncStatus>(SyncStatus.Idle)
+    /** The live loop's handle; set and cleared under `this`. */
     private var live: SyncHandle? = null
 
     /** `null` until the first [refresh] (and while not enrolled). */
@@ -160,7 +161,9 @@ class Handoff(
 
     private suspend fun <T> command(block: TaskStore.() -> T): T {
         val result = withContext(io) { store.block() }
-        live?.syncNow()
+        // Under the lock: a live loop that ends meanwhile is closed only
+        // once it is no longer `live`.
+        synchronized(this) { live?.syncNow() }
         refresh()
         return result
     }
@@ -212,6 +215,12 @@ class Handoff(
                 is SyncEvent.Sending -> SyncStatus.Sending(event.sent.toLong(), event.of.toLong())
                 is SyncEvent.DataChanged -> _sync.value
             }
+            // The core's live loop has ended: a later [startLiveSync] (after
+            // enrolling again, say) starts a new one.
+            if (event is SyncEvent.Revoked || event is SyncEvent.AuthFailed) {
+                val ended = synchronized(this@Handoff) { live.also { live = null } }
+                ended?.let { scope.launch { it.close() } }
+            }
             // Called on the core's sync thread: hand the re-read to ours.
             // A long catch-up changes data page after page: one re-read
             // waiting is enough for all the pages that land meanwhile.
@@ -220,7 +229,16 @@ class Handoff(
             ) {
                 scope.launch {
                     refreshWaiting.set(false)
-                    refresh()
+                    // Nothing to throw to: a store wiped or closed
+                    // meanwhile leaves the views as the next refresh reads
+                    // them (an exception here would end the app).
+                    try {
+                        refresh()
+                    } catch (e: HandoffException) {
+                        _views.value = null
+                    } catch (e: IllegalStateException) {
+                        _views.value = null
+                    }
                 }
             }
         }
@@ -229,16 +247,18 @@ class Handoff(
 
     /** Keep syncing while the app is open; [syncStatus] and [views] follow. */
     fun startLiveSync() {
-        if (live != null) return
-        live = store.startSync(listener)
+        synchronized(this) {
+            if (live != null) return
+            live = store.startSync(listener)
+        }
     }
 
     fun stopLiveSync() {
-        live?.let {
+        val stopped = synchronized(this) { live.also { live = null } }
+        stopped?.let {
             it.stop()
             it.close()
         }
-        live = null
         if (_sync.value !is SyncStatus.Revoked) _sync.value = SyncStatus.Idle
     }
 

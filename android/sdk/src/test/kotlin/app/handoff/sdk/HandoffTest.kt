@@ -297,4 +297,33 @@ class HandoffTest {
         assertNull(fay.views.value)
         assertFailsWith<HandoffException> { fay.taskDetail(task) }
     }
+
+    /**
+     * Revoked while live: the core's live loop ends, and the phone is
+     * wiped. Enrolled again with a new invite, live sync starts again
+     * (it used to stay off: the ended loop's handle was kept).
+     */
+    @Test
+    fun liveSyncStartsAgainAfterARevokedPhoneIsEnrolledAgain() = runBlocking<Unit> {
+        val (max, fay) = team()
+        val teamId = fay.enrolment()!!.teamId
+        fay.startLiveSync()
+        withTimeout(15_000) { fay.syncStatus.first { it is SyncStatus.Synced } }
+        val devices = relay.admin("devices", "--team", teamId)
+        val fayDevice = devices.lines().single { it.contains("\tfay\t") }.substringBefore('\t')
+        relay.admin("revoke", "--device", fayDevice)
+        // The next round (a local write cuts the long-poll short) hears it.
+        max.delegate(followUp("Wake the poll", "fay", null))
+        max.syncNow()
+        withTimeout(70_000) { fay.syncStatus.first { it is SyncStatus.Revoked } }
+
+        fay.enrol(relay.url, relay.invite(teamId, "fay", "front_desk"))
+        fay.startLiveSync()
+        val task = max.delegate(followUp("Call the new patient", "fay", null))
+        max.syncNow()
+        // Nobody asks fay's phone to sync: live sync brings it.
+        withTimeout(30_000) {
+            fay.views.first { v -> v != null && (v.queue.overdue + v.queue.today + v.queue.upcoming).any { it.taskId == task } }
+        }
+    }
 }
