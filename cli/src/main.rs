@@ -60,8 +60,8 @@ enum Cmd {
         /// Or the role whose pool it waits in.
         #[arg(long)]
         pool: Option<String>,
-        /// Due in this many hours.
-        #[arg(long)]
+        /// Due in this many hours (up to ten years).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(0..=87_600))]
         due_hours: Option<i64>,
         /// Patient's display name.
         #[arg(long)]
@@ -229,7 +229,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 for t in tasks {
                     println!(
                         "  {}  {:<11} {}",
-                        &t.task_id[..8],
+                        short(&t.task_id),
                         t.status.as_str(),
                         t.title
                     );
@@ -238,14 +238,14 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Pool => {
             for t in s.shared_pool().map_err(e)? {
-                println!("{}  {}", &t.task_id[..8], t.title);
+                println!("{}  {}", short(&t.task_id), t.title);
             }
         }
         Cmd::Inbox => {
             for r in s.review_inbox().map_err(e)? {
                 println!(
                     "{}  {}{}",
-                    &r.task.task_id[..8],
+                    short(&r.task.task_id),
                     r.task.title,
                     if r.overdue { "  (review overdue)" } else { "" }
                 );
@@ -386,9 +386,22 @@ fn utc(ms: i64) -> String {
     )
 }
 
+/// A task id's first 8 characters, as lists show it (a task id from
+/// another client may be shorter).
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::utc;
+    use super::{short, utc};
+
+    #[test]
+    fn lists_show_a_task_id_short_however_long_it_is() {
+        assert_eq!(short("0123456789abcdef"), "01234567");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(short(""), "");
+    }
 
     #[test]
     fn times_read_as_utc_dates() {

@@ -202,6 +202,10 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Devices { team } => {
             let db = existing_db(&cli.db)?;
+            // A mistyped team lists no devices: say so, not "none".
+            if db.read(|c| Db::team(c, &team)).map_err(err)?.is_none() {
+                return Err(format!("no team {team} in this relay database"));
+            }
             let devices = db.read(|c| Db::devices(c, &team)).map_err(err)?;
             for d in devices {
                 println!(

@@ -267,6 +267,9 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
         assert!(refused.contains("no relay database"), "{args:?}: {refused}");
         assert!(!mistyped.exists(), "{args:?} made a database");
     }
+    // Devices of a mistyped team: an error, not an empty list.
+    let refused = admin_fails(&relay.db(), &["devices", "--team", "no-such-team"]);
+    assert!(refused.contains("no team no-such-team"), "{refused}");
     // A first admin the invite would refuse makes no team.
     let teams_before = relay.admin(&["teams"]);
     let refused = admin_fails(
