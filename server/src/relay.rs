@@ -847,7 +847,7 @@ fn enrol_device(
     team: &LoadedTeam,
     code_hash: &[u8; 32],
     actor: String,
-    row: InviteRow,
+    mut row: InviteRow,
     role: Role,
     now: i64,
 ) -> Result<(String, InviteRow)> {
@@ -859,6 +859,17 @@ fn enrol_device(
     if actor == st.team_doc.get_actor().to_hex_string() || st.has_written(&actor) {
         return Err(Error::Conflict("this actor id is the relay's own".into()));
     }
+    // A member already in the team keeps the role the team gives them
+    // (a manager changes it there; an invite's role is for a new member),
+    // and one deactivated gets no device (the invite stays good for when
+    // they are active again).
+    if let Some(m) = st.team.members.get(&row.user_id) {
+        if !m.active {
+            return Err(Error::NotAMember);
+        }
+        row.role = m.role.as_str().into();
+    }
+    let role = st.team.members.get(&row.user_id).map_or(role, |m| m.role);
     let member = (!st.team.members.contains_key(&row.user_id)).then(|| Member {
         user_id: row.user_id.clone(),
         name: row.name.clone(),

@@ -708,6 +708,40 @@ fn a_member_who_joins_later_is_not_sent_tasks_that_left_the_pool_before() {
 /// A member the manager deactivates (they left the clinic; the device was
 /// not revoked) reads and writes nothing more: every request gets 403
 /// `not_a_member`, and live sync on the phone stops.
+/// A new phone for someone already in the team: the invite's role does not
+/// override the one the team gives them (the reply and `devices` say
+/// theirs, where they said the invite's while the team kept the other).
+/// Someone deactivated gets no device, and the invite stays good for when
+/// they are active again.
+#[test]
+fn an_invite_for_a_member_keeps_the_teams_role_and_a_deactivated_one_gets_no_device() {
+    let relay = Relay::start();
+    let (team, max, _ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let second = Phone::new();
+    let invite = relay.invite(&team, "ana", "front_desk");
+    let reply = second.engine.enrol(&relay.url, &invite).unwrap();
+    assert_eq!(reply.role, Role::ClinicalAssistant);
+    let devices = relay.admin(&["devices", "--team", &team]);
+    assert_eq!(
+        devices.matches("\tana\tclinical_assistant\t").count(),
+        2,
+        "{devices}"
+    );
+
+    set_member(&max, "ana", Role::ClinicalAssistant, false, false);
+    let third = Phone::new();
+    let invite = relay.invite(&team, "ana", "clinical_assistant");
+    match third.engine.enrol(&relay.url, &invite) {
+        Err(Error::Relay { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (403, "not_a_member"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(third.store.relay_settings().unwrap().is_none());
+    set_member(&max, "ana", Role::ClinicalAssistant, false, true);
+    third.engine.enrol(&relay.url, &invite).unwrap();
+}
+
 #[test]
 fn a_deactivated_member_reads_nothing_more() {
     let relay = Relay::start();
