@@ -183,19 +183,53 @@ fn relay_rules() -> &'static str {
 /// one middleware (each is a boxed future more for every waiting poll):
 /// it also turns away phones of other rules ([`same_rules`]).
 async fn observe(State(app): State<App>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().cloned();
+    let mut observed = Observed {
+        app: &app,
+        route: request.extensions().get::<MatchedPath>().cloned(),
+        started: Instant::now(),
+        answered: false,
+    };
     let method = request.method().clone();
     let response = match same_rules(&request) {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     };
-    let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    let route = route.as_ref().map_or("other", |p| p.as_str());
-    app.metrics.record(route, status, elapsed);
+    let elapsed = observed.record(status);
+    let route = observed.route();
     tracing::debug!(%method, %route, status, ms = elapsed.as_secs_f64() * 1000.0, "request");
     response
+}
+
+/// A request being answered: counted and timed when it is, or, if its
+/// client goes away first (a phone that gave up on a slow push, a dropped
+/// long-poll), when it is dropped, as status 499.
+struct Observed<'a> {
+    app: &'a App,
+    route: Option<MatchedPath>,
+    started: Instant,
+    answered: bool,
+}
+
+impl Observed<'_> {
+    fn route(&self) -> &str {
+        self.route.as_ref().map_or("other", |p| p.as_str())
+    }
+
+    fn record(&mut self, status: u16) -> Duration {
+        self.answered = true;
+        let elapsed = self.started.elapsed();
+        self.app.metrics.record(self.route(), status, elapsed);
+        elapsed
+    }
+}
+
+impl Drop for Observed<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.record(499);
+        }
+    }
 }
 
 async fn not_found() -> Error {

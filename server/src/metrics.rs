@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+/// Upper bounds of the latency buckets, in seconds: past a long-poll's
+/// longest wait (60 s), so waiting polls do not all land in `+Inf`.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 120.0,
+];
 
 #[derive(Default)]
 struct RouteStats {

@@ -864,7 +864,7 @@ fn a_listener_may_ask_for_a_sync_when_told_of_new_data() {
 #[test]
 fn metrics_count_each_route_and_status() {
     let relay = Relay::start();
-    let (_, max, _ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     max.store
         .delegate(task_for("Call", Some("ana"), None))
         .unwrap();
@@ -892,6 +892,37 @@ fn metrics_count_each_route_and_status() {
         ok + refused,
         "{text}"
     );
+    // A client that goes away before its answer (here a long-poll) is
+    // counted too, as 499: it used to be counted nowhere.
+    use std::io::Write;
+    let addr = relay.url.trim_start_matches("http://").to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    ana.sync();
+    let cursor = ana.store.relay_cursor().unwrap();
+    write!(
+        conn,
+        "GET /v1/pull?cursor={}&at={}&wait=30 HTTP/1.1\r\nhost: {addr}\r\n\
+         authorization: Bearer {}\r\n\r\n",
+        cursor.seq,
+        cursor.tag,
+        ana.settings().token
+    )
+    .unwrap();
+    let waiting = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !relay.metrics().contains("handoff_long_polls 1") {
+        assert!(std::time::Instant::now() < waiting, "{}", relay.metrics());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(conn);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = relay.metrics();
+        if text.contains(r#"handoff_requests_total{route="/v1/pull",status="499"} 1"#) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// A user who keeps writing while her phone carries a big batch over a
