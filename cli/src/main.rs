@@ -194,17 +194,31 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Sync { live } => {
             let engine = SyncEngine::new(store.clone()).map_err(e)?;
             if live {
-                struct Print;
+                struct Print(std::sync::mpsc::Sender<String>);
                 impl SyncListener for Print {
                     fn on_sync_event(&self, event: SyncEvent) {
                         println!("{event:?}");
+                        // Live sync ends after these: so does the command.
+                        let ended = match &event {
+                            SyncEvent::Revoked => {
+                                Some("this device was revoked; its store is wiped".to_owned())
+                            }
+                            SyncEvent::AuthFailed { code, message } => {
+                                Some(format!("live sync stopped: {message} ({code})"))
+                            }
+                            _ => None,
+                        };
+                        if let Some(why) = ended {
+                            let _ = self.0.send(why);
+                        }
                     }
                 }
-                let _handle = engine.start(Arc::new(Print)).map_err(e)?;
+                let (ended, why) = std::sync::mpsc::channel();
+                let _handle = engine.start(Arc::new(Print(ended))).map_err(e)?;
                 println!("live sync; Ctrl-C to stop");
-                loop {
-                    std::thread::park();
-                }
+                return Err(why
+                    .recv()
+                    .unwrap_or_else(|_| "live sync stopped".to_owned()));
             }
             let r = engine.sync_now().map_err(e)?;
             println!(
