@@ -863,13 +863,14 @@ fn enrol_device(
     // (a manager changes it there; an invite's role is for a new member),
     // and one deactivated gets no device (the invite stays good for when
     // they are active again).
-    if let Some(m) = st.team.members.get(&row.user_id) {
-        if !m.active {
-            return Err(Error::NotAMember);
+    let role = match st.team.members.get(&row.user_id) {
+        Some(m) if !m.active => return Err(Error::NotAMember),
+        Some(m) => {
+            row.role = m.role.as_str().into();
+            m.role
         }
-        row.role = m.role.as_str().into();
-    }
-    let role = st.team.members.get(&row.user_id).map_or(role, |m| m.role);
+        None => role,
+    };
     let member = (!st.team.members.contains_key(&row.user_id)).then(|| Member {
         user_id: row.user_id.clone(),
         name: row.name.clone(),

@@ -717,12 +717,7 @@ fn an_enrolment_whose_reply_was_lost_is_made_again_by_the_same_phone() {
         ("ana", Role::ClinicalAssistant)
     );
     max.sync();
-    let task = max
-        .store
-        .delegate(task_for("Call back", Some("ana"), None))
-        .unwrap();
-    max.sync();
-    ana.sync();
+    let task = hand_over(&max, &ana, "Call back", "ana");
     assert!(ana.store.task_detail(&task).is_ok());
 
     let other = Phone::new();
