@@ -48,11 +48,21 @@ val cargoNdk by tasks.registering(Exec::class) {
 }
 tasks.named("preBuild") { dependsOn(cargoNdk) }
 
+// The AAR that goes with the rustls-platform-verifier the core is built
+// with: its version is that of the `rustls-platform-verifier-android` crate
+// in Cargo.lock, so the Kotlin and Rust halves never drift apart.
+val rustlsVerifierAndroid: String =
+    Regex("""name = "rustls-platform-verifier-android"\s+version = "([^"]+)"""")
+        .find(File(repoRoot, "Cargo.lock").readText())
+        ?.groupValues?.get(1)
+        ?: error("Cargo.lock names no rustls-platform-verifier-android: is the core still built with reqwest's rustls?")
+
 dependencies {
     implementation(project(":sdk")) {
         exclude(group = "net.java.dev.jna")
     }
     implementation("net.java.dev.jna:jna:5.14.0@aar")
+    implementation("rustls:rustls-platform-verifier:$rustlsVerifierAndroid")
 
     val composeBom = platform("androidx.compose:compose-bom:2025.01.00")
     implementation(composeBom)

@@ -4,6 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use handoff_core as core;
 
+#[cfg(target_os = "android")]
+mod android;
 mod error;
 mod types;
 

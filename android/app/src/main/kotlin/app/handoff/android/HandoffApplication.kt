@@ -30,6 +30,9 @@ class HandoffApplication : Application() {
 
     override fun onCreate() {
         super.onCreate()
+        // Before anything can sync: the relay's certificate is checked by
+        // Android's trust manager, reached from Rust through this Context.
+        PlatformTls.init(applicationContext)
         // Background sync when the app is closed; live sync runs while it is open.
         val work = PeriodicWorkRequestBuilder<SyncWorker>(15, TimeUnit.MINUTES)
             .setConstraints(Constraints.Builder().setRequiredNetworkType(NetworkType.CONNECTED).build())
