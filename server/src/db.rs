@@ -208,7 +208,22 @@ pub struct FeedRow {
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Files the relay creates are its own: read and written by its user only
+/// (the feed holds patient details in the clear). SQLite gives the WAL and
+/// shared-memory files the database's mode.
+fn owner_only(options: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
+}
+
 fn open_conn(path: &Path) -> Result<Connection> {
+    // Made here, not by SQLite (which would make it readable by everyone
+    // under the usual umask). An existing file keeps the mode its
+    // operator gave it.
+    owner_only(std::fs::OpenOptions::new().create(true).append(true))
+        .open(path)
+        .map_err(|e| Error::Storage(format!("cannot open the database file: {e}")))?;
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -533,9 +548,7 @@ impl Db {
             params![actor, now],
         )?;
         if n == 1 {
-            let noted = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
+            let noted = owner_only(std::fs::OpenOptions::new().create(true).append(true))
                 .open(&self.revocations)
                 .and_then(|mut f| {
                     std::io::Write::write_all(&mut f, format!("{actor}\n").as_bytes())?;

@@ -63,3 +63,24 @@ fn a_relay_database_of_schema_1_upgrades_to_the_fresh_schema_and_keeps_its_feed(
     assert_eq!(team.state().head(), 1);
     assert_eq!(relay.loaded_feed_length(), 1);
 }
+
+/// The relay's files hold patient details in the clear: no one but the
+/// relay's own user reads them (the usual umask would let everyone).
+#[cfg(unix)]
+#[test]
+fn the_relays_files_are_its_users_alone() {
+    use crate::harness::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    let relay = crate::harness::Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    hand_over(&max, &ana, "Call back", "ana");
+    relay.admin(&["revoke", "--device", &ana.store.device_actor()]);
+    let db = relay.db();
+    for suffix in ["", "-wal", "-shm", "-revocations"] {
+        let mut path = db.clone().into_os_string();
+        path.push(suffix);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{path:?} has mode {mode:o}");
+    }
+}
