@@ -429,12 +429,15 @@ async fn enrol(
         )
         .await?;
         let request: EnrolRequest = serde_json::from_slice(&bytes).map_err(|_| {
-            Error::BadRequest("bad_body", "expected {\"invite\", \"actor\"}".into())
+            Error::BadRequest(
+                "bad_body",
+                "expected {\"invite\", \"actor\", \"token\"}".into(),
+            )
         })?;
         let relay = app.relay.clone();
-        blocking(move || relay.enrol(&request.invite, &request.actor)).await
+        blocking(move || relay.enrol(&request.invite, &request.actor, &request.token)).await
     };
-    let (token, invite) = match attempt.await {
+    let invite = match attempt.await {
         Ok(enrolled) => enrolled,
         Err(e) => {
             if !matches!(e, Error::Storage(_)) {
@@ -446,7 +449,6 @@ async fn enrol(
     let role = Role::parse(&invite.role).ok_or(Error::Storage("invite has a bad role".into()))?;
     tracing::info!(team = %invite.team_id, "device enrolled");
     Ok(axum::Json(EnrolReply {
-        token,
         team: invite.team_id,
         user: invite.user_id,
         role,

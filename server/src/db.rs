@@ -465,19 +465,22 @@ impl Db {
         Ok(n == 1)
     }
 
-    /// A new token for a device not revoked; false if there is none.
-    pub fn replace_token(
+    /// Whether the device, not revoked, has this token.
+    pub fn device_token_is(
         conn: &Connection,
         team_id: &str,
         actor: &str,
         token_hash: &[u8],
     ) -> Result<bool> {
-        let n = conn.execute(
-            "UPDATE devices SET token_hash = ?3
-             WHERE team_id = ?1 AND actor = ?2 AND revoked_at IS NULL",
-            params![team_id, actor, token_hash],
-        )?;
-        Ok(n == 1)
+        let found = conn
+            .query_row(
+                "SELECT 1 FROM devices
+                 WHERE team_id = ?1 AND actor = ?2 AND token_hash = ?3 AND revoked_at IS NULL",
+                params![team_id, actor, token_hash],
+                |_| Ok(()),
+            )
+            .optional()?;
+        Ok(found.is_some())
     }
 
     pub fn insert_device(conn: &Connection, d: &DeviceRow, token_hash: &[u8]) -> Result<()> {

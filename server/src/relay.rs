@@ -743,9 +743,10 @@ impl Relay {
         Ok(())
     }
 
-    /// Redeem an invite: bind the device's actor to the invited user, write
-    /// the member and the device into the team document, return the token.
-    pub fn enrol(&self, invite: &str, actor: &str) -> Result<(String, InviteRow)> {
+    /// Redeem an invite: bind the device's actor and the token it chose to
+    /// the invited user, write the member and the device into the team
+    /// document.
+    pub fn enrol(&self, invite: &str, actor: &str, token: &str) -> Result<InviteRow> {
         let actor = actor.to_ascii_lowercase();
         if actor.len() < 2
             || actor.len() > 64
@@ -757,6 +758,13 @@ impl Relay {
                 "the device id must be hex".into(),
             ));
         }
+        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::BadRequest(
+                "bad_token",
+                "the device's token must be 32 random bytes in hex".into(),
+            ));
+        }
+        let token_hash = sha256(token.as_bytes());
         let code_hash = sha256(normalize_invite(invite).as_bytes());
         let row = self
             .db
@@ -764,27 +772,22 @@ impl Relay {
             .ok_or(Error::NotFound("no such invite"))?;
         let now = now_ms();
         if let Some(redeemed_at) = row.redeemed_at {
-            // The same device again, soon after: its enrolment's reply was
+            // The same phone again, soon after: its enrolment's reply was
             // lost (a dead zone, a timeout), and it could never enrol
-            // again with its actor. It gets a new token; the first never
-            // reached it (or, if it did, stops working).
+            // again with its actor. It shows it is that phone with the
+            // token it enrolled with (the invite and the actor id are not
+            // secret enough: every member's phone holds the actor), and is
+            // answered as the first time; nothing changes.
             let again = row.redeemed_by.as_deref() == Some(actor.as_str())
-                && now.saturating_sub(redeemed_at) < ENROL_AGAIN_WITHIN_MS;
-            if !again {
-                return Err(Error::InviteUsed);
-            }
-            let token = random_hex(32);
-            let replaced = Db::replace_token(
-                &self.db.write(),
-                &row.team_id,
-                &actor,
-                &sha256(token.as_bytes()),
-            )?;
-            if !replaced {
-                return Err(Error::InviteUsed);
-            }
-            self.forget_tokens();
-            return Ok((token, row));
+                && now.saturating_sub(redeemed_at) < ENROL_AGAIN_WITHIN_MS
+                && self
+                    .db
+                    .read(|c| Db::device_token_is(c, &row.team_id, &actor, &token_hash))?;
+            return if again {
+                Ok(row)
+            } else {
+                Err(Error::InviteUsed)
+            };
         }
         if row.expires_at <= now {
             return Err(Error::InviteExpired);
@@ -793,7 +796,13 @@ impl Relay {
         let team = self.team(&row.team_id)?;
         // Enrolment writes the team document and the feed itself: it runs
         // alone, between two pushes.
-        team.alone(|team| enrol_device(&self.db, team, &code_hash, actor, row, role, now))?
+        let redemption = Redemption {
+            code_hash,
+            actor,
+            token_hash,
+            now,
+        };
+        team.alone(|team| enrol_device(&self.db, team, redemption, row, role))?
     }
 }
 
@@ -842,15 +851,29 @@ fn mark_revoked(db: &Db, team: &LoadedTeam, team_id: &str, actors: &[String]) ->
 
 /// Bind a device (and, the first time, its user) in the team document and
 /// the relay's database, in one transaction with the invite's redemption.
+/// What a device brings to an invite it redeems.
+struct Redemption {
+    /// The invite's code, hashed.
+    code_hash: [u8; 32],
+    actor: String,
+    /// The token the device chose, hashed.
+    token_hash: [u8; 32],
+    now: i64,
+}
+
 fn enrol_device(
     db: &Db,
     team: &LoadedTeam,
-    code_hash: &[u8; 32],
-    actor: String,
+    redemption: Redemption,
     mut row: InviteRow,
     role: Role,
-    now: i64,
-) -> Result<(String, InviteRow)> {
+) -> Result<InviteRow> {
+    let Redemption {
+        code_hash,
+        actor,
+        token_hash,
+        now,
+    } = redemption;
     let mut st = team.state();
     // The relay's own actors write the team's document (and carry events
     // over to redacted tasks); a device sharing one would share its
@@ -890,7 +913,7 @@ fn enrol_device(
     // the team.
     let conn = db.write();
     let tx = conn.unchecked_transaction()?;
-    if !Db::redeem_invite(&tx, code_hash, &actor, now)? {
+    if !Db::redeem_invite(&tx, &code_hash, &actor, now)? {
         return Err(Error::InviteUsed);
     }
     if Db::device(&tx, &actor)?.is_some() {
@@ -905,7 +928,6 @@ fn enrol_device(
         }
         w.device(&device)?;
         let feed_row = st.commit_team_change("enrolment")?;
-        let token = random_hex(32);
         Db::insert_device(
             &tx,
             &DeviceRow {
@@ -916,13 +938,13 @@ fn enrol_device(
                 enrolled_at: now,
                 revoked_at: None,
             },
-            &sha256(token.as_bytes()),
+            &token_hash,
         )?;
         Db::append_feed(&tx, &row.team_id, &feed_row)?;
         tx.commit()?;
-        Ok((token, feed_row))
+        Ok(feed_row)
     })();
-    let (token, feed_row) = match written {
+    let feed_row = match written {
         Ok(w) => w,
         Err(e) => {
             team.fail();
@@ -941,7 +963,7 @@ fn enrol_device(
     let relay_actor = st.team_doc.get_actor().to_hex_string();
     let relay_actor = st.actor_key(&relay_actor);
     st.record(&[(feed_row, relay_actor)]);
-    Ok((token, row))
+    Ok(row)
 }
 
 /// Start a team: its row, its document (written by the relay's own actor)

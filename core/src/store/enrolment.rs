@@ -86,9 +86,26 @@ impl Store {
         set_meta(&tx, "relay_cursor", "0")?;
         set_meta(&tx, "relay_pushed", "0")?;
         set_meta(&tx, "user", user)?;
+        tx.execute("DELETE FROM meta WHERE key = 'enrol_token'", [])?;
         tx.commit()?;
         db.st.user = Some(user.into());
         Ok(())
+    }
+
+    /// The token this device offers when it enrols: made (32 random bytes,
+    /// hex) and kept at the first attempt, so that every retry of the same
+    /// enrolment, even after a restart, offers the same one. Forgotten once
+    /// the enrolment is saved (it is the relay token then), and by a wipe.
+    pub fn enrolment_token(&self) -> Result<String> {
+        let db = self.lock();
+        if let Some(token) = meta(&db.conn, "enrol_token")? {
+            return Ok(token);
+        }
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = hex::encode(bytes);
+        set_meta(&db.conn, "enrol_token", &token)?;
+        Ok(token)
     }
 
     /// The relay this device is enrolled with, if any.

@@ -249,17 +249,21 @@ impl SyncEngine {
         }
     }
 
-    /// Redeem a one-time invite: the relay binds this device's actor id to
-    /// the invited user and role and returns the device's token.
+    /// Redeem a one-time invite: the relay binds this device's actor id and
+    /// token to the invited user and role.
     pub fn enrol(&self, url: &str, invite: &str) -> Result<wire::EnrolReply> {
         check_relay_url(url)?;
         let store = &self.inner.store;
         if store.relay_settings()?.is_some() {
             return Err(Error::AlreadyEnrolled);
         }
+        // Kept in the store before it is sent: a retry after a lost
+        // reply, even from the next launch, sends the same one.
+        let token = store.enrolment_token()?;
         let request = wire::EnrolRequest {
             invite: invite.trim().to_owned(),
             actor: store.device_actor(),
+            token: token.clone(),
         };
         let inner = self.inner.clone();
         let url = url.trim_end_matches('/').to_owned();
@@ -278,7 +282,7 @@ impl SyncEngine {
             serde_json::from_slice::<wire::EnrolReply>(&bytes)
                 .map_err(|_| Error::Offline("the relay sent an unreadable reply".into()))
         })??;
-        store.save_enrolment(&url, &reply.token, &reply.team, &reply.user)?;
+        store.save_enrolment(&url, &token, &reply.team, &reply.user)?;
         Ok(reply)
     }
 
@@ -323,7 +327,6 @@ impl SyncEngine {
         // Bound by an earlier call whose catch-up was cut short.
         self.sync_now_telling(listener)?;
         Ok(wire::EnrolReply {
-            token: settings.token,
             team: settings.team,
             user: store.user().ok_or(Error::NotEnrolled)?,
             role: self.enrolled_role().ok_or(Error::NotEnrolled)?,

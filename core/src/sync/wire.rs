@@ -152,11 +152,17 @@ pub struct EnrolRequest {
     pub invite: String,
     /// The device's automerge actor id, hex.
     pub actor: String,
+    /// The device's token, chosen by the phone (32 random bytes, 64 hex
+    /// digits); the relay keeps only its hash. A phone whose enrolment
+    /// reply was lost sends the same invite, actor and token again, and
+    /// that token is what shows it is the phone that enrolled: the invite
+    /// and the actor id are not secrets enough (the actor is in every
+    /// event and in the team document).
+    pub token: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrolReply {
-    pub token: String,
     pub team: String,
     pub user: String,
     pub role: crate::model::Role,

@@ -154,16 +154,26 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
         ),
         (
             "unknown invite",
-            client
-                .post(format!("{url}/v1/enrol"))
-                .body("{\"invite\": \"0000-0000-0000-0000\", \"actor\": \"abcd\"}"),
+            client.post(format!("{url}/v1/enrol")).body(format!(
+                "{{\"invite\": \"0000-0000-0000-0000\", \"actor\": \"abcd\", \"token\": \"{}\"}}",
+                "ab".repeat(32)
+            )),
             404,
             "not_found",
         ),
         (
+            "an enrolment whose token is not 32 bytes of hex",
+            client.post(format!("{url}/v1/enrol")).body(format!(
+                "{{\"invite\": \"{zed}\", \"actor\": \"abcd\", \"token\": \"secret\"}}"
+            )),
+            400,
+            "bad_token",
+        ),
+        (
             "the relay's own actor",
             client.post(format!("{url}/v1/enrol")).body(format!(
-                "{{\"invite\": \"{zed}\", \"actor\": \"{relay_actor}\"}}"
+                "{{\"invite\": \"{zed}\", \"actor\": \"{relay_actor}\", \"token\": \"{}\"}}",
+                "ab".repeat(32)
             )),
             409,
             "conflict",
@@ -316,7 +326,10 @@ fn an_address_that_keeps_guessing_invites_is_turned_away_and_others_are_not() {
         rt.block_on(async {
             let r = client
                 .post(format!("{}/v1/enrol", relay.url))
-                .body(serde_json::json!({"invite": code, "actor": actor}).to_string())
+                .body(
+                    serde_json::json!({"invite": code, "actor": actor, "token": "ab".repeat(32)})
+                        .to_string(),
+                )
                 .send()
                 .await
                 .unwrap();
@@ -584,8 +597,9 @@ fn an_enrolment_body_trickled_past_the_pause_is_given_up() {
     let (team, _) = relay.create_team("Clinic", "max");
     let invite = relay.invite(&team, "ana", "clinical_assistant");
     let body = format!(
-        "{{\"invite\": \"{invite}\", \"actor\": \"{}\"}}",
-        "ab".repeat(16)
+        "{{\"invite\": \"{invite}\", \"actor\": \"{}\", \"token\": \"{}\"}}",
+        "ab".repeat(16),
+        "cd".repeat(32)
     );
     let addr = relay.url.trim_start_matches("http://").to_owned();
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();

@@ -711,6 +711,29 @@ fn an_enrolment_whose_reply_was_lost_is_made_again_by_the_same_phone() {
         "the relay enrolled her: {devices}"
     );
 
+    // Someone else who saw the invite, and knows her phone's actor id (it
+    // is in every event and in the team document), cannot take her place:
+    // only her phone has the token it enrolled with.
+    let (rt, client) = http();
+    let (status, body) = rt.block_on(async {
+        let r = client
+            .post(format!("{}/v1/enrol", relay.url))
+            .body(
+                serde_json::json!({
+                    "invite": invite,
+                    "actor": ana.store.device_actor(),
+                    "token": "ab".repeat(32),
+                })
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(status, 410, "{body}");
+    assert!(body.contains("invite_used"), "{body}");
+
     let again = ana.engine.enrol(&proxy.url, &invite).unwrap();
     assert_eq!(
         (again.user.as_str(), again.role),

@@ -222,10 +222,11 @@ pub struct Enrolled {
 
 /// Redeem an invite over HTTP, as a phone does.
 pub async fn enrol(conn: &mut http::Conn, invite: &str) -> Result<Enrolled> {
-    let actor = relay::random_hex(16);
+    let (actor, token) = (relay::random_hex(16), relay::random_hex(32));
     let body = serde_json::to_vec(&EnrolRequest {
         invite: invite.to_owned(),
         actor: actor.clone(),
+        token: token.clone(),
     })
     .map_err(|e| e.to_string())?;
     let reply = conn
@@ -243,7 +244,7 @@ pub async fn enrol(conn: &mut http::Conn, invite: &str) -> Result<Enrolled> {
     Ok(Enrolled {
         user: enrolled.user,
         actor,
-        token: enrolled.token,
+        token,
     })
 }
 
