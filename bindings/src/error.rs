@@ -53,6 +53,22 @@ impl HandoffError {
     pub fn user_message(&self) -> String {
         self.to_string()
     }
+
+    /// Whether syncing is over until someone acts (enrol again, update the
+    /// app): what live sync reports as `AuthFailed` or `Revoked` and stops
+    /// on. The apps show a `syncNow` that failed this way as the same.
+    pub fn ends_sync(&self) -> bool {
+        match self {
+            HandoffError::DeviceRevoked => true,
+            HandoffError::RelayRejected { status, code, .. } => Error::Relay {
+                status: *status,
+                code: code.clone(),
+                message: String::new(),
+            }
+            .ends_sync(),
+            _ => false,
+        }
+    }
 }
 
 impl From<Error> for HandoffError {

@@ -48,6 +48,24 @@ const FINAL_CODES: [&str; 3] = [
     codes::UPGRADE_REQUIRED,
 ];
 
+impl Error {
+    /// Whether this error ends sync until someone acts: the device was
+    /// revoked, or the relay refused its credentials, its member or its
+    /// app version (426). Only the relay's own codes: a 401 or 403 page
+    /// from a proxy or gateway in front of it (no code of ours) is an
+    /// outage to retry, or live sync would stay off until the app restarts.
+    /// Live sync stops on these; `sync_now`'s caller shows them the same way.
+    pub fn ends_sync(&self) -> bool {
+        match self {
+            Error::DeviceRevoked | Error::NotEnrolled => true,
+            Error::Relay { status, code, .. } => {
+                matches!(status, 401 | 403 | 426) && FINAL_CODES.contains(&code.as_str())
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What one round moved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -351,7 +369,7 @@ impl SyncEngine {
             .as_ref()
             .ok_or_else(|| Error::Offline("the sync engine is shut down".into()))?;
         let inner = self.inner.clone();
-        let task = rt.spawn(async move { inner.live(listener).await });
+        let task = rt.spawn(async move { inner.live_come_what_may(listener).await });
         let handle = SyncHandle {
             inner: self.inner.clone(),
             task: task.abort_handle(),
@@ -372,7 +390,60 @@ impl Drop for SyncEngine {
     }
 }
 
+/// A task aborted when its handle is dropped: live sync's loop, which ends
+/// with the task that watches it (`SyncHandle::stop` aborts that one).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long a loop must have run for a panic to count as a first one again.
+const PANICS_FORGOTTEN_AFTER: Duration = Duration::from_secs(600);
+
 impl Inner {
+    /// `live`, started again if it panics (an app's listener that threw,
+    /// or a bug): without this the app would show live sync running while
+    /// nothing synced until it restarted. The app hears `Offline` in
+    /// between, and the restarts back off like failed rounds.
+    async fn live_come_what_may(self: Arc<Self>, listener: Arc<dyn SyncListener>) {
+        let mut panics: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let (inner, heard) = (self.clone(), listener.clone());
+            let mut run = AbortOnDrop(tokio::spawn(async move { inner.live(heard).await }));
+            match (&mut run.0).await {
+                // Revoked, refused credentials, not enrolled: it told the
+                // app and ended.
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    if started.elapsed() >= PANICS_FORGOTTEN_AFTER {
+                        panics = 0;
+                    }
+                    panics = panics.saturating_add(1);
+                    let delay = backoff(panics);
+                    let offline = SyncEvent::Offline {
+                        message: "sync stopped on an internal error and starts again".into(),
+                        retry_in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    };
+                    // The listener may be what panicked: it may do so again.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        listener.on_sync_event(offline);
+                    }));
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.wake.notified() => {}
+                    }
+                }
+                // Aborted: only by `run` being dropped, which is this task
+                // ending.
+                Err(_) => return,
+            }
+        }
+    }
+
     async fn live(&self, listener: Arc<dyn SyncListener>) {
         let mut failures: u32 = 0;
         // The first round, and the first after a failure, does not wait:
@@ -406,16 +477,11 @@ impl Inner {
                     return;
                 }
                 // The relay refused the credentials, the member, or the app
-                // version (426): retrying changes nothing. Only the relay's
-                // own codes: a 401 or 403 page from a proxy or gateway in
-                // front of it (no code of ours) is retried like any outage,
-                // or live sync would stay off until the app restarts.
-                Err(Error::Relay {
-                    status: 401 | 403 | 426,
-                    code,
-                    message,
-                }) if FINAL_CODES.contains(&code.as_str()) => {
-                    listener.on_sync_event(SyncEvent::AuthFailed { code, message });
+                // version (426): retrying changes nothing.
+                Err(e @ Error::Relay { .. }) if e.ends_sync() => {
+                    if let Error::Relay { code, message, .. } = e {
+                        listener.on_sync_event(SyncEvent::AuthFailed { code, message });
+                    }
                     return;
                 }
                 Err(e) => {
@@ -1162,6 +1228,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_relays_own_final_answers_end_sync() {
+        let relay = |status: u16, code: &str| Error::Relay {
+            status,
+            code: code.into(),
+            message: String::new(),
+        };
+        assert!(relay(401, codes::INVALID_TOKEN).ends_sync());
+        assert!(relay(403, codes::NOT_A_MEMBER).ends_sync());
+        assert!(relay(426, codes::UPGRADE_REQUIRED).ends_sync());
+        assert!(Error::DeviceRevoked.ends_sync());
+        // A gateway's 401 or 403 page carries none of the relay's codes.
+        assert!(!relay(401, "").ends_sync());
+        assert!(!relay(403, "forbidden").ends_sync());
+        assert!(!relay(400, codes::INVALID_TOKEN).ends_sync());
+        assert!(!relay(503, codes::UPGRADE_REQUIRED).ends_sync());
+        assert!(!Error::Offline("no signal".into()).ends_sync());
+    }
 
     #[test]
     fn plain_http_is_only_for_this_machine() {

@@ -145,6 +145,13 @@ public final class Handoff: ObservableObject {
         } catch HandoffError.DeviceRevoked {
             syncStatus = .revoked
             throw HandoffError.DeviceRevoked
+        } catch let error as HandoffError {
+            // Credentials, member or app version refused: shown as live
+            // sync shows it, not left on the last "synced".
+            if error.endsSync(), case .RelayRejected(_, let code, let reason) = error {
+                syncStatus = .authFailed(code: code, reason: reason)
+            }
+            throw error
         }
     }
 

@@ -877,6 +877,53 @@ fn a_listener_may_ask_for_a_sync_when_told_of_new_data() {
     assert_eq!(fay.store.shared_pool().unwrap().len(), 4);
 }
 
+/// A listener that throws (an app's callback with a bug) does not end live
+/// sync for good: the loop starts again, says it was offline meanwhile, and
+/// the phone keeps receiving what others do.
+#[test]
+fn live_sync_goes_on_after_its_listener_panics() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct PanicsOnce {
+        panicked: AtomicBool,
+        heard: Mutex<Vec<SyncEvent>>,
+    }
+    impl SyncListener for PanicsOnce {
+        fn on_sync_event(&self, e: SyncEvent) {
+            let synced = matches!(e, SyncEvent::Synced(_));
+            self.heard.lock().unwrap().push(e);
+            if synced && !self.panicked.swap(true, Ordering::SeqCst) {
+                panic!("the app's listener throws (expected in this test)");
+            }
+        }
+    }
+
+    let relay = Relay::start();
+    let (team, max) = clinic_with_recalls(&relay, 1);
+    let fay = Phone::enrolled(&relay, &relay.invite(&team, "fay", "front_desk"));
+    let listener = Arc::new(PanicsOnce {
+        panicked: AtomicBool::new(false),
+        heard: Mutex::new(Vec::new()),
+    });
+    let live = fay.engine.start(listener.clone()).unwrap();
+    eventually(30, "the listener's panic", || {
+        listener.panicked.load(Ordering::SeqCst)
+    });
+    max.store
+        .delegate(task_for("Recall 1", None, Some(Role::FrontDesk)))
+        .unwrap();
+    max.sync();
+    eventually(30, "the new task on fay's phone after the panic", || {
+        fay.store.shared_pool().unwrap().len() == 2
+    });
+    live.stop();
+    let heard = listener.heard.lock().unwrap();
+    assert!(
+        heard.iter().any(|e| matches!(e, SyncEvent::Offline { .. })),
+        "{heard:?}"
+    );
+}
+
 /// `/metrics` counts every request by route and status, and its latency
 /// histogram per route adds up over the statuses.
 #[test]

@@ -198,6 +198,11 @@ class Handoff(
         } catch (e: HandoffException.DeviceRevoked) {
             _sync.value = SyncStatus.Revoked
             throw e
+        } catch (e: HandoffException.RelayRejected) {
+            // Credentials, member or app version refused: shown as live
+            // sync shows it, not left on the last "synced".
+            if (e.endsSync()) _sync.value = SyncStatus.AuthFailed(e.code, e.reason)
+            throw e
         } finally {
             refresh()
         }

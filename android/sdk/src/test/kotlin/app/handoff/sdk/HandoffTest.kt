@@ -178,6 +178,11 @@ class HandoffTest {
         phone("sam").enrol(relay.url, reused)
         val again = assertFailsWith<HandoffException.RelayRejected> { phone("sam2").enrol(relay.url, reused) }
         assertTrue(again.status in 400u..499u, "status ${again.status}")
+        // A used invite is not the end of syncing; refused credentials are
+        // (decided in the core, asked across the bindings).
+        assertFalse(again.endsSync())
+        assertTrue(HandoffException.RelayRejected(401.toUShort(), "invalid_token", "refused").endsSync())
+        assertFalse(HandoffException.RelayRejected(401.toUShort(), "", "a gateway's page").endsSync())
     }
 
     @Test
