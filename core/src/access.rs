@@ -16,8 +16,12 @@ use crate::team::Team;
 /// their phone learns where it went, who won a claim race, or that their
 /// work arrived after the task moved ([`losing_sight`]).
 pub fn may_read_task(team: &Team, user: &str, task: &TaskState) -> bool {
-    may_read(
-        team,
+    sight(team, user).is_some_and(|sight| reads_task_with(sight, user, task))
+}
+
+fn reads_task_with(sight: Sight, user: &str, task: &TaskState) -> bool {
+    reads_with(
+        sight,
         user,
         &task.created_by,
         task.assignee.as_deref(),
@@ -26,17 +30,15 @@ pub fn may_read_task(team: &Team, user: &str, task: &TaskState) -> bool {
     )
 }
 
-fn may_read(
-    team: &Team,
+/// [`may_read_task`] for someone who sees as `sight` says.
+fn reads_with(
+    sight: Sight,
     user: &str,
     created_by: &str,
     assignee: Option<&str>,
     route_result_to: Option<&str>,
     pool: Option<Role>,
 ) -> bool {
-    let Some(sight) = sight(team, user) else {
-        return false;
-    };
     sight.every_task
         || created_by == user
         || assignee == Some(user)
@@ -74,8 +76,12 @@ impl Whereabouts {
 
     /// [`may_read_task`] of a task with these whereabouts.
     pub fn readable_by(&self, team: &Team, user: &str) -> bool {
-        may_read(
-            team,
+        sight(team, user).is_some_and(|sight| self.readable_with(sight, user))
+    }
+
+    fn readable_with(&self, sight: Sight, user: &str) -> bool {
+        reads_with(
+            sight,
             user,
             &self.created_by,
             self.assignee.as_deref(),
@@ -98,22 +104,31 @@ pub struct Sight {
 
 pub fn sight(team: &Team, user: &str) -> Option<Sight> {
     let member = team.member(user).filter(|m| m.active)?;
+    Some(sight_of(team, member))
+}
+
+/// What `member`'s role lets them read, active or not.
+fn sight_of(team: &Team, member: &crate::model::Member) -> Sight {
     let perms = team.role_permissions(member.role);
-    Some(Sight {
+    Sight {
         role: member.role,
         every_task: perms.may_review || perms.may_delegate,
-    })
+    }
 }
 
 /// The members who may read the task as it was `before` a change and not
-/// as it is `after` it.
+/// as it is `after` it. Judged for every member, active or not: one
+/// deactivated when the task moves (on leave) comes back one day with a
+/// phone that holds the task as it was, and must be sent where it went.
 pub fn losing_sight(team: &Team, before: &Whereabouts, after: Option<&TaskState>) -> Vec<String> {
     team.members
-        .keys()
-        .filter(|user| {
-            before.readable_by(team, user) && !after.is_some_and(|a| may_read_task(team, user, a))
+        .iter()
+        .filter(|(user, member)| {
+            let sight = sight_of(team, member);
+            before.readable_with(sight, user)
+                && !after.is_some_and(|a| reads_task_with(sight, user, a))
         })
-        .cloned()
+        .map(|(user, _)| user.clone())
         .collect()
 }
 

@@ -662,10 +662,14 @@ impl Relay {
         Ok(known.actors.contains(&*caller.actor))
     }
 
-    /// Every change of a document the caller may read that is not behind
+    /// Every change of a document the caller may be sent that is not behind
     /// `have` (heads the caller holds; unknown ones are ignored), in the
     /// order it can be applied, cut after `page_bytes` (at least one): a
     /// prefix, so the device takes it and asks again from its new heads.
+    /// As a pull would send them: all of a document the caller may read,
+    /// and of one taken from them, what came up to the change that took it
+    /// (a phone that had archived the task needs that history to apply the
+    /// change its pull brought).
     pub fn repair(
         &self,
         caller: &Caller,
@@ -676,10 +680,18 @@ impl Relay {
         let team = self.team(&caller.team_id)?;
         let seqs = {
             let st = team.state();
-            if !st.visible(doc, &caller.user_id) {
+            let seqs: Vec<u64> = st
+                .seqs_by_doc
+                .get(doc)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|&seq| st.delivers(seq, doc, &caller.user_id))
+                .collect();
+            if seqs.is_empty() {
                 return Err(Error::NotFound("no such document"));
             }
-            st.seqs_by_doc.get(doc).cloned().unwrap_or_default()
+            seqs
         };
         let changes = self
             .db

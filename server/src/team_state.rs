@@ -455,7 +455,7 @@ impl TeamState {
     /// May this user be sent the feed entry `seq` of `doc`: they may read
     /// the document now, or the entry came before (or is) the change that
     /// took the task from them.
-    fn delivers(&self, seq: u64, doc: &str, user: &str) -> bool {
+    pub(crate) fn delivers(&self, seq: u64, doc: &str, user: &str) -> bool {
         doc == TEAM_DOC
             || self
                 .current(doc)

@@ -441,6 +441,61 @@ fn news_of_a_task_archived_on_a_phone_brings_it_back_there() {
     assert_eq!(max.store.archive_finished().unwrap(), 1);
 }
 
+/// A member deactivated (on leave) while her task was handed to a
+/// colleague could not read it when it moved, and was recorded as losing
+/// nothing: back at work, her phone kept the task as hers, and work she
+/// did on it was refused on every other phone without her being told.
+#[test]
+fn a_member_away_when_her_task_moved_learns_where_it_went_when_she_is_back() {
+    let relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let bea = Phone::enrolled(&relay, &relay.invite(&team, "bea", "clinical_assistant"));
+    let task = hand_over(&max, &ana, "Call back", "ana");
+    set_member(&max, "ana", Role::ClinicalAssistant, false, false);
+    max.store.assign(&task, "bea").unwrap();
+    max.sync();
+    set_member(&max, "ana", Role::ClinicalAssistant, false, true);
+    ana.sync();
+    bea.sync();
+    let detail = ana.store.task_detail(&task).unwrap();
+    assert_eq!(detail.state.assignee.as_deref(), Some("bea"));
+    assert!(ana.store.my_queue().unwrap().today.is_empty());
+    assert_converged(&[&max, &ana, &bea]);
+}
+
+/// A trusted assistant completes a task and her phone archives it; the
+/// manager, not yet told, had handed it to a colleague, so her completion
+/// no longer stands and she may not read the task. Her pull brings the
+/// change that took it from her, but her phone had no document left to
+/// apply it to, and the relay refused her the repair (she cannot read the
+/// task now): the task stayed completed and archived on her phone alone.
+#[test]
+fn a_task_archived_on_a_phone_that_then_lost_sight_of_it_shows_where_it_went() {
+    let relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let bea = Phone::enrolled(&relay, &relay.invite(&team, "bea", "clinical_assistant"));
+    set_member(&max, "ana", Role::ClinicalAssistant, true, true);
+    let mut policy = max.store.team().unwrap().policy;
+    policy.archive_after_days = 0;
+    max.store.set_policy(&policy).unwrap();
+    let task = hand_over(&max, &ana, "Call back", "ana");
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    ana.store.complete(&task, "done").unwrap();
+    // Not yet told of her completion.
+    max.store.assign(&task, "bea").unwrap();
+    ana.sync();
+    assert_eq!(ana.store.archive_finished().unwrap(), 1);
+    max.sync();
+    bea.sync();
+    ana.sync();
+    let detail = ana.store.task_detail(&task).unwrap();
+    assert_eq!(detail.state.assignee.as_deref(), Some("bea"));
+    assert_ne!(detail.state.status, TaskStatus::Completed);
+    assert_converged(&[&max, &ana, &bea]);
+}
+
 #[test]
 fn demoting_a_delegator_leaves_the_work_they_handed_out_where_it_is() {
     let mut relay = Relay::start();
