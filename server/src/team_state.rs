@@ -447,11 +447,6 @@ impl TeamState {
             .subscribe()
     }
 
-    /// May this user read this document now?
-    pub(crate) fn visible(&self, doc: &str, user: &str) -> bool {
-        doc == TEAM_DOC || self.current(doc).is_some_and(|e| self.reads(e, user))
-    }
-
     /// May this user be sent the feed entry `seq` of `doc`: they may read
     /// the document now, or the entry came before (or is) the change that
     /// took the task from them.
