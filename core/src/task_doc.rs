@@ -205,6 +205,8 @@ pub struct ChangeRead {
     /// The `task_id` and `generation` it writes at the root, if it does.
     pub task_id: Option<String>,
     pub generation: Option<i64>,
+    /// It writes the patient's details (a layout's patient map).
+    pub patient_details: bool,
     pub shape: Shape,
 }
 
@@ -239,6 +241,7 @@ pub fn read_change(change: &automerge::Change) -> ChangeRead {
             events: Vec::new(),
             task_id: None,
             generation: None,
+            patient_details: false,
             shape: Shape::Malformed("its operations name actors it does not list"),
         };
     };
@@ -247,6 +250,7 @@ pub fn read_change(change: &automerge::Change) -> ChangeRead {
         events: Vec::new(),
         task_id: None,
         generation: None,
+        patient_details: false,
         shape: Shape::Appends { list: None },
     };
     // Objects by the operation that made them; named as strings at the end.
@@ -309,7 +313,11 @@ pub fn read_change(change: &automerge::Change) -> ChangeRead {
                 OpType::Put(ScalarValue::Str(_)),
                 Some(map),
                 Some("display_name" | "phone" | "record_ref"),
-            ) => patient.as_ref() == Some(map),
+            ) => {
+                let details = patient.as_ref() == Some(map);
+                read.patient_details |= details;
+                details
+            }
             _ => false,
         };
         if !fits && malformed.is_none() {

@@ -197,6 +197,7 @@ impl Incoming {
                         events: Vec::new(),
                         task_id: None,
                         generation: None,
+                        patient_details: false,
                         shape: Shape::Appends { list: None },
                     },
                 )),
@@ -595,6 +596,15 @@ impl TeamState {
                     "a task document starts once, with its own id and generation",
                 ));
             }
+            // A redaction's document leaves the patient's details out, or
+            // they would stay in the feed for good once the older one is
+            // deleted. (A phone never writes them there.)
+            if generation > 0 && read.patient_details {
+                return Err(refuse(
+                    RefusalCode::InvalidChange,
+                    "a redacted task's document holds no patient details",
+                ));
+            }
         }
         // A newer generation of a known task is a redaction: only someone
         // who may delegate, and may see the task, re-creates it. Laying out
@@ -978,8 +988,6 @@ impl TeamState {
         Ok((older, carry_over))
     }
 
-    /// Is `event` (written by another device) a copy of one in an earlier
-    /// generation of its task, unchanged or scrubbed?
     /// Does an earlier generation of `doc`'s task hold an event `id`?
     fn holds_in_earlier_generation(&self, doc: &str, id: &EventId) -> bool {
         let (task, generation) = split_doc_id(doc);
@@ -993,6 +1001,9 @@ impl TeamState {
             })
     }
 
+    /// Is `event` the scrubbed copy of one in an earlier generation of its
+    /// task? (Only scrubbed: an unscrubbed copy would keep in the feed the
+    /// notes the redaction deletes. A phone always scrubs what it carries.)
     fn known_in_earlier_generation(&self, doc: &str, event: &Event) -> bool {
         let (task, generation) = split_doc_id(doc);
         let retired = self
@@ -1005,7 +1016,7 @@ impl TeamState {
                 self.docs
                     .get(doc_id_of(task, g).as_str())
                     .and_then(|e| e.events.iter().find(|x| x.id == event.id))
-                    .is_some_and(|x| x == event || x.scrubbed() == *event)
+                    .is_some_and(|x| x.scrubbed() == *event)
             })
     }
 

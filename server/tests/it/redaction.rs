@@ -182,6 +182,49 @@ fn only_a_delegator_may_start_a_tasks_next_generation() {
     assert_eq!(max.store.task_detail(&task).unwrap().state.calls.len(), 1);
 }
 
+/// A task's next generation holds no patient details, and its copies of
+/// earlier events are scrubbed. A phone that did not scrub them (an older
+/// app, a fault, a hand-made change) would have put in the feed for good
+/// what the redaction is there to delete.
+#[test]
+fn a_redaction_that_keeps_the_patients_details_is_refused() {
+    use automerge::transaction::Transactable;
+    use automerge::ReadDoc;
+
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = quill_task_with_a_call(&max, &ana);
+    max.sync();
+    let (events, _) = task_doc::events(&task_doc_as(&relay, &[&ana, &max], &task, &max));
+    assert_eq!(events.len(), 2, "{events:?}");
+    let actor = automerge::ActorId::from(hex::decode(max.store.device_actor()).unwrap());
+    let next_generation = |patient: bool, scrub: bool| {
+        let mut doc = task_doc::new_doc(&task, 1, &actor).unwrap();
+        if patient {
+            let (_, obj) = doc.get(automerge::ROOT, "patient").unwrap().unwrap();
+            doc.put(&obj, "display_name", "Jordan Quill").unwrap();
+        }
+        for e in &events {
+            let copy = if scrub { e.scrubbed() } else { e.clone() };
+            task_doc::append(&mut doc, &copy).unwrap();
+        }
+        doc.commit();
+        let bytes = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+        doc_change(&format!("{task}.1"), bytes)
+    };
+    // The patient's name kept in the layout; the call's notes kept in its copy.
+    for (patient, scrub) in [(true, true), (false, false)] {
+        let verdicts = push(&relay, &max, vec![next_generation(patient, scrub)]);
+        assert!(
+            matches!(verdicts.as_slice(), [Verdict::Refused { .. }]),
+            "patient {patient}, scrubbed {scrub}: {verdicts:?}"
+        );
+    }
+    // Without them, it is the redaction a phone makes.
+    let verdicts = push(&relay, &max, vec![next_generation(false, true)]);
+    assert_eq!(verdicts, [Verdict::Stored]);
+}
+
 #[test]
 fn a_relay_stopped_between_a_redaction_and_its_cleanup_finishes_it_when_it_loads() {
     let mut relay = Relay::start();
