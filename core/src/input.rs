@@ -13,10 +13,29 @@ pub const MAX_TEXT: usize = 10_000;
 pub const MAX_NAME: usize = 200;
 /// One checklist item or script question.
 pub const MAX_ITEM: usize = 1_000;
+/// A whole action, as JSON: one event, with room to spare, in a change the
+/// relay takes ([`crate::sync::wire::MAX_CHANGE`], 512 KB). Every field can
+/// be within its limit and the whole still too large (sixty script answers
+/// of 10,000 characters): the relay would refuse it, and it would never
+/// reach the team.
+pub const MAX_ACTION_BYTES: usize = 256 * 1024;
 
 impl Action {
-    /// Does every field of this action fit its limit?
+    /// Does every field of this action fit its limit, and the whole?
     pub fn check_input(&self) -> Result<()> {
+        self.check_fields()?;
+        let bytes = serde_json::to_vec(self)?.len();
+        if bytes > MAX_ACTION_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "this entry is too long to send ({} KB; {} KB at most)",
+                bytes.div_ceil(1024),
+                MAX_ACTION_BYTES / 1024
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_fields(&self) -> Result<()> {
         match self {
             Action::Created {
                 handoff,

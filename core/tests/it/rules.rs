@@ -407,6 +407,20 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
         c.at("max").assign(&t, "nobody"),
         Err(Error::Refused(Refusal::NotAMember { .. }))
     ));
+    // Every answer within its limit, the whole call too large for the
+    // relay to take: refused here, not lost on the way.
+    let mut long_call = call(CallOutcome::Reached);
+    long_call.answers = (0..60)
+        .map(|i| ScriptAnswer {
+            question: format!("question {i}"),
+            answer: "x".repeat(MAX_TEXT_FOR_TESTS),
+        })
+        .collect();
+    let refused = c.at("max").log_call(&t, long_call);
+    assert!(
+        matches!(&refused, Err(Error::InvalidInput(why)) if why.contains("too long to send")),
+        "{refused:?}"
+    );
     assert_eq!(
         outbox(c.at("max")).len(),
         before + 1,
