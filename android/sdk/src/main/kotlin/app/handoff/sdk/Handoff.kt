@@ -250,11 +250,14 @@ class Handoff(
     }
     private val refreshWaiting = AtomicBoolean(false)
 
-    /** Keep syncing while the app is open; [syncStatus] and [views] follow. */
-    fun startLiveSync() {
-        synchronized(this) {
-            if (live != null) return
-            live = store.startSync(listener)
+    /**
+     * Keep syncing while the app is open; [syncStatus] and [views] follow.
+     * On [io]: the first start builds the sync engine, which reads the
+     * store, and may wait on a long merge holding it (not on Main).
+     */
+    suspend fun startLiveSync() = withContext(io) {
+        synchronized(this@Handoff) {
+            if (live == null) live = store.startSync(listener)
         }
     }
 
