@@ -435,9 +435,10 @@ async fn enrol(
             )
         })?;
         let relay = app.relay.clone();
-        blocking(move || relay.enrol(&request.invite, &request.actor, &request.token)).await
+        blocking(move || relay.enrol(&request.invite, &request.actor, request.token.as_deref()))
+            .await
     };
-    let invite = match attempt.await {
+    let (token, invite) = match attempt.await {
         Ok(enrolled) => enrolled,
         Err(e) => {
             if !matches!(e, Error::Storage(_)) {
@@ -449,6 +450,7 @@ async fn enrol(
     let role = Role::parse(&invite.role).ok_or(Error::Storage("invite has a bad role".into()))?;
     tracing::info!(team = %invite.team_id, "device enrolled");
     Ok(axum::Json(EnrolReply {
+        token,
         team: invite.team_id,
         user: invite.user_id,
         role,

@@ -757,8 +757,14 @@ impl Relay {
 
     /// Redeem an invite: bind the device's actor and the token it chose to
     /// the invited user, write the member and the device into the team
-    /// document.
-    pub fn enrol(&self, invite: &str, actor: &str, token: &str) -> Result<InviteRow> {
+    /// document. An older app chooses no token: the relay makes one and
+    /// returns it (and such an app cannot retry a lost enrolment).
+    pub fn enrol(
+        &self,
+        invite: &str,
+        actor: &str,
+        token: Option<&str>,
+    ) -> Result<(Option<String>, InviteRow)> {
         let actor = actor.to_ascii_lowercase();
         if actor.len() < 2
             || actor.len() > 64
@@ -770,13 +776,14 @@ impl Relay {
                 "the device id must be hex".into(),
             ));
         }
-        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if token.is_some_and(|t| t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit())) {
             return Err(Error::BadRequest(
                 "bad_token",
                 "the device's token must be 32 random bytes in hex".into(),
             ));
         }
-        let token_hash = sha256(token.as_bytes());
+        let made = token.is_none().then(|| random_hex(32));
+        let token_hash = sha256(token.or(made.as_deref()).unwrap_or_default().as_bytes());
         let code_hash = sha256(normalize_invite(invite).as_bytes());
         let row = self
             .db
@@ -789,14 +796,15 @@ impl Relay {
             // again with its actor. It shows it is that phone with the
             // token it enrolled with (the invite and the actor id are not
             // secret enough: every member's phone holds the actor), and is
-            // answered as the first time; nothing changes.
-            let again = row.redeemed_by.as_deref() == Some(actor.as_str())
+            // answered with its team and user again; nothing changes.
+            let again = made.is_none()
+                && row.redeemed_by.as_deref() == Some(actor.as_str())
                 && now.saturating_sub(redeemed_at) < ENROL_AGAIN_WITHIN_MS
                 && self
                     .db
                     .read(|c| Db::device_token_is(c, &row.team_id, &actor, &token_hash))?;
             return if again {
-                Ok(row)
+                Ok((None, row))
             } else {
                 Err(Error::InviteUsed)
             };
@@ -814,7 +822,8 @@ impl Relay {
             token_hash,
             now,
         };
-        team.alone(|team| enrol_device(&self.db, team, redemption, row, role))?
+        let row = team.alone(|team| enrol_device(&self.db, team, redemption, row, role))??;
+        Ok((made, row))
     }
 }
 
@@ -861,8 +870,6 @@ fn mark_revoked(db: &Db, team: &LoadedTeam, team_id: &str, actors: &[String]) ->
     Ok(())
 }
 
-/// Bind a device (and, the first time, its user) in the team document and
-/// the relay's database, in one transaction with the invite's redemption.
 /// What a device brings to an invite it redeems.
 struct Redemption {
     /// The invite's code, hashed.
@@ -873,6 +880,8 @@ struct Redemption {
     now: i64,
 }
 
+/// Bind a device (and, the first time, its user) in the team document and
+/// the relay's database, in one transaction with the invite's redemption.
 fn enrol_device(
     db: &Db,
     team: &LoadedTeam,
@@ -930,6 +939,12 @@ fn enrol_device(
     }
     if Db::device(&tx, &actor)?.is_some() {
         return Err(Error::Conflict("this device is already enrolled".into()));
+    }
+    // A token another device has (a hand-made client's choice): refused
+    // here, not by the table's constraint inside the team's writes below,
+    // whose failure would reload the team for every device.
+    if Db::device_by_token(&tx, &token_hash)?.is_some() {
+        return Err(Error::Conflict("choose another token".into()));
     }
     // Written straight into the team's document: if anything below
     // fails, the whole state is dropped and rebuilt from the feed.

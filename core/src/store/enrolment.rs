@@ -86,25 +86,37 @@ impl Store {
         set_meta(&tx, "relay_cursor", "0")?;
         set_meta(&tx, "relay_pushed", "0")?;
         set_meta(&tx, "user", user)?;
-        tx.execute("DELETE FROM meta WHERE key = 'enrol_token'", [])?;
+        tx.execute(
+            "DELETE FROM meta WHERE key IN ('enrol_token', 'enrol_for')",
+            [],
+        )?;
         tx.commit()?;
         db.st.user = Some(user.into());
         Ok(())
     }
 
-    /// The token this device offers when it enrols: made (32 random bytes,
-    /// hex) and kept at the first attempt, so that every retry of the same
-    /// enrolment, even after a restart, offers the same one. Forgotten once
-    /// the enrolment is saved (it is the relay token then), and by a wipe.
-    pub fn enrolment_token(&self) -> Result<String> {
+    /// The token this device offers when it enrols with `invite` at the
+    /// relay at `url`: made (32 random bytes, hex) and kept at the first
+    /// attempt, so that every retry of that enrolment, even after a
+    /// restart, offers the same one. Another address or invite (a mistyped
+    /// host, the wrong clinic's invite) gets a new token: whoever answered
+    /// there never holds the one the right relay binds. Forgotten once the
+    /// enrolment is saved (it is the relay token then), and by a wipe.
+    pub fn enrolment_token(&self, url: &str, invite: &str) -> Result<String> {
         let db = self.lock();
-        if let Some(token) = meta(&db.conn, "enrol_token")? {
-            return Ok(token);
+        let attempt = format!("{url}\n{invite}");
+        if meta(&db.conn, "enrol_for")?.as_deref() == Some(attempt.as_str()) {
+            if let Some(token) = meta(&db.conn, "enrol_token")? {
+                return Ok(token);
+            }
         }
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let token = hex::encode(bytes);
-        set_meta(&db.conn, "enrol_token", &token)?;
+        let tx = db.conn.unchecked_transaction()?;
+        set_meta(&tx, "enrol_token", &token)?;
+        set_meta(&tx, "enrol_for", &attempt)?;
+        tx.commit()?;
         Ok(token)
     }
 

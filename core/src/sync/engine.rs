@@ -275,16 +275,17 @@ impl SyncEngine {
         if store.relay_settings()?.is_some() {
             return Err(Error::AlreadyEnrolled);
         }
+        let url = url.trim_end_matches('/').to_owned();
+        let invite = invite.trim();
         // Kept in the store before it is sent: a retry after a lost
         // reply, even from the next launch, sends the same one.
-        let token = store.enrolment_token()?;
+        let token = store.enrolment_token(&url, invite)?;
         let request = wire::EnrolRequest {
-            invite: invite.trim().to_owned(),
+            invite: invite.to_owned(),
             actor: store.device_actor(),
-            token: token.clone(),
+            token: Some(token.clone()),
         };
         let inner = self.inner.clone();
-        let url = url.trim_end_matches('/').to_owned();
         let endpoint = format!("{url}/v1/enrol");
         let reply: wire::EnrolReply = self.block_on(async move {
             let response = inner
@@ -300,6 +301,8 @@ impl SyncEngine {
             serde_json::from_slice::<wire::EnrolReply>(&bytes)
                 .map_err(|_| Error::Offline("the relay sent an unreadable reply".into()))
         })??;
+        // A relay from before phones chose their tokens sends its own.
+        let token = reply.token.clone().unwrap_or(token);
         store.save_enrolment(&url, &token, &reply.team, &reply.user)?;
         Ok(reply)
     }
@@ -345,6 +348,7 @@ impl SyncEngine {
         // Bound by an earlier call whose catch-up was cut short.
         self.sync_now_telling(listener)?;
         Ok(wire::EnrolReply {
+            token: None,
             team: settings.team,
             user: store.user().ok_or(Error::NotEnrolled)?,
             role: self.enrolled_role().ok_or(Error::NotEnrolled)?,

@@ -157,12 +157,18 @@ pub struct EnrolRequest {
     /// reply was lost sends the same invite, actor and token again, and
     /// that token is what shows it is the phone that enrolled: the invite
     /// and the actor id are not secrets enough (the actor is in every
-    /// event and in the team document).
-    pub token: String,
+    /// event and in the team document). `None` from an app older than
+    /// that: the relay makes the token and sends it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrolReply {
+    /// The token the relay made, for a request that brought none (an older
+    /// app); `None` when the phone chose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     pub team: String,
     pub user: String,
     pub role: crate::model::Role,

@@ -430,6 +430,26 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
 
 const MAX_TEXT_FOR_TESTS: usize = handoff_core::store::MAX_TEXT;
 
+/// The token a phone offers when it enrols is kept for retries of that
+/// enrolment only: a mistyped relay address or the wrong clinic's invite
+/// never sees the token the right relay binds.
+#[test]
+fn an_enrolment_token_is_kept_for_one_relay_and_invite() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("x.db"), &KEY, StoreOptions::default()).unwrap();
+    let (relay, typo) = (
+        "https://relay.clinic.example",
+        "https://relay.clinic.exampel",
+    );
+    let first = s.enrolment_token(typo, "AAAA-BBBB").unwrap();
+    assert_eq!(first.len(), 64);
+    assert_eq!(s.enrolment_token(typo, "AAAA-BBBB").unwrap(), first);
+    let right = s.enrolment_token(relay, "AAAA-BBBB").unwrap();
+    assert_ne!(right, first);
+    assert_eq!(s.enrolment_token(relay, "AAAA-BBBB").unwrap(), right);
+    assert_ne!(s.enrolment_token(relay, "CCCC-DDDD").unwrap(), right);
+}
+
 #[test]
 fn a_device_not_yet_in_a_team_says_so() {
     let dir = tempfile::tempdir().unwrap();

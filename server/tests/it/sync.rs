@@ -755,6 +755,51 @@ fn an_enrolment_whose_reply_was_lost_is_made_again_by_the_same_phone() {
     assert_eq!(devices.matches("\tana\t").count(), 1, "{devices}");
 }
 
+/// An app from before phones chose their tokens sends none: the relay makes
+/// one and sends it back, and it works. A token another device has
+/// already (a hand-made client's choice) is refused before anything is
+/// written: the invite stays good and the team keeps working.
+#[test]
+fn an_older_app_enrols_and_a_token_taken_already_is_refused_harmlessly() {
+    let relay = Relay::start();
+    let (team, max, _) = manager_and(&relay, "tom", "clinical_assistant");
+    let (rt, client) = http();
+    let enrol = |body: serde_json::Value| {
+        rt.block_on(async {
+            let r = client
+                .post(format!("{}/v1/enrol", relay.url))
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let invite = relay.invite(&team, "ana", "clinical_assistant");
+    let (status, body) = enrol(serde_json::json!({
+        "invite": invite,
+        "actor": "ab".repeat(16),
+        "token": max.settings().token,
+    }));
+    assert_eq!(status, 409, "{body}");
+    max.store
+        .delegate(task_for("Call back", Some("tom"), None))
+        .unwrap();
+    let report = max.engine.sync_now().unwrap();
+    assert_eq!(report.pushed, 1);
+
+    let (status, body) = enrol(serde_json::json!({"invite": invite, "actor": "ab".repeat(16)}));
+    assert_eq!(status, 200, "{body}");
+    let reply: sync::wire::EnrolReply = serde_json::from_str(&body).unwrap();
+    let token = reply.token.expect("the relay's token for an older app");
+    assert_eq!(reply.user, "ana");
+    let changes = pull_all(&rt, &client, &relay.url, &token);
+    assert!(!changes.is_empty());
+    // Without a token of its own, it cannot prove a retry.
+    let (status, body) = enrol(serde_json::json!({"invite": invite, "actor": "ab".repeat(16)}));
+    assert_eq!(status, 410, "{body}");
+}
+
 /// A new phone's first catch-up is cut short (the signal goes in the
 /// basement): enrolling again fetches the rest, where it used to refuse
 /// as "already enrolled" and leave the app with no way in.

@@ -226,7 +226,7 @@ pub async fn enrol(conn: &mut http::Conn, invite: &str) -> Result<Enrolled> {
     let body = serde_json::to_vec(&EnrolRequest {
         invite: invite.to_owned(),
         actor: actor.clone(),
-        token: token.clone(),
+        token: Some(token.clone()),
     })
     .map_err(|e| e.to_string())?;
     let reply = conn
