@@ -436,10 +436,9 @@ impl Inner {
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         listener.on_sync_event(offline);
                     }));
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.wake.notified() => {}
-                    }
+                    // Not cut short by a write: a loop that panics at once
+                    // would go round as fast as the user types.
+                    tokio::time::sleep(delay).await;
                 }
                 // Aborted: only by `run` being dropped, which is this task
                 // ending.
@@ -449,6 +448,13 @@ impl Inner {
     }
 
     async fn live(&self, listener: Arc<dyn SyncListener>) {
+        // The events that end the loop: a listener that panics on one
+        // must not have it started again (`live_come_what_may`).
+        let last = |event: SyncEvent| {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                listener.on_sync_event(event);
+            }));
+        };
         let mut failures: u32 = 0;
         // The first round, and the first after a failure, does not wait:
         // the app hears "synced" at once. Rounds after a success long-poll
@@ -469,12 +475,12 @@ impl Inner {
                     listener.on_sync_event(SyncEvent::Synced(report));
                 }
                 Err(Error::DeviceRevoked) => {
-                    listener.on_sync_event(SyncEvent::Revoked);
+                    last(SyncEvent::Revoked);
                     return;
                 }
                 // The relay settings are gone: nothing to sync with.
                 Err(e @ Error::NotEnrolled) => {
-                    listener.on_sync_event(SyncEvent::AuthFailed {
+                    last(SyncEvent::AuthFailed {
                         code: "not_enrolled".into(),
                         message: e.to_string(),
                     });
@@ -484,7 +490,7 @@ impl Inner {
                 // version (426): retrying changes nothing.
                 Err(e @ Error::Relay { .. }) if e.ends_sync() => {
                     if let Error::Relay { code, message, .. } = e {
-                        listener.on_sync_event(SyncEvent::AuthFailed { code, message });
+                        last(SyncEvent::AuthFailed { code, message });
                     }
                     return;
                 }
