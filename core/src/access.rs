@@ -79,6 +79,13 @@ impl Whereabouts {
         sight(team, user).is_some_and(|sight| self.readable_with(sight, user))
     }
 
+    /// Did `user` create, hold or receive the result of the task?
+    fn theirs(&self, user: &str) -> bool {
+        self.created_by == user
+            || self.assignee.as_deref() == Some(user)
+            || self.route_result_to.as_deref() == Some(user)
+    }
+
     fn readable_with(&self, sight: Sight, user: &str) -> bool {
         reads_with(
             sight,
@@ -117,16 +124,21 @@ fn sight_of(team: &Team, member: &crate::model::Member) -> Sight {
 }
 
 /// The members who may read the task as it was `before` a change and not
-/// as it is `after` it. Judged for every member, active or not: one
-/// deactivated when the task moves (on leave) comes back one day with a
-/// phone that holds the task as it was, and must be sent where it went.
+/// as it is `after` it. Members deactivated (on leave) count too, for a
+/// task that was theirs in person (they created, held or receive it): back
+/// one day, their phone holds it as it was, and must be sent where it
+/// went. Not for their role's pool, nor (a reviewer) every task: they were
+/// sent none of those while away, and need not be sent them on return.
 pub fn losing_sight(team: &Team, before: &Whereabouts, after: Option<&TaskState>) -> Vec<String> {
     team.members
         .iter()
         .filter(|(user, member)| {
             let sight = sight_of(team, member);
-            before.readable_with(sight, user)
-                && !after.is_some_and(|a| reads_task_with(sight, user, a))
+            let had = match member.active {
+                true => before.readable_with(sight, user),
+                false => before.theirs(user),
+            };
+            had && !after.is_some_and(|a| reads_task_with(sight, user, a))
         })
         .map(|(user, _)| user.clone())
         .collect()

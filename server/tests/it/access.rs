@@ -463,6 +463,29 @@ fn a_member_away_when_her_task_moved_learns_where_it_went_when_she_is_back() {
     assert_converged(&[&max, &ana, &bea]);
 }
 
+/// Deactivated, a front-desk member is sent nothing; back, she is not sent
+/// what her role's pool held and lost while she was away (tasks she never
+/// held, patient details and all), only what she may read now.
+#[test]
+fn a_member_back_from_leave_is_not_sent_the_pools_tasks_claimed_meanwhile() {
+    let relay = Relay::start();
+    let (team, max, fay) = manager_and(&relay, "fay", "front_desk");
+    let gus = Phone::enrolled(&relay, &relay.invite(&team, "gus", "front_desk"));
+    set_member(&max, "fay", Role::FrontDesk, false, false);
+    let task = max
+        .store
+        .delegate(task_for("Recall", None, Some(Role::FrontDesk)))
+        .unwrap();
+    max.sync();
+    gus.sync();
+    gus.store.claim(&task).unwrap();
+    gus.sync();
+    set_member(&max, "fay", Role::FrontDesk, false, true);
+    fay.sync();
+    assert!(fay.store.task_detail(&task).is_err());
+    assert!(fay.store.shared_pool().unwrap().is_empty());
+}
+
 /// A trusted assistant completes a task and her phone archives it; the
 /// manager, not yet told, had handed it to a colleague, so her completion
 /// no longer stands and she may not read the task. Her pull brings the
