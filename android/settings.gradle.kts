@@ -13,18 +13,18 @@ dependencyResolutionManagement {
     repositories {
         google()
         mavenCentral()
-        // The Kotlin half of rustls-platform-verifier (see app/build.gradle.kts).
-        // Since its 0.7.1 the rustls project serves these AARs as a Maven
-        // repository from the `maven-archive` branch of its GitHub repository;
-        // override the address with -PrustlsVerifierMaven=<url> (a mirror, or a
-        // local copy of that branch). Only the `rustls` group comes from it.
+        // The Kotlin half of rustls-platform-verifier (see app/build.gradle.kts),
+        // from the Maven repository its README (0.7.1) names: the
+        // `maven-archive` branch of its GitHub repository. Override the
+        // address with -PrustlsVerifierMaven=<url> (a mirror, or a local copy
+        // of that branch). Only the `rustls` group comes from it.
         exclusiveContent {
             forRepository {
                 maven {
                     name = "rustlsPlatformVerifier"
                     url = uri(
                         providers.gradleProperty("rustlsVerifierMaven").getOrElse(
-                            "https://raw.githubusercontent.com/rustls/rustls-platform-verifier/maven-archive/maven",
+                            "https://github.com/rustls/rustls-platform-verifier/raw/maven-archive/android-release-support/maven/",
                         ),
                     )
                     metadataSources {

@@ -91,6 +91,10 @@ class Handoff(
     private val _sync = MutableStateFlow<SyncStatus>(SyncStatus.Idle)
     /** The live loop's handle; set and cleared under `this`. */
     private var live: SyncHandle? = null
+    /** How many times live sync was stopped; under `this`. */
+    private var stops = 0L
+    /** One start at a time (a start waits on the store, not under `this`). */
+    private val starting = Mutex()
 
     /** `null` until the first [refresh] (and while not enrolled). */
     val views: StateFlow<Views?> = _views.asStateFlow()
@@ -252,17 +256,33 @@ class Handoff(
 
     /**
      * Keep syncing while the app is open; [syncStatus] and [views] follow.
-     * On [io]: the first start builds the sync engine, which reads the
-     * store, and may wait on a long merge holding it (not on Main).
+     * On [io], and not under the lock commands take on the caller's
+     * thread: the first start builds the sync engine, which reads the
+     * store, and may wait on a long merge holding it.
      */
-    suspend fun startLiveSync() = withContext(io) {
-        synchronized(this@Handoff) {
-            if (live == null) live = store.startSync(listener)
+    suspend fun startLiveSync(): Unit = withContext(io) {
+        starting.withLock {
+            val asked = synchronized(this@Handoff) {
+                if (live != null) return@withLock
+                stops
+            }
+            val handle = store.startSync(listener)
+            // Stopped meanwhile (the screen closed): not kept.
+            val kept = synchronized(this@Handoff) {
+                (stops == asked).also { if (it) live = handle }
+            }
+            if (!kept) {
+                handle.stop()
+                handle.close()
+            }
         }
     }
 
     fun stopLiveSync() {
-        val stopped = synchronized(this) { live.also { live = null } }
+        val stopped = synchronized(this) {
+            stops++
+            live.also { live = null }
+        }
         stopped?.let {
             it.stop()
             it.close()
