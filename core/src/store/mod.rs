@@ -1132,6 +1132,51 @@ impl Store {
         Ok(doomed.len())
     }
 
+    /// After reading the whole feed again (its user's sight changed), drop
+    /// the tasks the relay sent nothing of (`sent` names the documents it
+    /// did): this user may no longer read them, and this phone's copy is as
+    /// it was when they could. Kept: a task this device wrote to (the
+    /// relay never sends a device its own changes, so a task only it wrote
+    /// to is sent nothing; and its refused work shows in needs attention),
+    /// or has changes waiting to go. So a phone holds
+    /// what a new phone of the same user would, and its own work. Returns
+    /// how many were dropped.
+    pub fn drop_tasks_not_sent(&self, sent: &HashSet<String>) -> Result<usize> {
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let tx = conn.unchecked_transaction()?;
+        let held: Vec<(String, String)> = tx
+            .prepare(
+                "SELECT task_id, doc_id FROM tasks
+                 WHERE archived = 0
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.doc_id = tasks.doc_id)",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut dropped = 0;
+        for (task_id, doc_id) in held.iter().filter(|(_, d)| !sent.contains(d)) {
+            let Some(mut doc) = docs::load(&tx, doc_id, &st.actor)? else {
+                continue;
+            };
+            // By the changes' author, not the events': a redaction this
+            // device made holds copies of others' events in its own change.
+            if doc
+                .get_changes(&[])
+                .iter()
+                .any(|c| *c.actor_id() == st.actor)
+            {
+                continue;
+            }
+            docs::delete_document(&tx, doc_id)?;
+            tx.execute("DELETE FROM tasks WHERE task_id = ?1", [task_id])?;
+            tx.execute("DELETE FROM attention WHERE task_id = ?1", [task_id])?;
+            st.docs.remove(doc_id);
+            dropped += 1;
+        }
+        tx.commit()?;
+        Ok(dropped)
+    }
+
     /// Fold every document's changes into its snapshot now, and shrink the file.
     pub fn compact_all(&self) -> Result<()> {
         let mut db = self.lock();

@@ -627,6 +627,10 @@ impl Inner {
         // this device's lost changes lacked may be among them.
         let mut news: HashSet<String> = HashSet::new();
         let mut started_over = false;
+        // This round reads the whole feed again (its user's sight changed)
+        // and has not been cut short: once through, what the relay did not
+        // send is what this user may no longer read.
+        let mut reading_again = false;
         loop {
             let secs = wait.take().map_or(0, |w| w.as_secs());
             let mut url = format!(
@@ -749,6 +753,7 @@ impl Inner {
                     // promoted): the store set its cursor back to the
                     // feed's start.
                     cursor = FeedCursor::default();
+                    reading_again = true;
                 } else if next != cursor {
                     match self.store.move_relay_cursor(cursor, next) {
                         Ok(true) => cursor = next,
@@ -756,7 +761,10 @@ impl Inner {
                         // (set it back to the feed's start after a
                         // promotion, say): that round goes on from there,
                         // and this one stops without undoing it.
-                        Ok(false) => done = true,
+                        Ok(false) => {
+                            done = true;
+                            reading_again = false;
+                        }
                         Err(e) => outcome = Err(e),
                     }
                 }
@@ -767,6 +775,25 @@ impl Inner {
                     at: cursor.seq,
                     of: of.max(cursor.seq),
                 });
+            }
+            // Read again from the feed's start after the user's sight
+            // changed (another role, demoted, back from leave): a task the
+            // relay sent nothing of is one they may no longer read, and
+            // their copy is as it was when they could (a pooled task
+            // claimed since shows as waiting, a demoted manager keeps
+            // patient details). Not after a restore: the relay may just
+            // have lost it.
+            if done && outcome.is_ok() && reading_again && !started_over {
+                match self.store.drop_tasks_not_sent(&news) {
+                    Ok(0) => {}
+                    Ok(dropped) => {
+                        report.tasks_updated += dropped;
+                        tell.push(SyncEvent::DataChanged {
+                            tasks_updated: dropped,
+                        });
+                    }
+                    Err(e) => outcome = Err(e),
+                }
             }
             // Offer again what a restored relay lost; changes refused for
             // building on it are queued again.

@@ -486,6 +486,51 @@ fn a_member_back_from_leave_is_not_sent_the_pools_tasks_claimed_meanwhile() {
     assert!(fay.store.shared_pool().unwrap().is_empty());
 }
 
+/// Fay (front desk) works as a clinical assistant for a while; meanwhile
+/// Gus claims a task waiting in the front desk's pool. She could not read
+/// it when it moved, so nothing told her phone; back at the front desk,
+/// it showed the task waiting in her pool for good (and her claim of it
+/// would be refused on every other phone). Reading the feed again when
+/// her sight changes, her phone drops what the relay no longer sends her,
+/// and keeps what she holds.
+#[test]
+fn a_phone_drops_the_tasks_its_user_may_no_longer_read_after_a_role_change() {
+    let relay = Relay::start();
+    let (team, max, fay) = manager_and(&relay, "fay", "front_desk");
+    let gus = Phone::enrolled(&relay, &relay.invite(&team, "gus", "front_desk"));
+    let waiting = max
+        .store
+        .delegate(task_for("Recall", None, Some(Role::FrontDesk)))
+        .unwrap();
+    let worked = max
+        .store
+        .delegate(task_for("Confirm", None, Some(Role::FrontDesk)))
+        .unwrap();
+    max.sync();
+    fay.sync();
+    fay.store.claim(&worked).unwrap();
+    fay.store
+        .log_call(&worked, call(CallOutcome::NoAnswer))
+        .unwrap();
+    fay.sync();
+    assert_eq!(fay.store.shared_pool().unwrap().len(), 1);
+
+    set_member(&max, "fay", Role::ClinicalAssistant, false, true);
+    fay.sync();
+    gus.sync();
+    gus.store.claim(&waiting).unwrap();
+    gus.sync();
+    set_member(&max, "fay", Role::FrontDesk, false, true);
+    fay.sync();
+    assert!(fay.store.shared_pool().unwrap().is_empty());
+    assert!(matches!(
+        fay.store.task_detail(&waiting),
+        Err(Error::TaskNotFound(_))
+    ));
+    assert_eq!(fay.store.task_detail(&worked).unwrap().state.calls.len(), 1);
+    assert_converged(&[&max, &fay]);
+}
+
 /// A trusted assistant completes a task and her phone archives it; the
 /// manager, not yet told, had handed it to a colleague, so her completion
 /// no longer stands and she may not read the task. Her pull brings the

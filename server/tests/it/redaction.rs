@@ -225,6 +225,32 @@ fn a_redaction_that_keeps_the_patients_details_is_refused() {
     assert_eq!(verdicts, [Verdict::Stored]);
 }
 
+/// A phone drops, after its user's sight changed, the tasks the relay no
+/// longer sends it. The relay never sends a phone its own changes, so a
+/// task only this phone wrote to (here a redaction: its document holds
+/// copies of others' events, in the redactor's change) is sent nothing,
+/// and must stay.
+#[test]
+fn a_task_a_phone_redacted_stays_on_it_when_its_users_role_changes() {
+    let relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    let task = quill_task_with_a_call(&max, &ana);
+    lee.sync();
+    lee.store.redact_patient(&task).unwrap();
+    lee.sync();
+    // Still sees every task, with another role: her phone reads the feed
+    // again, and is sent nothing of the task (only she wrote to its newer
+    // document, and none of its events is hers).
+    set_member(&max, "lee", Role::Clinician, false, true);
+    lee.sync();
+    let detail = lee.store.task_detail(&task).unwrap();
+    assert_eq!(detail.state.calls.len(), 1);
+    max.sync();
+    ana.sync();
+    assert_converged(&[&max, &lee, &ana]);
+}
+
 #[test]
 fn a_relay_stopped_between_a_redaction_and_its_cleanup_finishes_it_when_it_loads() {
     let mut relay = Relay::start();
