@@ -354,9 +354,6 @@ fn a_call_logged_offline_on_a_task_moved_meanwhile_reaches_its_new_holder() {
     assert_converged(&[&max, &bob]);
 }
 
-/// Demoting a manager who handed out work leaves that work where it is: on
-/// the relay, also after a restart, and on every phone. From then on the
-/// relay judges what they push by their new role.
 /// Fay lost sight of a pooled task when gil claimed it; gil then logged a
 /// call, which fay's pulls passed over. Max, who had not seen the call,
 /// hands the task to fay. Nothing in his change names the call, so her
@@ -564,6 +561,9 @@ fn a_task_archived_on_a_phone_that_then_lost_sight_of_it_shows_where_it_went() {
     assert_converged(&[&max, &ana, &bea]);
 }
 
+/// Demoting a manager who handed out work leaves that work where it is: on
+/// the relay, also after a restart, and on every phone. From then on the
+/// relay judges what they push by their new role.
 #[test]
 fn demoting_a_delegator_leaves_the_work_they_handed_out_where_it_is() {
     let mut relay = Relay::start();
