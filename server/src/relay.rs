@@ -1033,7 +1033,6 @@ pub fn create_team(db: &Db, name: &str) -> Result<TeamRow> {
     Ok(row)
 }
 
-/// Issue a one-time invite; returns the code (shown once, stored hashed).
 /// What an invite names, checked before anything is written (so that
 /// `create-team` makes no team whose first invite it then refuses).
 pub fn check_invite(user_id: &str, name: &str, valid_for_hours: u32) -> Result<()> {
@@ -1065,6 +1064,7 @@ pub fn check_invite(user_id: &str, name: &str, valid_for_hours: u32) -> Result<(
 /// The longest an invite may stay open: a month.
 pub const MAX_INVITE_HOURS: u32 = 24 * 31;
 
+/// Issue a one-time invite; returns the code (shown once, stored hashed).
 pub fn create_invite(
     db: &Db,
     team_id: &str,
