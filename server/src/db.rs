@@ -810,7 +810,9 @@ mod tests {
         let mut db = Db::open(&path).unwrap();
         db.restart_frames = 64;
         db.checkpoint_in_background().unwrap();
-        let team = crate::relay::create_team(&db, "Clinic").unwrap().team_id;
+        let team = crate::relay::create_team(&db, "Clinic", false)
+            .unwrap()
+            .team_id;
         let reader = open_conn(&path).unwrap();
         let mut seq = db
             .write()

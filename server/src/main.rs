@@ -61,6 +61,9 @@ enum Command {
         /// The first member's role: admin or manager.
         #[arg(long, default_value = "admin")]
         role: String,
+        /// Make the team even though another has this name.
+        #[arg(long)]
+        again: bool,
     },
     /// Issue a one-time invite for a user and role.
     Invite {
@@ -165,6 +168,7 @@ fn run(cli: Cli) -> Result<(), String> {
             admin,
             admin_name,
             role,
+            again,
         } => {
             let role = parse_role(&role)?;
             if !role.default_permissions().may_manage_team {
@@ -172,7 +176,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             relay::check_invite(&admin, &admin_name, 72).map_err(err)?;
             let db = Db::open(&cli.db).map_err(err)?;
-            let team = relay::create_team(&db, &name).map_err(err)?;
+            let team = relay::create_team(&db, &name, again).map_err(err)?;
             let code = relay::create_invite(&db, &team.team_id, &admin, &admin_name, role, 72)
                 .map_err(err)?;
             println!("team {}", team.team_id);

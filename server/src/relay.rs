@@ -994,8 +994,11 @@ fn enrol_device(
 }
 
 /// Start a team: its row, its document (written by the relay's own actor)
-/// as the first feed entry.
-pub fn create_team(db: &Db, name: &str) -> Result<TeamRow> {
+/// as the first feed entry. A name another team has (letter case and
+/// surrounding spaces aside) is refused unless `again` says it is meant:
+/// `create-team` run twice by mistake would otherwise leave two clinics of
+/// one name, and invites issued for the wrong one.
+pub fn create_team(db: &Db, name: &str, again: bool) -> Result<TeamRow> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(Error::BadRequest(
@@ -1017,6 +1020,15 @@ pub fn create_team(db: &Db, name: &str) -> Result<TeamRow> {
         .ok_or(Error::Storage("team document is empty".into()))?;
     let conn = db.write();
     let tx = conn.unchecked_transaction()?;
+    if !again {
+        let same = |t: &TeamRow| t.name.trim().to_lowercase() == name.to_lowercase();
+        if let Some(other) = Db::teams(&tx)?.into_iter().find(same) {
+            return Err(Error::Conflict(format!(
+                "team {} is named {:?} already (--again makes another of that name)",
+                other.team_id, other.name
+            )));
+        }
+    }
     Db::insert_team(&tx, &row, now_ms())?;
     Db::append_feed(
         &tx,

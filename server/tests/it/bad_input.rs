@@ -288,6 +288,20 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
     );
     assert!(refused.contains("a user id is"), "{refused}");
     assert_eq!(relay.admin(&["teams"]), teams_before);
+    // `create-team` run twice by mistake: the second names the first, and
+    // makes nothing; `--again` says another team of that name is meant.
+    let refused = admin_fails(&relay.db(), &["create-team", "--name", " clinic "]);
+    assert!(
+        refused.contains(&team) && refused.contains("--again"),
+        "{refused}"
+    );
+    assert_eq!(relay.admin(&["teams"]), teams_before);
+    let again = relay.admin(&["create-team", "--name", "Clinic", "--again"]);
+    assert!(
+        again.starts_with("team ") && !again.contains(&team),
+        "{again}"
+    );
+    assert_eq!(relay.admin(&["teams"]).lines().count(), 2);
     for (invite, status, code) in [
         (code.as_str(), 410, "invite_used"),
         (expired.trim(), 410, "invite_expired"),

@@ -251,7 +251,7 @@ pub async fn enrol(conn: &mut http::Conn, invite: &str) -> Result<Enrolled> {
 /// Make a team with invites for `people` (user id, role); returns the team
 /// id and the invite codes in the same order.
 pub fn make_team(db: &Db, people: &[(String, Role)]) -> Result<(String, Vec<String>)> {
-    let team = relay::create_team(db, "Load test clinic").map_err(|e| e.to_string())?;
+    let team = relay::create_team(db, "Load test clinic", true).map_err(|e| e.to_string())?;
     let mut codes = Vec::with_capacity(people.len());
     for (user, role) in people {
         let code = relay::create_invite(db, &team.team_id, user, user, *role, 72)
