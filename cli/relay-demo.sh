@@ -38,15 +38,17 @@ url=$(sed -n 's/^listening on //p' "$work/relay.out")
 [ -n "$url" ] || { echo "the relay did not start"; exit 1; }
 echo "relay listening on $url"
 
+# Invites and patient details go in by the environment or standard input
+# (`-`), not as arguments: those show in `ps` and stay in shell history.
 say "Each phone enrols with its invite"
-phone max enrol --relay "$url" --invite "$max_invite"
-phone ana enrol --relay "$url" --invite "$ana_invite"
-phone fay enrol --relay "$url" --invite "$fay_invite"
+HANDOFF_INVITE="$max_invite" phone max enrol --relay "$url"
+HANDOFF_INVITE="$ana_invite" phone ana enrol --relay "$url"
+HANDOFF_INVITE="$fay_invite" phone fay enrol --relay "$url"
 
 phone max sync >/dev/null  # learns who else enrolled
 
 say "Max (manager) delegates a follow-up call to Ana and a booking to the front-desk pool"
-call=$(phone max delegate --title "Post-op follow-up call" --outcome "Reach the patient within 48 h, document recovery" --to ana --due-hours 4 --patient "(demo patient)")
+call=$(phone max delegate --title "Post-op follow-up call" --outcome "Reach the patient within 48 h, document recovery" --to ana --due-hours 4 --patient - <<<"(demo patient)")
 booking=$(phone max delegate --title "Book the 6-week check" --pool front_desk)
 phone max sync; phone ana sync; phone fay sync
 

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -8,9 +9,16 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use handoff_core::*;
 use rand::RngCore;
+use zeroize::Zeroizing;
 
 #[derive(Parser)]
 #[command(name = "handoff", version, about = "A Handoff phone, from a terminal")]
+#[command(
+    after_help = "Any text that may name a patient (--patient, --notes, --title, ...) \
+can be given as `-` to read it from standard input, one per command: \
+arguments show in `ps` to every account on the host and stay in shell history. \
+The invite is read the same way when --invite is left out (or from HANDOFF_INVITE)."
+)]
 struct Cli {
     /// The device's store. Its key is kept beside it in `<store>.key`
     /// (on a phone the key lives in the Keystore/Keychain).
@@ -26,8 +34,9 @@ enum Cmd {
     Enrol {
         #[arg(long)]
         relay: String,
-        #[arg(long)]
-        invite: String,
+        /// Left out: read from standard input.
+        #[arg(long, env = "HANDOFF_INVITE", hide_env_values = true)]
+        invite: Option<String>,
     },
     /// Push what this phone did and pull what others did; `--live` keeps going.
     Sync {
@@ -113,16 +122,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// The store's key: 32 random bytes in a 0600 file beside it.
-fn key_for(store: &Path) -> Result<Vec<u8>, String> {
+/// The store's key: 32 random bytes in a 0600 file beside it. Every copy
+/// in memory is wiped when dropped.
+fn key_for(store: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
     let path = PathBuf::from(format!("{}.key", store.display()));
-    if let Ok(hex_key) = std::fs::read_to_string(&path) {
-        return hex::decode(hex_key.trim()).map_err(|_| format!("{} is not a key", path.display()));
+    if let Ok(hex_key) = std::fs::read_to_string(&path).map(Zeroizing::new) {
+        return hex::decode(hex_key.trim())
+            .map(Zeroizing::new)
+            .map_err(|_| format!("{} is not a key", path.display()));
     }
-    let mut key = [0u8; 32];
+    let mut key = Zeroizing::new(vec![0u8; 32]);
     rand::rng().fill_bytes(&mut key);
-    write_private(&path, &hex::encode(key)).map_err(|e| format!("cannot save the key: {e}"))?;
-    Ok(key.to_vec())
+    write_private(&path, &Zeroizing::new(hex::encode(&*key)))
+        .map_err(|e| format!("cannot save the key: {e}"))?;
+    Ok(key)
 }
 
 #[cfg(unix)]
@@ -140,6 +153,64 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
+}
+
+/// Where a text given as `-` comes from: standard input, read once, for
+/// at most one text a command. Patient details and invites given as
+/// arguments are seen by every account on the host (`ps`) and kept in
+/// shell history.
+struct Texts<R> {
+    input: R,
+    /// Someone at a terminal: ask, and take one line.
+    at_terminal: bool,
+    read_for: Option<&'static str>,
+}
+
+impl<R: BufRead> Texts<R> {
+    fn new(input: R, at_terminal: bool) -> Self {
+        Texts {
+            input,
+            at_terminal,
+            read_for: None,
+        }
+    }
+
+    /// `value` as given, or, for `-`, what standard input holds (without
+    /// its last line break).
+    fn text(&mut self, flag: &'static str, value: String) -> Result<String, String> {
+        if value != "-" {
+            return Ok(value);
+        }
+        if let Some(first) = self.read_for {
+            return Err(format!(
+                "--{first} reads standard input already: give --{flag} as an argument"
+            ));
+        }
+        self.read_for = Some(flag);
+        let mut text = String::new();
+        let read = if self.at_terminal {
+            eprint!("{flag}: ");
+            let _ = std::io::stderr().flush();
+            self.input.read_line(&mut text)
+        } else {
+            self.input.read_to_string(&mut text)
+        };
+        read.map_err(|e| format!("cannot read --{flag} from standard input: {e}"))?;
+        let end = text.trim_end_matches(['\n', '\r']).len();
+        text.truncate(end);
+        if text.is_empty() {
+            return Err(format!("--{flag} -: standard input was empty"));
+        }
+        Ok(text)
+    }
+
+    fn optional(
+        &mut self,
+        flag: &'static str,
+        value: Option<String>,
+    ) -> Result<Option<String>, String> {
+        value.map(|v| self.text(flag, v)).transpose()
+    }
 }
 
 /// A task id, or an unambiguous prefix of one.
@@ -162,8 +233,11 @@ fn run(cli: Cli) -> Result<(), String> {
     );
     let s = &*store;
     let e = |e: Error| e.to_string();
+    let mut texts = Texts::new(std::io::stdin().lock(), std::io::stdin().is_terminal());
     match cli.command {
         Cmd::Enrol { relay, invite } => {
+            let invite = texts.text("invite", invite.unwrap_or_else(|| "-".to_owned()))?;
+            let invite = invite.trim();
             let engine = SyncEngine::new(store.clone()).map_err(e)?;
             // A clinic's long history: say how far the first pull has come.
             #[derive(Default)]
@@ -181,7 +255,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let progress = Arc::new(Progress::default());
             // Cut short (no signal), the same command fetches the rest.
             let who = engine
-                .enrol_and_catch_up(&relay, &invite, progress.clone())
+                .enrol_and_catch_up(&relay, invite, progress.clone())
                 .map_err(e)?;
             println!(
                 "enrolled as {} ({}) in team {}; pulled {} changes",
@@ -307,6 +381,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 Some(p) => Some(Role::parse(&p).ok_or(format!("unknown role {p}"))?),
                 None => None,
             };
+            let title = texts.text("title", title)?;
+            let outcome = texts.text("outcome", outcome)?;
+            let why = texts.text("why", why)?;
+            let patient = texts.optional("patient", patient)?;
             let id = s
                 .delegate(NewTask {
                     handoff: Handoff {
@@ -348,6 +426,7 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let outcome: CallOutcome =
                 serde_json_value(&outcome).ok_or(format!("unknown call outcome {outcome}"))?;
+            let notes = texts.text("notes", notes)?;
             s.log_call(
                 &task_id(s, &task)?,
                 CallAttempt {
@@ -361,13 +440,16 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(e)?;
         }
         Cmd::Submit { task, note } => {
-            s.submit(&task_id(s, &task)?, &note).map_err(e)?;
+            s.submit(&task_id(s, &task)?, &texts.text("note", note)?)
+                .map_err(e)?;
         }
         Cmd::Approve { task, note } => {
-            s.approve(&task_id(s, &task)?, &note).map_err(e)?;
+            s.approve(&task_id(s, &task)?, &texts.text("note", note)?)
+                .map_err(e)?;
         }
         Cmd::Return { task, feedback } => {
-            s.return_work(&task_id(s, &task)?, &feedback).map_err(e)?;
+            s.return_work(&task_id(s, &task)?, &texts.text("feedback", feedback)?)
+                .map_err(e)?;
         }
     }
     Ok(())
@@ -407,8 +489,42 @@ fn short(id: &str) -> &str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{short, utc};
+    use super::{short, utc, Texts};
+
+    #[test]
+    fn a_text_given_as_a_dash_is_read_from_standard_input_once() {
+        let mut texts = Texts::new(&b"Jane Q. Patient\r\n"[..], false);
+        assert_eq!(
+            texts.text("title", "Call back".into()).unwrap(),
+            "Call back"
+        );
+        assert_eq!(
+            texts.text("patient", "-".into()).unwrap(),
+            "Jane Q. Patient"
+        );
+        let refused = texts.text("notes", "-".into()).unwrap_err();
+        assert!(
+            refused.contains("--patient reads standard input already"),
+            "{refused}"
+        );
+        assert_eq!(texts.optional("why", None).unwrap(), None);
+        // Nothing on standard input is an error, not an empty patient.
+        let refused = Texts::new(&b"\n"[..], false)
+            .text("patient", "-".into())
+            .unwrap_err();
+        assert!(refused.contains("empty"), "{refused}");
+        // Lines inside a note are kept; only the last line break goes.
+        let mut texts = Texts::new(&b"line one\nline two\n"[..], false);
+        assert_eq!(
+            texts.text("notes", "-".into()).unwrap(),
+            "line one\nline two"
+        );
+        // At a terminal, one line is the answer.
+        let mut texts = Texts::new(&b"3f9a-0c12\nmore\n"[..], true);
+        assert_eq!(texts.text("invite", "-".into()).unwrap(), "3f9a-0c12");
+    }
 
     #[test]
     fn lists_show_a_task_id_short_however_long_it_is() {
