@@ -66,6 +66,8 @@ impl TaskStore {
             }),
             ..core::StoreOptions::default()
         };
+        // The open store needs it no more: wiped, not left in freed memory.
+        let key = zeroize::Zeroizing::new(key);
         let store = core::Store::open(path, &key, options)?;
         Ok(Arc::new(TaskStore {
             store: Arc::new(store),

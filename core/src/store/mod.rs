@@ -1703,6 +1703,20 @@ impl Drop for Store {
     }
 }
 
+/// `PRAGMA key` for `key`, in a string wiped when dropped (sized once, so
+/// no copy is left behind by growing it): the key's hex is not left in
+/// freed memory for a core dump or a later allocation to show.
+fn key_pragma(key: &[u8]) -> zeroize::Zeroizing<String> {
+    use std::fmt::Write;
+    let mut pragma = zeroize::Zeroizing::new(String::with_capacity(32 + 2 * key.len()));
+    pragma.push_str("PRAGMA key = \"x'");
+    for byte in key {
+        let _ = write!(pragma, "{byte:02x}");
+    }
+    pragma.push_str("'\";");
+    pragma
+}
+
 /// A connection to the store file, keyed, in WAL mode, syncing as the
 /// options say. The writer and the checkpoint thread each have one.
 fn connect(path: &Path, key: &[u8], durability: Durability) -> Result<Connection> {
@@ -1716,7 +1730,7 @@ fn connect(path: &Path, key: &[u8], durability: Durability) -> Result<Connection
     // SQLCipher logs to stderr unless told not to.
     conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()))
         .optional()?;
-    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(key)))?;
+    conn.execute_batch(&key_pragma(key))?;
     // Page MACs with SHA-256: phone and PC CPUs have SHA instructions
     // for it (not for SHA-512), and each write MACs every page it touches.
     // Part of the file format: every open must say the same.
@@ -1833,6 +1847,18 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn the_key_pragma_is_written_into_the_room_it_started_with() {
+        let key: Vec<u8> = (0..32).collect();
+        let pragma = key_pragma(&key);
+        assert_eq!(
+            pragma.as_str(),
+            format!("PRAGMA key = \"x'{}'\";", hex::encode(&key))
+        );
+        // Grown, it would have left a copy of part of the key behind.
+        assert_eq!(pragma.capacity(), 32 + 64);
+    }
     use crate::model::{Category, DelegationLevel, Handoff, Priority, Role};
 
     /// A new store at `path` whose team has one member, max, a manager.

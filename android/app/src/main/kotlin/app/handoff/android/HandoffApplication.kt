@@ -20,12 +20,20 @@ class HandoffApplication : Application() {
 
     /** [onProgress]: the first open after an update that changed the rules derives every task again. */
     suspend fun handoff(onProgress: ((done: Int, total: Int) -> Unit)? = null): Handoff = lock.withLock {
-        handoff ?: Handoff.open(
-            path = File(noBackupFilesDir, "handoff.db").path,
-            key = KeyVault(this).storeKey(),
-            utcOffsetMinutes = TimeZone.getDefault().getOffset(System.currentTimeMillis()) / 60_000,
-            onProgress = onProgress,
-        ).also { handoff = it }
+        handoff ?: run {
+            val key = KeyVault(this).storeKey()
+            try {
+                Handoff.open(
+                    path = File(noBackupFilesDir, "handoff.db").path,
+                    key = key,
+                    utcOffsetMinutes = TimeZone.getDefault().getOffset(System.currentTimeMillis()) / 60_000,
+                    onProgress = onProgress,
+                )
+            } finally {
+                // The open store needs it no more: not left in the heap.
+                key.fill(0)
+            }
+        }.also { handoff = it }
     }
 
     override fun onCreate() {
