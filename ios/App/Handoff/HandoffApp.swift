@@ -11,6 +11,10 @@ struct HandoffApp: App {
     var body: some Scene {
         WindowGroup {
             RootView().environmentObject(session)
+                // Notes and names are patients' details: no text field
+                // feeds the keyboard's cache of learned words (kept outside
+                // the encrypted store, and past a wipe).
+                .autocorrectionDisabled()
                 .task { await session.open() }
                 // Patient details on screen: the app switcher's picture
                 // (kept by the system outside the encrypted store, shown
@@ -19,7 +23,7 @@ struct HandoffApp: App {
         }
         .onChange(of: phase) { phase in
             // Live sync while in the foreground; BGAppRefresh otherwise.
-            if phase == .active { try? session.handoff?.startLiveSync() }
+            if phase == .active { Task { try? await session.handoff?.startLiveSync() } }
             if phase == .background { session.handoff?.stopLiveSync(); Session.scheduleRefresh() }
         }
         .backgroundTask(.appRefresh(Session.refreshTask)) {
@@ -69,7 +73,7 @@ final class Session: ObservableObject {
                 .filter { $0 == .revoked }
                 .sink { [weak self] _ in self?.enrolment = nil }
             self.enrolment = try await handoff.enrolment()
-            if self.enrolment != nil { try handoff.startLiveSync() }
+            if self.enrolment != nil { try await handoff.startLiveSync() }
         }
     }
 

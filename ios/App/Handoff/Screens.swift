@@ -51,7 +51,7 @@ struct EnrolView: View {
                         await session.run {
                             guard let handoff = session.handoff else { return }
                             session.enrolment = try await handoff.enrol(relayUrl: relay, invite: invite)
-                            try handoff.startLiveSync()
+                            try await handoff.startLiveSync()
                         }
                     }
                 }

@@ -39,6 +39,9 @@ public final class Handoff: ObservableObject {
 
     private let store: TaskStore
     private var live: SyncHandle?
+    /// What the app last asked for, and whether a start is under way.
+    private var liveWanted = false
+    private var starting = false
     private var refreshWaiting = false
 
     init(store: TaskStore) {
@@ -155,13 +158,27 @@ public final class Handoff: ObservableObject {
         }
     }
 
-    /// Keep syncing while the app is in the foreground.
-    public func startLiveSync() throws {
-        guard live == nil else { return }
-        live = try store.startSync(listener: Listener(owner: self))
+    /// Keep syncing while the app is in the foreground. Its first call
+    /// builds the core's sync engine, which reads the store and may wait on
+    /// a long merge: off the main actor. The last of start and stop wins:
+    /// a start overtaken by a stop (the app went to the background
+    /// meanwhile) keeps nothing running.
+    public func startLiveSync() async throws {
+        liveWanted = true
+        guard live == nil, !starting else { return }
+        starting = true
+        defer { starting = false }
+        let listener = Listener(owner: self)
+        let handle = try await off { try $0.startSync(listener: listener) }
+        if liveWanted && live == nil {
+            live = handle
+        } else {
+            handle.stop()
+        }
     }
 
     public func stopLiveSync() {
+        liveWanted = false
         live?.stop()
         live = nil
         if syncStatus != .revoked { syncStatus = .idle }

@@ -10,6 +10,7 @@ import androidx.compose.runtime.collectAsState
 import androidx.compose.runtime.getValue
 import app.handoff.android.ui.EnrolScreen
 import app.handoff.android.ui.HomeScreen
+import app.handoff.android.ui.NoKeyboardLearning
 import app.handoff.android.ui.OpeningScreen
 import app.handoff.android.ui.TaskDetailScreen
 
@@ -24,15 +25,17 @@ class MainActivity : ComponentActivity() {
         window.setFlags(WindowManager.LayoutParams.FLAG_SECURE, WindowManager.LayoutParams.FLAG_SECURE)
         setContent {
             MaterialTheme {
-                val opened by model.opened.collectAsState()
-                val updating by model.updating.collectAsState()
-                val enrolment by model.enrolment.collectAsState()
-                val detail by model.detail.collectAsState()
-                when {
-                    !opened -> OpeningScreen(updating)
-                    enrolment == null -> EnrolScreen(model)
-                    detail != null -> TaskDetailScreen(model, detail!!)
-                    else -> HomeScreen(model, enrolment!!)
+                NoKeyboardLearning {
+                    val opened by model.opened.collectAsState()
+                    val updating by model.updating.collectAsState()
+                    val enrolment by model.enrolment.collectAsState()
+                    val detail by model.detail.collectAsState()
+                    when {
+                        !opened -> OpeningScreen(updating)
+                        enrolment == null -> EnrolScreen(model)
+                        detail != null -> TaskDetailScreen(model, detail!!)
+                        else -> HomeScreen(model, enrolment!!)
+                    }
                 }
             }
         }

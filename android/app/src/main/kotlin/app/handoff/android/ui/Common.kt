@@ -1,5 +1,6 @@
 package app.handoff.android.ui
 
+import android.view.inputmethod.EditorInfo
 import androidx.compose.foundation.clickable
 import androidx.compose.foundation.layout.Column
 import androidx.compose.foundation.layout.Row
@@ -12,7 +13,10 @@ import androidx.compose.material3.TextButton
 import androidx.compose.runtime.Composable
 import androidx.compose.runtime.collectAsState
 import androidx.compose.runtime.getValue
+import androidx.compose.ui.ExperimentalComposeUiApi
 import androidx.compose.ui.Modifier
+import androidx.compose.ui.platform.InterceptPlatformTextInput
+import androidx.compose.ui.platform.PlatformTextInputMethodRequest
 import androidx.compose.ui.unit.dp
 import app.handoff.android.HandoffViewModel
 import app.handoff.ffi.TaskSummary
@@ -22,6 +26,29 @@ import java.util.Date
 
 fun formatTime(millis: Long?): String =
     millis?.let { DateFormat.getDateTimeInstance(DateFormat.SHORT, DateFormat.SHORT).format(Date(it)) } ?: "—"
+
+/**
+ * Every text field below asks the keyboard not to learn from what is typed
+ * (`IME_FLAG_NO_PERSONALIZED_LEARNING`): notes and names are patients'
+ * details, and a keyboard's learned words live outside the encrypted store
+ * and outlast a wipe. A keyboard may ignore the flag (Gboard honours it).
+ */
+@OptIn(ExperimentalComposeUiApi::class)
+@Composable
+fun NoKeyboardLearning(content: @Composable () -> Unit) {
+    InterceptPlatformTextInput(
+        interceptor = { request, nextHandler ->
+            val private = PlatformTextInputMethodRequest { outAttributes ->
+                request.createInputConnection(outAttributes).also {
+                    outAttributes.imeOptions =
+                        outAttributes.imeOptions or EditorInfo.IME_FLAG_NO_PERSONALIZED_LEARNING
+                }
+            }
+            nextHandler.startInputMethod(private)
+        },
+        content = content,
+    )
+}
 
 /** The words for what the core computed; no decision is made here. */
 fun label(e: Enum<*>): String = e.name.lowercase().replace('_', ' ')
