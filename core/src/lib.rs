@@ -22,7 +22,7 @@ pub use store::{
 };
 pub use store::{
     Durability, FeedCursor, MergeReport, NewTask, OpenProgress, OutgoingChange, RelaySettings,
-    Store, StoreOptions,
+    Released, Store, StoreOptions,
 };
 pub use sync::{SyncEngine, SyncEvent, SyncHandle, SyncListener, SyncReport};
 pub use team::Team;

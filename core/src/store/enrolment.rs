@@ -24,6 +24,25 @@ pub struct RelaySettings {
 /// build on a change the relay lacks (see [`Store::offered_again`]).
 pub const MAX_OFFERS: u32 = 8;
 
+/// How long after a relay was found restored from a backup a change it
+/// refuses for what its team document says (`not_permitted`,
+/// `forbidden`) is held rather than set aside: the devices that hold the
+/// team changes it lost offer them again when they next sync, and an
+/// admin's phone may be away over a long weekend.
+pub const RESTORE_WINDOW_MS: i64 = 7 * 24 * 3_600_000;
+
+/// What [`Store::release_held`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Held changes set aside (each changes its task on this phone).
+    pub set_aside: usize,
+    /// This device's later changes written again on what is left (to push).
+    pub written_again: usize,
+    /// Of those, how many had been refused for building on a held change:
+    /// no longer refused.
+    pub taken_back: usize,
+}
+
 /// How offering a document's own changes again went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offered {
@@ -199,12 +218,23 @@ impl Store {
         let tx = db.conn.unchecked_transaction()?;
         // What it pushed before is offered again, and stored anew.
         set_meta(&tx, "relay_pushed", "0")?;
+        set_meta(&tx, "relay_restored_at", &db.st.clock.now().to_string())?;
         let marked = tx.execute(
             "INSERT OR IGNORE INTO offer_again (doc_id) SELECT doc_id FROM documents",
             [],
         )?;
         tx.commit()?;
         Ok(marked)
+    }
+
+    /// Whether the relay was found restored from a backup within
+    /// [`RESTORE_WINDOW_MS`]: a change it refuses for what its team
+    /// document says may need a team change it lost, and is held.
+    pub fn restore_known(&self) -> Result<bool> {
+        let db = self.lock();
+        let at = meta(&db.conn, "relay_restored_at")?.and_then(|t| t.parse::<i64>().ok());
+        let now = db.st.clock.now();
+        Ok(at.is_some_and(|at| now.saturating_sub(at) < RESTORE_WINDOW_MS))
     }
 
     /// The documents to offer the relay again, the team's first, each with
@@ -253,8 +283,10 @@ impl Store {
     /// later news, up to [`MAX_OFFERS`] times after news of the document
     /// itself. Rounds with only the team's news do not count: a team
     /// busy while the other device is away would use up the tries, and
-    /// what the relay lost of this device would stay lost. Returns whether
-    /// outbox rows were queued again.
+    /// what the relay lost of this device would stay lost. Changes held
+    /// for what the team says are queued again with the rest once all is
+    /// taken (and set aside by [`Store::release_held`] when the tries run
+    /// out). Returns whether outbox rows were queued again.
     pub fn offered_again(&self, doc_id: &str, offered: Offered) -> Result<bool> {
         let db = self.lock();
         let tx = db.conn.unchecked_transaction()?;
@@ -263,8 +295,9 @@ impl Store {
             Offered::All => {
                 tx.execute("DELETE FROM offer_again WHERE doc_id = ?1", [doc_id])?;
                 queued = tx.execute(
-                    "UPDATE outbox SET refused_code = NULL, refused_reason = NULL, offered_again = 1
-                     WHERE doc_id = ?1 AND refused_code = ?2 AND offered_again = 0",
+                    "UPDATE outbox
+                     SET refused_code = NULL, refused_reason = NULL, offered_again = 1, held = 0
+                     WHERE doc_id = ?1 AND offered_again = 0 AND (refused_code = ?2 OR held = 1)",
                     params![doc_id, RefusalCode::MissingDependencies.as_str()],
                 )?;
             }

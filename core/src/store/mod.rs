@@ -37,7 +37,9 @@ use crate::task_doc::{self, Shape};
 use crate::team::{Reach, Team, TeamWriter};
 
 pub use docs::{COMPACT_AFTER, TEAM_DOC};
-pub use enrolment::{FeedCursor, Offered, OwnChange, RelaySettings, MAX_OFFERS};
+pub use enrolment::{
+    FeedCursor, Offered, OwnChange, RelaySettings, Released, MAX_OFFERS, RESTORE_WINDOW_MS,
+};
 pub use views::{
     AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskCommand, TaskDetail, TaskSummary,
 };
@@ -1001,11 +1003,15 @@ impl Store {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         let id = change.id;
-        let row: Option<(String, Vec<u8>)> = conn
-            .prepare_cached("SELECT doc_id, bytes FROM outbox WHERE id = ?1 AND bytes = ?2")?
-            .query_row(params![id, change.bytes], |r| Ok((r.get(0)?, r.get(1)?)))
+        let row: Option<(String, Vec<u8>, bool)> = conn
+            .prepare_cached(
+                "SELECT doc_id, bytes, offered_again FROM outbox WHERE id = ?1 AND bytes = ?2",
+            )?
+            .query_row(params![id, change.bytes], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
-        let Some((doc_id, bytes)) = row else {
+        let Some((doc_id, bytes, offered_again)) = row else {
             return Ok(None);
         };
         // Part of its document (until set aside below), unless it built on a
@@ -1045,49 +1051,54 @@ impl Store {
             )?
             .execute([id])?;
         }
+        // Refused for what the relay's team document says (not a member,
+        // not that role, may not write there), not yet offered again: a
+        // relay restored from a backup may have lost the team change that
+        // allowed it, which the device holding it offers again. Held, in
+        // its document and in needs attention, and its document offered
+        // again: queued again once the relay takes all of it, set aside
+        // once no restore is known or the tries run out
+        // (`Store::release_held`).
+        let held = in_document
+            && !offered_again
+            && [RefusalCode::NotPermitted, RefusalCode::Forbidden]
+                .iter()
+                .any(|c| c.as_str() == code);
+        if held {
+            tx.prepare_cached("UPDATE outbox SET held = 1 WHERE id = ?1")?
+                .execute([id])?;
+            tx.prepare_cached("INSERT OR IGNORE INTO offer_again (doc_id) VALUES (?1)")?
+                .execute([&doc_id])?;
+        }
         // Not set aside: a change to a retired document (its events move to
-        // the newer one when that arrives), and one refused only for what it
+        // the newer one when that arrives), one refused only for what it
         // builds on (the cause was set aside already, or cannot be: the
-        // change keeps the user's work visible where it is).
-        let keep_in_place = [RefusalCode::Retired, RefusalCode::MissingDependencies]
-            .iter()
-            .any(|c| c.as_str() == code);
+        // change keeps the user's work visible where it is), and one held.
+        let keep_in_place = held
+            || [RefusalCode::Retired, RefusalCode::MissingDependencies]
+                .iter()
+                .any(|c| c.as_str() == code);
         let mut written_again = 0;
         // Setting aside rebuilds documents (and the team) in memory as it
         // goes: if it or a commit fails, memory is ahead of the database.
         let mut memory_ahead = false;
-        let mut failed = None;
+        let mut set: Result<()> = Ok(());
         match Change::from_bytes(bytes) {
             Ok(refused) if !keep_in_place => {
-                let sp = tx.savepoint()?;
-                memory_ahead = true;
-                let set = if doc_id == TEAM_DOC {
-                    set_aside_team(&sp, st, &refused).map(|()| 0)
-                } else {
-                    set_aside(&sp, st, &doc_id, &refused)
-                };
-                match set {
-                    Ok(n) => match sp.commit() {
-                        Ok(()) => {
-                            memory_ahead = false;
-                            written_again = n;
-                        }
-                        Err(e) => failed = Some(Error::from(e)),
-                    },
-                    // The refusal is still recorded; the document stays as
-                    // it was (its later changes will be refused too).
-                    Err(_) => drop(sp),
+                match set_aside_within(&mut tx, st, &doc_id, &refused) {
+                    Ok((n, ahead)) => {
+                        written_again = n;
+                        memory_ahead = ahead;
+                    }
+                    Err(e) => {
+                        memory_ahead = true;
+                        set = Err(e);
+                    }
                 }
             }
             _ => {}
         }
-        let committed = match failed {
-            Some(e) => {
-                drop(tx);
-                Err(e)
-            }
-            None => tx.commit().map_err(Error::from),
-        };
+        let committed = set.and_then(|()| tx.commit().map_err(Error::from));
         if memory_ahead || committed.is_err() {
             // Read again from the database: a write built on a document
             // that never reached it would be lost at the next start.
@@ -1097,6 +1108,92 @@ impl Store {
         }
         committed?;
         Ok(Some(written_again))
+    }
+
+    /// Set aside the changes held for what a restored relay's team
+    /// document said (of `doc_id`, or all): no restore is known any more,
+    /// or the tries to offer their documents again ran out. Each goes as a
+    /// refusal goes (see [`Store::outbox_refused`]); a document marked only
+    /// for them, never yet offered, is no longer marked.
+    pub fn release_held(&self, doc_id: Option<&str>) -> Result<Released> {
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let held: Vec<(i64, String, Vec<u8>)> = conn
+            .prepare_cached(
+                "SELECT id, doc_id, bytes FROM outbox
+                 WHERE held = 1 AND (?1 IS NULL OR doc_id = ?1) ORDER BY id",
+            )?
+            .query_map([doc_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if held.is_empty() {
+            return Ok(Released::default());
+        }
+        let mut tx = conn.unchecked_transaction()?;
+        let mut memory_ahead = false;
+        let mut taken_back = 0;
+        let missing = crate::sync::wire::RefusalCode::MissingDependencies.as_str();
+        let mut set_aside_all = || -> Result<usize> {
+            let mut written = 0;
+            let waiting_on = |tx: &rusqlite::Transaction<'_>, doc: &str| -> Result<usize> {
+                let n: i64 = tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM outbox WHERE doc_id = ?1 AND refused_code = ?2",
+                    )?
+                    .query_row(params![doc, missing], |r| r.get(0))?;
+                Ok(usize::try_from(n).unwrap_or(0))
+            };
+            for (id, doc, bytes) in &held {
+                tx.prepare_cached("UPDATE outbox SET held = 0 WHERE id = ?1")?
+                    .execute([id])?;
+                tx.prepare_cached(
+                    "DELETE FROM offer_again WHERE doc_id = ?1 AND attempts = 0
+                     AND NOT EXISTS (SELECT 1 FROM outbox WHERE doc_id = ?1 AND held = 1)
+                     AND NOT EXISTS (SELECT 1 FROM outbox WHERE doc_id = ?1
+                                     AND refused_code = ?2 AND offered_again = 0)",
+                )?
+                .execute(params![doc, missing])?;
+                // Not a change (a fault): it stays refused, as it was.
+                let Ok(refused) = Change::from_bytes(bytes.clone()) else {
+                    continue;
+                };
+                let before = memory_ahead;
+                memory_ahead = true;
+                let refused_before = waiting_on(&tx, doc)?;
+                let (n, ahead) = set_aside_within(&mut tx, st, doc, &refused)?;
+                memory_ahead = before || ahead;
+                written += n;
+                taken_back += refused_before.saturating_sub(waiting_on(&tx, doc)?);
+                // A new task set aside is gone from this phone: what was
+                // refused for building on it stays refused, and is not
+                // offered again.
+                let gone = tx
+                    .prepare_cached("SELECT 1 FROM documents WHERE doc_id = ?1")?
+                    .query_row([doc], |_| Ok(()))
+                    .optional()?
+                    .is_none();
+                if gone {
+                    tx.prepare_cached(
+                        "UPDATE outbox SET offered_again = 1 WHERE doc_id = ?1 AND refused_code = ?2",
+                    )?
+                    .execute(params![doc, missing])?;
+                    tx.prepare_cached("DELETE FROM offer_again WHERE doc_id = ?1")?
+                        .execute([doc])?;
+                }
+            }
+            Ok(written)
+        };
+        let written = set_aside_all();
+        let committed = written.and_then(|n| tx.commit().map_err(Error::from).map(|()| n));
+        if memory_ahead || committed.is_err() {
+            st.docs.clear();
+            let team = docs::load(conn, TEAM_DOC, &st.actor)?.map(|d| Team::read(&d));
+            st.set_team(team);
+        }
+        Ok(Released {
+            set_aside: held.len(),
+            written_again: committed?,
+            taken_back,
+        })
     }
 
     // ---- housekeeping ---------------------------------------------------
@@ -1354,6 +1451,33 @@ fn finish_reindex(
     }
 }
 
+/// Set `refused` (a change of `doc_id`) aside within `tx`, behind a
+/// savepoint. Returns how many changes were written again, and whether
+/// memory may be ahead of the database: a setting aside that failed is
+/// rolled back (the refusal stays recorded, the document as it was, and
+/// its later changes are refused too), but may have rebuilt documents in
+/// memory. An error (its savepoint not committed) leaves memory ahead.
+fn set_aside_within(
+    tx: &mut rusqlite::Transaction<'_>,
+    st: &mut State,
+    doc_id: &str,
+    refused: &Change,
+) -> Result<(usize, bool)> {
+    let sp = tx.savepoint()?;
+    let set = if doc_id == TEAM_DOC {
+        set_aside_team(&sp, st, refused).map(|()| 0)
+    } else {
+        set_aside(&sp, st, doc_id, refused)
+    };
+    match set {
+        Ok(n) => {
+            sp.commit()?;
+            Ok((n, false))
+        }
+        Err(_) => Ok((0, true)),
+    }
+}
+
 /// Rebuild a task document without `refused` and the changes that build on
 /// it; write those changes' events again as new changes (queued for the
 /// relay), drop their old outbox rows, and re-derive the task. A new task's
@@ -1546,14 +1670,15 @@ fn apply_guarded(doc: &mut AutoCommit, changes: &[Change]) -> Applied {
 /// attention: each moves to `successor` with its key, code and reason, and
 /// only its events' scrubbed form, as the redaction keeps every event (no
 /// copy of them lives on in either document). Those refused and kept in
-/// place (`retired`, `missing_dependencies`: see `outbox_refused`) are in
-/// the document, and move on with its events.
+/// place (`retired`, `missing_dependencies`, held: see `outbox_refused`)
+/// are in the document, and move on with its events.
 fn retire(conn: &Connection, doc_id: &str, successor: &str, actor: &ActorId) -> Result<()> {
     use crate::sync::wire::RefusalCode;
     let refused: Vec<(i64, Vec<u8>)> = conn
         .prepare_cached(
             "SELECT id, bytes FROM outbox
-             WHERE doc_id = ?1 AND refused_code IS NOT NULL AND refused_code NOT IN (?2, ?3)",
+             WHERE doc_id = ?1 AND refused_code IS NOT NULL AND refused_code NOT IN (?2, ?3)
+               AND held = 0",
         )?
         .query_map(
             params![

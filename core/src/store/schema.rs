@@ -7,7 +7,7 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
-pub const VERSION: i64 = 5;
+pub const VERSION: i64 = 6;
 
 const V1: &str = "
 -- Who this device is: its automerge actor id and, once enrolled, its user.
@@ -172,6 +172,16 @@ CREATE TABLE offer_again (
 ALTER TABLE outbox ADD COLUMN offered_again INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// v6 holds an outbox row the relay refused for what its team document
+/// says (`not_permitted`, `forbidden`) instead of setting it aside at
+/// once: a relay restored from a backup may have lost the team change
+/// that allowed it (a member added, a promotion), which another device
+/// offers again (`Store::outbox_refused`, `Store::release_held`). `held`
+/// marks such a row: still in its document, not yet set aside.
+const V6: &str = "
+ALTER TABLE outbox ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Bring a database to [`VERSION`].
 pub fn upgrade(conn: &Connection) -> Result<()> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -194,6 +204,7 @@ fn upgrade_from(conn: &Connection, from: i64) -> Result<()> {
         2 => conn.execute_batch(V3)?,
         3 => conn.execute_batch(V4)?,
         4 => conn.execute_batch(V5)?,
+        5 => conn.execute_batch(V6)?,
         _ => return Err(Error::Corrupt("unknown schema version")),
     }
     Ok(())

@@ -799,9 +799,16 @@ impl Inner {
             // building on it are queued again.
             let mut queued_again = false;
             if done && outcome.is_ok() {
+                let updated_before = report.tasks_updated;
                 match self.offer_again(&relay, &mut report, &news).await {
                     Ok(queued) => queued_again = queued,
                     Err(e) => outcome = Err(e),
+                }
+                // Held changes set aside change their tasks here.
+                if report.tasks_updated > updated_before {
+                    tell.push(SyncEvent::DataChanged {
+                        tasks_updated: report.tasks_updated - updated_before,
+                    });
                 }
             }
             // What the pull itself wrote (this device's events carried
@@ -810,6 +817,19 @@ impl Inner {
             if done && (report.pulled > 0 || queued_again) && outcome.is_ok() {
                 let refused_before = report.refused;
                 outcome = self.push(&relay, &mut report).await;
+                // Held there with no restore known: set aside now, not at
+                // the next round, and what that wrote again goes too.
+                if outcome.is_ok() && report.refused > refused_before {
+                    outcome = match self.store.restore_known() {
+                        Ok(true) => Ok(()),
+                        Ok(false) => match self.release_held(None, &mut report) {
+                            Ok(true) => self.push(&relay, &mut report).await,
+                            Ok(false) => Ok(()),
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    };
+                }
                 if report.refused > refused_before {
                     tell.push(SyncEvent::DataChanged {
                         tasks_updated: report.refused - refused_before,
@@ -944,7 +964,11 @@ impl Inner {
     /// still refused (building on another device's lost change, until that
     /// device offers it again; or needing a lost team change) is offered
     /// again only in a round that pulled changes to it or to the team
-    /// (`news`). Returns whether outbox rows were queued again.
+    /// (`news`). A change refused for what the relay's team document says
+    /// is held while a restore is known (the team change it needs may come
+    /// back from the device that holds it), and set aside otherwise: a
+    /// refusal with no restore behind it is shown in the round that got it.
+    /// Returns whether outbox rows were queued (or written) again.
     async fn offer_again(
         &self,
         relay: &RelaySettings,
@@ -952,6 +976,9 @@ impl Inner {
         news: &HashSet<String>,
     ) -> Result<bool> {
         let mut queued = false;
+        if !self.store.restore_known()? {
+            queued |= self.release_held(None, report)?;
+        }
         for (doc, attempts) in self.store.to_offer_again()? {
             if attempts > 0 && !news.contains(&doc) && !news.contains(TEAM_DOC) {
                 continue;
@@ -993,8 +1020,21 @@ impl Inner {
                 },
             };
             queued |= self.store.offered_again(&doc, offered)?;
+            // The tries ran out: what is held for it is set aside.
+            if !complete && !self.store.to_offer_again()?.iter().any(|(d, _)| *d == doc) {
+                queued |= self.release_held(Some(&doc), report)?;
+            }
         }
         Ok(queued)
+    }
+
+    /// Set aside held changes (of `doc`, or all); the tasks they change are
+    /// counted as updated. Returns whether changes were written again.
+    fn release_held(&self, doc: Option<&str>, report: &mut SyncReport) -> Result<bool> {
+        let released = self.store.release_held(doc)?;
+        report.tasks_updated += released.set_aside;
+        report.refused = report.refused.saturating_sub(released.taken_back);
+        Ok(released.written_again > 0)
     }
 
     /// Push changes: one verdict each, and where the newest stored stands

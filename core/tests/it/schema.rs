@@ -16,11 +16,15 @@ const FROZEN_V2: &str = include_str!("schema_v2.sql");
 const FROZEN_V3: &str = include_str!("schema_v3.sql");
 /// At version 4 (`tests/it/schema_v4.sql`).
 const FROZEN_V4: &str = include_str!("schema_v4.sql");
-/// And at version 5, the current one (`tests/it/schema_v5.sql`).
+/// At version 5 (`tests/it/schema_v5.sql`).
 const FROZEN_V5: &str = include_str!("schema_v5.sql");
+/// And at version 6, the current one (`tests/it/schema_v6.sql`).
+const FROZEN_V6: &str = include_str!("schema_v6.sql");
 
 /// Takes a store back from v5 to v4.
 const UNDO_V5: &str = "DROP TABLE offer_again; ALTER TABLE outbox DROP COLUMN offered_again;";
+/// Takes a store back from v6 to v5.
+const UNDO_V6: &str = "ALTER TABLE outbox DROP COLUMN held;";
 
 fn schema_of(path: &std::path::Path) -> String {
     let conn = raw(path);
@@ -46,14 +50,14 @@ fn a_fresh_store_has_exactly_the_frozen_schema_of_its_version() {
     let actual = schema_of(&path);
     if std::env::var_os("HANDOFF_BLESS_SCHEMA").is_some() {
         std::fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schema_v5.sql"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schema_v6.sql"),
             &actual,
         )
         .unwrap();
     }
     assert_eq!(
-        actual, FROZEN_V5,
-        "the schema changed: add a version and an upgrade step instead of editing v5"
+        actual, FROZEN_V6,
+        "the schema changed: add a version and an upgrade step instead of editing v6"
     );
 }
 
@@ -95,7 +99,7 @@ fn a_v1_store_upgrades_to_v2_keeping_what_was_dismissed_and_nothing_more() {
     let store = Store::open(&path, &KEY, StoreOptions::default()).unwrap();
     assert_eq!(
         schema_of(&path),
-        FROZEN_V5,
+        FROZEN_V6,
         "an upgraded store is a fresh one"
     );
     let shown = |store: &Store| -> Vec<(Option<String>, String)> {
@@ -178,7 +182,7 @@ fn a_v2_store_upgrades_keeping_every_change() {
             .unwrap();
         raw(&path)
             .execute_batch(&format!(
-                "{UNDO_V5}
+                "{UNDO_V6} {UNDO_V5}
                  DROP INDEX outbox_doc;
                  ALTER TABLE changes RENAME TO changes_v3;
                  {v2_changes};
@@ -192,7 +196,7 @@ fn a_v2_store_upgrades_keeping_every_change() {
     let store = Store::open(&path, &KEY, options(&clock)).unwrap();
     assert_eq!(
         schema_of(&path),
-        FROZEN_V5,
+        FROZEN_V6,
         "an upgraded store is a fresh one"
     );
     assert_eq!(rows(&path), held);
@@ -229,7 +233,7 @@ fn a_v3_store_with_unsent_changes_upgrades_to_v4_and_reads_the_same() {
     // As v3 kept them: unsent changes in both tables, no index.
     raw(&path)
         .execute_batch(&format!(
-            "{UNDO_V5}
+            "{UNDO_V6} {UNDO_V5}
              INSERT OR IGNORE INTO changes (doc_id, hash, bytes)
                  SELECT doc_id, hash, bytes FROM outbox;
              DROP INDEX outbox_doc;
@@ -240,7 +244,7 @@ fn a_v3_store_with_unsent_changes_upgrades_to_v4_and_reads_the_same() {
     let store = Store::open(&path, &KEY, options(&clock)).unwrap();
     assert_eq!(
         schema_of(&path),
-        FROZEN_V5,
+        FROZEN_V6,
         "an upgraded store is a fresh one"
     );
     assert_eq!(details(&store), before);
@@ -272,19 +276,59 @@ fn a_v4_store_upgrades_to_v5_with_its_outbox_as_it_was() {
     assert_eq!(queued.len(), unsent.len() - 1);
     let (_dir, path, clock) = closed(c);
     raw(&path)
-        .execute_batch(&format!("{UNDO_V5} PRAGMA user_version = 4;"))
+        .execute_batch(&format!("{UNDO_V6} {UNDO_V5} PRAGMA user_version = 4;"))
         .unwrap();
     assert_eq!(schema_of(&path), FROZEN_V4);
     let store = Store::open(&path, &KEY, options(&clock)).unwrap();
     assert_eq!(
         schema_of(&path),
-        FROZEN_V5,
+        FROZEN_V6,
         "an upgraded store is a fresh one"
     );
     assert_eq!(details_of(&store, std::slice::from_ref(&t)), before);
     assert_eq!(store.outbox(usize::MAX >> 1).unwrap(), queued);
     assert_eq!(store.needs_attention().unwrap().len(), 1);
     assert!(store.to_offer_again().unwrap().is_empty());
+}
+
+/// v6 holds rows refused for what the team says; a v5 store's refused
+/// rows were set aside already, and none becomes held.
+#[test]
+fn a_v5_store_upgrades_to_v6_with_its_refusals_set_aside_as_they_were() {
+    let c = Clinic::with(&["max"]);
+    let t = c
+        .at("max")
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    c.at("max").comment(&t, "Call before noon").unwrap();
+    let unsent = c.at("max").outbox(usize::MAX >> 1).unwrap();
+    c.at("max").outbox_delivered(&unsent[..1]).unwrap();
+    let refused = unsent.last().unwrap().clone();
+    c.at("max")
+        .outbox_refused(&refused, "too_large", "larger than the relay takes")
+        .unwrap();
+    let before = details_of(c.at("max"), std::slice::from_ref(&t));
+    let queued = c.at("max").outbox(usize::MAX >> 1).unwrap();
+    let (_dir, path, clock) = closed(c);
+    raw(&path)
+        .execute_batch(&format!("{UNDO_V6} PRAGMA user_version = 5;"))
+        .unwrap();
+    assert_eq!(schema_of(&path), FROZEN_V5);
+    let store = Store::open(&path, &KEY, options(&clock)).unwrap();
+    assert_eq!(
+        schema_of(&path),
+        FROZEN_V6,
+        "an upgraded store is a fresh one"
+    );
+    assert_eq!(details_of(&store, std::slice::from_ref(&t)), before);
+    assert_eq!(store.outbox(usize::MAX >> 1).unwrap(), queued);
+    assert_eq!(store.needs_attention().unwrap().len(), 1);
+    let held: i64 = raw(&path)
+        .query_row("SELECT count(*) FROM outbox WHERE held <> 0", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(held, 0);
 }
 
 #[test]

@@ -270,15 +270,26 @@ fn a_refused_change_is_set_aside_and_the_work_built_on_it_is_written_again() {
     assert_eq!(
         ana.outbox_refused(&queued[1], "not_permitted", "not allowed")
             .unwrap(),
-        Some(1),
-        "one change written again"
+        Some(0),
+        "held: a relay restored from a backup may lack what allowed it"
     );
     assert_eq!(
         ana.outbox_refused(&queued[2], "missing_dependencies", "builds on it")
             .unwrap(),
-        None,
-        "that one is gone: written again already"
+        Some(0),
+        "kept in place: it builds on the held one"
     );
+    // No restore known (the sync engine's call): set aside, and the
+    // comment written again.
+    assert_eq!(
+        ana.release_held(None).unwrap(),
+        Released {
+            set_aside: 1,
+            written_again: 1,
+            taken_back: 1
+        }
+    );
+    assert_eq!(ana.release_held(None).unwrap(), Released::default());
     let d = ana.task_detail(&t).unwrap();
     assert_eq!(
         d.state.status,
@@ -320,8 +331,9 @@ fn a_refused_change_already_folded_into_the_snapshot_is_set_aside_too() {
     assert_eq!(
         ana.outbox_refused(&queued[0], "not_permitted", "not allowed")
             .unwrap(),
-        Some(40)
+        Some(0)
     );
+    assert_eq!(ana.release_held(None).unwrap().written_again, 40);
     let d = ana.task_detail(&t).unwrap();
     assert_eq!(d.state.status, TaskStatus::Assigned);
     assert_eq!(d.state.comments.len(), 40);
@@ -472,6 +484,8 @@ fn a_refused_team_change_is_set_aside_and_team_edits_go_on() {
             .unwrap(),
         Some(0)
     );
+    assert_ne!(max.team().unwrap(), everyone_elses, "held");
+    assert_eq!(max.release_held(None).unwrap().set_aside, 1);
     assert_eq!(max.team().unwrap(), everyone_elses, "set aside");
     assert_eq!(max.outbox(10).unwrap(), queued[1..], "still queued");
     let waits_for_nothing = || {
@@ -522,6 +536,7 @@ fn a_refused_change_stays_in_needs_attention_through_a_redaction() {
             .unwrap(),
         Some(0)
     );
+    assert_eq!(ana.release_held(None).unwrap().set_aside, 1);
     // What the refused change holds, as the file has it.
     let refused_text = || -> Vec<String> {
         let conn = raw(&c.dir.path().join("1-ana.db"));
@@ -662,4 +677,62 @@ fn a_change_refused_for_what_it_builds_on_is_queued_again_once_after_its_documen
     }
     assert!(!s.to_offer_again().unwrap().iter().any(|(d, _)| *d == doc));
     assert_eq!(s.outbox(10).unwrap(), vec![], "still refused");
+}
+
+/// A change refused for what the relay's team document says is held, in
+/// its task and in needs attention, its document marked to be offered
+/// again (a relay restored from a backup may have lost the team change
+/// that allowed it). Offered with all taken, it is queued again; else it
+/// is set aside once no restore is known: none found, or the last found
+/// longer ago than `RESTORE_WINDOW_MS`.
+#[test]
+fn a_change_refused_for_what_the_team_says_is_held_while_a_restore_is_known() {
+    let c = Clinic::with(&["max"]);
+    let s = c.at("max");
+    let t = s
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    s.outbox_delivered(&s.outbox(100).unwrap()).unwrap();
+    s.comment(&t, "Call before noon").unwrap();
+    let comment = s.outbox(10).unwrap().pop().unwrap();
+    let doc = comment.doc_id.clone();
+    let refuse = || {
+        s.outbox_refused(&comment, "not_permitted", "ana is not a member")
+            .unwrap()
+    };
+    assert_eq!(refuse(), Some(0));
+    assert_eq!(s.task_detail(&t).unwrap().state.comments.len(), 1, "held");
+    assert_eq!(s.needs_attention().unwrap().len(), 1);
+    assert_eq!(s.to_offer_again().unwrap(), vec![(doc.clone(), 0)]);
+    assert!(s.outbox(10).unwrap().is_empty(), "not pushed meanwhile");
+    // The relay took all of the document: queued again, once.
+    assert!(s.offered_again(&doc, Offered::All).unwrap());
+    assert_eq!(s.outbox(10).unwrap(), vec![comment.clone()]);
+    assert!(s.needs_attention().unwrap().is_empty());
+    assert_eq!(refuse(), Some(0));
+    assert_eq!(
+        s.task_detail(&t).unwrap().state.comments.len(),
+        0,
+        "refused again: set aside"
+    );
+    assert_eq!(s.release_held(None).unwrap(), store::Released::default());
+
+    // Another, with a restore found: held until the window has passed.
+    s.comment(&t, "Second try").unwrap();
+    let second = s.outbox(10).unwrap().pop().unwrap();
+    assert!(!s.restore_known().unwrap());
+    s.relay_restarted().unwrap();
+    assert!(s.restore_known().unwrap());
+    assert_eq!(
+        s.outbox_refused(&second, "forbidden", "not hers").unwrap(),
+        Some(0)
+    );
+    c.clock.advance(store::RESTORE_WINDOW_MS - 1);
+    assert!(s.restore_known().unwrap());
+    c.clock.advance(1);
+    assert!(!s.restore_known().unwrap());
+    let released = s.release_held(None).unwrap();
+    assert_eq!((released.set_aside, released.written_again), (1, 0));
+    assert_eq!(s.task_detail(&t).unwrap().state.comments.len(), 0);
+    assert_eq!(s.needs_attention().unwrap().len(), 2);
 }

@@ -218,6 +218,71 @@ fn a_push_acknowledged_after_the_backup_comes_back_though_its_pull_failed() {
 /// A device revoked after the backup stays revoked once the backup is
 /// restored: the revocations file beside the database outlives it, and
 /// the relay revokes again every device it lists when it starts.
+/// Work a team change allowed, where the restored relay lost that change:
+/// a manager hands a new task and an old one to a member added after the
+/// backup. The relay refuses both (no such member), and her phone holds
+/// them, in her tasks and in needs attention, instead of setting them
+/// aside for good; once the admin's phone has offered its team change
+/// again, they go.
+#[test]
+fn work_needing_a_team_change_the_relay_lost_goes_once_that_change_is_offered_again() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
+    let task = hand_over(&max, &ana, "Call back about the referral", "ana");
+    mia.sync();
+    assert!(relay.terminate().success());
+    let backup = relay.dir.path().join("backup.db");
+    copy_db(&relay.db(), &backup);
+    relay.spawn();
+
+    // After the backup: max adds kai; mia hears of it, then works offline.
+    set_member(&max, "kai", Role::ClinicalAssistant, false, true);
+    mia.sync();
+    let booking = mia
+        .store
+        .delegate(task_for("Book the follow-up", Some("kai"), None))
+        .unwrap();
+    mia.store.assign(&task, "kai").unwrap();
+
+    assert!(relay.terminate().success());
+    copy_db(&backup, &relay.db());
+    relay.spawn();
+    // mia first: the relay has no kai. Held, not set aside.
+    let report = mia.sync();
+    assert_eq!((report.pushed, report.refused), (0, 2), "{report:?}");
+    assert_eq!(
+        mia.store
+            .task_detail(&booking)
+            .unwrap()
+            .state
+            .assignee
+            .as_deref(),
+        Some("kai")
+    );
+    assert_eq!(mia.store.needs_attention().unwrap().len(), 2);
+    // max's round finds the relay restored and offers his team change again.
+    assert_eq!(max.sync().offered_again, 1);
+    // mia hears of the team: her held work goes, and nothing is left refused.
+    let report = mia.sync();
+    assert_eq!(report.pushed, 2, "{report:?}");
+    assert!(mia.store.needs_attention().unwrap().is_empty());
+    assert!(mia.store.outbox(10).unwrap().is_empty());
+    max.sync();
+    ana.sync();
+    for phone in [&max, &mia] {
+        for t in [&booking, &task] {
+            let detail = phone.store.task_detail(t).unwrap();
+            assert_eq!(detail.state.assignee.as_deref(), Some("kai"), "{t}");
+        }
+    }
+    assert_converged(&[&max, &ana, &mia]);
+    for phone in [&max, &ana, &mia] {
+        let report = phone.sync();
+        assert_eq!((report.pushed, report.refused), (0, 0), "{report:?}");
+    }
+}
+
 #[test]
 fn a_device_revoked_after_the_backup_stays_revoked_after_the_restore() {
     let mut relay = Relay::start();
