@@ -1018,8 +1018,11 @@ pub fn create_team(db: &Db, name: &str, again: bool) -> Result<TeamRow> {
     let change = doc
         .get_last_local_change()
         .ok_or(Error::Storage("team document is empty".into()))?;
+    // Immediate: the name is read before the team is written, and
+    // `serve` may write between the two (a deferred read would then fail
+    // to become a write, busy, however long it waited).
     let conn = db.write();
-    let tx = conn.unchecked_transaction()?;
+    let tx = rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)?;
     if !again {
         let same = |t: &TeamRow| t.name.trim().to_lowercase() == name.to_lowercase();
         if let Some(other) = Db::teams(&tx)?.into_iter().find(same) {
