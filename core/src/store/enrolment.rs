@@ -57,6 +57,7 @@ pub enum Offered {
 /// One of this device's changes to a document ([`Store::own_changes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnChange {
+    pub hash: [u8; 32],
     pub bytes: Vec<u8>,
     /// The relay acknowledged it once (it is not in the outbox).
     pub sent: bool,
@@ -228,13 +229,16 @@ impl Store {
     }
 
     /// Whether the relay was found restored from a backup within
-    /// [`RESTORE_WINDOW_MS`]: a change it refuses for what its team
-    /// document says may need a team change it lost, and is held.
+    /// [`RESTORE_WINDOW_MS`] of now, by this phone's clock: a change it
+    /// refuses for what its team document says may need a team change it
+    /// lost, and is held.
     pub fn restore_known(&self) -> Result<bool> {
         let db = self.lock();
         let at = meta(&db.conn, "relay_restored_at")?.and_then(|t| t.parse::<i64>().ok());
         let now = db.st.clock.now();
-        Ok(at.is_some_and(|at| now.saturating_sub(at) < RESTORE_WINDOW_MS))
+        // Either way: a clock set ahead when the restore was seen, then put
+        // right, must not keep changes held for as long as it was ahead.
+        Ok(at.is_some_and(|at| now.saturating_sub(at).saturating_abs() < RESTORE_WINDOW_MS))
     }
 
     /// The documents to offer the relay again, the team's first, each with
@@ -266,6 +270,7 @@ impl Store {
             .into_iter()
             .filter(|c| *c.actor_id() == st.actor)
             .map(|c| OwnChange {
+                hash: c.hash().0,
                 bytes: c.raw_bytes().to_vec(),
                 sent: !queued.contains(&c.hash().0[..]),
             })
@@ -280,10 +285,9 @@ impl Store {
     /// again, once. Otherwise some change was refused (it builds on
     /// another device's lost change, which that device will offer again,
     /// or needs a lost team change): the document is offered again after
-    /// later news, up to [`MAX_OFFERS`] times after news of the document
-    /// itself. Rounds with only the team's news do not count: a team
-    /// busy while the other device is away would use up the tries, and
-    /// what the relay lost of this device would stay lost. Changes held
+    /// later news, up to [`MAX_OFFERS`] tries that count (`counts`: the
+    /// engine decides which rounds do; a first try always does, once).
+    /// Changes held
     /// for what the team says are queued again with the rest once all is
     /// taken (and set aside by [`Store::release_held`] when the tries run
     /// out). Returns whether outbox rows were queued again.
@@ -313,6 +317,29 @@ impl Store {
                     "DELETE FROM offer_again WHERE doc_id = ?1 AND attempts >= ?2",
                     params![doc_id, MAX_OFFERS],
                 )?;
+            }
+        }
+        tx.commit()?;
+        Ok(queued > 0)
+    }
+
+    /// Changes of a document offered again that the relay took (stored, or
+    /// had) though the phone holds them refused or held: the relay has them
+    /// now (what they needed came back). Queued again, so that the next
+    /// push marks them delivered; never set aside. Returns whether rows
+    /// were queued again.
+    pub fn taken_on_offer(&self, doc_id: &str, hashes: &[[u8; 32]]) -> Result<bool> {
+        let db = self.lock();
+        let tx = db.conn.unchecked_transaction()?;
+        let mut queued = 0;
+        {
+            let mut take = tx.prepare_cached(
+                "UPDATE outbox
+                 SET refused_code = NULL, refused_reason = NULL, offered_again = 1, held = 0
+                 WHERE doc_id = ?1 AND hash = ?2 AND (held = 1 OR refused_code IS NOT NULL)",
+            )?;
+            for hash in hashes {
+                queued += take.execute(params![doc_id, &hash[..]])?;
             }
         }
         tx.commit()?;

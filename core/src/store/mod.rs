@@ -143,6 +143,10 @@ pub struct MergeReport {
     /// Documents still missing some changes their new changes build on
     /// (they just became visible to this device): ask the relay to repair.
     pub incomplete: Vec<String>,
+    /// Documents the relay sent a change of that this device held already:
+    /// a pull started over, or another device offered again what a relay
+    /// restored from a backup had lost.
+    pub redelivered: BTreeSet<String>,
 }
 
 pub struct Store {
@@ -805,8 +809,11 @@ impl Store {
                 let mut candidates = Vec::new();
                 let mut seen = HashSet::new();
                 for c in changes {
-                    if !seen.insert(c.hash()) || doc.get_change_by_hash(&c.hash()).is_some() {
+                    if !seen.insert(c.hash()) {
                         report.duplicates += 1;
+                    } else if doc.get_change_by_hash(&c.hash()).is_some() {
+                        report.duplicates += 1;
+                        report.redelivered.insert(doc_id.to_owned());
                     } else if kind == "task"
                         && matches!(task_doc::read_change(&c).shape, Shape::Malformed(_))
                     {
@@ -1113,8 +1120,10 @@ impl Store {
     /// Set aside the changes held for what a restored relay's team
     /// document said (of `doc_id`, or all): no restore is known any more,
     /// or the tries to offer their documents again ran out. Each goes as a
-    /// refusal goes (see [`Store::outbox_refused`]); a document marked only
-    /// for them, never yet offered, is no longer marked.
+    /// refusal goes (see [`Store::outbox_refused`]). A document stays
+    /// marked to offer again (unless it is gone): a restore's mark is not
+    /// told apart from a refusal's, and offering a document the relay has
+    /// in full costs one push of duplicates.
     pub fn release_held(&self, doc_id: Option<&str>) -> Result<Released> {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
@@ -1131,6 +1140,7 @@ impl Store {
         let mut tx = conn.unchecked_transaction()?;
         let mut memory_ahead = false;
         let mut taken_back = 0;
+        let mut set_aside = 0;
         let missing = crate::sync::wire::RefusalCode::MissingDependencies.as_str();
         let mut set_aside_all = || -> Result<usize> {
             let mut written = 0;
@@ -1145,17 +1155,11 @@ impl Store {
             for (id, doc, bytes) in &held {
                 tx.prepare_cached("UPDATE outbox SET held = 0 WHERE id = ?1")?
                     .execute([id])?;
-                tx.prepare_cached(
-                    "DELETE FROM offer_again WHERE doc_id = ?1 AND attempts = 0
-                     AND NOT EXISTS (SELECT 1 FROM outbox WHERE doc_id = ?1 AND held = 1)
-                     AND NOT EXISTS (SELECT 1 FROM outbox WHERE doc_id = ?1
-                                     AND refused_code = ?2 AND offered_again = 0)",
-                )?
-                .execute(params![doc, missing])?;
                 // Not a change (a fault): it stays refused, as it was.
                 let Ok(refused) = Change::from_bytes(bytes.clone()) else {
                     continue;
                 };
+                set_aside += 1;
                 let before = memory_ahead;
                 memory_ahead = true;
                 let refused_before = waiting_on(&tx, doc)?;
@@ -1190,7 +1194,7 @@ impl Store {
             st.set_team(team);
         }
         Ok(Released {
-            set_aside: held.len(),
+            set_aside,
             written_again: committed?,
             taken_back,
         })

@@ -626,6 +626,9 @@ impl Inner {
         // The documents pages brought changes to: what an earlier offer of
         // this device's lost changes lacked may be among them.
         let mut news: HashSet<String> = HashSet::new();
+        // Of those, the ones with a change this device held already: what a
+        // restored relay lost, offered again by the device that wrote it.
+        let mut redelivered: HashSet<String> = HashSet::new();
         let mut started_over = false;
         // This round reads the whole feed again (its user's sight changed)
         // and has not been cut short: once through, what the relay did not
@@ -714,6 +717,7 @@ impl Inner {
                 report.tasks_updated += merged.tasks_updated;
                 team_changed = merged.team_changed;
                 read_again = merged.read_again;
+                redelivered.extend(merged.redelivered);
                 for doc in merged.incomplete {
                     match self.repair(&relay, &doc).await {
                         Ok((repaired, used)) => {
@@ -800,7 +804,10 @@ impl Inner {
             let mut queued_again = false;
             if done && outcome.is_ok() {
                 let updated_before = report.tasks_updated;
-                match self.offer_again(&relay, &mut report, &news).await {
+                match self
+                    .offer_again(&relay, &mut report, &news, &redelivered)
+                    .await
+                {
                     Ok(queued) => queued_again = queued,
                     Err(e) => outcome = Err(e),
                 }
@@ -816,13 +823,14 @@ impl Inner {
             // the next round: "sync now" leaves nothing behind.
             if done && (report.pulled > 0 || queued_again) && outcome.is_ok() {
                 let refused_before = report.refused;
+                let updated_before = report.tasks_updated;
                 outcome = self.push(&relay, &mut report).await;
                 // Held there with no restore known: set aside now, not at
                 // the next round, and what that wrote again goes too.
                 if outcome.is_ok() && report.refused > refused_before {
                     outcome = match self.store.restore_known() {
                         Ok(true) => Ok(()),
-                        Ok(false) => match self.release_held(None, &mut report) {
+                        Ok(false) => match self.release_held(None, true, &mut report) {
                             Ok(true) => self.push(&relay, &mut report).await,
                             Ok(false) => Ok(()),
                             Err(e) => Err(e),
@@ -830,9 +838,13 @@ impl Inner {
                         Err(e) => Err(e),
                     };
                 }
-                if report.refused > refused_before {
+                // Refused (shown in needs attention) or set aside (the
+                // task changed): either way the views have news.
+                let changed = report.refused.saturating_sub(refused_before)
+                    + report.tasks_updated.saturating_sub(updated_before);
+                if changed > 0 {
                     tell.push(SyncEvent::DataChanged {
-                        tasks_updated: report.refused - refused_before,
+                        tasks_updated: changed,
                     });
                 }
             }
@@ -964,7 +976,14 @@ impl Inner {
     /// still refused (building on another device's lost change, until that
     /// device offers it again; or needing a lost team change) is offered
     /// again only in a round that pulled changes to it or to the team
-    /// (`news`). A change refused for what the relay's team document says
+    /// (`news`), up to `MAX_OFFERS` times. While a restore is known, only
+    /// rounds that brought back a change of it or of the team this device
+    /// held already (`redelivered`: what was lost, offered again) count: a
+    /// task busy with other members' news while the device that can mend
+    /// it is away would use up its tries, and this device's work in it
+    /// would stay refused. Afterwards any news of it counts, so that a
+    /// document whose cause never comes back is not offered for good.
+    /// A change refused for what the relay's team document says
     /// is held while a restore is known (the team change it needs may come
     /// back from the device that holds it), and set aside otherwise: a
     /// refusal with no restore behind it is shown in the round that got it.
@@ -974,10 +993,12 @@ impl Inner {
         relay: &RelaySettings,
         report: &mut SyncReport,
         news: &HashSet<String>,
+        redelivered: &HashSet<String>,
     ) -> Result<bool> {
         let mut queued = false;
-        if !self.store.restore_known()? {
-            queued |= self.release_held(None, report)?;
+        let restore_known = self.store.restore_known()?;
+        if !restore_known {
+            queued |= self.release_held(None, true, report)?;
         }
         for (doc, attempts) in self.store.to_offer_again()? {
             if attempts > 0 && !news.contains(&doc) && !news.contains(TEAM_DOC) {
@@ -988,8 +1009,11 @@ impl Inner {
             own.retain(|c| c.bytes.len() <= wire::MAX_CHANGE);
             // What the relay acknowledged before (not what waits in the
             // outbox), for the report.
-            let acknowledged: Vec<bool> = own.iter().map(|c| c.sent).collect();
+            let acknowledged: Vec<(bool, [u8; 32])> =
+                own.iter().map(|c| (c.sent, c.hash)).collect();
             let mut acknowledged = acknowledged.into_iter();
+            // The relay's own word on each: what it took is never set aside.
+            let mut taken = Vec::new();
             let batches = in_requests(
                 &doc,
                 own.into_iter().map(|c| c.bytes).collect(),
@@ -1001,10 +1025,13 @@ impl Inner {
                     .send_push(relay, &PushRequest { changes: batch })
                     .await?;
                 for verdict in reply.verdicts {
-                    let was_sent = acknowledged.next().unwrap_or(false);
+                    let Some((was_sent, hash)) = acknowledged.next() else {
+                        break;
+                    };
                     match verdict {
                         Verdict::Stored if was_sent => report.offered_again += 1,
-                        Verdict::Stored | Verdict::Duplicate => {}
+                        Verdict::Stored | Verdict::Duplicate if was_sent => {}
+                        Verdict::Stored | Verdict::Duplicate => taken.push(hash),
                         // Refused now, though acknowledged once (or built
                         // on what was): what it needs is lost too, until
                         // another device, or the team's document, brings
@@ -1016,24 +1043,43 @@ impl Inner {
             let offered = match complete {
                 true => Offered::All,
                 false => Offered::NotAll {
-                    counts: news.contains(&doc),
+                    counts: match restore_known {
+                        true => redelivered.contains(&doc) || redelivered.contains(TEAM_DOC),
+                        false => news.contains(&doc),
+                    },
                 },
             };
+            // Taken though the phone holds it refused or held (what it
+            // needed came back, and the rest of the document still waits):
+            // delivered, not set aside when the tries run out.
+            if !complete {
+                queued |= self.store.taken_on_offer(&doc, &taken)?;
+            }
             queued |= self.store.offered_again(&doc, offered)?;
             // The tries ran out: what is held for it is set aside.
             if !complete && !self.store.to_offer_again()?.iter().any(|(d, _)| *d == doc) {
-                queued |= self.release_held(Some(&doc), report)?;
+                queued |= self.release_held(Some(&doc), false, report)?;
             }
         }
         Ok(queued)
     }
 
     /// Set aside held changes (of `doc`, or all); the tasks they change are
-    /// counted as updated. Returns whether changes were written again.
-    fn release_held(&self, doc: Option<&str>, report: &mut SyncReport) -> Result<bool> {
+    /// counted as updated. Changes refused for building on them and
+    /// written again are no longer refused: taken off this round's count
+    /// when `this_round` (held by its pushes with no restore known).
+    /// Returns whether changes were written again.
+    fn release_held(
+        &self,
+        doc: Option<&str>,
+        this_round: bool,
+        report: &mut SyncReport,
+    ) -> Result<bool> {
         let released = self.store.release_held(doc)?;
         report.tasks_updated += released.set_aside;
-        report.refused = report.refused.saturating_sub(released.taken_back);
+        if this_round {
+            report.refused = report.refused.saturating_sub(released.taken_back);
+        }
         Ok(released.written_again > 0)
     }
 

@@ -5,6 +5,14 @@ use handoff_core::*;
 
 use crate::clinic::*;
 
+/// The automerge hash of a change in the outbox.
+fn hash_of(c: &store::OutgoingChange) -> [u8; 32] {
+    automerge::Change::from_bytes(c.bytes.clone())
+        .unwrap()
+        .hash()
+        .0
+}
+
 fn reopen(c: &Clinic, i: usize, user: &str) -> Store {
     Store::open(
         c.dir.path().join(format!("{i}-{user}.db")),
@@ -644,6 +652,7 @@ fn a_change_refused_for_what_it_builds_on_is_queued_again_once_after_its_documen
     assert_eq!(
         own.last(),
         Some(&store::OwnChange {
+            hash: hash_of(&comment),
             bytes: comment.bytes.clone(),
             sent: false
         }),
@@ -735,4 +744,32 @@ fn a_change_refused_for_what_the_team_says_is_held_while_a_restore_is_known() {
     assert_eq!((released.set_aside, released.written_again), (1, 0));
     assert_eq!(s.task_detail(&t).unwrap().state.comments.len(), 0);
     assert_eq!(s.needs_attention().unwrap().len(), 2);
+
+    // A third, held; its document offered again with some change still
+    // refused, but this one taken (what it needed came back): queued
+    // again to be marked delivered, and never set aside.
+    s.relay_restarted().unwrap();
+    s.comment(&t, "Third try").unwrap();
+    let third = s.outbox(10).unwrap().pop().unwrap();
+    assert_eq!(
+        s.outbox_refused(&third, "not_permitted", "not a member")
+            .unwrap(),
+        Some(0)
+    );
+    assert!(s.outbox(10).unwrap().is_empty());
+    assert!(s.taken_on_offer(&doc, &[hash_of(&third)]).unwrap());
+    assert_eq!(s.outbox(10).unwrap(), vec![third.clone()]);
+    assert_eq!(s.release_held(None).unwrap(), store::Released::default());
+    assert_eq!(s.task_detail(&t).unwrap().state.comments.len(), 1, "kept");
+    s.outbox_delivered(&[third]).unwrap();
+    assert!(s.outbox(10).unwrap().is_empty());
+
+    // A clock set ahead when the restore was seen, then put right: the
+    // window is counted from either side of the time it names.
+    c.clock.advance(30 * store::RESTORE_WINDOW_MS);
+    s.relay_restarted().unwrap();
+    c.clock.advance(-30 * store::RESTORE_WINDOW_MS);
+    assert!(!s.restore_known().unwrap());
+    c.clock.advance(29 * store::RESTORE_WINDOW_MS + 1);
+    assert!(s.restore_known().unwrap());
 }

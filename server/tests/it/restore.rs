@@ -110,6 +110,17 @@ fn a_relay_restored_from_a_backup_gets_back_what_the_phones_had_sent() {
         lee.sync();
         assert!(ana.sync().pulled > 0);
     }
+    // Nor, while the restore is recent, does news of the task itself from
+    // others (lee's notes on it): each such round offers it again, but
+    // only a lost change coming back uses up a try.
+    for i in 0..=store::MAX_OFFERS {
+        lee.store
+            .comment(&task, &format!("also tried {i}"))
+            .unwrap();
+        lee.sync();
+        assert!(ana.sync().pulled > 0);
+    }
+    assert_eq!(ana.store.needs_attention().unwrap().len(), 1);
     // News for max: his comment goes now.
     let report = max.sync();
     assert_eq!(report.offered_again, 1, "{report:?}");
@@ -130,7 +141,10 @@ fn a_relay_restored_from_a_backup_gets_back_what_the_phones_had_sent() {
 
     let detail = mia.store.task_detail(&task).unwrap();
     assert_eq!(detail.state.calls.len(), 2);
-    assert_eq!(detail.state.comments.len(), 2);
+    assert_eq!(
+        detail.state.comments.len(),
+        2 + store::MAX_OFFERS as usize + 1
+    );
     lee.sync();
     // kim's enrolment was lost with the rest: the relay does not know her
     // phone (she needs a new invite).
@@ -215,9 +229,6 @@ fn a_push_acknowledged_after_the_backup_comes_back_though_its_pull_failed() {
     assert_converged(&[&max, &ana]);
 }
 
-/// A device revoked after the backup stays revoked once the backup is
-/// restored: the revocations file beside the database outlives it, and
-/// the relay revokes again every device it lists when it starts.
 /// Work a team change allowed, where the restored relay lost that change:
 /// a manager hands a new task and an old one to a member added after the
 /// backup. The relay refuses both (no such member), and her phone holds
@@ -283,6 +294,9 @@ fn work_needing_a_team_change_the_relay_lost_goes_once_that_change_is_offered_ag
     }
 }
 
+/// A device revoked after the backup stays revoked once the backup is
+/// restored: the revocations file beside the database outlives it, and
+/// the relay revokes again every device it lists when it starts.
 #[test]
 fn a_device_revoked_after_the_backup_stays_revoked_after_the_restore() {
     let mut relay = Relay::start();
