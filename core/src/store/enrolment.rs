@@ -24,6 +24,11 @@ pub struct RelaySettings {
 /// build on a change the relay lacks (see [`Store::offered_again`]).
 pub const MAX_OFFERS: u32 = 8;
 
+/// Offers of a document on news that does not count as a try (another
+/// member's edit, the team's news) that cost one try: a document is
+/// offered again at most `MAX_OFFERS * OFFERS_PER_TRY` times in all.
+pub const OFFERS_PER_TRY: u32 = 4;
+
 /// How long after a relay was found restored from a backup a change it
 /// refuses for what its team document says (`not_permitted`,
 /// `forbidden`) is held rather than set aside: the devices that hold the
@@ -234,11 +239,18 @@ impl Store {
     /// lost, and is held.
     pub fn restore_known(&self) -> Result<bool> {
         let db = self.lock();
-        let at = meta(&db.conn, "relay_restored_at")?.and_then(|t| t.parse::<i64>().ok());
+        let Some(at) = meta(&db.conn, "relay_restored_at")?.and_then(|t| t.parse::<i64>().ok())
+        else {
+            return Ok(false);
+        };
         let now = db.st.clock.now();
-        // Either way: a clock set ahead when the restore was seen, then put
-        // right, must not keep changes held for as long as it was ahead.
-        Ok(at.is_some_and(|at| now.saturating_sub(at).saturating_abs() < RESTORE_WINDOW_MS))
+        // Seen with a clock set ahead, since put right: counted from now,
+        // not kept for as long as the clock was ahead.
+        if at > now {
+            set_meta(&db.conn, "relay_restored_at", &now.to_string())?;
+            return Ok(true);
+        }
+        Ok(now.saturating_sub(at) < RESTORE_WINDOW_MS)
     }
 
     /// The documents to offer the relay again, the team's first, each with
@@ -285,8 +297,9 @@ impl Store {
     /// again, once. Otherwise some change was refused (it builds on
     /// another device's lost change, which that device will offer again,
     /// or needs a lost team change): the document is offered again after
-    /// later news, up to [`MAX_OFFERS`] tries that count (`counts`: the
-    /// engine decides which rounds do; a first try always does, once).
+    /// later news, for [`MAX_OFFERS`] tries: an offer that `counts` (the
+    /// engine decides which do) is a whole try, any other a quarter of one
+    /// ([`OFFERS_PER_TRY`]).
     /// Changes held
     /// for what the team says are queued again with the rest once all is
     /// taken (and set aside by [`Store::release_held`] when the tries run
@@ -308,14 +321,12 @@ impl Store {
             // Tried once at least: offered again only after news.
             Offered::NotAll { counts } => {
                 tx.execute(
-                    "UPDATE offer_again
-                     SET attempts = CASE WHEN ?2 THEN attempts + 1 ELSE MAX(attempts, 1) END
-                     WHERE doc_id = ?1",
-                    params![doc_id, counts],
+                    "UPDATE offer_again SET attempts = attempts + ?2 WHERE doc_id = ?1",
+                    params![doc_id, if counts { OFFERS_PER_TRY } else { 1 }],
                 )?;
                 tx.execute(
                     "DELETE FROM offer_again WHERE doc_id = ?1 AND attempts >= ?2",
-                    params![doc_id, MAX_OFFERS],
+                    params![doc_id, MAX_OFFERS * OFFERS_PER_TRY],
                 )?;
             }
         }

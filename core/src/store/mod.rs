@@ -38,7 +38,8 @@ use crate::team::{Reach, Team, TeamWriter};
 
 pub use docs::{COMPACT_AFTER, TEAM_DOC};
 pub use enrolment::{
-    FeedCursor, Offered, OwnChange, RelaySettings, Released, MAX_OFFERS, RESTORE_WINDOW_MS,
+    FeedCursor, Offered, OwnChange, RelaySettings, Released, MAX_OFFERS, OFFERS_PER_TRY,
+    RESTORE_WINDOW_MS,
 };
 pub use views::{
     AttentionItem, Escalation, MyQueue, OwnerKpis, ReviewItem, TaskCommand, TaskDetail, TaskSummary,

@@ -4,7 +4,7 @@
 //! repeats rounds with a long-poll, wakes early on local writes, and backs
 //! off with jitter while the relay is unreachable.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -706,6 +706,7 @@ impl Inner {
                 pushed = FeedCursor::default();
             }
             news.extend(reply.changes.iter().map(|c| c.doc.clone()));
+            let mut page_redelivered = BTreeSet::new();
             if !reply.changes.is_empty() {
                 let changes: Vec<(String, Vec<u8>)> = reply
                     .changes
@@ -717,7 +718,7 @@ impl Inner {
                 report.tasks_updated += merged.tasks_updated;
                 team_changed = merged.team_changed;
                 read_again = merged.read_again;
-                redelivered.extend(merged.redelivered);
+                page_redelivered = merged.redelivered;
                 for doc in merged.incomplete {
                     match self.repair(&relay, &doc).await {
                         Ok((repaired, used)) => {
@@ -760,7 +761,15 @@ impl Inner {
                     reading_again = true;
                 } else if next != cursor {
                     match self.store.move_relay_cursor(cursor, next) {
-                        Ok(true) => cursor = next,
+                        // What the page brought back counts only once it is
+                        // taken: not a page another round took first, nor
+                        // one read again for a change of sight.
+                        Ok(true) => {
+                            cursor = next;
+                            if !reading_again {
+                                redelivered.extend(std::mem::take(&mut page_redelivered));
+                            }
+                        }
                         // Another round moved it since this one read it
                         // (set it back to the feed's start after a
                         // promotion, say): that round goes on from there,
@@ -976,13 +985,13 @@ impl Inner {
     /// still refused (building on another device's lost change, until that
     /// device offers it again; or needing a lost team change) is offered
     /// again only in a round that pulled changes to it or to the team
-    /// (`news`), up to `MAX_OFFERS` times. While a restore is known, only
-    /// rounds that brought back a change of it or of the team this device
-    /// held already (`redelivered`: what was lost, offered again) count: a
-    /// task busy with other members' news while the device that can mend
-    /// it is away would use up its tries, and this device's work in it
-    /// would stay refused. Afterwards any news of it counts, so that a
-    /// document whose cause never comes back is not offered for good.
+    /// (`news`), for `MAX_OFFERS` tries. While a restore is known, a whole
+    /// try is a round that brought back a change of it or of the team this
+    /// device held already (`redelivered`: what was lost, offered again);
+    /// afterwards, any news of it. Other rounds cost a quarter of one
+    /// (`OFFERS_PER_TRY`): a task busy with other members' news while the
+    /// device that can mend it is away must not use up its tries, and a
+    /// document whose cause never comes back must not be offered for good.
     /// A change refused for what the relay's team document says
     /// is held while a restore is known (the team change it needs may come
     /// back from the device that holds it), and set aside otherwise: a
@@ -1050,11 +1059,8 @@ impl Inner {
                 },
             };
             // Taken though the phone holds it refused or held (what it
-            // needed came back, and the rest of the document still waits):
-            // delivered, not set aside when the tries run out.
-            if !complete {
-                queued |= self.store.taken_on_offer(&doc, &taken)?;
-            }
+            // needed came back): delivered, never set aside.
+            queued |= self.store.taken_on_offer(&doc, &taken)?;
             queued |= self.store.offered_again(&doc, offered)?;
             // The tries ran out: what is held for it is set aside.
             if !complete && !self.store.to_offer_again()?.iter().any(|(d, _)| *d == doc) {

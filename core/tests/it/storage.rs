@@ -621,9 +621,9 @@ fn transfer_budgets_are_kept_but_not_in_a_wiped_store() {
 /// be offered again (a relay restored from a backup lost this device's
 /// earlier changes), and is queued again after that offer, once: refused
 /// again, it stays refused, in "needs attention". An offer that still
-/// lacks something (another device's lost change) is tried at most
-/// `MAX_OFFERS` times after news of the document (news of the team only
-/// does not count).
+/// lacks something (another device's lost change) is tried for
+/// `MAX_OFFERS` tries: an offer that counts is one, any other a quarter
+/// (`OFFERS_PER_TRY`).
 #[test]
 fn a_change_refused_for_what_it_builds_on_is_queued_again_once_after_its_document_is_offered() {
     let c = Clinic::with(&["max"]);
@@ -671,18 +671,27 @@ fn a_change_refused_for_what_it_builds_on_is_queued_again_once_after_its_documen
         s.relay_restarted().unwrap() >= 2,
         "the team's and the task's"
     );
-    // Rounds with news of the team only do not count (the first try
-    // does, once).
+    // An offer on news that does not count (the team's, another
+    // member's edit) is a quarter of a try; one that counts, a whole one.
     let offered = |counts| {
         assert!(s.to_offer_again().unwrap().iter().any(|(d, _)| *d == doc));
         assert!(!s.offered_again(&doc, Offered::NotAll { counts }).unwrap());
     };
-    for _ in 0..2 * store::MAX_OFFERS {
+    for _ in 0..store::OFFERS_PER_TRY {
         offered(false);
     }
-    assert!(s.to_offer_again().unwrap().contains(&(doc.clone(), 1)));
+    assert!(s
+        .to_offer_again()
+        .unwrap()
+        .contains(&(doc.clone(), store::OFFERS_PER_TRY)));
     for _ in 1..store::MAX_OFFERS {
         offered(true);
+    }
+    assert!(!s.to_offer_again().unwrap().iter().any(|(d, _)| *d == doc));
+    // Offers that never count end too.
+    s.relay_restarted().unwrap();
+    for _ in 0..store::MAX_OFFERS * store::OFFERS_PER_TRY {
+        offered(false);
     }
     assert!(!s.to_offer_again().unwrap().iter().any(|(d, _)| *d == doc));
     assert_eq!(s.outbox(10).unwrap(), vec![], "still refused");
@@ -765,11 +774,13 @@ fn a_change_refused_for_what_the_team_says_is_held_while_a_restore_is_known() {
     assert!(s.outbox(10).unwrap().is_empty());
 
     // A clock set ahead when the restore was seen, then put right: the
-    // window is counted from either side of the time it names.
+    // window counts from when that is noticed, not from the wrong time.
     c.clock.advance(30 * store::RESTORE_WINDOW_MS);
     s.relay_restarted().unwrap();
     c.clock.advance(-30 * store::RESTORE_WINDOW_MS);
-    assert!(!s.restore_known().unwrap());
-    c.clock.advance(29 * store::RESTORE_WINDOW_MS + 1);
     assert!(s.restore_known().unwrap());
+    c.clock.advance(store::RESTORE_WINDOW_MS - 1);
+    assert!(s.restore_known().unwrap());
+    c.clock.advance(1);
+    assert!(!s.restore_known().unwrap());
 }
