@@ -1160,12 +1160,15 @@ impl Store {
                 let Ok(refused) = Change::from_bytes(bytes.clone()) else {
                     continue;
                 };
-                set_aside += 1;
                 let before = memory_ahead;
                 memory_ahead = true;
                 let refused_before = waiting_on(&tx, doc)?;
                 let (n, ahead) = set_aside_within(&mut tx, st, doc, &refused)?;
                 memory_ahead = before || ahead;
+                // Rolled back (memory ahead): it stays, refused, as it was.
+                if !ahead {
+                    set_aside += 1;
+                }
                 written += n;
                 taken_back += refused_before.saturating_sub(waiting_on(&tx, doc)?);
                 // A new task set aside is gone from this phone: what was
