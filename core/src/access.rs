@@ -116,11 +116,26 @@ pub fn sight(team: &Team, user: &str) -> Option<Sight> {
 
 /// What `member`'s role lets them read, active or not.
 fn sight_of(team: &Team, member: &crate::model::Member) -> Sight {
-    let perms = team.role_permissions(member.role);
+    sight_with(member, team.role_permissions(member.role))
+}
+
+fn sight_with(member: &crate::model::Member, perms: crate::model::RolePermissions) -> Sight {
     Sight {
         role: member.role,
         every_task: perms.may_review || perms.may_delegate,
     }
+}
+
+/// The [`sight`] of the user an enrolled device writes for, read straight
+/// from the team document (cheap enough after every change of a page):
+/// `None` while the document does not list the device yet.
+pub fn device_sight(team_doc: &automerge::AutoCommit, actor: &str) -> Option<Option<Sight>> {
+    let member = crate::team::device_member(team_doc, actor)?;
+    Some(
+        member
+            .filter(|(m, _)| m.active)
+            .map(|(m, perms)| sight_with(&m, perms)),
+    )
 }
 
 /// The members who may read the task as it was `before` a change and not

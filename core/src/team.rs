@@ -191,6 +191,54 @@ pub fn change_fits(change: &automerge::Change, doc: &AutoCommit) -> bool {
     })
 }
 
+/// One entry of a section, without reading the rest of the document (for
+/// following a team change by change): `None` when it is missing or not
+/// what that section holds, as [`Team::read`] leaves such an entry out.
+fn read_entry<T: DeserializeOwned>(doc: &AutoCommit, map: &str, key: &str) -> Option<T> {
+    let Ok(Some((_, obj))) = doc.get(ROOT, map) else {
+        return None;
+    };
+    let Ok(Some((value, _))) = doc.get(&obj, key) else {
+        return None;
+    };
+    serde_json::from_str(value.as_str()?).ok()
+}
+
+/// Can `change` alter what `user`, on the device `actor`, may read: does it
+/// write their member entry, the device's, a role's permissions, or the
+/// document's sections themselves? (Cheaper than applying it to see.)
+pub fn may_move_sight(change: &automerge::Change, user: &str, actor: &str) -> bool {
+    use automerge::legacy::{Key, ObjectId};
+    let Some(decoded) = crate::task_doc::decoded(change) else {
+        return true;
+    };
+    decoded
+        .operations
+        .iter()
+        .any(|op| match (&op.obj, &op.key) {
+            (ObjectId::Root, _) => true,
+            (_, Key::Map(key)) => {
+                key.as_str() == user || key.as_str() == actor || Role::parse(key).is_some()
+            }
+            (_, Key::Seq(_)) => true,
+        })
+}
+
+/// The member an enrolled device writes for, and what their role allows,
+/// read from the document as [`Team::read`] would: the outer `None` while
+/// the document does not list the device, the inner while it lists no
+/// such member.
+pub fn device_member(doc: &AutoCommit, actor: &str) -> Option<Option<(Member, RolePermissions)>> {
+    let device = read_entry::<Device>(doc, DEVICES, actor)?;
+    Some(
+        read_entry::<Member>(doc, MEMBERS, &device.user_id).map(|member| {
+            let perms = read_entry(doc, ROLES, member.role.as_str())
+                .unwrap_or_else(|| member.role.default_permissions());
+            (member, perms)
+        }),
+    )
+}
+
 fn read_map<T: DeserializeOwned>(doc: &AutoCommit, map: &str) -> BTreeMap<String, T> {
     let Ok(Some((_, obj))) = doc.get(ROOT, map) else {
         return BTreeMap::new();

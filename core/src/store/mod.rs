@@ -795,6 +795,10 @@ impl Store {
                 false => None,
             };
             let mut team_changed = false;
+            // This device's user's sight after each team change, from where
+            // the team lists the device ([`access::device_sight`]).
+            let mut sights = Vec::new();
+            let actor = st.actor_hex.clone();
             for (doc_id, changes) in by_doc {
                 if doc_id != TEAM_DOC && superseded(&tx, doc_id)? {
                     report.retired += changes.len();
@@ -830,32 +834,28 @@ impl Store {
                 // a device's sequence number, say), one at a time from the
                 // stored document, leaving out what it refuses: one bad change
                 // must not stop every later sync.
-                let stored = |tx: &rusqlite::Transaction<'_>| -> Result<AutoCommit> {
-                    Ok(docs::load(tx, doc_id, &st.actor)?
+                let stored = || -> Result<AutoCommit> {
+                    Ok(docs::load(&tx, doc_id, &st.actor)?
                         .unwrap_or_else(|| AutoCommit::new().with_actor(st.actor.clone())))
                 };
-                let taken = match apply_guarded(&mut doc, &candidates) {
-                    Applied::All => candidates,
-                    Applied::Refused | Applied::Panicked => {
-                        doc = stored(&tx)?;
-                        let mut taken = Vec::with_capacity(candidates.len());
-                        for c in candidates {
-                            match apply_guarded(&mut doc, std::slice::from_ref(&c)) {
-                                Applied::All => taken.push(c),
-                                Applied::Refused => report.invalid += 1,
-                                Applied::Panicked => {
-                                    report.invalid += 1;
-                                    doc = stored(&tx)?;
-                                    if !matches!(apply_guarded(&mut doc, &taken), Applied::All) {
-                                        return Err(Error::Corrupt(
-                                            "changes applied once did not apply again",
-                                        ));
-                                    }
-                                }
-                            }
-                        }
-                        taken
-                    }
+                let taken = if kind == "team" {
+                    // In steps, this user's sight read after each change
+                    // that may move it: the relay judged each earlier page
+                    // by the team as it was then, and a sight that changed
+                    // and changed back within this page still left pages
+                    // judged by the other.
+                    sights.extend(access::device_sight(&doc, &actor));
+                    let user = st.user.as_deref().unwrap_or_default();
+                    apply_in_steps(
+                        &mut doc,
+                        candidates,
+                        &mut report,
+                        stored,
+                        |c| crate::team::may_move_sight(c, user, &actor),
+                        |doc| sights.extend(access::device_sight(doc, &actor)),
+                    )?
+                } else {
+                    apply_in_steps(&mut doc, candidates, &mut report, stored, |_| false, |_| {})?
                 };
                 let mut fresh = 0;
                 for c in &taken {
@@ -895,16 +895,15 @@ impl Store {
                 // nothing changed since: pull the feed again from its start
                 // (what it holds already is skipped). Set in this
                 // transaction, so a phone killed before that pull still
-                // makes it. Not while a new phone catches up: the team it
-                // holds learns of its user only with the enrolment's entry,
-                // at the feed's end, and the relay sent it everything its
-                // user may read already.
-                let user = st.user.as_deref().unwrap_or_default();
-                if let Some(before) = team_before.as_ref().filter(|t| t.member(user).is_some()) {
-                    if sight(before, user) != sight(&team, user) {
-                        set_meta(&tx, "relay_cursor", "0")?;
-                        report.read_again = true;
-                    }
+                // makes it. Only for changes after the team lists this
+                // device: the relay judged every page it sent by the team
+                // as it was then, at or past the device's enrolment (a new
+                // phone catching up is sent what its user may read now,
+                // whatever their role was before; a role changed while it
+                // catches up is read again).
+                if sights.windows(2).any(|w| w[0] != w[1]) {
+                    set_meta(&tx, "relay_cursor", "0")?;
+                    report.read_again = true;
                 }
                 for doc_id in tasks_the_team_reaches(&tx, team_before.as_ref(), &team)? {
                     touched.remove(&doc_id);
@@ -1661,6 +1660,58 @@ enum Applied {
 /// an actor's later change, another actor the document never had) rather
 /// than refusing it; the relay refuses those, and a phone leaves out any
 /// that reaches it instead of failing every sync from then on.
+/// Apply `changes` to `doc` in their order: all at once up to each change
+/// `step` picks, after which `each` sees the document. If automerge refuses
+/// one (a second change with a device's sequence number, say) or panics,
+/// that step goes one change at a time from the `stored` document,
+/// leaving out (and counting invalid) what it refuses: one bad change must
+/// not stop every later sync.
+fn apply_in_steps(
+    doc: &mut AutoCommit,
+    changes: Vec<Change>,
+    report: &mut MergeReport,
+    stored: impl Fn() -> Result<AutoCommit>,
+    step: impl Fn(&Change) -> bool,
+    mut each: impl FnMut(&AutoCommit),
+) -> Result<Vec<Change>> {
+    let mut taken = Vec::with_capacity(changes.len());
+    let mut pending = Vec::new();
+    let mut changes = changes.into_iter().peekable();
+    while let Some(c) = changes.next() {
+        let ends_step = step(&c) || changes.peek().is_none();
+        pending.push(c);
+        if !ends_step {
+            continue;
+        }
+        if matches!(apply_guarded(doc, &pending), Applied::All) {
+            taken.append(&mut pending);
+            each(doc);
+            continue;
+        }
+        *doc = stored()?;
+        if !matches!(apply_guarded(doc, &taken), Applied::All) {
+            return Err(Error::Corrupt("changes applied once did not apply again"));
+        }
+        for c in pending.drain(..) {
+            match apply_guarded(doc, std::slice::from_ref(&c)) {
+                Applied::All => {
+                    taken.push(c);
+                    each(doc);
+                }
+                Applied::Refused => report.invalid += 1,
+                Applied::Panicked => {
+                    report.invalid += 1;
+                    *doc = stored()?;
+                    if !matches!(apply_guarded(doc, &taken), Applied::All) {
+                        return Err(Error::Corrupt("changes applied once did not apply again"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(taken)
+}
+
 fn apply_guarded(doc: &mut AutoCommit, changes: &[Change]) -> Applied {
     let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         doc.apply_changes(changes.iter().cloned()).is_ok()

@@ -454,3 +454,112 @@ fn append_string(doc: &mut automerge::AutoCommit, text: &str) -> Vec<u8> {
     doc.commit();
     doc.get_last_local_change().unwrap().raw_bytes().to_vec()
 }
+
+/// A phone enrolled a moment ago, its user's role still being set: the
+/// relay judged the pages it sent before by the role as it was then.
+fn new_phone(c: &Clinic, user: &str, role: Role) -> Store {
+    let phone = Store::open(
+        c.dir.path().join(format!("new-{user}.db")),
+        &KEY,
+        options(&c.clock),
+    )
+    .unwrap();
+    let max = c.at("max");
+    max.put_member(&member(user, role)).unwrap();
+    max.register_device(&phone.device_actor(), user).unwrap();
+    phone.set_enrolled_user(user).unwrap();
+    phone
+}
+
+fn member(user: &str, role: Role) -> Member {
+    Member {
+        user_id: user.into(),
+        name: format!("{user} (new)"),
+        role,
+        trusted: false,
+        active: true,
+    }
+}
+
+/// The admin corrects a new phone's role while it catches up, and both
+/// changes reach it in one page: the pages before were judged by the first
+/// role, so it reads the feed again. It used to miss the tasks the new
+/// role shows (its team learnt of its user only in that same page).
+#[test]
+fn a_role_changed_while_a_new_phone_catches_up_has_it_read_the_feed_again() {
+    let c = Clinic::with(&["max", "ana"]);
+    c.handed_to("ana");
+    let zoe = new_phone(&c, "zoe", Role::FrontDesk);
+    c.at("max")
+        .put_member(&member("zoe", Role::Manager))
+        .unwrap();
+    // Where its pages had brought it.
+    let start = FeedCursor::default();
+    let paged = FeedCursor { seq: 40, tag: 7 };
+    assert!(zoe.move_relay_cursor(start, paged).unwrap());
+    let report = zoe.apply_remote(&outbox(c.at("max"))).unwrap();
+    assert!(report.read_again, "{report:?}");
+    assert_eq!(zoe.relay_cursor().unwrap(), start);
+}
+
+/// A second phone for someone whose role changed long before it enrolled:
+/// every page it was sent was judged by the role she has now, so the
+/// change it passes on the way is no reason to read the feed again.
+#[test]
+fn a_role_changed_before_a_phone_enrolled_does_not_have_it_read_the_feed_again() {
+    let c = Clinic::with(&["max", "ana"]);
+    c.handed_to("ana");
+    c.at("max")
+        .put_member(&member("ana", Role::Clinician))
+        .unwrap();
+    let before = outbox(c.at("max"));
+    c.at("max")
+        .put_member(&member("ana", Role::FrontDesk))
+        .unwrap();
+    let second = Store::open(c.dir.path().join("ana-2.db"), &KEY, options(&c.clock)).unwrap();
+    c.at("max")
+        .register_device(&second.device_actor(), "ana")
+        .unwrap();
+    second.set_enrolled_user("ana").unwrap();
+    // Two pages: the role change falls between them.
+    assert!(!second.apply_remote(&before).unwrap().read_again);
+    let report = second.apply_remote(&outbox(c.at("max"))).unwrap();
+    assert!(!report.read_again, "{report:?}");
+    assert!(report.team_changed);
+}
+
+/// A role changed and changed back within one page: pages sent between the
+/// two were judged by the other role, so the phone reads the feed again
+/// although its user's role ends as it began.
+#[test]
+fn a_role_changed_and_back_within_one_page_has_the_phone_read_the_feed_again() {
+    let c = Clinic::with(&["max", "fay"]);
+    c.at("max")
+        .put_member(&member("fay", Role::Manager))
+        .unwrap();
+    c.at("max")
+        .put_member(&member("fay", Role::FrontDesk))
+        .unwrap();
+    let report = c.at("fay").apply_remote(&outbox(c.at("max"))).unwrap();
+    assert!(report.read_again, "{report:?}");
+}
+
+/// A team change that leaves a new phone's sight as it is (a template
+/// added after its enrolment) is no reason to read the feed again.
+#[test]
+fn a_new_phone_passing_other_team_changes_does_not_read_the_feed_again() {
+    let c = Clinic::with(&["max", "ana"]);
+    c.handed_to("ana");
+    let zoe = new_phone(&c, "zoe", Role::FrontDesk);
+    c.at("max")
+        .put_sop(&SopTemplate {
+            id: "CLN-009".into(),
+            name: "Lab results call".into(),
+            checklist: vec!["Verify identity".into()],
+            questions: vec![],
+        })
+        .unwrap();
+    let report = zoe.apply_remote(&outbox(c.at("max"))).unwrap();
+    assert!(!report.read_again, "{report:?}");
+    assert!(report.team_changed);
+}
