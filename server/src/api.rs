@@ -249,9 +249,14 @@ async fn health() -> Response {
 }
 
 async fn metrics(State(app): State<App>) -> Response {
+    let relay = app.relay.clone();
+    let length = match blocking(move || relay.feed_length()).await {
+        Ok(length) => length,
+        Err(e) => return e.into_response(),
+    };
     let db = &app.relay.db;
     let feed = (
-        app.relay.loaded_feed_length(),
+        length,
         db.feed_commits.load(Ordering::Relaxed),
         db.feed_changes.load(Ordering::Relaxed),
     );

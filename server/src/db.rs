@@ -400,6 +400,17 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Each team's feed length as stored: its last seq (one index lookup a
+    /// team; rows of retired documents are gone, their seqs still count).
+    pub fn feed_heads(conn: &Connection) -> Result<Vec<(String, u64)>> {
+        let mut stmt = conn.prepare(
+            "SELECT team_id, (SELECT COALESCE(MAX(seq), 0) FROM feed f WHERE f.team_id = t.team_id)
+             FROM teams t",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn insert_team(conn: &Connection, team: &TeamRow, now: i64) -> Result<()> {
         conn.execute(
             "INSERT INTO teams (team_id, name, relay_actor, created_at) VALUES (?1, ?2, ?3, ?4)",

@@ -587,6 +587,24 @@ impl Relay {
         teams.iter().map(|t| t.state().head()).sum()
     }
 
+    /// The feed length of every team, loaded or not (for /metrics): a
+    /// loaded team's head as it has it, the others' as stored.
+    pub fn feed_length(&self) -> Result<u64> {
+        let stored = self.db.read(Db::feed_heads)?;
+        let loaded: Vec<_> = lock(&self.teams)
+            .iter()
+            .map(|(id, t)| (id.clone(), t.clone()))
+            .collect();
+        let loaded: HashMap<String, u64> = loaded
+            .into_iter()
+            .map(|(id, t)| (id, t.state().head()))
+            .collect();
+        Ok(stored
+            .into_iter()
+            .map(|(id, head)| loaded.get(&id).map_or(head, |&l| l.max(head)))
+            .sum())
+    }
+
     /// Who is calling, from the bearer token: a token checked before is
     /// taken from memory while no revocation was noted since (one `stat`
     /// of the revocations file, where a database read cost ~12% of the

@@ -969,6 +969,37 @@ fn live_sync_goes_on_after_its_listener_panics() {
     );
 }
 
+/// `/metrics` gives the feed length of every team, also of teams no
+/// request has loaded since the relay started: it used to count only
+/// those, so a restarted relay showed 0 until a phone called.
+#[test]
+fn metrics_count_the_feed_of_teams_not_loaded_since_the_start() {
+    let mut relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    hand_over(&max, &ana, "Call back", "ana");
+    let (_, other) = relay.create_team("Lakeside", "lin");
+    let lin = Phone::enrolled(&relay, &other);
+    lin.store
+        .delegate(task_for("Recall", Some("lin"), None))
+        .unwrap();
+    lin.sync();
+    let length = |relay: &Relay| -> u64 {
+        relay
+            .metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("handoff_feed_length "))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    let before = length(&relay);
+    // Two teams' documents, their members and devices, two tasks.
+    assert!(before >= 6, "{before}");
+    relay.restart_with_env(&[]);
+    assert_eq!(length(&relay), before);
+    max.sync();
+    assert_eq!(length(&relay), before);
+}
+
 /// `/metrics` counts every request by route and status, and its latency
 /// histogram per route adds up over the statuses.
 #[test]
