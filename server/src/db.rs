@@ -233,9 +233,39 @@ fn open_conn(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// An existing database is opened only by the user who owns it: files the
+/// relay or an admin command makes beside it (the WAL, its shared memory,
+/// the revocations file) are its user's alone, so an admin command run as
+/// root on the relay's database would leave files the relay cannot open,
+/// and it would stop (or not start) on them.
+#[cfg(unix)]
+fn check_owner(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() == me {
+        return Ok(());
+    }
+    Err(Error::Storage(format!(
+        "the database file {} belongs to user id {}, and this runs as user id {me}: run it as \
+         the relay's user (e.g. `sudo -u <that user> handoff-server ...`), or files made \
+         beside it would be unreadable by the relay",
+        path.display(),
+        meta.uid()
+    )))
+}
+
+#[cfg(not(unix))]
+fn check_owner(_: &Path) -> Result<()> {
+    Ok(())
+}
+
 impl Db {
     pub fn open(path: impl AsRef<Path>) -> Result<Db> {
         let path = path.as_ref().to_path_buf();
+        check_owner(&path)?;
         let conn = open_conn(&path)?;
         // One name for the file however it was reached (a link, a relative
         // path): the relay and the admin command must find the same

@@ -84,3 +84,55 @@ fn the_relays_files_are_its_users_alone() {
         assert_eq!(mode & 0o077, 0, "{path:?} has mode {mode:o}");
     }
 }
+
+/// An admin command run as another user than the one the relay's database
+/// belongs to (root, on a relay that runs as its own user) is refused
+/// before it makes anything beside the database: the relay could not open
+/// a WAL or a revocations file root made, and would stop on them.
+#[cfg(unix)]
+#[test]
+fn an_admin_command_run_by_another_user_than_the_databases_is_refused() {
+    use crate::harness::{admin, admin_fails};
+    let dir = tempfile::tempdir().unwrap();
+    let db = if rustix::process::geteuid().is_root() {
+        let db = dir.path().join("relay.db");
+        admin(&db, &["create-team", "--name", "Clinic"]);
+        std::os::unix::fs::chown(&db, Some(4242), Some(4242)).unwrap();
+        db
+    } else {
+        // Not root, a file of root's stands in for the relay's.
+        std::path::PathBuf::from("/etc/hostname")
+    };
+    let owner = if db.starts_with("/etc") { 0 } else { 4242 };
+    for args in [
+        &["teams"][..],
+        &["devices", "--team", "t"],
+        &["revoke", "--device", "abcd"],
+        &[
+            "invite",
+            "--team",
+            "t",
+            "--user",
+            "bob",
+            "--name",
+            "Bob",
+            "--role",
+            "front_desk",
+        ],
+        &["create-team", "--name", "Other"],
+    ] {
+        let refused = admin_fails(&db, args);
+        assert!(
+            refused.contains(&format!("belongs to user id {owner}")),
+            "{args:?}: {refused}"
+        );
+        for suffix in ["-wal", "-shm", "-revocations"] {
+            let mut beside = db.clone().into_os_string();
+            beside.push(suffix);
+            assert!(
+                !std::path::Path::new(&beside).exists(),
+                "{args:?} made {beside:?}"
+            );
+        }
+    }
+}
