@@ -256,38 +256,75 @@ fn a_v3_store_with_unsent_changes_upgrades_to_v4_and_reads_the_same() {
     assert!(store.outbox(usize::MAX >> 1).unwrap().is_empty());
 }
 
+/// A manager's store taken back to schema `version` (`undo`, then that
+/// version), holding a task whose newest change was refused: with the
+/// first of its unsent changes delivered if `deliver_first`. Returns it
+/// closed, with the task's details and the outbox as they were.
+struct OldStore {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    clock: ManualClock,
+    task: TaskId,
+    details: Vec<TaskDetail>,
+    queued: Vec<OutgoingChange>,
+}
+
+fn with_a_refusal_at(version: i64, undo: &str, deliver_first: bool) -> OldStore {
+    let c = Clinic::with(&["max"]);
+    let max = c.at("max");
+    let task = max
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    max.comment(&task, "Call before noon").unwrap();
+    let unsent = max.outbox(usize::MAX >> 1).unwrap();
+    if deliver_first {
+        max.outbox_delivered(&unsent[..1]).unwrap();
+    }
+    let refused = unsent.last().unwrap().clone();
+    max.outbox_refused(&refused, "too_large", "larger than the relay takes")
+        .unwrap();
+    let details = details_of(max, std::slice::from_ref(&task));
+    let queued = max.outbox(usize::MAX >> 1).unwrap();
+    assert_eq!(queued.len(), unsent.len() - 1 - usize::from(deliver_first));
+    let (_dir, path, clock) = closed(c);
+    raw(&path)
+        .execute_batch(&format!("{undo} PRAGMA user_version = {version};"))
+        .unwrap();
+    OldStore {
+        _dir,
+        path,
+        clock,
+        task,
+        details,
+        queued,
+    }
+}
+
+impl OldStore {
+    /// Opened by this build: upgraded to exactly a fresh store's schema,
+    /// reading and offering what it did, the refusal still shown.
+    fn upgraded(&self) -> Store {
+        let store = Store::open(&self.path, &KEY, options(&self.clock)).unwrap();
+        assert_eq!(
+            schema_of(&self.path),
+            FROZEN_V6,
+            "an upgraded store is a fresh one"
+        );
+        let task = std::slice::from_ref(&self.task);
+        assert_eq!(details_of(&store, task), self.details);
+        assert_eq!(store.outbox(usize::MAX >> 1).unwrap(), self.queued);
+        assert_eq!(store.needs_attention().unwrap().len(), 1);
+        store
+    }
+}
+
 /// v5 adds what to offer a relay restored from a backup again; a v4
 /// store's refused changes stay refused, and nothing is marked.
 #[test]
 fn a_v4_store_upgrades_to_v5_with_its_outbox_as_it_was() {
-    let c = Clinic::with(&["max"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.at("max").comment(&t, "Call before noon").unwrap();
-    let unsent = c.at("max").outbox(usize::MAX >> 1).unwrap();
-    let refused = unsent.last().unwrap().clone();
-    c.at("max")
-        .outbox_refused(&refused, "too_large", "larger than the relay takes")
-        .unwrap();
-    let before = details_of(c.at("max"), std::slice::from_ref(&t));
-    let queued = c.at("max").outbox(usize::MAX >> 1).unwrap();
-    assert_eq!(queued.len(), unsent.len() - 1);
-    let (_dir, path, clock) = closed(c);
-    raw(&path)
-        .execute_batch(&format!("{UNDO_V6} {UNDO_V5} PRAGMA user_version = 4;"))
-        .unwrap();
-    assert_eq!(schema_of(&path), FROZEN_V4);
-    let store = Store::open(&path, &KEY, options(&clock)).unwrap();
-    assert_eq!(
-        schema_of(&path),
-        FROZEN_V6,
-        "an upgraded store is a fresh one"
-    );
-    assert_eq!(details_of(&store, std::slice::from_ref(&t)), before);
-    assert_eq!(store.outbox(usize::MAX >> 1).unwrap(), queued);
-    assert_eq!(store.needs_attention().unwrap().len(), 1);
+    let old = with_a_refusal_at(4, &format!("{UNDO_V6} {UNDO_V5}"), false);
+    assert_eq!(schema_of(&old.path), FROZEN_V4);
+    let store = old.upgraded();
     assert!(store.to_offer_again().unwrap().is_empty());
 }
 
@@ -295,35 +332,10 @@ fn a_v4_store_upgrades_to_v5_with_its_outbox_as_it_was() {
 /// rows were set aside already, and none becomes held.
 #[test]
 fn a_v5_store_upgrades_to_v6_with_its_refusals_set_aside_as_they_were() {
-    let c = Clinic::with(&["max"]);
-    let t = c
-        .at("max")
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    c.at("max").comment(&t, "Call before noon").unwrap();
-    let unsent = c.at("max").outbox(usize::MAX >> 1).unwrap();
-    c.at("max").outbox_delivered(&unsent[..1]).unwrap();
-    let refused = unsent.last().unwrap().clone();
-    c.at("max")
-        .outbox_refused(&refused, "too_large", "larger than the relay takes")
-        .unwrap();
-    let before = details_of(c.at("max"), std::slice::from_ref(&t));
-    let queued = c.at("max").outbox(usize::MAX >> 1).unwrap();
-    let (_dir, path, clock) = closed(c);
-    raw(&path)
-        .execute_batch(&format!("{UNDO_V6} PRAGMA user_version = 5;"))
-        .unwrap();
-    assert_eq!(schema_of(&path), FROZEN_V5);
-    let store = Store::open(&path, &KEY, options(&clock)).unwrap();
-    assert_eq!(
-        schema_of(&path),
-        FROZEN_V6,
-        "an upgraded store is a fresh one"
-    );
-    assert_eq!(details_of(&store, std::slice::from_ref(&t)), before);
-    assert_eq!(store.outbox(usize::MAX >> 1).unwrap(), queued);
-    assert_eq!(store.needs_attention().unwrap().len(), 1);
-    let held: i64 = raw(&path)
+    let old = with_a_refusal_at(5, UNDO_V6, true);
+    assert_eq!(schema_of(&old.path), FROZEN_V5);
+    old.upgraded();
+    let held: i64 = raw(&old.path)
         .query_row("SELECT count(*) FROM outbox WHERE held <> 0", [], |r| {
             r.get(0)
         })

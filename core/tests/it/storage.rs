@@ -617,6 +617,19 @@ fn transfer_budgets_are_kept_but_not_in_a_wiped_store() {
     assert!(s.was_wiped().unwrap());
 }
 
+/// Max's task, delivered to the relay, and his comment on it not yet sent.
+fn a_comment_unsent() -> (Clinic, TaskId, OutgoingChange) {
+    let c = Clinic::with(&["max"]);
+    let s = c.at("max");
+    let t = s
+        .delegate(task_for("ana", DelegationLevel::Delegable))
+        .unwrap();
+    s.outbox_delivered(&s.outbox(100).unwrap()).unwrap();
+    s.comment(&t, "Call before noon").unwrap();
+    let comment = s.outbox(10).unwrap().pop().unwrap();
+    (c, t, comment)
+}
+
 /// A change the relay refused for what it builds on marks its document to
 /// be offered again (a relay restored from a backup lost this device's
 /// earlier changes), and is queued again after that offer, once: refused
@@ -626,14 +639,8 @@ fn transfer_budgets_are_kept_but_not_in_a_wiped_store() {
 /// (`OFFERS_PER_TRY`).
 #[test]
 fn a_change_refused_for_what_it_builds_on_is_queued_again_once_after_its_document_is_offered() {
-    let c = Clinic::with(&["max"]);
+    let (c, _, comment) = a_comment_unsent();
     let s = c.at("max");
-    let t = s
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    s.outbox_delivered(&s.outbox(100).unwrap()).unwrap();
-    s.comment(&t, "Call before noon").unwrap();
-    let comment = s.outbox(10).unwrap().pop().unwrap();
     let doc = comment.doc_id.clone();
     let refuse = || {
         s.outbox_refused(
@@ -705,14 +712,8 @@ fn a_change_refused_for_what_it_builds_on_is_queued_again_once_after_its_documen
 /// longer ago than `RESTORE_WINDOW_MS`.
 #[test]
 fn a_change_refused_for_what_the_team_says_is_held_while_a_restore_is_known() {
-    let c = Clinic::with(&["max"]);
+    let (c, t, comment) = a_comment_unsent();
     let s = c.at("max");
-    let t = s
-        .delegate(task_for("ana", DelegationLevel::Delegable))
-        .unwrap();
-    s.outbox_delivered(&s.outbox(100).unwrap()).unwrap();
-    s.comment(&t, "Call before noon").unwrap();
-    let comment = s.outbox(10).unwrap().pop().unwrap();
     let doc = comment.doc_id.clone();
     let refuse = || {
         s.outbox_refused(&comment, "not_permitted", "ana is not a member")
