@@ -4,7 +4,7 @@
 use automerge::ActorId;
 use rand::RngCore;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use rusqlite::params;
 
@@ -170,12 +170,35 @@ impl Store {
     /// undone — least of all a move back to the feed's start, after which
     /// the tasks this device may now read would never be fetched.
     pub fn move_relay_cursor(&self, from: FeedCursor, to: FeedCursor) -> Result<bool> {
+        self.move_relay_cursor_over(from, to, &BTreeSet::new())
+    }
+
+    /// [`Store::move_relay_cursor`] past a page that brought changes to
+    /// `docs`: while the feed is read again (its user's sight changed),
+    /// they are noted as sent, in the same transaction, so that a re-read
+    /// spread over several rounds knows at its end what the relay sent
+    /// ([`Store::finish_reread`]).
+    pub fn move_relay_cursor_over(
+        &self,
+        from: FeedCursor,
+        to: FeedCursor,
+        docs: &BTreeSet<String>,
+    ) -> Result<bool> {
         let db = self.lock();
-        let now = FeedCursor::read(meta(&db.conn, "relay_cursor")?.as_deref());
+        let tx = db.conn.unchecked_transaction()?;
+        let now = FeedCursor::read(meta(&tx, "relay_cursor")?.as_deref());
         if now != from {
             return Ok(false);
         }
-        set_meta(&db.conn, "relay_cursor", &to.written())?;
+        set_meta(&tx, "relay_cursor", &to.written())?;
+        if meta(&tx, "rereading")?.is_some() {
+            let mut note =
+                tx.prepare_cached("INSERT OR IGNORE INTO reread (doc_id) VALUES (?1)")?;
+            for doc in docs {
+                note.execute([doc])?;
+            }
+        }
+        tx.commit()?;
         Ok(true)
     }
 
@@ -225,6 +248,9 @@ impl Store {
         // What it pushed before is offered again, and stored anew.
         set_meta(&tx, "relay_pushed", "0")?;
         set_meta(&tx, "relay_restored_at", &db.st.clock.now().to_string())?;
+        // A re-read under way drops nothing: the relay may just have lost
+        // what it does not send.
+        super::end_reread(&tx)?;
         let marked = tx.execute(
             "INSERT OR IGNORE INTO offer_again (doc_id) SELECT doc_id FROM documents",
             [],

@@ -496,7 +496,7 @@ impl Store {
                 .as_ref()
                 .is_some_and(|b| sight(b, &user) != sight(&team, &user))
             {
-                set_meta(&tx, "relay_cursor", "0")?;
+                read_feed_again(&tx)?;
             }
             tx.commit()?;
             Ok(team)
@@ -902,7 +902,7 @@ impl Store {
                 // whatever their role was before; a role changed while it
                 // catches up is read again).
                 if sights.windows(2).any(|w| w[0] != w[1]) {
-                    set_meta(&tx, "relay_cursor", "0")?;
+                    read_feed_again(&tx)?;
                     report.read_again = true;
                 }
                 for doc_id in tasks_the_team_reaches(&tx, team_before.as_ref(), &team)? {
@@ -1236,29 +1236,41 @@ impl Store {
         Ok(doomed.len())
     }
 
-    /// After reading the whole feed again (its user's sight changed), drop
-    /// the tasks the relay sent nothing of (`sent` names the documents it
-    /// did): this user may no longer read them, and this phone's copy is as
-    /// it was when they could. Kept: a task this device wrote to (the
-    /// relay never sends a device its own changes, so a task only it wrote
-    /// to is sent nothing; and its refused work shows in needs attention),
-    /// or has changes waiting to go. So a phone holds
-    /// what a new phone of the same user would, and its own work. Returns
-    /// how many were dropped.
-    pub fn drop_tasks_not_sent(&self, sent: &HashSet<String>) -> Result<usize> {
+    /// Whether this device is reading the feed again from its start (its
+    /// user's sight changed; see [`Store::finish_reread`]).
+    pub fn rereading(&self) -> Result<bool> {
+        Ok(meta(&self.lock().conn, "rereading")?.is_some())
+    }
+
+    /// The feed read again up to its head (its user's sight changed), in
+    /// one sync round or over several: drop the tasks the relay sent
+    /// nothing of since the re-read began (the pages taken, as
+    /// [`Store::move_relay_cursor_over`] noted them): this user may no
+    /// longer read them, and this phone's copy is as it was when they
+    /// could. Kept: a task this device wrote to (the relay never sends a
+    /// device its own changes, so a task only it wrote to is sent nothing;
+    /// and its refused work shows in needs attention), or has changes
+    /// waiting to go. So a phone holds what a new phone of the same user
+    /// would, and its own work. Returns how many were dropped; 0 when no
+    /// re-read is under way.
+    pub fn finish_reread(&self) -> Result<usize> {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         let tx = conn.unchecked_transaction()?;
+        if meta(&tx, "rereading")?.is_none() {
+            return Ok(0);
+        }
         let held: Vec<(String, String)> = tx
             .prepare(
                 "SELECT task_id, doc_id FROM tasks
                  WHERE archived = 0
-                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.doc_id = tasks.doc_id)",
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.doc_id = tasks.doc_id)
+                   AND NOT EXISTS (SELECT 1 FROM reread r WHERE r.doc_id = tasks.doc_id)",
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        let mut dropped = 0;
-        for (task_id, doc_id) in held.iter().filter(|(_, d)| !sent.contains(d)) {
+        let mut dropped = Vec::new();
+        for (task_id, doc_id) in &held {
             let Some(mut doc) = docs::load(&tx, doc_id, &st.actor)? else {
                 continue;
             };
@@ -1274,11 +1286,14 @@ impl Store {
             docs::delete_document(&tx, doc_id)?;
             tx.execute("DELETE FROM tasks WHERE task_id = ?1", [task_id])?;
             tx.execute("DELETE FROM attention WHERE task_id = ?1", [task_id])?;
-            st.docs.remove(doc_id);
-            dropped += 1;
+            dropped.push(doc_id);
         }
+        end_reread(&tx)?;
         tx.commit()?;
-        Ok(dropped)
+        for doc_id in &dropped {
+            st.docs.remove(doc_id);
+        }
+        Ok(dropped.len())
     }
 
     /// Fold every document's changes into its snapshot now, and shrink the file.
@@ -1660,6 +1675,26 @@ enum Applied {
 /// an actor's later change, another actor the document never had) rather
 /// than refusing it; the relay refuses those, and a phone leaves out any
 /// that reaches it instead of failing every sync from then on.
+/// Read the feed again from its start (this device's user's sight
+/// changed): what it holds is skipped, the tasks the new sight shows that
+/// nothing changed since arrive, and at the head the tasks the relay sent
+/// nothing of are dropped ([`Store::finish_reread`]). A re-read under way
+/// starts over.
+fn read_feed_again(tx: &Connection) -> Result<()> {
+    set_meta(tx, "relay_cursor", "0")?;
+    set_meta(tx, "rereading", "1")?;
+    tx.execute("DELETE FROM reread", [])?;
+    Ok(())
+}
+
+/// No re-read under way any more (it ended, or a restore started the pull
+/// over, after which what the relay lacks may just be lost).
+fn end_reread(tx: &Connection) -> Result<()> {
+    tx.execute("DELETE FROM reread", [])?;
+    tx.execute("DELETE FROM meta WHERE key = 'rereading'", [])?;
+    Ok(())
+}
+
 /// Apply `changes` to `doc` in their order: all at once up to each change
 /// `step` picks, after which `each` sees the document. If automerge refuses
 /// one (a second change with a device's sequence number, say) or panics,

@@ -7,7 +7,7 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
-pub const VERSION: i64 = 6;
+pub const VERSION: i64 = 7;
 
 const V1: &str = "
 -- Who this device is: its automerge actor id and, once enrolled, its user.
@@ -182,6 +182,19 @@ const V6: &str = "
 ALTER TABLE outbox ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// v7 keeps a re-read of the feed going across sync rounds. When this
+/// device's user's sight changes, the feed is read again from its start,
+/// and at its end the tasks the relay sent nothing of are dropped (the
+/// user may no longer read them). `reread` lists the documents the relay
+/// sent since the re-read began, page by page as each is taken, so that a
+/// re-read cut short (no signal, the app killed) still ends in that drop;
+/// before, only one that got through in a single round did.
+const V7: &str = "
+CREATE TABLE reread (
+    doc_id TEXT PRIMARY KEY
+) WITHOUT ROWID;
+";
+
 /// Bring a database to [`VERSION`].
 pub fn upgrade(conn: &Connection) -> Result<()> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -205,6 +218,7 @@ fn upgrade_from(conn: &Connection, from: i64) -> Result<()> {
         3 => conn.execute_batch(V4)?,
         4 => conn.execute_batch(V5)?,
         5 => conn.execute_batch(V6)?,
+        6 => conn.execute_batch(V7)?,
         _ => return Err(Error::Corrupt("unknown schema version")),
     }
     Ok(())

@@ -630,10 +630,11 @@ impl Inner {
         // restored relay lost, offered again by the device that wrote it.
         let mut redelivered: HashSet<String> = HashSet::new();
         let mut started_over = false;
-        // This round reads the whole feed again (its user's sight changed)
-        // and has not been cut short: once through, what the relay did not
-        // send is what this user may no longer read.
-        let mut reading_again = false;
+        // The feed is being read again (its user's sight changed; maybe
+        // begun in an earlier round, or by this device's own team change),
+        // and this round has not lost the cursor to another: once through,
+        // what the relay did not send is what this user may no longer read.
+        let mut reading_again = self.store.rereading()?;
         loop {
             let secs = wait.take().map_or(0, |w| w.as_secs());
             let mut url = format!(
@@ -705,7 +706,8 @@ impl Inner {
                 self.store.relay_restarted()?;
                 pushed = FeedCursor::default();
             }
-            news.extend(reply.changes.iter().map(|c| c.doc.clone()));
+            let page_docs: BTreeSet<String> = reply.changes.iter().map(|c| c.doc.clone()).collect();
+            news.extend(page_docs.iter().cloned());
             let mut page_redelivered = BTreeSet::new();
             if !reply.changes.is_empty() {
                 let changes: Vec<(String, Vec<u8>)> = reply
@@ -760,7 +762,7 @@ impl Inner {
                     cursor = FeedCursor::default();
                     reading_again = true;
                 } else if next != cursor {
-                    match self.store.move_relay_cursor(cursor, next) {
+                    match self.store.move_relay_cursor_over(cursor, next, &page_docs) {
                         // What the page brought back counts only once it is
                         // taken: not a page another round took first, nor
                         // one read again for a change of sight.
@@ -795,9 +797,9 @@ impl Inner {
             // their copy is as it was when they could (a pooled task
             // claimed since shows as waiting, a demoted manager keeps
             // patient details). Not after a restore: the relay may just
-            // have lost it.
+            // have lost it (a restore ends the re-read in the store).
             if done && outcome.is_ok() && reading_again && !started_over {
-                match self.store.drop_tasks_not_sent(&news) {
+                match self.store.finish_reread() {
                     Ok(0) => {}
                     Ok(dropped) => {
                         report.tasks_updated += dropped;

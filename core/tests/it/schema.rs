@@ -18,13 +18,19 @@ const FROZEN_V3: &str = include_str!("schema_v3.sql");
 const FROZEN_V4: &str = include_str!("schema_v4.sql");
 /// At version 5 (`tests/it/schema_v5.sql`).
 const FROZEN_V5: &str = include_str!("schema_v5.sql");
-/// And at version 6, the current one (`tests/it/schema_v6.sql`).
+/// At version 6 (`tests/it/schema_v6.sql`).
 const FROZEN_V6: &str = include_str!("schema_v6.sql");
+/// And at version 7, the current one (`tests/it/schema_v7.sql`).
+const FROZEN_V7: &str = include_str!("schema_v7.sql");
+/// What every store upgrades to: a fresh store's schema.
+const CURRENT: &str = FROZEN_V7;
 
 /// Takes a store back from v5 to v4.
 const UNDO_V5: &str = "DROP TABLE offer_again; ALTER TABLE outbox DROP COLUMN offered_again;";
 /// Takes a store back from v6 to v5.
 const UNDO_V6: &str = "ALTER TABLE outbox DROP COLUMN held;";
+/// Takes a store back from v7 to v6.
+const UNDO_V7: &str = "DROP TABLE reread;";
 
 fn schema_of(path: &std::path::Path) -> String {
     let conn = raw(path);
@@ -50,14 +56,14 @@ fn a_fresh_store_has_exactly_the_frozen_schema_of_its_version() {
     let actual = schema_of(&path);
     if std::env::var_os("HANDOFF_BLESS_SCHEMA").is_some() {
         std::fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schema_v6.sql"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schema_v7.sql"),
             &actual,
         )
         .unwrap();
     }
     assert_eq!(
-        actual, FROZEN_V6,
-        "the schema changed: add a version and an upgrade step instead of editing v6"
+        actual, CURRENT,
+        "the schema changed: add a version and an upgrade step instead of editing v7"
     );
 }
 
@@ -99,7 +105,7 @@ fn a_v1_store_upgrades_to_v2_keeping_what_was_dismissed_and_nothing_more() {
     let store = Store::open(&path, &KEY, StoreOptions::default()).unwrap();
     assert_eq!(
         schema_of(&path),
-        FROZEN_V6,
+        CURRENT,
         "an upgraded store is a fresh one"
     );
     let shown = |store: &Store| -> Vec<(Option<String>, String)> {
@@ -182,7 +188,7 @@ fn a_v2_store_upgrades_keeping_every_change() {
             .unwrap();
         raw(&path)
             .execute_batch(&format!(
-                "{UNDO_V6} {UNDO_V5}
+                "{UNDO_V7} {UNDO_V6} {UNDO_V5}
                  DROP INDEX outbox_doc;
                  ALTER TABLE changes RENAME TO changes_v3;
                  {v2_changes};
@@ -196,7 +202,7 @@ fn a_v2_store_upgrades_keeping_every_change() {
     let store = Store::open(&path, &KEY, options(&clock)).unwrap();
     assert_eq!(
         schema_of(&path),
-        FROZEN_V6,
+        CURRENT,
         "an upgraded store is a fresh one"
     );
     assert_eq!(rows(&path), held);
@@ -233,7 +239,7 @@ fn a_v3_store_with_unsent_changes_upgrades_to_v4_and_reads_the_same() {
     // As v3 kept them: unsent changes in both tables, no index.
     raw(&path)
         .execute_batch(&format!(
-            "{UNDO_V6} {UNDO_V5}
+            "{UNDO_V7} {UNDO_V6} {UNDO_V5}
              INSERT OR IGNORE INTO changes (doc_id, hash, bytes)
                  SELECT doc_id, hash, bytes FROM outbox;
              DROP INDEX outbox_doc;
@@ -244,7 +250,7 @@ fn a_v3_store_with_unsent_changes_upgrades_to_v4_and_reads_the_same() {
     let store = Store::open(&path, &KEY, options(&clock)).unwrap();
     assert_eq!(
         schema_of(&path),
-        FROZEN_V6,
+        CURRENT,
         "an upgraded store is a fresh one"
     );
     assert_eq!(details(&store), before);
@@ -307,7 +313,7 @@ impl OldStore {
         let store = Store::open(&self.path, &KEY, options(&self.clock)).unwrap();
         assert_eq!(
             schema_of(&self.path),
-            FROZEN_V6,
+            CURRENT,
             "an upgraded store is a fresh one"
         );
         let task = std::slice::from_ref(&self.task);
@@ -322,7 +328,7 @@ impl OldStore {
 /// store's refused changes stay refused, and nothing is marked.
 #[test]
 fn a_v4_store_upgrades_to_v5_with_its_outbox_as_it_was() {
-    let old = with_a_refusal_at(4, &format!("{UNDO_V6} {UNDO_V5}"), false);
+    let old = with_a_refusal_at(4, &format!("{UNDO_V7} {UNDO_V6} {UNDO_V5}"), false);
     assert_eq!(schema_of(&old.path), FROZEN_V4);
     let store = old.upgraded();
     assert!(store.to_offer_again().unwrap().is_empty());
@@ -332,7 +338,7 @@ fn a_v4_store_upgrades_to_v5_with_its_outbox_as_it_was() {
 /// rows were set aside already, and none becomes held.
 #[test]
 fn a_v5_store_upgrades_to_v6_with_its_refusals_set_aside_as_they_were() {
-    let old = with_a_refusal_at(5, UNDO_V6, true);
+    let old = with_a_refusal_at(5, &format!("{UNDO_V7} {UNDO_V6}"), true);
     assert_eq!(schema_of(&old.path), FROZEN_V5);
     old.upgraded();
     let held: i64 = raw(&old.path)
@@ -341,6 +347,16 @@ fn a_v5_store_upgrades_to_v6_with_its_refusals_set_aside_as_they_were() {
         })
         .unwrap();
     assert_eq!(held, 0);
+}
+
+/// v7 keeps a re-read of the feed going across sync rounds; a v6 store
+/// had none under way to keep.
+#[test]
+fn a_v6_store_upgrades_to_v7_with_no_reread_under_way() {
+    let old = with_a_refusal_at(6, UNDO_V7, true);
+    assert_eq!(schema_of(&old.path), FROZEN_V6);
+    let store = old.upgraded();
+    assert!(!store.rereading().unwrap());
 }
 
 #[test]

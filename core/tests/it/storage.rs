@@ -785,3 +785,57 @@ fn a_change_refused_for_what_the_team_says_is_held_while_a_restore_is_known() {
     c.clock.advance(1);
     assert!(!s.restore_known().unwrap());
 }
+
+/// A re-read of the feed after a change of sight is kept in the store: the
+/// documents of each page taken are noted as the cursor moves past it (not
+/// those of a page another round took first), and at the head the tasks
+/// not among them are dropped, however many rounds it took. A restore ends
+/// it without a drop: the relay may just have lost what it did not send.
+#[test]
+fn a_reread_is_kept_across_rounds_and_drops_only_what_the_relay_did_not_send() {
+    let c = Clinic::with(&["max", "fay"]);
+    let max = c.at("max");
+    let fay = c.at("fay");
+    let sent = max.delegate(pooled(Role::FrontDesk)).unwrap();
+    let not_sent = max.delegate(pooled(Role::FrontDesk)).unwrap();
+    c.sync();
+    assert!(!fay.rereading().unwrap());
+    let fay_as = |role| Member {
+        user_id: "fay".into(),
+        name: "Fay Obi".into(),
+        role,
+        trusted: false,
+        active: true,
+    };
+    max.put_member(&fay_as(Role::ClinicalAssistant)).unwrap();
+    c.send("max", "fay");
+    assert!(fay.rereading().unwrap());
+    let start = FeedCursor::default();
+    let at = |seq| FeedCursor { seq, tag: 1 };
+    let docs = |d: &[&str]| d.iter().map(|d| d.to_string()).collect();
+    assert!(fay
+        .move_relay_cursor_over(start, at(10), &docs(&[sent.as_str()]))
+        .unwrap());
+    // Another round, which read the cursor before, takes nothing.
+    assert!(!fay
+        .move_relay_cursor_over(at(4), at(20), &docs(&[not_sent.as_str()]))
+        .unwrap());
+    assert!(fay.rereading().unwrap(), "not at the head yet");
+    assert_eq!(fay.finish_reread().unwrap(), 1);
+    assert!(fay.task_detail(&sent).is_ok());
+    assert!(matches!(
+        fay.task_detail(&not_sent),
+        Err(Error::TaskNotFound(_))
+    ));
+    assert!(!fay.rereading().unwrap());
+    assert_eq!(fay.finish_reread().unwrap(), 0, "none under way");
+
+    // Back at the desk, and the relay found restored meanwhile.
+    max.put_member(&fay_as(Role::FrontDesk)).unwrap();
+    c.send("max", "fay");
+    assert!(fay.rereading().unwrap());
+    fay.relay_restarted().unwrap();
+    assert!(!fay.rereading().unwrap());
+    assert_eq!(fay.finish_reread().unwrap(), 0);
+    assert!(fay.task_detail(&sent).is_ok());
+}

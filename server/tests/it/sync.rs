@@ -1219,6 +1219,54 @@ fn pulls_over_a_link_that_drops_long_downloads_ask_for_smaller_pages() {
     assert_converged(&[&max, &ana]);
 }
 
+/// Ana leaves the front desk for the assistants: her phone reads the feed
+/// again and drops the desk's pooled task she may no longer read. On a
+/// link that drops long downloads the re-read takes several rounds; it
+/// used to drop only when one round read it through, so her phone kept
+/// the pool's task (patient details and all) until her next role change.
+#[test]
+fn a_reread_after_a_role_change_cut_short_still_drops_what_she_may_no_longer_read() {
+    use crate::proxy::Proxy;
+
+    let relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
+    let long = hand_over(&max, &ana, "Post-op call", "ana");
+    long_comments(&max.store, &long, 40, 9_000, 0);
+    set_member(&max, "ana", Role::FrontDesk, false, true);
+    let pooled = max
+        .store
+        .delegate(task_for("Recall", None, Some(Role::FrontDesk)))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    assert!(ana.store.task_detail(&pooled).is_ok());
+    assert_eq!(
+        ana.store.task_detail(&long).unwrap().state.comments.len(),
+        40
+    );
+
+    set_member(&max, "ana", Role::ClinicalAssistant, false, true);
+    // Reading again from the start would carry ~370 KB in one page.
+    proxy.cut_downloads_over(100_000);
+    proxy.close_all();
+    let failed = rounds_failed_until_one_goes_through(&ana.engine, 60);
+    assert!(failed > 0, "no pull was cut: this checks nothing");
+    assert!(
+        matches!(ana.store.task_detail(&pooled), Err(Error::TaskNotFound(_))),
+        "kept after {failed} cut rounds"
+    );
+    assert_eq!(
+        ana.store.task_detail(&long).unwrap().state.comments.len(),
+        40
+    );
+    assert!(!ana.store.rereading().unwrap());
+    proxy.cut_downloads_over(0);
+    proxy.close_all();
+    ana.sync();
+    assert!(ana.store.task_detail(&pooled).is_err());
+}
+
 /// The same link, for a task handed to the phone after a long history it
 /// never saw: the relay sends the history in a repair, which was one reply
 /// however long. After the pulls lost on the way it comes in pages, each
