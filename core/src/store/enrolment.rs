@@ -170,28 +170,33 @@ impl Store {
     /// undone — least of all a move back to the feed's start, after which
     /// the tasks this device may now read would never be fetched.
     pub fn move_relay_cursor(&self, from: FeedCursor, to: FeedCursor) -> Result<bool> {
-        self.move_relay_cursor_over(from, to, &BTreeSet::new())
+        let reread = self.rereading()?;
+        self.move_relay_cursor_over(from, to, reread, &BTreeSet::new())
     }
 
     /// [`Store::move_relay_cursor`] past a page that brought changes to
-    /// `docs`: while the feed is read again (its user's sight changed),
-    /// they are noted as sent, in the same transaction, so that a re-read
-    /// spread over several rounds knows at its end what the relay sent
-    /// ([`Store::finish_reread`]).
+    /// `docs`, by a round that read the cursor while `reread` was the
+    /// re-read of the feed under way ([`Store::rereading`]): `false` also
+    /// when another began or ended since (a page asked for at cursor 0 by
+    /// a round that started before the re-read started over is not part
+    /// of it). During a re-read the page's documents are noted as sent, in
+    /// the same transaction, so that a re-read spread over several rounds
+    /// knows at its end what the relay sent ([`Store::finish_reread`]).
     pub fn move_relay_cursor_over(
         &self,
         from: FeedCursor,
         to: FeedCursor,
+        reread: Option<u64>,
         docs: &BTreeSet<String>,
     ) -> Result<bool> {
         let db = self.lock();
         let tx = db.conn.unchecked_transaction()?;
         let now = FeedCursor::read(meta(&tx, "relay_cursor")?.as_deref());
-        if now != from {
+        if now != from || super::reread_under_way(&tx)? != reread {
             return Ok(false);
         }
         set_meta(&tx, "relay_cursor", &to.written())?;
-        if meta(&tx, "rereading")?.is_some() {
+        if reread.is_some() {
             let mut note =
                 tx.prepare_cached("INSERT OR IGNORE INTO reread (doc_id) VALUES (?1)")?;
             for doc in docs {

@@ -1236,10 +1236,11 @@ impl Store {
         Ok(doomed.len())
     }
 
-    /// Whether this device is reading the feed again from its start (its
-    /// user's sight changed; see [`Store::finish_reread`]).
-    pub fn rereading(&self) -> Result<bool> {
-        Ok(meta(&self.lock().conn, "rereading")?.is_some())
+    /// The re-read of the feed under way, by its number, if this device is
+    /// reading the feed again from its start (its user's sight changed; see
+    /// [`Store::finish_reread`]). A sync round holds it while it reads.
+    pub fn rereading(&self) -> Result<Option<u64>> {
+        reread_under_way(&self.lock().conn)
     }
 
     /// The feed read again up to its head (its user's sight changed), in
@@ -1251,13 +1252,14 @@ impl Store {
     /// device its own changes, so a task only it wrote to is sent nothing;
     /// and its refused work shows in needs attention), or has changes
     /// waiting to go. So a phone holds what a new phone of the same user
-    /// would, and its own work. Returns how many were dropped; 0 when no
-    /// re-read is under way.
-    pub fn finish_reread(&self) -> Result<usize> {
+    /// would, and its own work. Returns how many were dropped; 0 when
+    /// `reread` is not the re-read under way (none is, or another began
+    /// since the round read it: its pages are not this one's).
+    pub fn finish_reread(&self, reread: u64) -> Result<usize> {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         let tx = conn.unchecked_transaction()?;
-        if meta(&tx, "rereading")?.is_none() {
+        if reread_under_way(&tx)? != Some(reread) {
             return Ok(0);
         }
         let held: Vec<(String, String)> = tx
@@ -1670,21 +1672,31 @@ enum Applied {
     Panicked,
 }
 
-/// automerge's `apply_changes`, with a panic inside it taken as a refusal.
-/// It asserts on some framing a hand-made change can carry (an author in
-/// an actor's later change, another actor the document never had) rather
-/// than refusing it; the relay refuses those, and a phone leaves out any
-/// that reaches it instead of failing every sync from then on.
 /// Read the feed again from its start (this device's user's sight
 /// changed): what it holds is skipped, the tasks the new sight shows that
 /// nothing changed since arrive, and at the head the tasks the relay sent
 /// nothing of are dropped ([`Store::finish_reread`]). A re-read under way
 /// starts over.
+///
+/// Each re-read has a number of its own (`meta.rereading`), which a sync
+/// round holds while it reads: a round holding an older one (a page asked
+/// for before this started the re-read over, at the same cursor 0) must
+/// not note its pages, nor finish this one.
 fn read_feed_again(tx: &Connection) -> Result<()> {
+    let last = meta(tx, "reread_count")?
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    let this = (last + 1).to_string();
+    set_meta(tx, "reread_count", &this)?;
+    set_meta(tx, "rereading", &this)?;
     set_meta(tx, "relay_cursor", "0")?;
-    set_meta(tx, "rereading", "1")?;
     tx.execute("DELETE FROM reread", [])?;
     Ok(())
+}
+
+/// The re-read under way, by its number ([`read_feed_again`]).
+fn reread_under_way(conn: &Connection) -> Result<Option<u64>> {
+    Ok(meta(conn, "rereading")?.map(|n| n.parse::<u64>().unwrap_or(0)))
 }
 
 /// No re-read under way any more (it ended, or a restore started the pull
@@ -1747,6 +1759,11 @@ fn apply_in_steps(
     Ok(taken)
 }
 
+/// automerge's `apply_changes`, with a panic inside it taken as a refusal.
+/// It asserts on some framing a hand-made change can carry (an author in
+/// an actor's later change, another actor the document never had) rather
+/// than refusing it; the relay refuses those, and a phone leaves out any
+/// that reaches it instead of failing every sync from then on.
 fn apply_guarded(doc: &mut AutoCommit, changes: &[Change]) -> Applied {
     let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         doc.apply_changes(changes.iter().cloned()).is_ok()

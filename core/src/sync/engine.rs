@@ -630,11 +630,13 @@ impl Inner {
         // restored relay lost, offered again by the device that wrote it.
         let mut redelivered: HashSet<String> = HashSet::new();
         let mut started_over = false;
-        // The feed is being read again (its user's sight changed; maybe
-        // begun in an earlier round, or by this device's own team change),
-        // and this round has not lost the cursor to another: once through,
-        // what the relay did not send is what this user may no longer read.
-        let mut reading_again = self.store.rereading()?;
+        // The re-read of the feed under way (its user's sight changed;
+        // maybe begun in an earlier round, or by this device's own team
+        // change), while this round has not lost the cursor to another:
+        // once through, what the relay did not send is what this user may
+        // no longer read. Its number goes with every cursor move, so that
+        // pages of an older one do not count in a newer one.
+        let mut reread = self.store.rereading()?;
         loop {
             let secs = wait.take().map_or(0, |w| w.as_secs());
             let mut url = format!(
@@ -760,15 +762,18 @@ impl Inner {
                     // promoted): the store set its cursor back to the
                     // feed's start.
                     cursor = FeedCursor::default();
-                    reading_again = true;
+                    reread = self.store.rereading()?;
                 } else if next != cursor {
-                    match self.store.move_relay_cursor_over(cursor, next, &page_docs) {
+                    match self
+                        .store
+                        .move_relay_cursor_over(cursor, next, reread, &page_docs)
+                    {
                         // What the page brought back counts only once it is
                         // taken: not a page another round took first, nor
                         // one read again for a change of sight.
                         Ok(true) => {
                             cursor = next;
-                            if !reading_again {
+                            if reread.is_none() {
                                 redelivered.extend(std::mem::take(&mut page_redelivered));
                             }
                         }
@@ -778,7 +783,7 @@ impl Inner {
                         // and this one stops without undoing it.
                         Ok(false) => {
                             done = true;
-                            reading_again = false;
+                            reread = None;
                         }
                         Err(e) => outcome = Err(e),
                     }
@@ -798,8 +803,8 @@ impl Inner {
             // claimed since shows as waiting, a demoted manager keeps
             // patient details). Not after a restore: the relay may just
             // have lost it (a restore ends the re-read in the store).
-            if done && outcome.is_ok() && reading_again && !started_over {
-                match self.store.finish_reread() {
+            if let Some(reread) = reread.filter(|_| done && outcome.is_ok() && !started_over) {
+                match self.store.finish_reread(reread) {
                     Ok(0) => {}
                     Ok(dropped) => {
                         report.tasks_updated += dropped;

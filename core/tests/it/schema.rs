@@ -356,7 +356,7 @@ fn a_v6_store_upgrades_to_v7_with_no_reread_under_way() {
     let old = with_a_refusal_at(6, UNDO_V7, true);
     assert_eq!(schema_of(&old.path), FROZEN_V6);
     let store = old.upgraded();
-    assert!(!store.rereading().unwrap());
+    assert_eq!(store.rereading().unwrap(), None);
 }
 
 #[test]

@@ -799,7 +799,7 @@ fn a_reread_is_kept_across_rounds_and_drops_only_what_the_relay_did_not_send() {
     let sent = max.delegate(pooled(Role::FrontDesk)).unwrap();
     let not_sent = max.delegate(pooled(Role::FrontDesk)).unwrap();
     c.sync();
-    assert!(!fay.rereading().unwrap());
+    assert_eq!(fay.rereading().unwrap(), None);
     let fay_as = |role| Member {
         user_id: "fay".into(),
         name: "Fay Obi".into(),
@@ -809,33 +809,51 @@ fn a_reread_is_kept_across_rounds_and_drops_only_what_the_relay_did_not_send() {
     };
     max.put_member(&fay_as(Role::ClinicalAssistant)).unwrap();
     c.send("max", "fay");
-    assert!(fay.rereading().unwrap());
+    let first = fay.rereading().unwrap().unwrap();
     let start = FeedCursor::default();
     let at = |seq| FeedCursor { seq, tag: 1 };
     let docs = |d: &[&str]| d.iter().map(|d| d.to_string()).collect();
-    assert!(fay
-        .move_relay_cursor_over(start, at(10), &docs(&[sent.as_str()]))
-        .unwrap());
-    // Another round, which read the cursor before, takes nothing.
+    // A round that read the cursor before the re-read began, at 0 too
+    // (a page the relay judged by the sight before), takes nothing.
     assert!(!fay
-        .move_relay_cursor_over(at(4), at(20), &docs(&[not_sent.as_str()]))
+        .move_relay_cursor_over(start, at(3), None, &docs(&[not_sent.as_str()]))
         .unwrap());
-    assert!(fay.rereading().unwrap(), "not at the head yet");
-    assert_eq!(fay.finish_reread().unwrap(), 1);
+    assert!(fay
+        .move_relay_cursor_over(start, at(10), Some(first), &docs(&[sent.as_str()]))
+        .unwrap());
+    // Nor does one that read the cursor before this one moved it.
+    assert!(!fay
+        .move_relay_cursor_over(at(4), at(20), Some(first), &docs(&[not_sent.as_str()]))
+        .unwrap());
+    assert_eq!(fay.rereading().unwrap(), Some(first), "not at the head yet");
+    // Started over meanwhile (her sight changed again): the first one's
+    // round finishes nothing, and its pages do not count in the second.
+    max.put_member(&fay_as(Role::Manager)).unwrap();
+    c.send("max", "fay");
+    let second = fay.rereading().unwrap().unwrap();
+    assert_ne!(second, first);
+    assert_eq!(fay.finish_reread(first).unwrap(), 0);
+    assert!(!fay
+        .move_relay_cursor_over(start, at(10), Some(first), &docs(&[not_sent.as_str()]))
+        .unwrap());
+    assert!(fay
+        .move_relay_cursor_over(start, at(10), Some(second), &docs(&[sent.as_str()]))
+        .unwrap());
+    assert_eq!(fay.finish_reread(second).unwrap(), 1);
     assert!(fay.task_detail(&sent).is_ok());
     assert!(matches!(
         fay.task_detail(&not_sent),
         Err(Error::TaskNotFound(_))
     ));
-    assert!(!fay.rereading().unwrap());
-    assert_eq!(fay.finish_reread().unwrap(), 0, "none under way");
+    assert_eq!(fay.rereading().unwrap(), None);
+    assert_eq!(fay.finish_reread(second).unwrap(), 0, "none under way");
 
     // Back at the desk, and the relay found restored meanwhile.
     max.put_member(&fay_as(Role::FrontDesk)).unwrap();
     c.send("max", "fay");
-    assert!(fay.rereading().unwrap());
+    let third = fay.rereading().unwrap().unwrap();
     fay.relay_restarted().unwrap();
-    assert!(!fay.rereading().unwrap());
-    assert_eq!(fay.finish_reread().unwrap(), 0);
+    assert_eq!(fay.rereading().unwrap(), None);
+    assert_eq!(fay.finish_reread(third).unwrap(), 0);
     assert!(fay.task_detail(&sent).is_ok());
 }
