@@ -238,23 +238,29 @@ fn open_conn(path: &Path) -> Result<Connection> {
 /// the revocations file) are its user's alone, so an admin command run as
 /// root on the relay's database would leave files the relay cannot open,
 /// and it would stop (or not start) on them.
+/// The files beside it are checked too: one left by an earlier run as
+/// another user would stop this one.
 #[cfg(unix)]
 fn check_owner(path: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(());
-    };
     let me = rustix::process::geteuid().as_raw();
-    if meta.uid() == me {
-        return Ok(());
+    for suffix in ["", "-wal", "-shm", "-revocations"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if meta.uid() != me {
+            return Err(Error::Storage(format!(
+                "{} belongs to user id {}, and this runs as user id {me}: run it as the \
+                 relay's user (e.g. `sudo -u <that user> handoff-server ...`), or files \
+                 made beside the database would be unreadable by the relay",
+                Path::new(&file).display(),
+                meta.uid()
+            )));
+        }
     }
-    Err(Error::Storage(format!(
-        "the database file {} belongs to user id {}, and this runs as user id {me}: run it as \
-         the relay's user (e.g. `sudo -u <that user> handoff-server ...`), or files made \
-         beside it would be unreadable by the relay",
-        path.display(),
-        meta.uid()
-    )))
+    Ok(())
 }
 
 #[cfg(not(unix))]

@@ -135,4 +135,18 @@ fn an_admin_command_run_by_another_user_than_the_databases_is_refused() {
             );
         }
     }
+    // A file left beside the database by an earlier run as another user.
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&db, Some(0), Some(0)).unwrap();
+        admin(&db, &["teams"]);
+        let mut revocations = db.clone().into_os_string();
+        revocations.push("-revocations");
+        std::fs::write(&revocations, "").unwrap();
+        std::os::unix::fs::chown(&revocations, Some(4242), Some(4242)).unwrap();
+        let refused = admin_fails(&db, &["teams"]);
+        assert!(
+            refused.contains("-revocations belongs to user id 4242"),
+            "{refused}"
+        );
+    }
 }

@@ -1260,7 +1260,7 @@ fn a_reread_after_a_role_change_cut_short_still_drops_what_she_may_no_longer_rea
         ana.store.task_detail(&long).unwrap().state.comments.len(),
         40
     );
-    assert!(!ana.store.rereading().unwrap());
+    assert_eq!(ana.store.rereading().unwrap(), None);
     proxy.cut_downloads_over(0);
     proxy.close_all();
     ana.sync();
