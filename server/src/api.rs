@@ -548,8 +548,10 @@ struct PullQuery {
     /// The cursor, and the tag the relay gave with it.
     cursor: u64,
     at: u32,
-    /// The newest entry a push of the device's stored, past the cursor
-    /// (the pull after that push did not finish), with its tag.
+    /// An entry past the cursor the device knows the feed had, with its
+    /// tag: the newest a push of its stored (the pull after that push did
+    /// not finish), or where its cursor stood before a re-read of the feed
+    /// sent it back to the start.
     pushed: u64,
     pushed_at: u32,
     wait: Duration,

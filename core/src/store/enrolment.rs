@@ -96,6 +96,26 @@ impl FeedCursor {
     }
 }
 
+/// Keep `at` as the furthest feed entry this device knows the relay had
+/// ([`Store::relay_pushed`]), if it is further than the one kept.
+fn note_known(conn: &rusqlite::Connection, at: FeedCursor) -> Result<()> {
+    let kept = FeedCursor::read(meta(conn, "relay_pushed")?.as_deref());
+    if at.seq > kept.seq {
+        set_meta(conn, "relay_pushed", &at.written())?;
+    }
+    Ok(())
+}
+
+/// Send the cursor back to the feed's start (a re-read), keeping where it
+/// stood: a relay restored from a backup taken before then is found out
+/// while the cursor climbs back, and even at 0, where the cursor itself
+/// names no entry to check.
+pub(super) fn rewind_cursor(tx: &rusqlite::Connection) -> Result<()> {
+    let stood = FeedCursor::read(meta(tx, "relay_cursor")?.as_deref());
+    note_known(tx, stood)?;
+    set_meta(tx, "relay_cursor", "0")
+}
+
 impl Store {
     /// Save what enrolment returned. The team document arrives by sync.
     pub fn save_enrolment(&self, url: &str, token: &str, team: &str, user: &str) -> Result<()> {
@@ -207,21 +227,19 @@ impl Store {
         Ok(true)
     }
 
-    /// The newest feed entry a push of this device's stored (see
-    /// [`crate::sync::wire::PushReply::stored_at`]).
-    pub fn relay_pushed(&self) -> Result<FeedCursor> {
+    /// The furthest feed entry this device knows the relay had: the newest
+    /// a push of its stored (see [`crate::sync::wire::PushReply::stored_at`]),
+    /// or where its cursor stood when a re-read of the feed sent it back
+    /// to the start. A pull whose cursor is below it names it (`pushed`),
+    /// and a relay restored from a backup taken before it says so.
+    pub fn relay_known_entry(&self) -> Result<FeedCursor> {
         let db = self.lock();
         Ok(FeedCursor::read(meta(&db.conn, "relay_pushed")?.as_deref()))
     }
 
     /// A push stored changes up to `at`: kept if newer than the last.
-    pub fn note_pushed(&self, at: FeedCursor) -> Result<()> {
-        let db = self.lock();
-        let kept = FeedCursor::read(meta(&db.conn, "relay_pushed")?.as_deref());
-        if at.seq > kept.seq {
-            set_meta(&db.conn, "relay_pushed", &at.written())?;
-        }
-        Ok(())
+    pub fn note_known_entry(&self, at: FeedCursor) -> Result<()> {
+        note_known(&self.lock().conn, at)
     }
 
     /// What the sync engine last found one push and one page may carry on

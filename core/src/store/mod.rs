@@ -1689,7 +1689,7 @@ fn read_feed_again(tx: &Connection) -> Result<()> {
     let this = (last + 1).to_string();
     set_meta(tx, "reread_count", &this)?;
     set_meta(tx, "rereading", &this)?;
-    set_meta(tx, "relay_cursor", "0")?;
+    enrolment::rewind_cursor(tx)?;
     tx.execute("DELETE FROM reread", [])?;
     Ok(())
 }

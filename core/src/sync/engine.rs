@@ -616,10 +616,11 @@ impl Inner {
     ) -> Result<SyncReport> {
         let relay = self.enrolment()?;
         let mut report = SyncReport::default();
-        // Stored by a push an earlier pull did not get past (that round
-        // failed after its push): read before this round pushes, whose own
-        // changes its pull gets past.
-        let mut pushed = self.store.relay_pushed()?;
+        // An entry past the cursor the relay is to have still: stored by a
+        // push an earlier pull did not get past (that round failed after
+        // its push), or where a re-read of the feed began. Read before this
+        // round pushes, whose own changes its pull gets past.
+        let mut known = self.store.relay_known_entry()?;
         self.push_telling(&relay, &mut report, listener).await?;
         let mut cursor = self.store.relay_cursor()?;
         let mut wait = wait;
@@ -644,8 +645,8 @@ impl Inner {
                 relay.url, cursor.seq, cursor.tag
             );
             // The relay checks it has it still.
-            if pushed.seq > cursor.seq {
-                url += &format!("&pushed={}&pushed_at={}", pushed.seq, pushed.tag);
+            if known.seq > cursor.seq {
+                url += &format!("&pushed={}&pushed_at={}", known.seq, known.tag);
             }
             // Smaller pages after transfers lost on the way.
             if self.pages.reduced() {
@@ -706,7 +707,7 @@ impl Inner {
                 // it pushed included: the next pages do not name that, or
                 // the relay would start them over again, page after page).
                 self.store.relay_restarted()?;
-                pushed = FeedCursor::default();
+                known = FeedCursor::default();
             }
             let page_docs: BTreeSet<String> = reply.changes.iter().map(|c| c.doc.clone()).collect();
             news.extend(page_docs.iter().cloned());
@@ -761,6 +762,13 @@ impl Inner {
                     // This device may read more now (another role,
                     // promoted): the store set its cursor back to the
                     // feed's start.
+                    // The end of the page that moved its sight is an
+                    // entry it knows the relay had: a relay restored from
+                    // a backup taken before it is found out on the way
+                    // back up, and a re-read does not end by dropping what
+                    // that relay lost.
+                    self.store.note_known_entry(next)?;
+                    known = self.store.relay_known_entry()?;
                     cursor = FeedCursor::default();
                     reread = self.store.rereading()?;
                 } else if next != cursor {
@@ -1113,7 +1121,7 @@ impl Inner {
             ));
         }
         if reply.stored_at > 0 {
-            self.store.note_pushed(FeedCursor {
+            self.store.note_known_entry(FeedCursor {
                 seq: reply.stored_at,
                 tag: reply.stored_tag,
             })?;

@@ -117,9 +117,10 @@ impl RefusalCode {
 /// device may read. `cursor` in the reply is where to continue, and
 /// `cursor_tag` the `at` to send with it: it names the feed entry there, so
 /// that a relay restored from a backup (its entry at that seq another, or
-/// none) knows the device followed another feed. A device whose push
-/// stored changes past its cursor adds `pushed=P&pushed_at=T`
-/// ([`PushReply::stored_at`]), checked the same way. `restarted` says the relay
+/// none) knows the device followed another feed. A device that knows of
+/// an entry past its cursor adds `pushed=P&pushed_at=T`, checked the same
+/// way: where its push stored changes ([`PushReply::stored_at`]), or where
+/// its cursor stood before a re-read of the feed sent it back to 0. `restarted` says the relay
 /// did not know the device's cursor and started it over from the feed's
 /// beginning: what the relay acknowledged of this device's may be lost
 /// (`Store::relay_restarted`). `more` says another page is ready now.

@@ -832,6 +832,10 @@ fn a_reread_is_kept_across_rounds_and_drops_only_what_the_relay_did_not_send() {
     c.send("max", "fay");
     let second = fay.rereading().unwrap().unwrap();
     assert_ne!(second, first);
+    // Where the cursor stood is kept, for the relay to check it still has
+    // it while the cursor climbs back (a restore found out even at 0).
+    assert_eq!(fay.relay_cursor().unwrap(), start);
+    assert_eq!(fay.relay_known_entry().unwrap(), at(10));
     assert_eq!(fay.finish_reread(first).unwrap(), 0);
     assert!(!fay
         .move_relay_cursor_over(start, at(10), Some(first), &docs(&[not_sent.as_str()]))
@@ -854,6 +858,7 @@ fn a_reread_is_kept_across_rounds_and_drops_only_what_the_relay_did_not_send() {
     let third = fay.rereading().unwrap().unwrap();
     fay.relay_restarted().unwrap();
     assert_eq!(fay.rereading().unwrap(), None);
+    assert_eq!(fay.relay_known_entry().unwrap(), start, "of the lost feed");
     assert_eq!(fay.finish_reread(third).unwrap(), 0);
     assert!(fay.task_detail(&sent).is_ok());
 }

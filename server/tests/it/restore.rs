@@ -358,3 +358,56 @@ fn a_duplicate_is_answered_with_where_the_change_stands() {
         (first.stored_at, first.stored_tag)
     );
 }
+
+/// A phone re-reading the feed after its user's role changed, cut short
+/// with its cursor back at the feed's start, when the relay is restored
+/// from a backup taken before the re-read began: the relay still finds it
+/// out, from where the re-read began, and the phone drops none of the
+/// tasks the restored relay lost. With the manager's phone lost as well,
+/// hers is the last copy.
+#[test]
+fn a_reread_cut_short_by_a_restore_drops_nothing_the_relay_lost() {
+    use crate::proxy::Proxy;
+
+    let mut relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (max, ana) = manager_and_proxied(&relay, &proxy.url);
+    // Reading the feed again from its start carries her long task, ~370 KB.
+    let long = hand_over(&max, &ana, "Post-op call", "ana");
+    long_comments(&max.store, &long, 40, 9_000, 0);
+    max.sync();
+    ana.sync();
+
+    // The night's backup.
+    assert!(relay.terminate().success());
+    let backup = relay.dir.path().join("backup.db");
+    copy_db(&relay.db(), &backup);
+    relay.spawn();
+
+    // The next day a recall is handed to her, and she moves to the front
+    // desk; she never pushed anything.
+    let recall = hand_over(&max, &ana, "Recall", "ana");
+    set_member(&max, "ana", Role::FrontDesk, false, true);
+    proxy.cut_downloads_over(100_000);
+    proxy.close_all();
+    assert!(ana.engine.sync_now().is_err(), "the re-read was not cut");
+    assert!(ana.store.rereading().unwrap().is_some());
+    assert_eq!(ana.store.relay_cursor().unwrap().seq, 0);
+
+    // The relay's disk is lost: last night's backup is put back.
+    assert!(relay.terminate().success());
+    copy_db(&backup, &relay.db());
+    relay.spawn();
+    proxy.cut_downloads_over(0);
+    proxy.close_all();
+    ana.sync();
+    assert_eq!(ana.store.rereading().unwrap(), None);
+    assert!(
+        ana.store.task_detail(&recall).is_ok(),
+        "the recall the restored relay lost was dropped"
+    );
+    assert_eq!(
+        ana.store.task_detail(&long).unwrap().state.comments.len(),
+        40
+    );
+}

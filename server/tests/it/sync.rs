@@ -1116,26 +1116,6 @@ fn writing_while_a_batch_goes_up_does_not_start_it_over() {
     );
 }
 
-/// Text that does not compress: what a real note reads like to deflate.
-fn varied_text(seed: usize, len: usize) -> String {
-    let mut x = seed as u64 * 2_654_435_761 + 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + (x % 26) as u8)
-        })
-        .collect()
-}
-
-/// `n` comments of `len` characters that do not compress, from `seed` on.
-fn long_comments(store: &Store, task: &str, n: usize, len: usize, seed: usize) {
-    for i in 0..n {
-        store.comment(task, &varied_text(seed + i, len)).unwrap();
-    }
-}
-
 /// Rounds of `engine` that failed before one went through, at most
 /// `tries`.
 fn rounds_failed_until_one_goes_through(engine: &SyncEngine, tries: usize) -> usize {
