@@ -121,6 +121,17 @@ fn fixture() -> PathBuf {
     path
 }
 
+/// Changes in a page of team news.
+const TEAM_PAGE: usize = 3_000;
+
+/// What `store` has written since last asked, as the relay would send it,
+/// taken off its outbox.
+fn delivered(store: &Store) -> Vec<(String, Vec<u8>)> {
+    let sent = store.outbox(usize::MAX >> 1).unwrap();
+    store.outbox_delivered(&sent).unwrap();
+    sent.into_iter().map(|o| (o.doc_id, o.bytes)).collect()
+}
+
 fn copy_of(fixture: &Path, name: &str) -> PathBuf {
     let p = fixture.with_file_name(name);
     for ext in ["", "-wal", "-shm"] {
@@ -341,6 +352,118 @@ fn bench(c: &mut Criterion) {
             }
             black_box(docs.len())
         })
+    });
+    g.finish();
+
+    // A page of 3,000 team changes on a phone its team lists: changes of
+    // other members (which cannot move its user's sight), or of its user's
+    // own role, back and forth (each moves it: the worst case, where the
+    // page is applied in steps to see the sight after each), beside
+    // automerge alone applying the same changes to one document.
+    let phone_dir = tempfile::tempdir().unwrap();
+    let phone_db = phone_dir.path().join("fay.db");
+    let team_dir = tempfile::tempdir().unwrap();
+    let team = Store::open(
+        team_dir.path().join("max.db"),
+        &KEY,
+        opts(Durability::Normal),
+    )
+    .unwrap();
+    team.create_team("Bench Clinic", member("max", Role::Manager))
+        .unwrap();
+    for i in 0..20 {
+        team.put_member(&member(&format!("staff{i}"), Role::ClinicalAssistant))
+            .unwrap();
+    }
+    team.put_member(&member("fay", Role::FrontDesk)).unwrap();
+    let before = {
+        let phone = Store::open(&phone_db, &KEY, opts(Durability::Full)).unwrap();
+        team.register_device(&phone.device_actor(), "fay").unwrap();
+        phone.set_enrolled_user("fay").unwrap();
+        let before = delivered(&team);
+        phone.apply_remote(&before).unwrap();
+        before
+    };
+    let others: Vec<_> = {
+        for i in 0..TEAM_PAGE {
+            let mut m = member(&format!("staff{}", i % 20), Role::ClinicalAssistant);
+            m.name = format!("Staff member {i}");
+            team.put_member(&m).unwrap();
+        }
+        delivered(&team)
+    };
+    let hers: Vec<_> = {
+        for i in 0..TEAM_PAGE {
+            let role = [Role::ClinicalAssistant, Role::FrontDesk][i % 2];
+            team.put_member(&member("fay", role)).unwrap();
+        }
+        delivered(&team)
+    };
+    assert_eq!((others.len(), hers.len()), (TEAM_PAGE, TEAM_PAGE));
+    // Her changes build on the others': a phone that has those.
+    let phone_after_others = copy_of(&phone_db, "fay-after-others.db");
+    Store::open(&phone_after_others, &KEY, opts(Durability::Full))
+        .unwrap()
+        .apply_remote(&others)
+        .unwrap();
+    let mut g = c.benchmark_group("team_page_3000");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(10));
+    for (name, page, phone) in [
+        ("others_roles", &others, &phone_db),
+        ("her_role_back_and_forth", &hers, &phone_after_others),
+    ] {
+        g.bench_function(format!("handoff_apply_remote_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    Store::open(copy_of(phone, "fay-copy.db"), &KEY, opts(Durability::Full))
+                        .unwrap()
+                },
+                |s| {
+                    let report = s.apply_remote(page).unwrap();
+                    assert_eq!(report.read_again, name != "others_roles");
+                    s
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    let decoded = |page: &[(String, Vec<u8>)]| -> Vec<automerge::Change> {
+        page.iter()
+            .map(|(_, b)| automerge::Change::from_bytes(b.clone()).unwrap())
+            .collect()
+    };
+    let (before, others, hers) = (decoded(&before), decoded(&others), decoded(&hers));
+    let doc_of = |pages: &[&[automerge::Change]]| {
+        let mut doc = AutoCommit::new();
+        for page in pages {
+            doc.apply_changes(page.iter().cloned()).unwrap();
+        }
+        doc
+    };
+    g.bench_function("automerge_alone_apply_others_roles", |b| {
+        b.iter_batched(
+            || doc_of(&[&before]),
+            |mut doc| {
+                doc.apply_changes(others.iter().cloned()).unwrap();
+                doc
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // What stepping costs in automerge: each change its own apply.
+    g.bench_function("automerge_alone_apply_her_role_one_at_a_time", |b| {
+        b.iter_batched(
+            || doc_of(&[&before, &others]),
+            |mut doc| {
+                for c in &hers {
+                    doc.apply_changes([c.clone()]).unwrap();
+                }
+                doc
+            },
+            BatchSize::PerIteration,
+        )
     });
     g.finish();
 
