@@ -133,6 +133,9 @@ pub struct TeamState {
     feed: Vec<FeedEntry>,
     /// Changes admitted and given seqs after `head`, not yet committed.
     pub(crate) uncommitted: u64,
+    /// Where the admitted changes not yet committed will stand, by hash:
+    /// a second push of one hears where (see [`TeamState::position_of`]).
+    uncommitted_at: HashMap<ChangeHash, u64>,
     /// Each document's feed entries, oldest first (for repair).
     pub(crate) seqs_by_doc: HashMap<Arc<str>, Vec<u64>>,
     actors: HashMap<String, Arc<str>>,
@@ -234,6 +237,7 @@ impl TeamState {
             docs: HashMap::new(),
             feed: Vec::new(),
             uncommitted: 0,
+            uncommitted_at: HashMap::new(),
             seqs_by_doc: HashMap::new(),
             actors: HashMap::new(),
             hashes: HashMap::new(),
@@ -376,12 +380,17 @@ impl TeamState {
         tag == 0 || here == 0 || here == tag
     }
 
-    /// The seq and tag of a committed change of `doc` by its hash: its
-    /// document's entries searched newest first for its tag (4 bytes of
-    /// the hash; another of the same document sharing them is as good a
-    /// witness that the relay still has what it had).
+    /// The seq and tag of a change of `doc` by its hash: its document's
+    /// entries searched newest first for its tag (4 bytes of the hash;
+    /// another of the same document sharing them is as good a witness
+    /// that the relay still has what it had), or where it will stand once
+    /// committed, if it is admitted but not yet committed (a push's answer
+    /// goes out after every batch before it is committed).
     pub fn position_of(&self, doc: &str, hash: &[u8; 32]) -> Option<(u64, u32)> {
         let tag = tag_of(hash);
+        if let Some(&seq) = self.uncommitted_at.get(&ChangeHash(*hash)) {
+            return Some((seq, tag));
+        }
         self.seqs_by_doc
             .get(doc)?
             .iter()
@@ -1059,6 +1068,7 @@ impl TeamState {
             }
         }
         self.hashes.insert(c.hash(), key);
+        self.uncommitted_at.insert(c.hash(), row.seq);
         row
     }
 
@@ -1080,6 +1090,7 @@ impl TeamState {
     /// it) and wake the long-polls.
     pub(crate) fn record(&mut self, rows: &[(FeedRow, Arc<str>)]) {
         for (r, actor) in rows {
+            self.uncommitted_at.remove(&ChangeHash(r.hash));
             let doc = self.doc_key(&r.doc_id);
             self.seqs_by_doc.entry(doc.clone()).or_default().push(r.seq);
             self.hashes.insert(ChangeHash(r.hash), doc.clone());
@@ -1410,6 +1421,45 @@ mod tests {
         st.uncommitted -= rows.len() as u64;
         st.record(&rows);
         verdicts
+    }
+
+    /// A second push of a change admitted but not yet committed (the
+    /// phone gave up on the first and sent it again) is a duplicate that
+    /// hears where the change will stand, as one committed does: its
+    /// answer goes out after the first's batch is committed.
+    #[test]
+    fn a_duplicate_of_a_change_not_yet_committed_hears_where_it_will_stand() {
+        let mut c = clinic();
+        c.max.delegate(recall(None, Some(Role::FrontDesk))).unwrap();
+        let max = caller(&c.max, "max");
+        let change = c.max.outbox(1).unwrap().remove(0);
+        let incoming = || {
+            Incoming::decode(DocChange {
+                doc: change.doc_id.clone(),
+                bytes: change.bytes.clone(),
+            })
+        };
+        let first = incoming();
+        assert!(matches!(c.st.admit(&max, &first), Ok(true)));
+        let Ok((decoded, _)) = &first.decoded else {
+            unreachable!("admitted")
+        };
+        let actor = c.st.actor_key(&max.actor);
+        let row = c.st.next_row(first.doc.clone(), decoded);
+        let (seq, tag) = (row.seq, tag_of(&row.hash));
+        assert_eq!(seq, c.st.head() + 1);
+        assert!(matches!(c.st.admit(&max, &incoming()), Ok(false)));
+        assert_eq!(
+            c.st.position_of(&change.doc_id, &row.hash),
+            Some((seq, tag))
+        );
+        c.st.uncommitted -= 1;
+        c.st.record(&[(row, actor)]);
+        assert!(c.st.uncommitted_at.is_empty(), "forgotten once committed");
+        assert_eq!(
+            c.st.position_of(&change.doc_id, &decoded.hash().0),
+            Some((seq, tag))
+        );
     }
 
     #[test]
