@@ -249,7 +249,10 @@ impl LoadedTeam {
 type Reply = oneshot::Sender<Result<Pushed>>;
 
 /// How a push is answered: one verdict per change, and where the newest
-/// change it stored stands in the feed (its seq and tag), if it stored any.
+/// change it stored, or a duplicate of it, stands in the feed (its seq and
+/// tag), if any. A duplicate of a change not yet committed names where it
+/// will stand: its answer goes out after that commit, and a failed commit
+/// fails every answer after it (the writer's `failure` stays set).
 #[derive(Debug, Default)]
 pub struct Pushed {
     pub verdicts: Vec<Verdict>,

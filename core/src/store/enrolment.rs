@@ -97,7 +97,7 @@ impl FeedCursor {
 }
 
 /// Keep `at` as the furthest feed entry this device knows the relay had
-/// ([`Store::relay_pushed`]), if it is further than the one kept.
+/// ([`Store::relay_known_entry`]), if it is further than the one kept.
 fn note_known(conn: &rusqlite::Connection, at: FeedCursor) -> Result<()> {
     let kept = FeedCursor::read(meta(conn, "relay_pushed")?.as_deref());
     if at.seq > kept.seq {
@@ -237,7 +237,9 @@ impl Store {
         Ok(FeedCursor::read(meta(&db.conn, "relay_pushed")?.as_deref()))
     }
 
-    /// A push stored changes up to `at`: kept if newer than the last.
+    /// The relay's feed had `at` (a push stored changes up to it, or a
+    /// page that began a re-read ended there): kept if further than the
+    /// last ([`Store::relay_known_entry`]).
     pub fn note_known_entry(&self, at: FeedCursor) -> Result<()> {
         note_known(&self.lock().conn, at)
     }
@@ -268,8 +270,11 @@ impl Store {
     pub fn relay_restarted(&self) -> Result<usize> {
         let db = self.lock();
         let tx = db.conn.unchecked_transaction()?;
-        // What it pushed before is offered again, and stored anew.
+        // What it pushed before is offered again, and stored anew; the
+        // entries its cursor and pushes named were of the lost feed (a
+        // re-read begun on this restarted page must not name them).
         set_meta(&tx, "relay_pushed", "0")?;
+        set_meta(&tx, "relay_cursor", "0")?;
         set_meta(&tx, "relay_restored_at", &db.st.clock.now().to_string())?;
         // A re-read under way drops nothing: the relay may just have lost
         // what it does not send.

@@ -706,8 +706,12 @@ impl Inner {
                 // device offers again what the relay may have lost (what
                 // it pushed included: the next pages do not name that, or
                 // the relay would start them over again, page after page).
+                // Its cursor named an entry of the lost feed: the store set
+                // it back to the start, and ended a re-read under way.
                 self.store.relay_restarted()?;
                 known = FeedCursor::default();
+                cursor = FeedCursor::default();
+                reread = self.store.rereading()?;
             }
             let page_docs: BTreeSet<String> = reply.changes.iter().map(|c| c.doc.clone()).collect();
             news.extend(page_docs.iter().cloned());

@@ -60,7 +60,8 @@ pub struct PushRequest {
 pub struct PushReply {
     pub verdicts: Vec<Verdict>,
     /// Where the newest change this push stored stands in the feed, and
-    /// its tag (0: it stored none). A phone whose pull has not yet passed
+    /// its tag; for a duplicate, where the relay has it (or will, once a
+    /// commit under way ends); 0: neither. A phone whose pull has not yet passed
     /// it names it in its next pull (`pushed`, `pushed_at`): a relay
     /// restored from a backup taken before it lost the change.
     pub stored_at: u64,
@@ -120,7 +121,8 @@ impl RefusalCode {
 /// none) knows the device followed another feed. A device that knows of
 /// an entry past its cursor adds `pushed=P&pushed_at=T`, checked the same
 /// way: where its push stored changes ([`PushReply::stored_at`]), or where
-/// its cursor stood before a re-read of the feed sent it back to 0. `restarted` says the relay
+/// the page that began a re-read of the feed ended (the re-read sent its
+/// cursor back to 0). `restarted` says the relay
 /// did not know the device's cursor and started it over from the feed's
 /// beginning: what the relay acknowledged of this device's may be lost
 /// (`Store::relay_restarted`). `more` says another page is ready now.

@@ -411,3 +411,66 @@ fn a_reread_cut_short_by_a_restore_drops_nothing_the_relay_lost() {
         40
     );
 }
+
+/// ana was away through a restore and a change of her role: the first page
+/// after the relay starts her pull over brings the role change, and she
+/// reads the feed again. The re-read must not name the entry her cursor
+/// stood on in the lost feed, or the relay would start her over again (a
+/// round that fails, and offers everything again twice).
+#[test]
+fn a_restarted_page_that_changes_her_role_reads_the_feed_again() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let kim = Phone::enrolled(&relay, &relay.invite(&team, "kim", "manager"));
+    hand_over(&max, &ana, "Call back about the referral", "ana");
+
+    // The night's backup.
+    assert!(relay.terminate().success());
+    let backup = relay.dir.path().join("backup.db");
+    copy_db(&relay.db(), &backup);
+    relay.spawn();
+
+    // Her cursor moves well past where the backup ends: kim's notes, on a
+    // phone lost with the relay's disk, are more than the restored feed
+    // will hold when she is back.
+    let booking = hand_over(&max, &ana, "Book the follow-up", "ana");
+    kim.sync();
+    for i in 0..12 {
+        kim.store.comment(&booking, &format!("note {i}")).unwrap();
+    }
+    kim.sync();
+    let pooled = max
+        .store
+        .delegate(task_for("Recall", None, Some(Role::FrontDesk)))
+        .unwrap();
+    max.sync();
+    ana.sync();
+
+    // The relay's disk is lost: last night's backup is put back.
+    assert!(relay.terminate().success());
+    copy_db(&backup, &relay.db());
+    relay.spawn();
+    // A new task goes first, so what max then offers again stands
+    // elsewhere in the feed than before: the entry her cursor names is
+    // another one.
+    let labs = max
+        .store
+        .delegate(task_for("Lab results", Some("ana"), None))
+        .unwrap();
+    assert!(max.sync().offered_again > 0);
+    // And he moves her to the front desk.
+    set_member(&max, "ana", Role::FrontDesk, false, true);
+
+    ana.engine.sync_now().expect("one round, started over once");
+    // Nothing of the lost feed is named in her next pull.
+    assert!(ana.store.relay_known_entry().unwrap().seq <= ana.store.relay_cursor().unwrap().seq);
+    // The re-read ends in a round of its own (a round that started over
+    // drops nothing), and finds nothing lost.
+    ana.sync();
+    assert_eq!(ana.store.rereading().unwrap(), None);
+    for task in [&labs, &booking, &pooled] {
+        assert!(ana.store.task_detail(task).is_ok());
+    }
+    max.sync();
+    assert_converged(&[&max, &ana]);
+}
