@@ -751,7 +751,14 @@ impl Store {
         let mut doc = task_doc::new_doc(task_id, generation, &st.actor)?;
         let tx = conn.unchecked_transaction()?;
         docs::insert_document(&tx, &new_id, "task", Some(task_id), generation)?;
-        append_own_in_chunks(&tx, st, &new_id, &mut doc, events.iter())?;
+        append_own_in_chunks(
+            &tx,
+            st,
+            &new_id,
+            &mut doc,
+            events.iter(),
+            CarriedAs::Scrubbed,
+        )?;
         let state = derive(task_id, task_doc::events(&doc).0, team)
             .ok_or(Error::Corrupt("task has no created event"))?;
         retire(&tx, &old_id, &new_id, &st.actor)?;
@@ -800,7 +807,7 @@ impl Store {
             let mut sights = Vec::new();
             let actor = st.actor_hex.clone();
             for (doc_id, changes) in by_doc {
-                if doc_id != TEAM_DOC && superseded(&tx, doc_id)? {
+                if doc_id != TEAM_DOC && superseded(&tx, doc_id, &st.actor)? {
                     report.retired += changes.len();
                     continue;
                 }
@@ -1236,6 +1243,39 @@ impl Store {
         Ok(doomed.len())
     }
 
+    /// The documents to fetch from the relay (a repair from nothing) for
+    /// the tasks whose redaction by this device the relay refused for
+    /// good: each the generation the redaction replaced, which the task
+    /// goes back to when it arrives, with what this device wrote since
+    /// (see `withdrawn_redaction`).
+    pub fn refused_redactions(&self) -> Result<Vec<String>> {
+        use crate::sync::wire::RefusalCode;
+        let db = self.lock();
+        let current: Vec<String> = db
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT t.doc_id FROM tasks t JOIN outbox o ON o.doc_id = t.doc_id
+                 WHERE o.refused_code IS NOT NULL AND o.refused_code NOT IN (?1, ?2)
+                   AND o.held = 0",
+            )?
+            .query_map(
+                params![
+                    RefusalCode::Retired.as_str(),
+                    RefusalCode::MissingDependencies.as_str()
+                ],
+                |r| r.get(0),
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut older = Vec::new();
+        for doc_id in current {
+            if withdrawn_redaction(&db.conn, &doc_id, &db.st.actor)? {
+                let (task, generation) = task_doc::split_doc_id(&doc_id);
+                older.push(task_doc::doc_id_of(task, generation - 1));
+            }
+        }
+        Ok(older)
+    }
+
     /// The re-read of the feed under way, by its number, if this device is
     /// reading the feed again from its start (its user's sight changed; see
     /// [`Store::finish_reread`]). A sync round holds it while it reads.
@@ -1319,15 +1359,26 @@ impl Store {
     }
 }
 
-/// Append `events`, scrubbed, to a task document and commit them as this
-/// device's changes, each holding at most [`wire::MAX_NEW_EVENTS`] events
-/// of its own (the relay refuses more; others' events are copies it knows).
+/// How events are copied into another generation of their task.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CarriedAs {
+    /// Into a redacted one: their free text scrubbed.
+    Scrubbed,
+    /// Back into the older one, from a redaction the relay refused: as
+    /// they are (what the redaction scrubbed stays scrubbed).
+    AsTheyAre,
+}
+
+/// Append `events` to a task document and commit them as this device's
+/// changes, each holding at most [`wire::MAX_NEW_EVENTS`] events of its
+/// own (the relay refuses more; others' events are copies it knows).
 fn append_own_in_chunks<'e>(
     conn: &Connection,
     st: &State,
     doc_id: &str,
     doc: &mut AutoCommit,
     events: impl Iterator<Item = &'e Event>,
+    copy: CarriedAs,
 ) -> Result<()> {
     let now = st.clock.now();
     let mut own = 0;
@@ -1339,7 +1390,10 @@ fn append_own_in_chunks<'e>(
             }
             own += 1;
         }
-        task_doc::append(doc, &e.scrubbed())?;
+        match copy {
+            CarriedAs::Scrubbed => task_doc::append(doc, &e.scrubbed())?,
+            CarriedAs::AsTheyAre => task_doc::append(doc, e)?,
+        }
     }
     docs::commit_local(conn, doc_id, doc, now)?;
     Ok(())
@@ -1404,7 +1458,11 @@ fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> 
                 .query_row([&current_id], |r| r.get(0))
                 .optional()?
                 .unwrap_or(-1);
-            let (keep_id, mut keep, drop_id) = if generation > current_gen {
+            // The newer generation, unless it is a redaction of this
+            // device's the relay refused, and this the one it replaced.
+            let withdrawn =
+                generation == current_gen - 1 && withdrawn_redaction(conn, &current_id, &st.actor)?;
+            let (keep_id, mut keep, drop_id) = if generation > current_gen || withdrawn {
                 (doc_id.to_owned(), doc, current_id)
             } else {
                 let keep = match st.docs.take(&current_id) {
@@ -1419,16 +1477,38 @@ fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> 
                 None => docs::load(conn, &drop_id, &st.actor)?,
             };
             if let Some(dropped) = dropped {
-                let have: HashSet<EventId> = task_doc::events(&keep)
+                let mut have: HashSet<EventId> = task_doc::events(&keep)
                     .0
                     .into_iter()
                     .map(|e| e.id)
                     .collect();
                 // Scrubbed like the redaction's own copies: the newer
                 // document is one whose patient details were removed.
-                let missed = task_doc::events(&dropped).0;
-                let missed = missed.iter().filter(|e| !have.contains(&e.id));
-                append_own_in_chunks(conn, st, &keep_id, &mut keep, missed)?;
+                // Back from a refused redaction, as they are: what this
+                // device wrote on it since (the rest are copies of what
+                // the older one has), and what the relay refused of that
+                // for building on the redaction (set aside from the
+                // document, still in the outbox).
+                let mut missed = task_doc::events(&dropped).0;
+                missed.retain(|e| have.insert(e.id.clone()));
+                let copy = match withdrawn {
+                    true => {
+                        for e in own_events_refused(conn, &drop_id, &st.actor_hex)? {
+                            if have.insert(e.id.clone()) {
+                                missed.push(e);
+                            }
+                        }
+                        CarriedAs::AsTheyAre
+                    }
+                    false => CarriedAs::Scrubbed,
+                };
+                append_own_in_chunks(conn, st, &keep_id, &mut keep, missed.iter(), copy)?;
+            }
+            if withdrawn {
+                // Its later changes' events are carried back, and go
+                // again from there: only the refused redaction stays in
+                // needs attention.
+                drop_all_but_first_change(conn, &drop_id)?;
             }
             retire(conn, &drop_id, &keep_id, &st.actor)?;
             st.docs.remove(&drop_id);
@@ -1641,7 +1721,7 @@ fn set_aside_team(conn: &Connection, st: &mut State, refused: &Change) -> Result
 
 /// Is `doc_id` an older generation of a task this device already holds in
 /// a newer document? (See [`task_doc::doc_id_of`].)
-fn superseded(conn: &Connection, doc_id: &str) -> Result<bool> {
+fn superseded(conn: &Connection, doc_id: &str, actor: &ActorId) -> Result<bool> {
     let (task, generation) = task_doc::split_doc_id(doc_id);
     // From the index's document id, not its document row: an archived
     // task's document is gone.
@@ -1649,7 +1729,95 @@ fn superseded(conn: &Connection, doc_id: &str) -> Result<bool> {
         .prepare_cached("SELECT doc_id FROM tasks WHERE task_id = ?1")?
         .query_row([task], |r| r.get(0))
         .optional()?;
-    Ok(current.is_some_and(|current| task_doc::split_doc_id(&current).1 > generation))
+    let Some(current) = current else {
+        return Ok(false);
+    };
+    let current_gen = task_doc::split_doc_id(&current).1;
+    if current_gen <= generation {
+        return Ok(false);
+    }
+    // The one a redaction the relay refused replaced: taken back.
+    Ok(!(current_gen == generation + 1 && withdrawn_redaction(conn, &current, actor)?))
+}
+
+/// Is `doc_id` a redacted generation of this device's whose first change
+/// (the redaction) the relay refused for good (not held, nor refused only
+/// for what it builds on or for a newer generation)? The task goes back to
+/// the generation before it: fetched from the relay
+/// ([`Store::refused_redactions`]), what this device wrote since is carried
+/// back to it, and the redaction stays in needs attention.
+fn withdrawn_redaction(conn: &Connection, doc_id: &str, actor: &ActorId) -> Result<bool> {
+    if task_doc::split_doc_id(doc_id).1 == 0 {
+        return Ok(false);
+    }
+    // A first change, and the document's own: not one moved here from the
+    // generation before when this one replaced it (see `retire`), which is
+    // a record for needs attention only, made like a first change.
+    let firsts: Vec<Change> = refused_for_good(conn, doc_id)?
+        .into_iter()
+        .filter_map(|(_, bytes)| Change::from_bytes(bytes).ok())
+        .filter(|c| c.deps().is_empty())
+        .collect();
+    if firsts.is_empty() {
+        return Ok(false);
+    }
+    let Some(mut doc) = docs::load(conn, doc_id, actor)? else {
+        return Ok(false);
+    };
+    Ok(firsts
+        .iter()
+        .any(|c| doc.get_change_by_hash(&c.hash()).is_some()))
+}
+
+/// The changes of `doc_id` the relay refused for good (set aside, or
+/// kept where nothing could be set aside), by outbox id: not held, nor
+/// refused only for what they build on or for a newer generation.
+fn refused_for_good(conn: &Connection, doc_id: &str) -> Result<Vec<(i64, Vec<u8>)>> {
+    use crate::sync::wire::RefusalCode;
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, bytes FROM outbox
+             WHERE doc_id = ?1 AND refused_code IS NOT NULL AND refused_code NOT IN (?2, ?3)
+               AND held = 0
+             ORDER BY id",
+        )?
+        .query_map(
+            params![
+                doc_id,
+                RefusalCode::Retired.as_str(),
+                RefusalCode::MissingDependencies.as_str()
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// This device's events in the changes of `doc_id` the relay refused for
+/// good, but its first change (a redaction's copies), oldest first.
+fn own_events_refused(conn: &Connection, doc_id: &str, actor: &str) -> Result<Vec<Event>> {
+    Ok(refused_for_good(conn, doc_id)?
+        .into_iter()
+        .filter_map(|(_, bytes)| Change::from_bytes(bytes).ok())
+        .filter(|c| !c.deps().is_empty())
+        .flat_map(|c| task_doc::events_in_change(&c))
+        .filter(|e| e.id.actor == actor)
+        .collect())
+}
+
+/// Drop every outbox row of `doc_id` but its first change's.
+fn drop_all_but_first_change(conn: &Connection, doc_id: &str) -> Result<()> {
+    let rows: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT id, bytes FROM outbox WHERE doc_id = ?1")?
+        .query_map([doc_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, bytes) in rows {
+        let first = Change::from_bytes(bytes).is_ok_and(|c| c.deps().is_empty());
+        if !first {
+            conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                .execute([id])?;
+        }
+    }
+    Ok(())
 }
 
 /// A new task goes only to an active member. (Derivation lets a task stay
@@ -1784,22 +1952,7 @@ fn apply_guarded(doc: &mut AutoCommit, changes: &[Change]) -> Applied {
 /// place (`retired`, `missing_dependencies`, held: see `outbox_refused`)
 /// are in the document, and move on with its events.
 fn retire(conn: &Connection, doc_id: &str, successor: &str, actor: &ActorId) -> Result<()> {
-    use crate::sync::wire::RefusalCode;
-    let refused: Vec<(i64, Vec<u8>)> = conn
-        .prepare_cached(
-            "SELECT id, bytes FROM outbox
-             WHERE doc_id = ?1 AND refused_code IS NOT NULL AND refused_code NOT IN (?2, ?3)
-               AND held = 0",
-        )?
-        .query_map(
-            params![
-                doc_id,
-                RefusalCode::Retired.as_str(),
-                RefusalCode::MissingDependencies.as_str()
-            ],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?
-        .collect::<rusqlite::Result<_>>()?;
+    let refused = refused_for_good(conn, doc_id)?;
     let (task, generation) = task_doc::split_doc_id(successor);
     for (id, bytes) in refused {
         let events = Change::from_bytes(bytes)

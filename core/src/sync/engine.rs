@@ -839,6 +839,12 @@ impl Inner {
                     Ok(queued) => queued_again = queued,
                     Err(e) => outcome = Err(e),
                 }
+                if outcome.is_ok() {
+                    match self.take_back_refused_redactions(&relay, &mut report).await {
+                        Ok(taken) => queued_again |= taken,
+                        Err(e) => outcome = Err(e),
+                    }
+                }
                 // Held changes set aside change their tasks here.
                 if report.tasks_updated > updated_before {
                     tell.push(SyncEvent::DataChanged {
@@ -1087,6 +1093,33 @@ impl Inner {
             }
         }
         Ok(queued)
+    }
+
+    /// A redaction of this device's the relay refused for good (its user
+    /// may no longer remove patient details, say): the task goes back to
+    /// the document the redaction replaced, fetched whole from the relay,
+    /// and what this device wrote since is carried back to it
+    /// ([`Store::refused_redactions`]). Returns whether anything was
+    /// carried back (to push). A task its user may no longer read at all
+    /// (404) stays as it is.
+    async fn take_back_refused_redactions(
+        &self,
+        relay: &RelaySettings,
+        report: &mut SyncReport,
+    ) -> Result<bool> {
+        let mut taken = false;
+        for doc in self.store.refused_redactions()? {
+            match self.repair(relay, &doc).await {
+                Ok((merged, _)) => {
+                    report.pulled += merged.applied;
+                    report.tasks_updated += merged.tasks_updated;
+                    taken |= merged.applied > 0;
+                }
+                Err(Error::Relay { status: 404, .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(taken)
     }
 
     /// Set aside held changes (of `doc`, or all); the tasks they change are

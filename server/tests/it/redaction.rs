@@ -520,3 +520,62 @@ fn emptying_the_wal_after_a_redaction_holds_up_no_push_while_a_reader_is_in_the_
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A manager demoted while her phone was offline redacts a task that stays
+/// hers (its call is hers): the relay refuses the redaction. Her phone
+/// used to stay on the redacted document for good, where no one's later
+/// work reached her and none of hers reached anyone. It goes back to the
+/// task as the relay has it, with what others wrote meanwhile and the
+/// call she logged after the redaction; the refused redaction stays in
+/// her needs attention.
+#[test]
+fn a_redaction_the_relay_refuses_gives_the_task_back_to_its_author() {
+    let relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let zed = Phone::enrolled(&relay, &relay.invite(&team, "zed", "manager"));
+    max.sync();
+    let mut new = task_for("Post-op call", Some("zed"), None);
+    new.patient = Some(PatientRef {
+        display_name: "Jordan Quill".into(),
+        phone: Some("555-0199".into()),
+        record_ref: Some("MRN-4471".into()),
+    });
+    let task = max.store.delegate(new).unwrap();
+    max.sync();
+    zed.sync();
+    // Demoted; her phone has not heard.
+    set_member(&max, "zed", Role::ClinicalAssistant, false, true);
+    zed.store.redact_patient(&task).unwrap();
+    zed.store
+        .log_call(&task, quill_call(CallOutcome::NoAnswer))
+        .unwrap();
+    max.store.comment(&task, "she prefers mornings").unwrap();
+    max.sync();
+
+    zed.sync();
+    let mine = zed.store.task_detail(&task).unwrap();
+    assert_eq!(mine.state.calls.len(), 1, "her call is kept");
+    assert_eq!(mine.state.comments.len(), 1, "max's comment reached her");
+    assert!(mine.patient.is_some(), "the task as the relay has it");
+    let attention = zed.store.needs_attention().unwrap();
+    assert_eq!(attention.len(), 1, "{attention:?}");
+    assert_eq!(attention[0].code, RefusalCode::Forbidden.as_str());
+    assert!(zed.store.outbox(10).unwrap().is_empty());
+
+    max.sync();
+    ana.sync();
+    assert_eq!(
+        max.store.task_detail(&task).unwrap().state.calls.len(),
+        1,
+        "her call reached the team"
+    );
+    assert_converged(&[&max, &zed, &ana]);
+    // Later work goes both ways.
+    max.store.comment(&task, "try after 9").unwrap();
+    max.sync();
+    zed.sync();
+    assert_eq!(
+        zed.store.task_detail(&task).unwrap().state.comments.len(),
+        2
+    );
+}
