@@ -571,6 +571,10 @@ fn a_refused_change_stays_in_needs_attention_through_a_redaction() {
     assert_eq!(ana.task_ids().unwrap(), vec![t.clone()]);
     assert_eq!(ana.needs_attention().unwrap(), before);
     assert_eq!(refused_text(), ["[redacted]"]);
+    // Moved to the newer document, made like a first change, the item does
+    // not make the redaction look refused: the phone does not go back to
+    // the older document, patient details and all.
+    assert!(ana.refused_redactions().unwrap().is_empty());
 }
 
 /// Two sync rounds may run at once (live sync and a pull-to-refresh). Each
