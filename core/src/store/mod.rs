@@ -807,7 +807,7 @@ impl Store {
             let mut sights = Vec::new();
             let actor = st.actor_hex.clone();
             for (doc_id, changes) in by_doc {
-                if doc_id != TEAM_DOC && superseded(&tx, doc_id, &st.actor)? {
+                if doc_id != TEAM_DOC && superseded(&tx, st, doc_id)? {
                     report.retired += changes.len();
                     continue;
                 }
@@ -1243,16 +1243,17 @@ impl Store {
         Ok(doomed.len())
     }
 
-    /// The documents to fetch from the relay (a repair from nothing) for
-    /// the tasks whose redaction by this device the relay refused for
-    /// good: each the generation the redaction replaced, which the task
-    /// goes back to when it arrives, with what this device wrote since
-    /// (see `withdrawn_redaction`).
+    /// The redacted generations of tasks whose redaction by this device
+    /// the relay refused for good (see `withdrawn_redaction`): each task
+    /// goes back to the older generation the relay has. The sync engine
+    /// fetches that whole (the one the redaction replaced, or one further
+    /// back if this device redacted the task again before the relay heard)
+    /// and hands it to [`Store::take_back_redaction`].
     pub fn refused_redactions(&self) -> Result<Vec<String>> {
         use crate::sync::wire::RefusalCode;
-        let db = self.lock();
-        let current: Vec<String> = db
-            .conn
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let current: Vec<String> = conn
             .prepare_cached(
                 "SELECT DISTINCT t.doc_id FROM tasks t JOIN outbox o ON o.doc_id = t.doc_id
                  WHERE o.refused_code IS NOT NULL AND o.refused_code NOT IN (?1, ?2)
@@ -1266,14 +1267,66 @@ impl Store {
                 |r| r.get(0),
             )?
             .collect::<rusqlite::Result<_>>()?;
-        let mut older = Vec::new();
+        let mut withdrawn = Vec::new();
         for doc_id in current {
-            if withdrawn_redaction(&db.conn, &doc_id, &db.st.actor)? {
-                let (task, generation) = task_doc::split_doc_id(&doc_id);
-                older.push(task_doc::doc_id_of(task, generation - 1));
+            if withdrawn_redaction(conn, st, &doc_id)? {
+                withdrawn.push(doc_id);
             }
         }
-        Ok(older)
+        Ok(withdrawn)
+    }
+
+    /// The task of `older`, a generation fetched whole from the relay, goes
+    /// back to it from a redaction of this device's the relay refused for
+    /// good: what this device wrote on the redacted generation since (and
+    /// what the relay refused of that for building on the redaction) is
+    /// carried back as it is, and the redacted generation is retired, its
+    /// refused redaction kept in needs attention. `false` (nothing done)
+    /// unless the task's redaction is withdrawn and `older` is whole and
+    /// older than it.
+    pub fn take_back_redaction(&self, older: &str) -> Result<bool> {
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let (task_id, generation) = task_doc::split_doc_id(older);
+        let current: Option<String> = conn
+            .prepare_cached("SELECT doc_id FROM tasks WHERE task_id = ?1")?
+            .query_row([task_id], |r| r.get(0))
+            .optional()?;
+        let Some(current) = current else {
+            return Ok(false);
+        };
+        if task_doc::split_doc_id(&current).1 <= generation
+            || !withdrawn_redaction(conn, st, &current)?
+        {
+            return Ok(false);
+        }
+        let Some(mut doc) = docs::take_or_load(&mut st.docs, conn, older, &st.actor)? else {
+            return Ok(false);
+        };
+        let whole = task_doc::task_id(&doc).is_some()
+            && task_doc::matches_id(&doc, older)
+            && doc.get_missing_deps(&[]).is_empty();
+        if !whole {
+            st.docs.put(older, doc);
+            return Ok(false);
+        }
+        let team = st.team.clone().ok_or(Error::NotEnrolled)?;
+        let tx = conn.unchecked_transaction()?;
+        let moved = replace_generation(
+            &tx,
+            st,
+            &team,
+            task_id,
+            (older, doc),
+            &current,
+            CarriedAs::AsTheyAre,
+        )
+        .and_then(|_| tx.commit().map_err(Error::from));
+        if moved.is_err() {
+            // Memory may be ahead of the database: read it again.
+            st.docs.clear();
+        }
+        moved.map(|()| true)
     }
 
     /// The re-read of the feed under way, by its number, if this device is
@@ -1418,7 +1471,7 @@ fn checked(task_id: &str, events: &[Event], event: &Event, team: &Team) -> Resul
 /// a newer document (redaction): the older one is retired and any event it
 /// has that the newer lacks is carried over by this device.
 fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> Result<bool> {
-    let mut doc = match st.docs.take(doc_id) {
+    let doc = match st.docs.take(doc_id) {
         Some(d) => d,
         None => match docs::load(conn, doc_id, &st.actor)? {
             Some(d) => d,
@@ -1458,11 +1511,15 @@ fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> 
                 .query_row([&current_id], |r| r.get(0))
                 .optional()?
                 .unwrap_or(-1);
-            // The newer generation, unless it is a redaction of this
-            // device's the relay refused, and this the one it replaced.
-            let withdrawn =
-                generation == current_gen - 1 && withdrawn_redaction(conn, &current_id, &st.actor)?;
-            let (keep_id, mut keep, drop_id) = if generation > current_gen || withdrawn {
+            if generation < current_gen && withdrawn_redaction(conn, st, &current_id)? {
+                // An older generation, while a redaction of this device's
+                // the relay refused is withdrawn: kept as it arrives, and
+                // the task goes back to it once it is whole
+                // ([`Store::take_back_redaction`]), not page by page.
+                st.docs.put(doc_id, doc);
+                return Ok(false);
+            }
+            let (keep_id, keep, drop_id) = if generation > current_gen {
                 (doc_id.to_owned(), doc, current_id)
             } else {
                 let keep = match st.docs.take(&current_id) {
@@ -1472,51 +1529,71 @@ fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> 
                 };
                 (current_id, keep, doc_id.to_owned())
             };
-            let dropped = match st.docs.take(&drop_id) {
-                Some(d) => Some(d),
-                None => docs::load(conn, &drop_id, &st.actor)?,
-            };
-            if let Some(dropped) = dropped {
-                let mut have: HashSet<EventId> = task_doc::events(&keep)
-                    .0
-                    .into_iter()
-                    .map(|e| e.id)
-                    .collect();
-                // Scrubbed like the redaction's own copies: the newer
-                // document is one whose patient details were removed.
-                // Back from a refused redaction, as they are: what this
-                // device wrote on it since (the rest are copies of what
-                // the older one has), and what the relay refused of that
-                // for building on the redaction (set aside from the
-                // document, still in the outbox).
-                let mut missed = task_doc::events(&dropped).0;
-                missed.retain(|e| have.insert(e.id.clone()));
-                let copy = match withdrawn {
-                    true => {
-                        for e in own_events_refused(conn, &drop_id, &st.actor_hex)? {
-                            if have.insert(e.id.clone()) {
-                                missed.push(e);
-                            }
-                        }
-                        CarriedAs::AsTheyAre
-                    }
-                    false => CarriedAs::Scrubbed,
-                };
-                append_own_in_chunks(conn, st, &keep_id, &mut keep, missed.iter(), copy)?;
-            }
-            if withdrawn {
-                // Its later changes' events are carried back, and go
-                // again from there: only the refused redaction stays in
-                // needs attention.
-                drop_all_but_first_change(conn, &drop_id)?;
-            }
-            retire(conn, &drop_id, &keep_id, &st.actor)?;
-            st.docs.remove(&drop_id);
-            doc = keep;
-            return finish_reindex(conn, st, team, &keep_id, doc, &task_id);
+            return replace_generation(
+                conn,
+                st,
+                team,
+                &task_id,
+                (&keep_id, keep),
+                &drop_id,
+                CarriedAs::Scrubbed,
+            );
         }
     }
     finish_reindex(conn, st, team, doc_id, doc, &task_id)
+}
+
+/// The task moves from `drop_id` to `keep` (another generation of it):
+/// the events of `drop_id` that `keep` lacks are carried over as this
+/// device's changes, `drop_id` is retired, and the task is derived again.
+/// Into a redacted generation they go scrubbed; back from a withdrawn
+/// redaction ([`CarriedAs::AsTheyAre`]) they go as they are, with those of
+/// the redacted generation's changes the relay refused for building on
+/// the redaction, whose outbox rows go (see `carried_back_rows`).
+fn replace_generation(
+    conn: &Connection,
+    st: &mut State,
+    team: &Team,
+    task_id: &str,
+    (keep_id, mut keep): (&str, AutoCommit),
+    drop_id: &str,
+    carried: CarriedAs,
+) -> Result<bool> {
+    let dropped = match st.docs.take(drop_id) {
+        Some(d) => Some(d),
+        None => docs::load(conn, drop_id, &st.actor)?,
+    };
+    let back = match carried {
+        CarriedAs::AsTheyAre => carried_back_rows(conn, drop_id)?,
+        CarriedAs::Scrubbed => Vec::new(),
+    };
+    if let Some(dropped) = dropped {
+        let mut have: HashSet<EventId> = task_doc::events(&keep)
+            .0
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        let mut missed = task_doc::events(&dropped).0;
+        missed.retain(|e| have.insert(e.id.clone()));
+        for (_, bytes) in &back {
+            let Ok(change) = Change::from_bytes(bytes.clone()) else {
+                continue;
+            };
+            for e in task_doc::events_in_change(&change) {
+                if e.id.actor == st.actor_hex && have.insert(e.id.clone()) {
+                    missed.push(e);
+                }
+            }
+        }
+        append_own_in_chunks(conn, st, keep_id, &mut keep, missed.iter(), carried)?;
+    }
+    for (id, _) in back {
+        conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+            .execute([id])?;
+    }
+    retire(conn, drop_id, keep_id, &st.actor)?;
+    st.docs.remove(drop_id);
+    finish_reindex(conn, st, team, keep_id, keep, task_id)
 }
 
 /// Who may read the task indexed from `doc_id`, as the index has it (its
@@ -1721,7 +1798,7 @@ fn set_aside_team(conn: &Connection, st: &mut State, refused: &Change) -> Result
 
 /// Is `doc_id` an older generation of a task this device already holds in
 /// a newer document? (See [`task_doc::doc_id_of`].)
-fn superseded(conn: &Connection, doc_id: &str, actor: &ActorId) -> Result<bool> {
+fn superseded(conn: &Connection, st: &mut State, doc_id: &str) -> Result<bool> {
     let (task, generation) = task_doc::split_doc_id(doc_id);
     // From the index's document id, not its document row: an archived
     // task's document is gone.
@@ -1736,47 +1813,64 @@ fn superseded(conn: &Connection, doc_id: &str, actor: &ActorId) -> Result<bool> 
     if current_gen <= generation {
         return Ok(false);
     }
-    // The one a redaction the relay refused replaced: taken back.
-    Ok(!(current_gen == generation + 1 && withdrawn_redaction(conn, &current, actor)?))
+    // Not while a redaction of this device's the relay refused is
+    // withdrawn: the task goes back to the generation the relay has.
+    Ok(!withdrawn_redaction(conn, st, &current)?)
 }
 
 /// Is `doc_id` a redacted generation of this device's whose first change
 /// (the redaction) the relay refused for good (not held, nor refused only
-/// for what it builds on or for a newer generation)? The task goes back to
-/// the generation before it: fetched from the relay
-/// ([`Store::refused_redactions`]), what this device wrote since is carried
-/// back to it, and the redaction stays in needs attention.
-fn withdrawn_redaction(conn: &Connection, doc_id: &str, actor: &ActorId) -> Result<bool> {
+/// for what it builds on or for a newer generation), and which no other
+/// device wrote to (then the relay has it: another delegator's redaction
+/// of the same generation was taken)? The task goes back to the
+/// generation the relay has ([`Store::refused_redactions`],
+/// [`Store::take_back_redaction`]); the redaction stays in needs attention.
+fn withdrawn_redaction(conn: &Connection, st: &mut State, doc_id: &str) -> Result<bool> {
     if task_doc::split_doc_id(doc_id).1 == 0 {
         return Ok(false);
     }
-    // A first change, and the document's own: not one moved here from the
-    // generation before when this one replaced it (see `retire`), which is
-    // a record for needs attention only, made like a first change.
-    let firsts: Vec<Change> = refused_for_good(conn, doc_id)?
+    // A first change under its own hash: not one `retire` moved here from
+    // the generation before (a record for needs attention only, made like
+    // a first change, which keeps the hash of the change it stands for).
+    let firsts: Vec<automerge::ChangeHash> = refused_for_good(conn, doc_id)?
         .into_iter()
-        .filter_map(|(_, bytes)| Change::from_bytes(bytes).ok())
-        .filter(|c| c.deps().is_empty())
+        .filter_map(|row| {
+            let c = Change::from_bytes(row.bytes).ok()?;
+            (c.deps().is_empty() && c.hash().0[..] == row.hash[..]).then(|| c.hash())
+        })
         .collect();
     if firsts.is_empty() {
         return Ok(false);
     }
-    let Some(mut doc) = docs::load(conn, doc_id, actor)? else {
+    let Some(mut doc) = docs::take_or_load(&mut st.docs, conn, doc_id, &st.actor)? else {
         return Ok(false);
     };
-    Ok(firsts
+    let own = doc
+        .get_changes(&[])
         .iter()
-        .any(|c| doc.get_change_by_hash(&c.hash()).is_some()))
+        .all(|c| *c.actor_id() == st.actor);
+    let withdrawn = own && firsts.iter().any(|h| doc.get_change_by_hash(h).is_some());
+    st.docs.put(doc_id, doc);
+    Ok(withdrawn)
+}
+
+/// An outbox row as stored: `hash` is the change's it was queued as
+/// (`retire` replaces the bytes of a refused one it moves, not the hash).
+struct OutboxRow {
+    id: i64,
+    hash: Vec<u8>,
+    bytes: Vec<u8>,
 }
 
 /// The changes of `doc_id` the relay refused for good (set aside, or
-/// kept where nothing could be set aside), by outbox id: not held, nor
-/// refused only for what they build on or for a newer generation.
-fn refused_for_good(conn: &Connection, doc_id: &str) -> Result<Vec<(i64, Vec<u8>)>> {
+/// kept where nothing could be set aside), with their outbox id and hash:
+/// not held, nor refused only for what they build on or for a newer
+/// generation.
+fn refused_for_good(conn: &Connection, doc_id: &str) -> Result<Vec<OutboxRow>> {
     use crate::sync::wire::RefusalCode;
     Ok(conn
         .prepare_cached(
-            "SELECT id, bytes FROM outbox
+            "SELECT id, hash, bytes FROM outbox
              WHERE doc_id = ?1 AND refused_code IS NOT NULL AND refused_code NOT IN (?2, ?3)
                AND held = 0
              ORDER BY id",
@@ -1787,37 +1881,47 @@ fn refused_for_good(conn: &Connection, doc_id: &str) -> Result<Vec<(i64, Vec<u8>
                 RefusalCode::Retired.as_str(),
                 RefusalCode::MissingDependencies.as_str()
             ],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| {
+                Ok(OutboxRow {
+                    id: r.get(0)?,
+                    hash: r.get(1)?,
+                    bytes: r.get(2)?,
+                })
+            },
         )?
         .collect::<rusqlite::Result<_>>()?)
 }
 
-/// This device's events in the changes of `doc_id` the relay refused for
-/// good, but its first change (a redaction's copies), oldest first.
-fn own_events_refused(conn: &Connection, doc_id: &str, actor: &str) -> Result<Vec<Event>> {
-    Ok(refused_for_good(conn, doc_id)?
-        .into_iter()
-        .filter_map(|(_, bytes)| Change::from_bytes(bytes).ok())
-        .filter(|c| !c.deps().is_empty())
-        .flat_map(|c| task_doc::events_in_change(&c))
-        .filter(|e| e.id.actor == actor)
-        .collect())
-}
-
-/// Drop every outbox row of `doc_id` but its first change's.
-fn drop_all_but_first_change(conn: &Connection, doc_id: &str) -> Result<()> {
+/// The outbox rows of a withdrawn redaction whose events go back to the
+/// older generation with the task, oldest first: unsent or held ones (in
+/// the document too), and those the relay refused for what the redaction
+/// was (its user may not write there, or it builds on what the relay never
+/// took). Not the redaction's own changes (copies of what the older
+/// generation has), nor changes refused for a reason of their own
+/// (`invalid_change`, `too_large`: they stay in needs attention).
+fn carried_back_rows(conn: &Connection, doc_id: &str) -> Result<Vec<(i64, Vec<u8>)>> {
+    use crate::sync::wire::RefusalCode;
     let rows: Vec<(i64, Vec<u8>)> = conn
-        .prepare_cached("SELECT id, bytes FROM outbox WHERE doc_id = ?1")?
-        .query_map([doc_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .prepare_cached(
+            "SELECT id, bytes FROM outbox
+             WHERE doc_id = ?1
+               AND (refused_code IS NULL OR held = 1 OR refused_code IN (?2, ?3, ?4))
+             ORDER BY id",
+        )?
+        .query_map(
+            params![
+                doc_id,
+                RefusalCode::Forbidden.as_str(),
+                RefusalCode::NotPermitted.as_str(),
+                RefusalCode::MissingDependencies.as_str()
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
         .collect::<rusqlite::Result<_>>()?;
-    for (id, bytes) in rows {
-        let first = Change::from_bytes(bytes).is_ok_and(|c| c.deps().is_empty());
-        if !first {
-            conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
-                .execute([id])?;
-        }
-    }
-    Ok(())
+    Ok(rows
+        .into_iter()
+        .filter(|(_, bytes)| Change::from_bytes(bytes.clone()).is_ok_and(|c| !c.deps().is_empty()))
+        .collect())
 }
 
 /// A new task goes only to an active member. (Derivation lets a task stay
@@ -1952,7 +2056,10 @@ fn apply_guarded(doc: &mut AutoCommit, changes: &[Change]) -> Applied {
 /// place (`retired`, `missing_dependencies`, held: see `outbox_refused`)
 /// are in the document, and move on with its events.
 fn retire(conn: &Connection, doc_id: &str, successor: &str, actor: &ActorId) -> Result<()> {
-    let refused = refused_for_good(conn, doc_id)?;
+    let refused: Vec<(i64, Vec<u8>)> = refused_for_good(conn, doc_id)?
+        .into_iter()
+        .map(|row| (row.id, row.bytes))
+        .collect();
     let (task, generation) = task_doc::split_doc_id(successor);
     for (id, bytes) in refused {
         let events = Change::from_bytes(bytes)

@@ -1097,26 +1097,49 @@ impl Inner {
 
     /// A redaction of this device's the relay refused for good (its user
     /// may no longer remove patient details, say): the task goes back to
-    /// the document the redaction replaced, fetched whole from the relay,
-    /// and what this device wrote since is carried back to it
-    /// ([`Store::refused_redactions`]). Returns whether anything was
-    /// carried back (to push). A task its user may no longer read at all
-    /// (404) stays as it is.
+    /// the older generation the relay has, fetched whole in one reply (a
+    /// task taken back from a partial document would carry back, as this
+    /// device's, what the rest of it holds) from the one the redaction
+    /// replaced down (this device may have redacted it again before the
+    /// relay heard), what this device wrote since carried back to it
+    /// ([`Store::take_back_redaction`]). Returns whether a task went back
+    /// (there is something to push). One its user may no longer read (404
+    /// for every generation) stays as it is, and is asked for again next
+    /// round.
     async fn take_back_refused_redactions(
         &self,
         relay: &RelaySettings,
         report: &mut SyncReport,
     ) -> Result<bool> {
         let mut taken = false;
-        for doc in self.store.refused_redactions()? {
-            match self.repair(relay, &doc).await {
-                Ok((merged, _)) => {
-                    report.pulled += merged.applied;
-                    report.tasks_updated += merged.tasks_updated;
-                    taken |= merged.applied > 0;
+        for redacted in self.store.refused_redactions()? {
+            let (task, generation) = crate::task_doc::split_doc_id(&redacted);
+            for older in (0..generation).rev() {
+                let older = crate::task_doc::doc_id_of(task, older);
+                let request = wire::RepairRequest {
+                    doc: older.clone(),
+                    have: self.store.doc_heads(&older)?,
+                };
+                let reply: wire::RepairReply = match self.post(relay, "/v1/repair", &request).await
+                {
+                    Ok(reply) => reply,
+                    Err(Failed {
+                        error: Error::Relay { status: 404, .. },
+                        ..
+                    }) => continue,
+                    Err(f) => return Err(self.lost(&self.pages, f)),
+                };
+                let changes: Vec<(String, Vec<u8>)> = reply
+                    .changes
+                    .into_iter()
+                    .map(|b| (older.clone(), b.into_vec()))
+                    .collect();
+                report.pulled += self.store.apply_remote(&changes)?.applied;
+                if self.store.take_back_redaction(&older)? {
+                    report.tasks_updated += 1;
+                    taken = true;
                 }
-                Err(Error::Relay { status: 404, .. }) => {}
-                Err(e) => return Err(e),
+                break;
             }
         }
         Ok(taken)

@@ -530,6 +530,17 @@ fn emptying_the_wal_after_a_redaction_holds_up_no_push_while_a_reader_is_in_the_
 /// her needs attention.
 #[test]
 fn a_redaction_the_relay_refuses_gives_the_task_back_to_its_author() {
+    refused_redactions_give_the_task_back(1);
+}
+
+/// The same, redacted twice before her phone reached the relay: the task
+/// goes back past the generation the relay never had.
+#[test]
+fn a_task_redacted_twice_and_refused_goes_back_to_what_the_relay_has() {
+    refused_redactions_give_the_task_back(2);
+}
+
+fn refused_redactions_give_the_task_back(redactions: usize) {
     let relay = Relay::start();
     let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let zed = Phone::enrolled(&relay, &relay.invite(&team, "zed", "manager"));
@@ -545,7 +556,9 @@ fn a_redaction_the_relay_refuses_gives_the_task_back_to_its_author() {
     zed.sync();
     // Demoted; her phone has not heard.
     set_member(&max, "zed", Role::ClinicalAssistant, false, true);
-    zed.store.redact_patient(&task).unwrap();
+    for _ in 0..redactions {
+        zed.store.redact_patient(&task).unwrap();
+    }
     zed.store
         .log_call(&task, quill_call(CallOutcome::NoAnswer))
         .unwrap();
@@ -555,6 +568,10 @@ fn a_redaction_the_relay_refuses_gives_the_task_back_to_its_author() {
     zed.sync();
     let mine = zed.store.task_detail(&task).unwrap();
     assert_eq!(mine.state.calls.len(), 1, "her call is kept");
+    assert_eq!(
+        mine.state.calls[0].attempt.notes, "Jordan Quill says the wound is healing",
+        "as she typed it"
+    );
     assert_eq!(mine.state.comments.len(), 1, "max's comment reached her");
     assert!(mine.patient.is_some(), "the task as the relay has it");
     let attention = zed.store.needs_attention().unwrap();
