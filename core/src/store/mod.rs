@@ -1276,15 +1276,52 @@ impl Store {
         Ok(withdrawn)
     }
 
+    /// Older generations of tasks kept while a redaction of this device's
+    /// was withdrawn, once it no longer is (the relay took the redaction
+    /// after all, offered again after a restore; or another delegator's
+    /// layout of the same generation reached the phone): retired as any
+    /// older generation is, what they hold that the newer lacks carried
+    /// over scrubbed, so that no copy with the patient's details stays.
+    pub fn retire_kept_generations(&self) -> Result<()> {
+        let mut db = self.lock();
+        let Db { conn, st } = &mut *db;
+        let older: Vec<String> = conn
+            .prepare_cached(
+                "SELECT d.doc_id FROM documents d
+                 JOIN tasks t ON t.task_id = d.task_id
+                 JOIN documents c ON c.doc_id = t.doc_id
+                 WHERE d.kind = 'task' AND d.generation < c.generation",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if older.is_empty() {
+            return Ok(());
+        }
+        let team = st.team.clone().ok_or(Error::NotEnrolled)?;
+        let tx = conn.unchecked_transaction()?;
+        // Still withdrawn: kept (`reindex_doc` leaves it be).
+        let retired = older
+            .iter()
+            .try_for_each(|doc| reindex_doc(&tx, st, &team, doc).map(|_| ()))
+            .and_then(|()| tx.commit().map_err(Error::from));
+        if retired.is_err() {
+            // Memory may be ahead of the database: read it again.
+            st.docs.clear();
+        }
+        retired
+    }
+
     /// The task of `older`, a generation fetched whole from the relay, goes
     /// back to it from a redaction of this device's the relay refused for
     /// good: what this device wrote on the redacted generation since (and
     /// what the relay refused of that for building on the redaction) is
     /// carried back as it is, and the redacted generation is retired, its
     /// refused redaction kept in needs attention. `false` (nothing done)
-    /// unless the task's redaction is withdrawn and `older` is whole and
-    /// older than it.
-    pub fn take_back_redaction(&self, older: &str) -> Result<bool> {
+    /// unless the task's redaction is withdrawn and `older` is older than
+    /// it and has no gaps. The caller fetched all the relay has of it just
+    /// before: a prefix of a document has no gaps either, and would carry
+    /// back as this device's what the rest of it holds.
+    pub(crate) fn take_back_redaction(&self, older: &str) -> Result<bool> {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         let (task_id, generation) = task_doc::split_doc_id(older);

@@ -1097,44 +1097,35 @@ impl Inner {
 
     /// A redaction of this device's the relay refused for good (its user
     /// may no longer remove patient details, say): the task goes back to
-    /// the older generation the relay has, fetched whole in one reply (a
-    /// task taken back from a partial document would carry back, as this
-    /// device's, what the rest of it holds) from the one the redaction
-    /// replaced down (this device may have redacted it again before the
-    /// relay heard), what this device wrote since carried back to it
-    /// ([`Store::take_back_redaction`]). Returns whether a task went back
-    /// (there is something to push). One its user may no longer read (404
-    /// for every generation) stays as it is, and is asked for again next
-    /// round.
+    /// the older generation the relay has, fetched whole (a repair from
+    /// what the phone holds of it, in pages on a weak link; nothing
+    /// switches before the last) from the one the redaction replaced down
+    /// (this device may have redacted it again before the relay heard),
+    /// what this device wrote since carried back to it
+    /// ([`Store::take_back_redaction`]). Older generations kept while a
+    /// redaction was withdrawn that no longer is are retired first
+    /// ([`Store::retire_kept_generations`]). Returns whether a task went
+    /// back (there is something to push). A task whose fetch fails is
+    /// tried again next round, and fails nothing else: only an error that
+    /// ends sync (revoked, not a member) ends the round. One its user may
+    /// no longer read (404 for every generation) stays as it is.
     async fn take_back_refused_redactions(
         &self,
         relay: &RelaySettings,
         report: &mut SyncReport,
     ) -> Result<bool> {
+        self.store.retire_kept_generations()?;
         let mut taken = false;
         for redacted in self.store.refused_redactions()? {
             let (task, generation) = crate::task_doc::split_doc_id(&redacted);
             for older in (0..generation).rev() {
                 let older = crate::task_doc::doc_id_of(task, older);
-                let request = wire::RepairRequest {
-                    doc: older.clone(),
-                    have: self.store.doc_heads(&older)?,
-                };
-                let reply: wire::RepairReply = match self.post(relay, "/v1/repair", &request).await
-                {
-                    Ok(reply) => reply,
-                    Err(Failed {
-                        error: Error::Relay { status: 404, .. },
-                        ..
-                    }) => continue,
-                    Err(f) => return Err(self.lost(&self.pages, f)),
-                };
-                let changes: Vec<(String, Vec<u8>)> = reply
-                    .changes
-                    .into_iter()
-                    .map(|b| (older.clone(), b.into_vec()))
-                    .collect();
-                report.pulled += self.store.apply_remote(&changes)?.applied;
+                match self.repair(relay, &older).await {
+                    Ok((merged, _)) => report.pulled += merged.applied,
+                    Err(Error::Relay { status: 404, .. }) => continue,
+                    Err(e) if e.ends_sync() => return Err(e),
+                    Err(_) => break,
+                }
                 if self.store.take_back_redaction(&older)? {
                     report.tasks_updated += 1;
                     taken = true;

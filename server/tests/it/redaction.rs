@@ -596,3 +596,59 @@ fn refused_redactions_give_the_task_back(redactions: usize) {
         2
     );
 }
+
+/// The same over a link that drops long downloads, for a task with a long
+/// history: the older generation comes in pages, and the task goes back
+/// only once it is all there (a task taken back from part of it would
+/// carry back, as hers, what the rest holds).
+#[test]
+fn a_refused_redaction_of_a_long_task_goes_back_over_a_weak_link() {
+    use crate::proxy::Proxy;
+
+    let relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let zed = Phone::new();
+    zed.engine
+        .enrol(&proxy.url, &relay.invite(&team, "zed", "manager"))
+        .unwrap();
+    zed.sync();
+    max.sync();
+    let mut new = task_for("Post-op call", Some("zed"), None);
+    new.patient = Some(PatientRef {
+        display_name: "Jordan Quill".into(),
+        phone: None,
+        record_ref: None,
+    });
+    let task = max.store.delegate(new).unwrap();
+    // ~370 KB of notes.
+    long_comments(&max.store, &task, 40, 9_000, 0);
+    max.sync();
+    zed.sync();
+
+    set_member(&max, "zed", Role::ClinicalAssistant, false, true);
+    zed.store.redact_patient(&task).unwrap();
+    zed.store
+        .log_call(&task, quill_call(CallOutcome::NoAnswer))
+        .unwrap();
+    proxy.cut_downloads_over(100_000);
+    proxy.close_all();
+    let mut rounds = 0;
+    while zed.store.task_detail(&task).unwrap().patient.is_none() {
+        rounds += 1;
+        assert!(rounds <= 40, "not taken back after 40 rounds");
+        let _ = zed.engine.sync_now();
+    }
+    let mine = zed.store.task_detail(&task).unwrap();
+    assert_eq!(mine.state.comments.len(), 40);
+    assert_eq!(mine.state.calls.len(), 1, "her call is kept");
+    assert_eq!(zed.store.needs_attention().unwrap().len(), 1);
+
+    proxy.cut_downloads_over(0);
+    proxy.close_all();
+    zed.sync();
+    assert!(zed.store.outbox(10).unwrap().is_empty());
+    max.sync();
+    assert_converged(&[&max, &zed]);
+}
