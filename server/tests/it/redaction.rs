@@ -19,16 +19,22 @@ fn quill_call(outcome: CallOutcome) -> CallAttempt {
     }
 }
 
-/// max hands ana a call about Jordan Quill (phone and record number too);
-/// she logs one attempt and syncs it.
-fn quill_task_with_a_call(max: &Phone, ana: &Phone) -> String {
-    let mut new = task_for("Post-op call", Some("ana"), None);
+/// max delegates to `assignee` a call about Jordan Quill (phone and record
+/// number too), not yet synced.
+fn quill_task(max: &Phone, assignee: &str) -> String {
+    let mut new = task_for("Post-op call", Some(assignee), None);
     new.patient = Some(PatientRef {
         display_name: "Jordan Quill".into(),
         phone: Some("555-0199".into()),
         record_ref: Some("MRN-4471".into()),
     });
-    let task = max.store.delegate(new).unwrap();
+    max.store.delegate(new).unwrap()
+}
+
+/// max hands ana a call about Jordan Quill (phone and record number too);
+/// she logs one attempt and syncs it.
+fn quill_task_with_a_call(max: &Phone, ana: &Phone) -> String {
+    let task = quill_task(max, "ana");
     max.sync();
     ana.sync();
     ana.store
@@ -545,13 +551,7 @@ fn refused_redactions_give_the_task_back(redactions: usize) {
     let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let zed = Phone::enrolled(&relay, &relay.invite(&team, "zed", "manager"));
     max.sync();
-    let mut new = task_for("Post-op call", Some("zed"), None);
-    new.patient = Some(PatientRef {
-        display_name: "Jordan Quill".into(),
-        phone: Some("555-0199".into()),
-        record_ref: Some("MRN-4471".into()),
-    });
-    let task = max.store.delegate(new).unwrap();
+    let task = quill_task(&max, "zed");
     max.sync();
     zed.sync();
     // Demoted; her phone has not heard.
@@ -615,13 +615,7 @@ fn a_refused_redaction_of_a_long_task_goes_back_over_a_weak_link() {
         .unwrap();
     zed.sync();
     max.sync();
-    let mut new = task_for("Post-op call", Some("zed"), None);
-    new.patient = Some(PatientRef {
-        display_name: "Jordan Quill".into(),
-        phone: None,
-        record_ref: None,
-    });
-    let task = max.store.delegate(new).unwrap();
+    let task = quill_task(&max, "zed");
     // ~370 KB of notes.
     long_comments(&max.store, &task, 40, 9_000, 0);
     max.sync();
