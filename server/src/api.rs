@@ -201,9 +201,10 @@ async fn observe(State(app): State<App>, request: Request, next: Next) -> Respon
     response
 }
 
-/// A request being answered: counted and timed when it is, or, if its
-/// client goes away first (a phone that gave up on a slow push, a dropped
-/// long-poll), when it is dropped, as status 499.
+/// A request being answered: counted and timed when it is, or, if hyper
+/// drops it first (its connection failed, or shutdown ran out of time), as
+/// status 499. A client that goes away once its request is read is not
+/// noticed until the answer (`serve` allows half-closed connections).
 struct Observed<'a> {
     app: &'a App,
     route: Option<MatchedPath>,
@@ -729,7 +730,7 @@ async fn changes_of(
     .await
 }
 
-/// Counts a waiting long-poll, also when its client goes away mid-wait.
+/// Counts a waiting long-poll until its wait ends however it ends.
 struct Waiting<'a>(&'a std::sync::atomic::AtomicI64);
 
 impl<'a> Waiting<'a> {
