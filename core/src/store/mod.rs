@@ -177,6 +177,11 @@ struct State {
     docs: docs::DocCache,
     clock: Arc<dyn Clock>,
     utc_offset_ms: i64,
+    /// An older generation of a task may be kept beside its newer one
+    /// (a withdrawn redaction's, see `reindex_doc`): set when one is kept,
+    /// and on open; cleared once [`Store::retire_kept_generations`] finds
+    /// none, so a sync round does not look for them in every document.
+    may_keep_older: bool,
 }
 
 impl State {
@@ -274,6 +279,7 @@ impl Store {
             docs: docs::DocCache::with_capacity(options.doc_cache_capacity),
             clock: options.clock,
             utc_offset_ms: i64::from(options.utc_offset_minutes) * 60_000,
+            may_keep_older: true,
         };
         if let Some(doc) = docs::load(&conn, TEAM_DOC, &st.actor)? {
             st.set_team(Some(Team::read(&doc)));
@@ -1285,6 +1291,9 @@ impl Store {
     pub fn retire_kept_generations(&self) -> Result<()> {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
+        if !st.may_keep_older {
+            return Ok(());
+        }
         let older: Vec<String> = conn
             .prepare_cached(
                 "SELECT d.doc_id FROM documents d
@@ -1295,6 +1304,7 @@ impl Store {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         if older.is_empty() {
+            st.may_keep_older = false;
             return Ok(());
         }
         let team = st.team.clone().ok_or(Error::NotEnrolled)?;
@@ -1553,6 +1563,7 @@ fn reindex_doc(conn: &Connection, st: &mut State, team: &Team, doc_id: &str) -> 
                 // the relay refused is withdrawn: kept as it arrives, and
                 // the task goes back to it once it is whole
                 // ([`Store::take_back_redaction`]), not page by page.
+                st.may_keep_older = true;
                 st.docs.put(doc_id, doc);
                 return Ok(false);
             }

@@ -115,12 +115,7 @@ fn a_revoked_device_gets_401_wipes_its_store_and_reads_nothing_more() {
         Err(Error::TaskNotFound(_))
     ));
     // Nothing of the task is left in the file, even with the key.
-    let conn = rusqlite::Connection::open(&ana.path).unwrap();
-    conn.execute_batch(&format!(
-        "PRAGMA key = \"x'{}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
-        hex_key()
-    ))
-    .unwrap();
+    let conn = ana.open_file();
     let rows: i64 = conn
         .query_row("SELECT (SELECT count(*) FROM changes) + (SELECT count(*) FROM snapshots) + (SELECT count(*) FROM tasks)", [], |r| r.get(0))
         .unwrap();
@@ -181,10 +176,6 @@ fn a_revocation_written_into_the_database_by_hand_counts_within_seconds() {
         matches!(ana.engine.sync_now(), Err(Error::DeviceRevoked))
     });
     assert!(ana.store.was_wiped().unwrap());
-}
-
-fn hex_key() -> String {
-    KEY.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub trait JsonBody {

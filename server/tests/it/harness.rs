@@ -244,6 +244,18 @@ impl Phone {
         }
     }
 
+    /// The phone's database file opened beside its store, with its key:
+    /// what someone holding the file and the key could read.
+    pub fn open_file(&self) -> rusqlite::Connection {
+        let key: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
+        let conn = rusqlite::Connection::open(&self.path).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"x'{key}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;"
+        ))
+        .unwrap();
+        conn
+    }
+
     /// Enrol with an invite and pull the team.
     pub fn enrolled(relay: &Relay, invite: &str) -> Phone {
         Phone::new_enrolled_at(&relay.url, invite)

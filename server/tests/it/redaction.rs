@@ -646,3 +646,67 @@ fn a_refused_redaction_of_a_long_task_goes_back_over_a_weak_link() {
     max.sync();
     assert_converged(&[&max, &zed]);
 }
+
+/// A redaction the relay refused is withdrawn while the older version
+/// comes in over a weak link, part of it kept on the phone; then another
+/// manager redacts the same version, which the relay takes. Once that
+/// reaches her, her redaction stands after all: the part of the older
+/// version she kept, with the patient's details, is removed from her
+/// phone's file.
+#[test]
+fn a_kept_older_version_goes_once_another_managers_redaction_reaches_her() {
+    use crate::proxy::Proxy;
+
+    let relay = Relay::start();
+    let proxy = Proxy::to(&relay.url);
+    let (team, invite) = relay.create_team("Clinic", "max");
+    let max = Phone::enrolled(&relay, &invite);
+    let zed = Phone::new();
+    zed.engine
+        .enrol(&proxy.url, &relay.invite(&team, "zed", "manager"))
+        .unwrap();
+    zed.sync();
+    max.sync();
+    let task = quill_task(&max, "zed");
+    // ~370 KB of notes: the older version takes many rounds to come in.
+    long_comments(&max.store, &task, 40, 9_000, 0);
+    max.sync();
+    zed.sync();
+
+    set_member(&max, "zed", Role::ClinicalAssistant, false, true);
+    zed.store.redact_patient(&task).unwrap();
+    proxy.cut_downloads_over(100_000);
+    proxy.close_all();
+    let versions = |phone: &Phone| -> i64 {
+        phone
+            .open_file()
+            .query_row(
+                "SELECT count(*) FROM documents WHERE task_id = ?1",
+                [&task],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let mut rounds = 0;
+    while versions(&zed) < 2 {
+        rounds += 1;
+        assert!(rounds <= 40, "no part of the older version after 40 rounds");
+        let _ = zed.engine.sync_now();
+    }
+    assert!(
+        zed.store.task_detail(&task).unwrap().patient.is_none(),
+        "not taken back from part of the older version"
+    );
+
+    max.store.redact_patient(&task).unwrap();
+    max.sync();
+    proxy.cut_downloads_over(0);
+    proxy.close_all();
+    zed.sync();
+    assert_eq!(versions(&zed), 1, "the older version she kept is gone");
+    let mine = zed.store.task_detail(&task).unwrap();
+    assert!(mine.patient.is_none());
+    assert_eq!(mine.state.comments.len(), 40);
+    max.sync();
+    assert_converged(&[&max, &zed]);
+}
