@@ -98,12 +98,13 @@ impl FeedCursor {
 
 /// Keep `at` as the furthest feed entry this device knows the relay had
 /// ([`Store::relay_known_entry`]), if it is further than the one kept.
-fn note_known(conn: &rusqlite::Connection, at: FeedCursor) -> Result<()> {
+fn note_known(conn: &rusqlite::Connection, at: FeedCursor) -> Result<FeedCursor> {
     let kept = FeedCursor::read(meta(conn, "relay_pushed")?.as_deref());
     if at.seq > kept.seq {
         set_meta(conn, "relay_pushed", &at.written())?;
+        return Ok(at);
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Send the cursor back to the feed's start (a re-read), keeping where it
@@ -239,8 +240,8 @@ impl Store {
 
     /// The relay's feed had `at` (a push stored changes up to it, or a
     /// page that began a re-read ended there): kept if further than the
-    /// last ([`Store::relay_known_entry`]).
-    pub fn note_known_entry(&self, at: FeedCursor) -> Result<()> {
+    /// last ([`Store::relay_known_entry`]). Returns the entry now kept.
+    pub fn note_known_entry(&self, at: FeedCursor) -> Result<FeedCursor> {
         note_known(&self.lock().conn, at)
     }
 

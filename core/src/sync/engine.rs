@@ -771,8 +771,7 @@ impl Inner {
                     // a backup taken before it is found out on the way
                     // back up, and a re-read does not end by dropping what
                     // that relay lost.
-                    self.store.note_known_entry(next)?;
-                    known = self.store.relay_known_entry()?;
+                    known = self.store.note_known_entry(next)?;
                     cursor = FeedCursor::default();
                     reread = self.store.rereading()?;
                 } else if next != cursor {
