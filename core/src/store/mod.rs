@@ -1260,11 +1260,10 @@ impl Store {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         let current: Vec<String> = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT DISTINCT t.doc_id FROM tasks t JOIN outbox o ON o.doc_id = t.doc_id
-                 WHERE o.refused_code IS NOT NULL AND o.refused_code NOT IN (?1, ?2)
-                   AND o.held = 0",
-            )?
+                 WHERE {REFUSED_FOR_GOOD}"
+            ))?
             .query_map(
                 params![
                     RefusalCode::Retired.as_str(),
@@ -1910,24 +1909,28 @@ struct OutboxRow {
     bytes: Vec<u8>,
 }
 
-/// The changes of `doc_id` the relay refused for good (set aside, or
-/// kept where nothing could be set aside), with their outbox id and hash:
-/// not held, nor refused only for what they build on or for a newer
-/// generation.
+/// An outbox row `o` the relay refused for good (set aside, or kept where
+/// nothing could be set aside): not held, nor refused only for what it
+/// builds on (`?2`, missing dependencies) or for a newer generation (`?1`,
+/// retired).
+const REFUSED_FOR_GOOD: &str =
+    "o.refused_code IS NOT NULL AND o.refused_code NOT IN (?1, ?2) AND o.held = 0";
+
+/// The changes of `doc_id` the relay refused for good
+/// ([`REFUSED_FOR_GOOD`]), with their outbox id and hash.
 fn refused_for_good(conn: &Connection, doc_id: &str) -> Result<Vec<OutboxRow>> {
     use crate::sync::wire::RefusalCode;
     Ok(conn
-        .prepare_cached(
-            "SELECT id, hash, bytes FROM outbox
-             WHERE doc_id = ?1 AND refused_code IS NOT NULL AND refused_code NOT IN (?2, ?3)
-               AND held = 0
-             ORDER BY id",
-        )?
+        .prepare_cached(&format!(
+            "SELECT id, hash, bytes FROM outbox o
+             WHERE {REFUSED_FOR_GOOD} AND o.doc_id = ?3
+             ORDER BY id"
+        ))?
         .query_map(
             params![
-                doc_id,
                 RefusalCode::Retired.as_str(),
-                RefusalCode::MissingDependencies.as_str()
+                RefusalCode::MissingDependencies.as_str(),
+                doc_id
             ],
             |r| {
                 Ok(OutboxRow {
