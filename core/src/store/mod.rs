@@ -1375,6 +1375,15 @@ impl Store {
         moved.map(|()| true)
     }
 
+    /// How many times this device's user's sight has changed (each began a
+    /// re-read of the feed, [`Store::rereading`]): what the relay answered
+    /// about what she may read may differ once it grew.
+    pub fn sight_changes(&self) -> Result<u64> {
+        Ok(meta(&self.lock().conn, "reread_count")?
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0))
+    }
+
     /// The re-read of the feed under way, by its number, if this device is
     /// reading the feed again from its start (its user's sight changed; see
     /// [`Store::finish_reread`]). A sync round holds it while it reads.

@@ -4,7 +4,7 @@
 //! repeats rounds with a long-poll, wakes early on local writes, and backs
 //! off with jitter while the relay is unreachable.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -166,7 +166,23 @@ struct Inner {
     /// Held while the budgets are read and kept, so a later write never
     /// carries older figures.
     keeping: Mutex<()>,
+    /// Refused redactions of tasks this device's user may no longer read
+    /// (the relay answered 404 for every older generation): not asked
+    /// about again until her sight changes or [`ASK_AGAIN`] has passed.
+    unreadable: Mutex<HashMap<String, Unreadable>>,
 }
+
+/// When the relay last answered that no older generation of a refused
+/// redaction's task is there for this device's user.
+struct Unreadable {
+    sight: u64,
+    at: Instant,
+}
+
+/// How long a refused redaction whose older generations the relay did not
+/// show this device's user goes unasked, her sight unchanged: a relay
+/// restored from a backup may not have had them yet.
+const ASK_AGAIN: Duration = Duration::from_secs(60 * 60);
 
 /// Live sync runs until this is dropped or stopped.
 pub struct SyncHandle {
@@ -244,6 +260,7 @@ impl SyncEngine {
                 pushes,
                 pages,
                 keeping: Mutex::new(()),
+                unreadable: Mutex::new(HashMap::new()),
             }),
             runtime: Some(runtime),
         })
@@ -1107,7 +1124,8 @@ impl Inner {
     /// back (there is something to push). A task whose fetch fails is
     /// tried again next round, and fails nothing else: only an error that
     /// ends sync (revoked, not a member) ends the round. One its user may
-    /// no longer read (404 for every generation) stays as it is.
+    /// no longer read (404 for every generation) stays as it is, and is
+    /// not asked about again until her sight changes ([`ASK_AGAIN`]).
     async fn take_back_refused_redactions(
         &self,
         relay: &RelaySettings,
@@ -1115,21 +1133,40 @@ impl Inner {
     ) -> Result<bool> {
         self.store.retire_kept_generations()?;
         let mut taken = false;
+        let sight = self.store.sight_changes()?;
         for redacted in self.store.refused_redactions()? {
+            let asked = lock(&self.unreadable)
+                .get(&redacted)
+                .is_some_and(|u| u.sight == sight && u.at.elapsed() < ASK_AGAIN);
+            if asked {
+                continue;
+            }
             let (task, generation) = crate::task_doc::split_doc_id(&redacted);
+            let mut unreadable = true;
             for older in (0..generation).rev() {
                 let older = crate::task_doc::doc_id_of(task, older);
                 match self.repair(relay, &older).await {
                     Ok((merged, _)) => report.pulled += merged.applied,
                     Err(Error::Relay { status: 404, .. }) => continue,
                     Err(e) if e.ends_sync() => return Err(e),
-                    Err(_) => break,
+                    Err(_) => {
+                        unreadable = false;
+                        break;
+                    }
                 }
+                unreadable = false;
                 if self.store.take_back_redaction(&older)? {
                     report.tasks_updated += 1;
                     taken = true;
                 }
                 break;
+            }
+            let mut known = lock(&self.unreadable);
+            if unreadable {
+                let at = Instant::now();
+                known.insert(redacted, Unreadable { sight, at });
+            } else {
+                known.remove(&redacted);
             }
         }
         Ok(taken)

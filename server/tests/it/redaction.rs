@@ -710,3 +710,51 @@ fn a_kept_older_version_goes_once_another_managers_redaction_reaches_her() {
     max.sync();
     assert_converged(&[&max, &zed]);
 }
+
+/// A manager demoted while offline redacts a task she may then no longer
+/// read (neither hers nor her pool's): the relay refuses it, and has no
+/// older version to show her. Her phone keeps her copy and shows the
+/// refusal, and does not ask again every round. Promoted back, she may
+/// redact it: the relay takes her redaction then.
+#[test]
+fn a_refused_redaction_of_a_task_she_may_no_longer_read_is_not_asked_about_every_round() {
+    let relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let zed = Phone::enrolled(&relay, &relay.invite(&team, "zed", "manager"));
+    max.sync();
+    let task = quill_task(&max, "ana");
+    max.sync();
+    zed.sync();
+    ana.sync();
+    set_member(&max, "zed", Role::ClinicalAssistant, false, true);
+    zed.store.redact_patient(&task).unwrap();
+    let not_found = |relay: &Relay| -> u64 {
+        relay
+            .metrics()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"handoff_requests_total{route="/v1/repair",status="404"} "#)
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    zed.sync();
+    let attention = zed.store.needs_attention().unwrap();
+    assert_eq!(attention.len(), 1, "{attention:?}");
+    assert_eq!(attention[0].code, RefusalCode::Forbidden.as_str());
+    assert_eq!(not_found(&relay), 1, "asked once");
+    zed.sync();
+    zed.sync();
+    assert_eq!(not_found(&relay), 1, "not asked again every round");
+    assert_eq!(zed.store.task_ids().unwrap(), vec![task.clone()], "kept");
+
+    set_member(&max, "zed", Role::Manager, false, true);
+    zed.sync();
+    max.sync();
+    assert!(
+        zed.store.needs_attention().unwrap().is_empty(),
+        "once she may, the relay takes her redaction"
+    );
+    assert!(max.store.task_detail(&task).unwrap().patient.is_none());
+    assert_converged(&[&max, &zed]);
+}
