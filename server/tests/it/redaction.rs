@@ -603,26 +603,7 @@ fn refused_redactions_give_the_task_back(redactions: usize) {
 /// carry back, as hers, what the rest holds).
 #[test]
 fn a_refused_redaction_of_a_long_task_goes_back_over_a_weak_link() {
-    use crate::proxy::Proxy;
-
-    let relay = Relay::start();
-    let proxy = Proxy::to(&relay.url);
-    let (team, invite) = relay.create_team("Clinic", "max");
-    let max = Phone::enrolled(&relay, &invite);
-    let zed = Phone::new();
-    zed.engine
-        .enrol(&proxy.url, &relay.invite(&team, "zed", "manager"))
-        .unwrap();
-    zed.sync();
-    max.sync();
-    let task = quill_task(&max, "zed");
-    // ~370 KB of notes.
-    long_comments(&max.store, &task, 40, 9_000, 0);
-    max.sync();
-    zed.sync();
-
-    set_member(&max, "zed", Role::ClinicalAssistant, false, true);
-    zed.store.redact_patient(&task).unwrap();
+    let (_relay, proxy, max, zed, task) = long_task_redacted_by_a_demoted_manager();
     zed.store
         .log_call(&task, quill_call(CallOutcome::NoAnswer))
         .unwrap();
@@ -647,18 +628,11 @@ fn a_refused_redaction_of_a_long_task_goes_back_over_a_weak_link() {
     assert_converged(&[&max, &zed]);
 }
 
-/// A redaction the relay refused is withdrawn while the older version
-/// comes in over a weak link, part of it kept on the phone; then another
-/// manager redacts the same version, which the relay takes. Once that
-/// reaches her, her redaction stands after all: the part of the older
-/// version she kept, with the patient's details, is removed from her
-/// phone's file.
-#[test]
-fn a_kept_older_version_goes_once_another_managers_redaction_reaches_her() {
-    use crate::proxy::Proxy;
-
+/// A task with ~370 KB of notes, which zed (a manager reached through a
+/// proxy) redacts after max demoted her, her phone not yet told.
+fn long_task_redacted_by_a_demoted_manager() -> (Relay, crate::proxy::Proxy, Phone, Phone, String) {
     let relay = Relay::start();
-    let proxy = Proxy::to(&relay.url);
+    let proxy = crate::proxy::Proxy::to(&relay.url);
     let (team, invite) = relay.create_team("Clinic", "max");
     let max = Phone::enrolled(&relay, &invite);
     let zed = Phone::new();
@@ -668,13 +642,23 @@ fn a_kept_older_version_goes_once_another_managers_redaction_reaches_her() {
     zed.sync();
     max.sync();
     let task = quill_task(&max, "zed");
-    // ~370 KB of notes: the older version takes many rounds to come in.
     long_comments(&max.store, &task, 40, 9_000, 0);
     max.sync();
     zed.sync();
-
     set_member(&max, "zed", Role::ClinicalAssistant, false, true);
     zed.store.redact_patient(&task).unwrap();
+    (relay, proxy, max, zed, task)
+}
+
+/// A redaction the relay refused is withdrawn while the older version
+/// comes in over a weak link, part of it kept on the phone; then another
+/// manager redacts the same version, which the relay takes. Once that
+/// reaches her, her redaction stands after all: the part of the older
+/// version she kept, with the patient's details, is removed from her
+/// phone's file.
+#[test]
+fn a_kept_older_version_goes_once_another_managers_redaction_reaches_her() {
+    let (_relay, proxy, max, zed, task) = long_task_redacted_by_a_demoted_manager();
     proxy.cut_downloads_over(100_000);
     proxy.close_all();
     let versions = |phone: &Phone| -> i64 {
