@@ -122,9 +122,10 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
     // Half-closed connections allowed: while a request is being answered,
     // hyper no longer posts a read to notice its client leaving. That read
     // reserves a second 8 KiB buffer per connection (the first still holds
-    // the request's head), ~80 MB for 10,000 waiting long-polls. A poll
-    // whose client left is answered when its wait ends (at most
-    // `MAX_WAIT_SECS`), as one on a phone that lost signal always was.
+    // the request's head): 10,000 waiting long-polls held ~40 MB more, and
+    // ~65 MB more at the peak (BENCHMARKS.md). A poll whose client left is
+    // answered when its wait ends (at most `MAX_WAIT_SECS`), as one on a
+    // phone that lost signal always was.
     server
         .http_builder()
         .http1()

@@ -1052,7 +1052,7 @@ fn metrics_count_each_route_and_status() {
     let cursor = ana.store.relay_cursor().unwrap();
     write!(
         conn,
-        "GET /v1/pull?cursor={}&at={}&wait=2 HTTP/1.1\r\nhost: {addr}\r\n\
+        "GET /v1/pull?cursor={}&at={}&wait=5 HTTP/1.1\r\nhost: {addr}\r\n\
          authorization: Bearer {}\r\n\r\n",
         cursor.seq,
         cursor.tag,
