@@ -1384,6 +1384,20 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// Does this device keep an older generation of `doc_id`'s task beside
+    /// it (one that arrived while a redaction of this device's was
+    /// withdrawn, not yet whole or not yet taken back)?
+    pub fn keeps_older_generation(&self, doc_id: &str) -> Result<bool> {
+        let (task, generation) = task_doc::split_doc_id(doc_id);
+        Ok(self
+            .lock()
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM documents WHERE task_id = ?1 AND generation < ?2)",
+            )?
+            .query_row(params![task, generation], |r| r.get(0))?)
+    }
+
     /// The re-read of the feed under way, by its number, if this device is
     /// reading the feed again from its start (its user's sight changed; see
     /// [`Store::finish_reread`]). A sync round holds it while it reads.

@@ -168,21 +168,27 @@ struct Inner {
     keeping: Mutex<()>,
     /// Refused redactions of tasks this device's user may no longer read
     /// (the relay answered 404 for every older generation): not asked
-    /// about again until her sight changes or [`ASK_AGAIN`] has passed.
+    /// about again until she may read the task again (her sight changes,
+    /// or an older generation arrives: the task was handed to her) or
+    /// [`ASK_AGAIN`] has passed.
     unreadable: Mutex<HashMap<String, Unreadable>>,
 }
 
-/// When the relay last answered that no older generation of a refused
-/// redaction's task is there for this device's user.
+/// What held when the relay last answered that no older generation of a
+/// refused redaction's task is there for this device's user.
 struct Unreadable {
+    /// [`Store::sight_changes`].
     sight: u64,
-    at: Instant,
+    /// [`Store::keeps_older_generation`].
+    kept: bool,
+    /// The store's clock (ms): the time a phone sleeps counts.
+    at: i64,
 }
 
 /// How long a refused redaction whose older generations the relay did not
-/// show this device's user goes unasked, her sight unchanged: a relay
+/// show this device's user goes unasked, nothing else changed: a relay
 /// restored from a backup may not have had them yet.
-const ASK_AGAIN: Duration = Duration::from_secs(60 * 60);
+const ASK_AGAIN_MS: i64 = 60 * 60 * 1000;
 
 /// Live sync runs until this is dropped or stopped.
 pub struct SyncHandle {
@@ -1125,7 +1131,8 @@ impl Inner {
     /// tried again next round, and fails nothing else: only an error that
     /// ends sync (revoked, not a member) ends the round. One its user may
     /// no longer read (404 for every generation) stays as it is, and is
-    /// not asked about again until her sight changes ([`ASK_AGAIN`]).
+    /// not asked about again until she may read it again
+    /// ([`Inner::unreadable`]).
     async fn take_back_refused_redactions(
         &self,
         relay: &RelaySettings,
@@ -1134,10 +1141,14 @@ impl Inner {
         self.store.retire_kept_generations()?;
         let mut taken = false;
         let sight = self.store.sight_changes()?;
-        for redacted in self.store.refused_redactions()? {
-            let asked = lock(&self.unreadable)
-                .get(&redacted)
-                .is_some_and(|u| u.sight == sight && u.at.elapsed() < ASK_AGAIN);
+        let refused = self.store.refused_redactions()?;
+        lock(&self.unreadable).retain(|redacted, _| refused.contains(redacted));
+        for redacted in refused {
+            let kept = self.store.keeps_older_generation(&redacted)?;
+            let now = self.store.now();
+            let asked = lock(&self.unreadable).get(&redacted).is_some_and(|u| {
+                u.sight == sight && u.kept == kept && (u.at..u.at + ASK_AGAIN_MS).contains(&now)
+            });
             if asked {
                 continue;
             }
@@ -1163,8 +1174,8 @@ impl Inner {
             }
             let mut known = lock(&self.unreadable);
             if unreadable {
-                let at = Instant::now();
-                known.insert(redacted, Unreadable { sight, at });
+                let at = now;
+                known.insert(redacted, Unreadable { sight, kept, at });
             } else {
                 known.remove(&redacted);
             }

@@ -698,10 +698,11 @@ fn a_kept_older_version_goes_once_another_managers_redaction_reaches_her() {
 /// A manager demoted while offline redacts a task she may then no longer
 /// read (neither hers nor her pool's): the relay refuses it, and has no
 /// older version to show her. Her phone keeps her copy and shows the
-/// refusal, and does not ask again every round. Promoted back, she may
-/// redact it: the relay takes her redaction then.
+/// refusal, and does not ask again every round. Once the task is handed to
+/// her, she may read it again: her phone asks, and the task goes back to
+/// what the relay has.
 #[test]
-fn a_refused_redaction_of_a_task_she_may_no_longer_read_is_not_asked_about_every_round() {
+fn a_refused_redaction_of_a_task_she_may_no_longer_read_waits_until_it_is_handed_to_her() {
     let relay = Relay::start();
     let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let zed = Phone::enrolled(&relay, &relay.invite(&team, "zed", "manager"));
@@ -712,13 +713,12 @@ fn a_refused_redaction_of_a_task_she_may_no_longer_read_is_not_asked_about_every
     ana.sync();
     set_member(&max, "zed", Role::ClinicalAssistant, false, true);
     zed.store.redact_patient(&task).unwrap();
-    let not_found = |relay: &Relay| -> u64 {
+    let repairs = |relay: &Relay, status: u16| -> u64 {
+        let line = format!(r#"handoff_requests_total{{route="/v1/repair",status="{status}"}} "#);
         relay
             .metrics()
             .lines()
-            .find_map(|l| {
-                l.strip_prefix(r#"handoff_requests_total{route="/v1/repair",status="404"} "#)
-            })
+            .find_map(|l| l.strip_prefix(line.as_str()))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
@@ -726,19 +726,28 @@ fn a_refused_redaction_of_a_task_she_may_no_longer_read_is_not_asked_about_every
     let attention = zed.store.needs_attention().unwrap();
     assert_eq!(attention.len(), 1, "{attention:?}");
     assert_eq!(attention[0].code, RefusalCode::Forbidden.as_str());
-    assert_eq!(not_found(&relay), 1, "asked once");
+    assert_eq!(repairs(&relay, 404), 1, "asked once");
     zed.sync();
     zed.sync();
-    assert_eq!(not_found(&relay), 1, "not asked again every round");
+    assert_eq!(repairs(&relay, 404), 1, "not asked again every round");
     assert_eq!(zed.store.task_ids().unwrap(), vec![task.clone()], "kept");
 
-    set_member(&max, "zed", Role::Manager, false, true);
-    zed.sync();
+    max.store.assign(&task, "zed").unwrap();
     max.sync();
-    assert!(
-        zed.store.needs_attention().unwrap().is_empty(),
-        "once she may, the relay takes her redaction"
+    let mut rounds = 0;
+    while zed.store.task_detail(&task).unwrap().patient.is_none() {
+        rounds += 1;
+        assert!(rounds <= 5, "not taken back after 5 rounds");
+        zed.sync();
+    }
+    assert!(repairs(&relay, 200) >= 1, "asked again");
+    assert_eq!(repairs(&relay, 404), 1);
+    let attention = zed.store.needs_attention().unwrap();
+    assert_eq!(
+        attention.len(),
+        1,
+        "her redaction stays refused: {attention:?}"
     );
-    assert!(max.store.task_detail(&task).unwrap().patient.is_none());
+    max.sync();
     assert_converged(&[&max, &zed]);
 }
