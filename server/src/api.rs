@@ -611,16 +611,18 @@ async fn pull(
     let caller = caller(&app, &headers).await?;
     let query = pull_query(query.as_deref())?;
     let mut cursor = query.cursor;
-    let deadline = tokio::time::Instant::now() + query.wait;
+    let began = tokio::time::Instant::now();
+    let mut deadline = began + query.wait;
     let mut team = loaded_team(&app, &caller).await?;
     let mut shutdown = app.shutdown.clone();
     let mut waited = false;
     let mut restarted = false;
+    let mut poll = None;
     loop {
         // Before the state is read: a failure after it wakes the wait.
         let mut replaced = team.replaced();
         let retirements = team.retirements();
-        let (seqs, page, next, cursor_tag, more, feed_length, mut news) = {
+        let (seqs, page, next, cursor_tag, more, feed_length, news) = {
             let mut st = team.state();
             // Also after a wait: deactivated meanwhile, she reads nothing.
             if !st.is_active_member(&caller.user_id) {
@@ -639,11 +641,25 @@ async fn pull(
             let (seqs, next, more) = st.visible_since(cursor, &caller, query.page);
             let page = st.page(&seqs);
             let tag = st.tag_at(next);
-            (seqs, page, next, tag, more, st.head(), st.wait(&caller))
+            let news = match query.wait.is_zero() {
+                true => None,
+                false => Some(st.wait(&caller, &mut poll)),
+            };
+            (seqs, page, next, tag, more, st.head(), news)
         };
+        if let Some((_, true)) = news {
+            // The device polls again (it left this poll to push, say): this
+            // one is answered soon, but not at once, so that two of its
+            // polls at a time (two apps on one store) do not take turns
+            // cutting each other short as fast as they can ask.
+            deadline = deadline.min(began + OVERLAP);
+        }
         let now = tokio::time::Instant::now();
         // A device started over hears it now: what it had sent may be lost.
-        if !seqs.is_empty() || more || restarted || now >= deadline || *shutdown.borrow() {
+        let waiting = news.filter(|_| {
+            seqs.is_empty() && !more && !restarted && now < deadline && !*shutdown.borrow()
+        });
+        let Some((mut news, _)) = waiting else {
             if waited && !seqs.is_empty() && app.relay.revoked_since(&team, &caller, next)? {
                 // Revoked while its poll waited (a stolen phone): the 401,
                 // not the news.
@@ -672,7 +688,7 @@ async fn pull(
             }));
             team.share_reply(reply, body.clone());
             return Ok(pull_reply(body, catching_up));
-        }
+        };
         cursor = next;
         waited = true;
         // A failed team is reloaded from its feed: changes are recorded
@@ -691,6 +707,9 @@ async fn pull(
         }
     }
 }
+
+/// The least a long-poll waits once a newer poll of its device began.
+const OVERLAP: Duration = Duration::from_secs(5);
 
 /// The changes of a pull page: from memory, or (older ones) from SQLite.
 async fn changes_of(

@@ -168,7 +168,13 @@ pub struct TeamState {
 struct Waiter {
     user: Arc<str>,
     wake: watch::Sender<u64>,
+    /// The device's newest long-poll ([`TeamState::wait`]).
+    newest: u64,
 }
+
+/// Long-polls, numbered in the order they began, across teams and team
+/// reloads: a poll that began later has the larger number.
+static POLLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 pub(crate) fn refuse(code: RefusalCode, reason: &str) -> Verdict {
     Verdict::Refused {
@@ -443,18 +449,35 @@ impl TeamState {
     }
 
     /// Wait for news for this device: the receiver changes when a change
-    /// it may read (and did not write) enters the feed.
-    pub fn wait(&mut self, caller: &Caller) -> watch::Receiver<u64> {
+    /// it may read (and did not write) enters the feed. `poll` is this
+    /// long-poll's number, given at its first wait. The `bool` says a newer
+    /// poll of the same device began since: its older polls are woken then,
+    /// and end soon (`api::pull`). A phone cuts its poll short to push what
+    /// its user wrote, and polls again; the relay does not notice a client
+    /// leave mid-request (`serve`), so the poll it left would otherwise
+    /// wait on until its time ran out.
+    pub fn wait(
+        &mut self,
+        caller: &Caller,
+        poll: &mut Option<u64>,
+    ) -> (watch::Receiver<u64>, bool) {
+        use std::sync::atomic::Ordering;
         let head = self.head();
         let actor = self.actor_key(&caller.actor);
-        self.waiters
-            .entry(actor)
-            .or_insert_with(|| Waiter {
-                user: caller.user_id.clone(),
-                wake: watch::channel(head).0,
-            })
-            .wake
-            .subscribe()
+        let id = *poll.get_or_insert_with(|| POLLS.fetch_add(1, Ordering::Relaxed));
+        let waiter = self.waiters.entry(actor).or_insert_with(|| Waiter {
+            user: caller.user_id.clone(),
+            wake: watch::channel(head).0,
+            newest: id,
+        });
+        if waiter.newest < id {
+            waiter.newest = id;
+            // The older polls hear it now; this one subscribes after.
+            if waiter.wake.receiver_count() > 0 {
+                waiter.wake.send_replace(head);
+            }
+        }
+        (waiter.wake.subscribe(), waiter.newest > id)
     }
 
     /// May this user be sent the feed entry `seq` of `doc`: they may read
@@ -1367,6 +1390,30 @@ mod tests {
             team_id: "t".into(),
             user_id: user.into(),
         }
+    }
+
+    /// A device waits in one poll at a time: a newer poll wakes the older
+    /// and tells it so; another device's polls are left alone.
+    #[test]
+    fn a_newer_poll_of_the_same_device_wakes_the_older_and_says_so() {
+        let mut c = clinic();
+        let (fay, max) = (caller(&c.fay, "fay"), caller(&c.max, "max"));
+        let (mut older, mut first) = (None, None);
+        let (mut older_news, superseded) = c.st.wait(&fay, &mut older);
+        assert!(!superseded);
+        let (max_news, _) = c.st.wait(&max, &mut first);
+        assert!(!c.st.wait(&fay, &mut older).1, "the same poll again");
+        assert!(!older_news.has_changed().unwrap());
+
+        let mut newer = None;
+        let (_newer_news, superseded) = c.st.wait(&fay, &mut newer);
+        assert!(!superseded, "the newest");
+        assert!(older_news.has_changed().unwrap(), "the older is woken");
+        older_news.borrow_and_update();
+        assert!(c.st.wait(&fay, &mut older).1, "and hears it");
+        assert!(!c.st.wait(&fay, &mut newer).1);
+        assert!(!max_news.has_changed().unwrap(), "max's poll is his own");
+        assert!(!c.st.wait(&max, &mut first).1);
     }
 
     fn recall(assignee: Option<&str>, pool: Option<Role>) -> NewTask {

@@ -1074,6 +1074,66 @@ fn metrics_count_each_route_and_status() {
     }
 }
 
+/// A phone leaves its long-poll (to push what its user wrote) and polls
+/// again. The relay does not notice the client leave, but the newer poll
+/// of the same phone ends the one it left within seconds (`OVERLAP`), not
+/// when its minute runs out: the relay holds no poll per write. The newer
+/// poll waits on, and news reaches it.
+#[test]
+fn a_poll_left_for_a_newer_one_of_the_same_phone_ends_soon() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    let relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call back", "ana");
+    let cursor = ana.store.relay_cursor().unwrap();
+    let addr = relay.url.trim_start_matches("http://").to_owned();
+    let poll = || {
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            conn,
+            "GET /v1/pull?cursor={}&at={}&wait=60 HTTP/1.1\r\nhost: {addr}\r\n\
+             authorization: Bearer {}\r\n\r\n",
+            cursor.seq,
+            cursor.tag,
+            ana.settings().token
+        )
+        .unwrap();
+        conn
+    };
+    let answered = |relay: &Relay| -> u64 {
+        relay
+            .metrics()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"handoff_requests_total{route="/v1/pull",status="200"} "#)
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let left = poll();
+    relay.wait_for_long_polls(1);
+    drop(left);
+    let before = answered(&relay);
+    let mut newer = poll();
+    // Within 20 s, not when its minute runs out.
+    eventually(20, "the poll left behind is answered", || {
+        answered(&relay) > before
+    });
+    assert_eq!(answered(&relay), before + 1);
+    relay.wait_for_long_polls(1);
+
+    max.store.comment(&task, "she called back").unwrap();
+    max.sync();
+    newer
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    newer.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "the newer poll heard the news");
+}
+
 /// A user who keeps writing while her phone carries a big batch over a
 /// slow uplink: each write tells live sync, which only cuts a wait for
 /// news short. The push under way goes through; it used to be dropped and
