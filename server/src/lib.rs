@@ -125,7 +125,8 @@ pub async fn serve(config: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Resul
     // the request's head): 10,000 waiting long-polls held ~40 MB more, and
     // ~65 MB more at the peak (BENCHMARKS.md). A poll whose client left is
     // answered when its wait ends (at most `MAX_WAIT_SECS`), as one on a
-    // phone that lost signal always was.
+    // phone that lost signal always was, or 5 s after the same phone polls
+    // again (`TeamState::wait`).
     server
         .http_builder()
         .http1()

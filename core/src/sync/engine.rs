@@ -170,7 +170,7 @@ struct Inner {
     /// (the relay answered 404 for every older generation): not asked
     /// about again until she may read the task again (her sight changes,
     /// or an older generation arrives: the task was handed to her) or
-    /// [`ASK_AGAIN`] has passed.
+    /// [`ASK_AGAIN_MS`] has passed.
     unreadable: Mutex<HashMap<String, Unreadable>>,
 }
 
@@ -1156,17 +1156,17 @@ impl Inner {
             let mut unreadable = true;
             for older in (0..generation).rev() {
                 let older = crate::task_doc::doc_id_of(task, older);
-                match self.repair(relay, &older).await {
-                    Ok((merged, _)) => report.pulled += merged.applied,
+                let fetched = match self.repair(relay, &older).await {
+                    Ok((merged, _)) => {
+                        report.pulled += merged.applied;
+                        true
+                    }
                     Err(Error::Relay { status: 404, .. }) => continue,
                     Err(e) if e.ends_sync() => return Err(e),
-                    Err(_) => {
-                        unreadable = false;
-                        break;
-                    }
-                }
+                    Err(_) => false,
+                };
                 unreadable = false;
-                if self.store.take_back_redaction(&older)? {
+                if fetched && self.store.take_back_redaction(&older)? {
                     report.tasks_updated += 1;
                     taken = true;
                 }
@@ -1174,8 +1174,14 @@ impl Inner {
             }
             let mut known = lock(&self.unreadable);
             if unreadable {
-                let at = now;
-                known.insert(redacted, Unreadable { sight, kept, at });
+                known.insert(
+                    redacted,
+                    Unreadable {
+                        sight,
+                        kept,
+                        at: now,
+                    },
+                );
             } else {
                 known.remove(&redacted);
             }

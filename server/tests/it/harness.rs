@@ -110,6 +110,11 @@ impl Relay {
         })
     }
 
+    /// [`metric`] as the relay counts it now.
+    pub fn metric(&self, name: &str) -> u64 {
+        metric(&self.metrics(), name)
+    }
+
     /// Until the relay counts `n` long-polls waiting.
     pub fn wait_for_long_polls(&self, n: usize) {
         let line = format!("handoff_long_polls {n}");
@@ -318,6 +323,15 @@ pub fn call(outcome: CallOutcome) -> CallAttempt {
 }
 
 /// Poll `f` until it holds, for at most `secs`.
+/// The value of the metric `name` (labels included) in `/metrics` text;
+/// 0 when it is not there.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {

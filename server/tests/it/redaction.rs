@@ -713,14 +713,10 @@ fn a_refused_redaction_of_a_task_she_may_no_longer_read_waits_until_it_is_handed
     ana.sync();
     set_member(&max, "zed", Role::ClinicalAssistant, false, true);
     zed.store.redact_patient(&task).unwrap();
-    let repairs = |relay: &Relay, status: u16| -> u64 {
-        let line = format!(r#"handoff_requests_total{{route="/v1/repair",status="{status}"}} "#);
-        relay
-            .metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(line.as_str()))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+    let repairs = |relay: &Relay, status: u16| {
+        relay.metric(&format!(
+            r#"handoff_requests_total{{route="/v1/repair",status="{status}"}}"#
+        ))
     };
     zed.sync();
     let attention = zed.store.needs_attention().unwrap();

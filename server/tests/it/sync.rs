@@ -1013,12 +1013,7 @@ fn metrics_count_each_route_and_status() {
     let (status, _) = RawPush::to(&relay).send("not-a-token", Vec::new());
     assert_eq!(status, 401);
     let text = relay.metrics();
-    let value = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let value = |name: &str| metric(&text, name);
     let ok = value(r#"handoff_requests_total{route="/v1/push",status="200"}"#);
     let refused = value(r#"handoff_requests_total{route="/v1/push",status="401"}"#);
     assert!(ok >= 1, "{text}");
@@ -1038,17 +1033,11 @@ fn metrics_count_each_route_and_status() {
     // second buffer per waiting poll), counted once, and the poll is no
     // longer counted as waiting.
     use std::io::Write;
-    let count = |text: &str, name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
     let pulls = r#"handoff_requests_total{route="/v1/pull",status="200"}"#;
     let addr = relay.url.trim_start_matches("http://").to_owned();
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     ana.sync();
-    let answered = count(&relay.metrics(), pulls);
+    let answered = relay.metric(pulls);
     let cursor = ana.store.relay_cursor().unwrap();
     write!(
         conn,
@@ -1064,9 +1053,9 @@ fn metrics_count_each_route_and_status() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let text = relay.metrics();
-        if count(&text, pulls) > answered {
-            assert_eq!(count(&text, pulls), answered + 1, "{text}");
-            assert_eq!(count(&text, "handoff_long_polls "), 0, "{text}");
+        if metric(&text, pulls) > answered {
+            assert_eq!(metric(&text, pulls), answered + 1, "{text}");
+            assert_eq!(metric(&text, "handoff_long_polls"), 0, "{text}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{text}");
@@ -1102,16 +1091,8 @@ fn a_poll_left_for_a_newer_one_of_the_same_phone_ends_soon() {
         .unwrap();
         conn
     };
-    let answered = |relay: &Relay| -> u64 {
-        relay
-            .metrics()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(r#"handoff_requests_total{route="/v1/pull",status="200"} "#)
-            })
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let answered =
+        |relay: &Relay| relay.metric(r#"handoff_requests_total{route="/v1/pull",status="200"}"#);
     let left = poll();
     relay.wait_for_long_polls(1);
     drop(left);
