@@ -323,6 +323,26 @@ pub fn call(outcome: CallOutcome) -> CallAttempt {
 }
 
 /// Poll `f` until it holds, for at most `secs`.
+/// A long-poll of `phone` from its cursor, waiting up to `wait` seconds,
+/// sent over a connection of its own (which the caller may drop, as a
+/// phone leaving its poll does).
+pub fn raw_poll(relay: &Relay, phone: &Phone, wait: u64) -> std::net::TcpStream {
+    use std::io::Write;
+    let addr = relay.url.trim_start_matches("http://");
+    let cursor = phone.store.relay_cursor().unwrap();
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "GET /v1/pull?cursor={}&at={}&wait={wait} HTTP/1.1\r\nhost: {addr}\r\n\
+         authorization: Bearer {}\r\n\r\n",
+        cursor.seq,
+        cursor.tag,
+        phone.settings().token
+    )
+    .unwrap();
+    conn
+}
+
 /// The value of the metric `name` (labels included) in `/metrics` text;
 /// 0 when it is not there.
 pub fn metric(text: &str, name: &str) -> u64 {

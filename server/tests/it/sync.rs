@@ -1032,22 +1032,10 @@ fn metrics_count_each_route_and_status() {
     // (the relay posts no read to notice it leaving: that read held a
     // second buffer per waiting poll), counted once, and the poll is no
     // longer counted as waiting.
-    use std::io::Write;
     let pulls = r#"handoff_requests_total{route="/v1/pull",status="200"}"#;
-    let addr = relay.url.trim_start_matches("http://").to_owned();
-    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     ana.sync();
     let answered = relay.metric(pulls);
-    let cursor = ana.store.relay_cursor().unwrap();
-    write!(
-        conn,
-        "GET /v1/pull?cursor={}&at={}&wait=5 HTTP/1.1\r\nhost: {addr}\r\n\
-         authorization: Bearer {}\r\n\r\n",
-        cursor.seq,
-        cursor.tag,
-        ana.settings().token
-    )
-    .unwrap();
+    let conn = raw_poll(&relay, &ana, 5);
     relay.wait_for_long_polls(1);
     drop(conn);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -1070,27 +1058,13 @@ fn metrics_count_each_route_and_status() {
 /// poll waits on, and news reaches it.
 #[test]
 fn a_poll_left_for_a_newer_one_of_the_same_phone_ends_soon() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     use std::time::Duration;
 
     let relay = Relay::start();
     let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = hand_over(&max, &ana, "Call back", "ana");
-    let cursor = ana.store.relay_cursor().unwrap();
-    let addr = relay.url.trim_start_matches("http://").to_owned();
-    let poll = || {
-        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
-        write!(
-            conn,
-            "GET /v1/pull?cursor={}&at={}&wait=60 HTTP/1.1\r\nhost: {addr}\r\n\
-             authorization: Bearer {}\r\n\r\n",
-            cursor.seq,
-            cursor.tag,
-            ana.settings().token
-        )
-        .unwrap();
-        conn
-    };
+    let poll = || raw_poll(&relay, &ana, 60);
     let answered =
         |relay: &Relay| relay.metric(r#"handoff_requests_total{route="/v1/pull",status="200"}"#);
     let left = poll();
