@@ -31,6 +31,8 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo doc -D warnings (the docs' links resolve)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 step "cargo test"
 cargo test --workspace --locked
 step "bindings: generate Kotlin + Swift, Kotlin tests on the JVM"

@@ -338,7 +338,7 @@ pub fn derive(task_id: &str, events: Vec<Event>, team: &Team) -> Option<TaskStat
     })
 }
 
-/// [`derive`] from borrowed events (a cached parse stays in the cache).
+/// [`derive()`] from borrowed events (a cached parse stays in the cache).
 pub fn derive_borrowed(task_id: &str, events: &[Event], team: &Team) -> Option<TaskState> {
     let (state, outcomes) = derive_outcomes(task_id, events, team);
     state.map(|s| with_history(s, outcomes))
@@ -443,7 +443,7 @@ pub struct FoldedTask {
 }
 
 impl FoldedTask {
-    /// Fold `events` (in any order, duplicates welcome, as [`derive`] takes them).
+    /// Fold `events` (in any order, duplicates welcome, as [`derive()`] takes them).
     pub fn of(task_id: &str, events: &[Event], team: &Team) -> FoldedTask {
         FoldedTask::of_judging(task_id, events, team, None).0
     }

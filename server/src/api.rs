@@ -36,7 +36,7 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
     pub enrol_guard: Arc<EnrolGuard>,
     /// How long a request body may pause between its pieces (see
-    /// [`read_body`]).
+    /// `read_body`).
     pub read_pause: Duration,
 }
 

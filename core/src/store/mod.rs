@@ -1254,7 +1254,7 @@ impl Store {
     /// goes back to the older generation the relay has. The sync engine
     /// fetches that whole (the one the redaction replaced, or one further
     /// back if this device redacted the task again before the relay heard)
-    /// and hands it to [`Store::take_back_redaction`].
+    /// and hands it to `Store::take_back_redaction`.
     pub fn refused_redactions(&self) -> Result<Vec<String>> {
         use crate::sync::wire::RefusalCode;
         let mut db = self.lock();

@@ -1,7 +1,7 @@
 //! Writes to a Handoff store in a loop, printing `ack <n> <task>` after each
 //! write call has returned. The crash test kills it at random moments.
 //!
-//! Usage: crash-writer <store path> <first n> [<task for an odd first n>]
+//! Usage: `crash-writer <store path> <first n> [<task for an odd first n>]`
 //! Even n: delegate a new task titled `w<n>`; odd n: log a call with notes
 //! `w<n>` on the task of n-1.
 

@@ -3,7 +3,7 @@
 //! SQLite says it is initialized, so a store keyed in that gap failed to
 //! open (`PRAGMA key` refused). The first-open test runs this many times.
 //!
-//! Usage: first-open <directory> <threads>
+//! Usage: `first-open <directory> <threads>`
 //! Exits 0 when every store opened; prints the first failure and exits 1.
 
 use std::sync::{Arc, Barrier};
