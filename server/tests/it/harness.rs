@@ -227,6 +227,12 @@ pub const KEY: [u8; 32] = [42; 32];
 
 impl Phone {
     pub fn new() -> Phone {
+        Phone::with_clock(Arc::new(SystemClock))
+    }
+
+    /// A phone whose store tells time by `clock` (a [`ManualClock`] to
+    /// move it days ahead).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Phone {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("phone.db");
         let store = Arc::new(
@@ -235,6 +241,7 @@ impl Phone {
                 &KEY,
                 StoreOptions {
                     durability: Durability::Normal,
+                    clock,
                     ..StoreOptions::default()
                 },
             )

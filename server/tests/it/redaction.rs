@@ -2,6 +2,8 @@
 //! deleted from the relay's files, nothing anyone logged is lost, and the
 //! older document stays closed after a restart.
 
+use std::sync::Arc;
+
 use handoff_core::sync::wire::{DocChange, RefusalCode, Verdict};
 use handoff_core::*;
 
@@ -746,4 +748,122 @@ fn a_refused_redaction_of_a_task_she_may_no_longer_read_waits_until_it_is_handed
     );
     max.sync();
     assert_converged(&[&max, &zed]);
+}
+
+/// The same refused redaction, but max makes her a manager again before
+/// the task is handed to her: she may now redact it, so her phone offers
+/// the redaction again and the relay takes it. Every phone ends with the
+/// patient's details gone, her refusal no longer shown, and nothing of
+/// the task's work lost.
+#[test]
+fn a_refused_redaction_stands_once_its_author_is_a_manager_again() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let zed = Phone::enrolled(&relay, &relay.invite(&team, "zed", "manager"));
+    max.sync();
+    let task = quill_task_with_a_call(&max, &ana);
+    max.sync();
+    zed.sync();
+    set_member(&max, "zed", Role::ClinicalAssistant, false, true);
+    zed.store.redact_patient(&task).unwrap();
+    zed.sync();
+    let attention = zed.store.needs_attention().unwrap();
+    assert_eq!(attention.len(), 1, "{attention:?}");
+    assert_eq!(attention[0].code, RefusalCode::Forbidden.as_str());
+
+    set_member(&max, "zed", Role::Manager, false, true);
+    let mut rounds = 0;
+    while !zed.store.needs_attention().unwrap().is_empty() {
+        rounds += 1;
+        assert!(rounds <= 5, "her redaction still refused after 5 rounds");
+        zed.sync();
+    }
+    assert!(zed.store.outbox(10).unwrap().is_empty());
+    max.sync();
+    ana.sync();
+    for phone in [&max, &zed, &ana] {
+        let detail = phone.store.task_detail(&task).unwrap();
+        assert!(detail.patient.is_none(), "redacted on every phone");
+        assert_eq!(detail.state.calls.len(), 1, "ana's call is kept");
+    }
+    assert_converged(&[&max, &zed, &ana]);
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(!relay_files_hold(&relay, NAME), "the relay keeps no name");
+    assert!(!relay_files_hold(&relay, b"MRN-4471"));
+}
+
+/// Within a week of a restore the relay may have lost the team change that
+/// allowed a refused change, so a redaction refused as `forbidden` is held
+/// rather than withdrawn: her phone keeps it, shows the refusal, and does
+/// not fetch the older version. Once the week is over it is set aside as
+/// any refusal, and the task goes back to what the relay has.
+#[test]
+fn a_redaction_refused_soon_after_a_restore_is_held_then_withdrawn() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let clock = ManualClock::at(handoff_server::relay::now_ms());
+    let zed = Phone::with_clock(Arc::new(clock.clone()));
+    zed.engine
+        .enrol(&relay.url, &relay.invite(&team, "zed", "manager"))
+        .unwrap();
+    zed.sync();
+    max.sync();
+    let task = quill_task(&max, "zed");
+    let other = max
+        .store
+        .delegate(task_for("Order dressings", Some("zed"), None))
+        .unwrap();
+    max.sync();
+    zed.sync();
+    ana.sync();
+
+    // The night's backup; the next day zed writes a note the restore loses.
+    assert!(relay.terminate().success());
+    let backup = relay.dir.path().join("backup.db");
+    crate::restore::copy_db(&relay.db(), &backup);
+    relay.spawn();
+    zed.store.comment(&other, "ordered by phone").unwrap();
+    assert_eq!(zed.sync().pushed, 1);
+    assert!(relay.terminate().success());
+    crate::restore::copy_db(&backup, &relay.db());
+    relay.spawn();
+    zed.sync();
+    assert!(
+        zed.store.restore_known().unwrap(),
+        "her phone saw the restore"
+    );
+
+    // Demoted after the restore; her phone has not heard, and redacts.
+    set_member(&max, "zed", Role::ClinicalAssistant, false, true);
+    zed.store.redact_patient(&task).unwrap();
+    for _ in 0..3 {
+        zed.sync();
+        let attention = zed.store.needs_attention().unwrap();
+        assert_eq!(attention.len(), 1, "{attention:?}");
+        assert_eq!(attention[0].code, RefusalCode::Forbidden.as_str());
+        assert!(
+            zed.store.task_detail(&task).unwrap().patient.is_none(),
+            "held: her redaction stays on her phone"
+        );
+    }
+
+    clock.advance(store::RESTORE_WINDOW_MS + 60_000);
+    let mut rounds = 0;
+    while zed.store.task_detail(&task).unwrap().patient.is_none() {
+        rounds += 1;
+        assert!(rounds <= 5, "not withdrawn 5 rounds after the week");
+        zed.sync();
+    }
+    assert!(!zed.store.restore_known().unwrap());
+    let attention = zed.store.needs_attention().unwrap();
+    assert_eq!(attention.len(), 1, "{attention:?}");
+    assert_eq!(attention[0].code, RefusalCode::Forbidden.as_str());
+    assert!(zed.store.outbox(10).unwrap().is_empty());
+    max.sync();
+    assert_eq!(
+        max.store.task_detail(&other).unwrap().state.comments.len(),
+        1,
+        "the note the restore lost came back"
+    );
+    assert_converged(&[&max, &zed, &ana]);
 }

@@ -12,7 +12,7 @@ use crate::harness::*;
 
 /// The relay's database file with its log, as a copy taken while it is
 /// stopped.
-fn copy_db(from: &Path, to: &Path) {
+pub(crate) fn copy_db(from: &Path, to: &Path) {
     for suffix in ["", "-wal", "-shm"] {
         let (from, to) = (
             format!("{}{suffix}", from.display()),
