@@ -329,7 +329,6 @@ pub fn call(outcome: CallOutcome) -> CallAttempt {
     }
 }
 
-/// Poll `f` until it holds, for at most `secs`.
 /// A long-poll of `phone` from its cursor, waiting up to `wait` seconds,
 /// sent over a connection of its own (which the caller may drop, as a
 /// phone leaving its poll does).
@@ -359,6 +358,7 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Poll `f` until it holds, for at most `secs`.
 pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {

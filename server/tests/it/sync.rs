@@ -1089,6 +1089,35 @@ fn a_poll_left_for_a_newer_one_of_the_same_phone_ends_soon() {
     assert_eq!(&head, b"HTTP/1.1 200", "the newer poll heard the news");
 }
 
+/// Two apps on one phone (one token) poll at once: the newer poll ends the
+/// older, but only once the older has waited 5 s (`OVERLAP`), so the two
+/// take turns every few seconds rather than as fast as they can ask. The
+/// newer poll waits on meanwhile.
+#[test]
+fn two_polls_of_one_phone_take_turns_no_faster_than_every_few_seconds() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    let relay = Relay::start();
+    let (_, _max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let sent = Instant::now();
+    let mut older = raw_poll(&relay, &ana, 60);
+    relay.wait_for_long_polls(1);
+    let _newer = raw_poll(&relay, &ana, 60);
+    older
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    older.read_exact(&mut head).unwrap();
+    let waited = sent.elapsed();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert!(
+        waited >= Duration::from_secs(5),
+        "the older poll was cut short after {waited:?}"
+    );
+    relay.wait_for_long_polls(1);
+}
+
 /// A user who keeps writing while her phone carries a big batch over a
 /// slow uplink: each write tells live sync, which only cuts a wait for
 /// news short. The push under way goes through; it used to be dropped and
