@@ -867,3 +867,45 @@ fn a_redaction_refused_soon_after_a_restore_is_held_then_withdrawn() {
     );
     assert_converged(&[&max, &zed, &ana]);
 }
+
+/// max redacts a task after the night's backup, and the relay is restored
+/// from it: it has the older version again, patient details included.
+/// Nothing was logged on the task between the backup and the redaction,
+/// so max's phone offers his redaction again, the relay takes it, and
+/// the older version is gone from the relay again.
+#[test]
+fn a_redaction_lost_with_a_restore_is_offered_again_and_stands() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = quill_task_with_a_call(&max, &ana);
+    max.sync();
+    assert!(relay.terminate().success());
+    let backup = relay.dir.path().join("backup.db");
+    crate::restore::copy_db(&relay.db(), &backup);
+    relay.spawn();
+    max.store.redact_patient(&task).unwrap();
+    max.sync();
+    ana.sync();
+    assert!(ana.store.task_detail(&task).unwrap().patient.is_none());
+
+    assert!(relay.terminate().success());
+    crate::restore::copy_db(&backup, &relay.db());
+    relay.spawn();
+    let report = max.sync();
+    assert!(report.offered_again >= 1, "{report:?}");
+    ana.sync();
+    max.sync();
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    for (who, phone) in [("max", &max), ("ana", &ana), ("lee", &lee)] {
+        let d = phone.store.task_detail(&task).unwrap();
+        assert!(d.patient.is_none(), "redacted on {who}");
+        assert_eq!(d.state.calls.len(), 1, "ana's call on {who}");
+        assert!(phone.store.needs_attention().unwrap().is_empty(), "{who}");
+    }
+    assert_converged(&[&max, &ana, &lee]);
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(
+        !relay_files_hold(&relay, NAME),
+        "the older version is gone again"
+    );
+}
