@@ -440,18 +440,16 @@ impl Store {
         st.user = None;
         conn.pragma_update(None, "secure_delete", "ON")?;
         let tx = conn.unchecked_transaction()?;
-        for table in [
-            "attention",
-            "dismissed",
-            "tasks",
-            "outbox",
-            "offer_again",
-            "changes",
-            "snapshots",
-            "documents",
-            "meta",
-        ] {
-            tx.execute(&format!("DELETE FROM {table}"), [])?;
+        // Every table the schema has, so that a table added later is not
+        // left out (the re-read list once was).
+        let tables: Vec<String> = tx
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for table in tables {
+            tx.execute(&format!("DELETE FROM \"{table}\""), [])?;
         }
         let mut actor = [0u8; 16];
         rand::rng().fill_bytes(&mut actor);

@@ -790,6 +790,56 @@ fn a_change_refused_for_what_the_team_says_is_held_while_a_restore_is_known() {
     assert!(!s.restore_known().unwrap());
 }
 
+/// A remote wipe leaves no row of the user's in any table, a re-read of
+/// the feed under way included (its list names the tasks she was sent):
+/// only the new identity and the word that the store was wiped.
+#[test]
+fn a_wipe_mid_reread_leaves_no_row_of_hers_in_any_table() {
+    let c = Clinic::with(&["max", "fay"]);
+    let max = c.at("max");
+    let fay = c.at("fay");
+    let task = max.delegate(pooled(Role::FrontDesk)).unwrap();
+    c.sync();
+    max.put_member(&Member {
+        user_id: "fay".into(),
+        name: "Fay Obi".into(),
+        role: Role::ClinicalAssistant,
+        trusted: false,
+        active: true,
+    })
+    .unwrap();
+    c.send("max", "fay");
+    let reread = fay.rereading().unwrap().unwrap();
+    let docs = [task.clone()].into_iter().collect();
+    let at = FeedCursor { seq: 10, tag: 1 };
+    assert!(fay
+        .move_relay_cursor_over(FeedCursor::default(), at, Some(reread), &docs)
+        .unwrap());
+
+    fay.wipe().unwrap();
+    let conn = raw(&c.dir.path().join("1-fay.db"));
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(tables.contains(&"reread".to_string()), "{tables:?}");
+    for table in &tables {
+        let rows: i64 = match table.as_str() {
+            "meta" => conn.query_row(
+                "SELECT count(*) FROM meta WHERE key NOT IN ('actor', 'wiped', 'rules')",
+                [],
+                |r| r.get(0),
+            ),
+            _ => conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)),
+        }
+        .unwrap();
+        assert_eq!(rows, 0, "rows left in {table}");
+    }
+}
+
 /// A re-read of the feed after a change of sight is kept in the store: the
 /// documents of each page taken are noted as the cursor moves past it (not
 /// those of a page another round took first), and at the head the tasks
