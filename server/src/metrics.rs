@@ -48,7 +48,7 @@ impl Metrics {
         }
     }
 
-    /// `feed` = (changes in the loaded feeds, feed commits, changes
+    /// `feed` = (changes in every team's feed, feed commits, changes
     /// committed); `wal_bytes`: the database's write-ahead log on disk.
     pub fn render(&self, feed: (u64, u64, u64), wal_bytes: u64) -> String {
         let (feed_length, commits, committed) = feed;
