@@ -116,6 +116,10 @@ pub struct Db {
     /// Beside the database: the admin command appends to it at every
     /// revocation ([`Db::revocation_stamp`]).
     revocations: PathBuf,
+    /// Beside the database: the relay appends to it the hashes of the
+    /// changes it took that carry copies of other devices' events into a
+    /// redacted task ([`Db::note_vouched`]).
+    vouched: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     /// Feed transactions committed, and the changes in them (for /metrics).
@@ -244,7 +248,7 @@ fn open_conn(path: &Path) -> Result<Connection> {
 fn check_owner(path: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let me = rustix::process::geteuid().as_raw();
-    for suffix in ["", "-wal", "-shm", "-revocations"] {
+    for suffix in ["", "-wal", "-shm", "-revocations", "-vouched"] {
         let mut file = path.as_os_str().to_owned();
         file.push(suffix);
         let Ok(meta) = std::fs::metadata(&file) else {
@@ -305,10 +309,14 @@ impl Db {
         // not left in free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
-        let mut revocations = path.as_os_str().to_owned();
-        revocations.push("-revocations");
+        let beside = |suffix: &str| {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            PathBuf::from(file)
+        };
         Ok(Db {
-            revocations: PathBuf::from(revocations),
+            revocations: beside("-revocations"),
+            vouched: beside("-vouched"),
             path,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
@@ -649,6 +657,48 @@ impl Db {
             Ok(m) => RevocationStamp(m.len(), m.modified().ok(), file_id(&m)),
             Err(_) => RevocationStamp::default(),
         }
+    }
+
+    /// Note beside the database that the relay took these changes of
+    /// `team_id`'s redacted tasks, each carrying copies of other devices'
+    /// events it had checked against the older document. The file outlives
+    /// the database, as the revocations file does: a database restored from
+    /// a backup taken before has lost what those copies were checked
+    /// against, and takes the changes again when phones offer them
+    /// ([`Db::vouched`]).
+    pub fn note_vouched(&self, team_id: &str, hashes: &[[u8; 32]]) -> Result<()> {
+        let mut lines = String::new();
+        for h in hashes {
+            lines.push_str(team_id);
+            lines.push(' ');
+            lines.push_str(&hex::encode(h));
+            lines.push('\n');
+        }
+        owner_only(std::fs::OpenOptions::new().create(true).append(true))
+            .open(&self.vouched)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, lines.as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(|e| Error::Storage(format!("noting a redaction beside the database: {e}")))
+    }
+
+    /// The changes of `team_id` noted by [`Db::note_vouched`]. Lines that
+    /// do not parse (a write cut short) are passed over.
+    pub fn vouched(&self, team_id: &str) -> Result<Vec<[u8; 32]>> {
+        let listed = match std::fs::read(&self.vouched) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::Storage(format!("reading the redactions noted: {e}"))),
+        };
+        Ok(String::from_utf8_lossy(&listed)
+            .lines()
+            .filter_map(|line| {
+                let (team, hash) = line.split_once(' ')?;
+                let hash: [u8; 32] = hex::decode(hash.trim()).ok()?.try_into().ok()?;
+                (team == team_id).then_some(hash)
+            })
+            .collect())
     }
 
     pub fn append_feed(conn: &Connection, team_id: &str, row: &FeedRow) -> Result<()> {

@@ -273,6 +273,10 @@ enum Admitted {
         answers: Vec<(Reply, Pushed)>,
         /// Older generations of redacted tasks, deleted once `rows` are in.
         retire: Vec<Arc<str>>,
+        /// Changes with copies of others' events into a redacted task,
+        /// noted beside the database once `rows` are in
+        /// ([`Db::note_vouched`]).
+        vouch: Vec<[u8; 32]>,
     },
     /// Acknowledged once everything before it is committed.
     Flush(mpsc::SyncSender<()>),
@@ -328,6 +332,7 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
     }
     let mut rows: Vec<(FeedRow, Arc<str>)> = Vec::new();
     let mut retire = Vec::new();
+    let mut vouch = Vec::new();
     let relay_actor = st.team_doc.get_actor().to_hex_string();
     let relay_actor = st.actor_key(&relay_actor);
     let actor = st.actor_key(&caller.actor);
@@ -372,6 +377,7 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
                     rows.push((row, relay_actor.clone()));
                 }
                 retire.append(&mut st.retiring);
+                vouch.extend(st.vouching.drain(..).map(|h| h.0));
             }
             Ok(false) => {
                 verdicts.push(Verdict::Duplicate);
@@ -388,6 +394,7 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
         rows,
         answers: vec![(reply, Pushed { verdicts, newest })],
         retire,
+        vouch,
     }
 }
 
@@ -415,16 +422,19 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
         let mut answers = Vec::new();
         let mut flushes = Vec::new();
         let mut retire = Vec::new();
+        let mut vouch = Vec::new();
         for a in waiting {
             match a {
                 Admitted::Batch {
                     rows: r,
                     answers: a,
                     retire: t,
+                    vouch: v,
                 } => {
                     rows.extend(r);
                     answers.extend(a);
                     retire.extend(t);
+                    vouch.extend(v);
                 }
                 Admitted::Flush(done) => flushes.push(done),
                 Admitted::Nothing => {}
@@ -457,6 +467,12 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
         }
         match &failure {
             None => {
+                if !vouch.is_empty() {
+                    if let Err(e) = db.note_vouched(team_id, &vouch) {
+                        // Only a restore from an older backup needs it.
+                        tracing::warn!("{e}");
+                    }
+                }
                 {
                     let mut st = team.state();
                     st.uncommitted -= rows.len() as u64;
@@ -501,6 +517,10 @@ fn load_team(db: &Db, row: &TeamRow) -> Result<TeamState> {
     db.read(|conn| Db::feed(conn, &row.team_id, |r| replay.entry(r)))?;
     let exits = db.read(|conn| Db::exits(conn, &row.team_id))?;
     let (mut st, superseded) = replay.finish(relay_actor, exits)?;
+    match db.vouched(&row.team_id) {
+        Ok(hashes) => st.vouch_for(hashes),
+        Err(e) => tracing::warn!("{e}"),
+    }
     // The relay stopped between committing a newer generation and
     // deleting the older: delete it now.
     if !superseded.is_empty() {

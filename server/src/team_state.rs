@@ -160,6 +160,14 @@ pub struct TeamState {
     /// and the older documents to delete once it is committed.
     pub(crate) carry_over: Vec<(String, Change)>,
     pub(crate) retiring: Vec<Arc<str>>,
+    /// Changes carrying copies of other devices' events into a redacted
+    /// task that this relay took before, as noted beside its database: a
+    /// database restored from a backup may have lost the events they were
+    /// checked against, and takes them again on their word.
+    vouched: HashSet<ChangeHash>,
+    /// Set by admitting a change with such copies: to be noted beside the
+    /// database once it is committed.
+    pub(crate) vouching: Vec<ChangeHash>,
     /// Set by admitting a change that takes a task from some members: who,
     /// for the feed row that change is given next.
     exiting: Vec<String>,
@@ -254,8 +262,18 @@ impl TeamState {
             retired_events,
             carry_over: Vec::new(),
             retiring: Vec::new(),
+            vouched: HashSet::new(),
+            vouching: Vec::new(),
             exiting: Vec::new(),
         }
+    }
+
+    /// Changes this relay took before with copies of other devices' events
+    /// into a redacted task ([`TeamState::vouching`], as noted beside the
+    /// database): offered again to a database restored from an older
+    /// backup, they are taken though it lacks what they copy.
+    pub fn vouch_for(&mut self, hashes: impl IntoIterator<Item = [u8; 32]>) {
+        self.vouched.extend(hashes.into_iter().map(ChangeHash));
     }
     /// A feed entry whose document was retired: nobody reads it.
     fn push_retired_entry(&mut self) {
@@ -761,10 +779,17 @@ impl TeamState {
                 ));
             }
             // Events from other devices come only as copies into a redacted
-            // task's next generation, of events the relay already has.
-            if new_events.iter().any(|e| {
-                e.id.actor != *caller.actor && !self.known_in_earlier_generation(&change.doc, e)
-            }) {
+            // task's next generation, of events the relay already has (or
+            // had, when it took this change before a restore).
+            let vouched = generation > 0 && self.vouched.contains(&hash);
+            let copied = |e: &Event| {
+                e.id.actor != *caller.actor
+                    && (vouched || self.known_in_earlier_generation(&change.doc, e))
+            };
+            if new_events
+                .iter()
+                .any(|e| e.id.actor != *caller.actor && !copied(e))
+            {
                 return Err(refuse(
                     RefusalCode::ActorMismatch,
                     "an event in it names another device",
@@ -809,7 +834,7 @@ impl TeamState {
                 // already took in (a redacted task's next generation) passed it.
                 let (carried, fresh): (Vec<&Event>, Vec<&Event>) = new_events
                     .iter()
-                    .partition(|e| self.known_in_earlier_generation(&change.doc, e));
+                    .partition(|e| copied(e) || self.known_in_earlier_generation(&change.doc, e));
                 if fresh.len() > MAX_NEW_EVENTS {
                     return Err(refuse(
                         RefusalCode::InvalidChange,
@@ -963,6 +988,12 @@ impl TeamState {
                 }
                 self.retiring.extend(older);
                 self.carry_over.extend(carried);
+            }
+            if generation > 0
+                && !self.vouched.contains(&hash)
+                && new_events.iter().any(|e| e.id.actor != *caller.actor)
+            {
+                self.vouching.push(hash);
             }
         }
         Ok(true)

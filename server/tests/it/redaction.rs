@@ -909,3 +909,62 @@ fn a_redaction_lost_with_a_restore_is_offered_again_and_stands() {
         "the older version is gone again"
     );
 }
+
+/// The same, with a call logged between the backup and the redaction:
+/// max's redaction carries a copy of it, which the restored relay never
+/// had. The relay noted beside its database that it took that redaction,
+/// so it takes it again when max's phone offers it: the older version is
+/// gone from the relay again, and every phone, a new one too, ends with
+/// both calls and without the patient's details. Work on the task goes on.
+#[test]
+fn a_redaction_lost_with_a_restore_stands_again_with_the_work_logged_before_it() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    let task = quill_task_with_a_call(&max, &ana);
+    max.sync();
+    lee.sync();
+    assert!(relay.terminate().success());
+    let backup = relay.dir.path().join("backup.db");
+    crate::restore::copy_db(&relay.db(), &backup);
+    relay.spawn();
+    ana.store
+        .log_call(&task, quill_call(CallOutcome::Reached))
+        .unwrap();
+    ana.sync();
+    max.sync();
+    max.store.redact_patient(&task).unwrap();
+    max.sync();
+    ana.sync();
+    lee.sync();
+
+    assert!(relay.terminate().success());
+    crate::restore::copy_db(&backup, &relay.db());
+    relay.spawn();
+    for _ in 0..2 {
+        for phone in [&max, &ana, &lee] {
+            phone.sync();
+        }
+    }
+    ana.store
+        .log_call(&task, call(CallOutcome::NoAnswer))
+        .unwrap();
+    ana.sync();
+    max.sync();
+    lee.sync();
+    let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
+    for (who, phone) in [("max", &max), ("ana", &ana), ("lee", &lee), ("mia", &mia)] {
+        let d = phone.store.task_detail(&task).unwrap();
+        assert!(d.patient.is_none(), "redacted on {who}");
+        assert_eq!(d.state.calls.len(), 3, "every call on {who}");
+        assert!(phone.store.needs_attention().unwrap().is_empty(), "{who}");
+        assert!(phone.store.outbox(10).unwrap().is_empty(), "{who}");
+    }
+    assert_converged(&[&max, &ana, &lee, &mia]);
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(
+        !relay_files_hold(&relay, NAME),
+        "the older version is gone again"
+    );
+    assert!(!relay_files_hold(&relay, b"MRN-4471"));
+}
