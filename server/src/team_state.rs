@@ -269,7 +269,7 @@ impl TeamState {
     }
 
     /// Changes this relay took before with copies of other devices' events
-    /// into a redacted task ([`TeamState::vouching`], as noted beside the
+    /// into a redacted task (`TeamState::vouching`, as noted beside the
     /// database): offered again to a database restored from an older
     /// backup, they are taken though it lacks what they copy.
     pub fn vouch_for(&mut self, hashes: impl IntoIterator<Item = [u8; 32]>) {
