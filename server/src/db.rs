@@ -221,6 +221,23 @@ fn owner_only(options: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
     options
 }
 
+/// Append `lines` to a file beside the database (made owner-only if new)
+/// and sync it, and its folder when it was new. The lines go after a line
+/// break of their own, so a line cut short by a crash before them stays a
+/// line of its own that readers pass over, and does not swallow the first.
+fn append_lines(path: &Path, lines: &str) -> std::io::Result<()> {
+    let new = !path.exists();
+    let mut f = owner_only(std::fs::OpenOptions::new().create(true).append(true)).open(path)?;
+    std::io::Write::write_all(&mut f, format!("\n{lines}\n").as_bytes())?;
+    f.sync_all()?;
+    if new {
+        if let Some(folder) = path.parent() {
+            std::fs::File::open(folder)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
 fn open_conn(path: &Path) -> Result<Connection> {
     // Made here, not by SQLite (which would make it readable by everyone
     // under the usual umask). An existing file keeps the mode its
@@ -606,15 +623,10 @@ impl Db {
             params![actor, now],
         )?;
         if n == 1 {
-            let noted = owner_only(std::fs::OpenOptions::new().create(true).append(true))
-                .open(&self.revocations)
-                .and_then(|mut f| {
-                    std::io::Write::write_all(&mut f, format!("{actor}\n").as_bytes())?;
-                    // On disk before the admin is told: a restore from an
-                    // older backup revokes again what this file lists, and
-                    // a power cut must not take the line with it.
-                    f.sync_all()
-                });
+            // On disk before the admin is told: a restore from an older
+            // backup revokes again what this file lists, and a power cut
+            // must not take the line with it.
+            let noted = append_lines(&self.revocations, actor);
             if let Err(e) = noted {
                 return Err(Error::Storage(format!(
                     "the device is revoked, but a running relay could not be told at once \
@@ -629,7 +641,8 @@ impl Db {
     /// database has as active: it was restored from a backup taken before
     /// those revocations (a stolen phone must not come back with it).
     /// Returns how many. Lines that name no device (a relay before this
-    /// one appended a byte per revocation) are passed over.
+    /// one appended a byte per revocation; a line cut short) are passed
+    /// over.
     pub fn revoke_again(&self, now: i64) -> Result<usize> {
         let listed = match std::fs::read(&self.revocations) {
             Ok(bytes) => bytes,
@@ -639,7 +652,8 @@ impl Db {
         let conn = self.write();
         let tx = conn.unchecked_transaction()?;
         let mut again = 0;
-        for actor in String::from_utf8_lossy(&listed).lines() {
+        let listed = String::from_utf8_lossy(&listed);
+        for actor in listed.lines().filter(|l| !l.trim().is_empty()) {
             again += tx
                 .prepare_cached(
                     "UPDATE devices SET revoked_at = ?2 WHERE actor = ?1 AND revoked_at IS NULL",
@@ -667,19 +681,11 @@ impl Db {
     /// against, and takes the changes again when phones offer them
     /// ([`Db::vouched`]).
     pub fn note_vouched(&self, team_id: &str, hashes: &[[u8; 32]]) -> Result<()> {
-        let mut lines = String::new();
-        for h in hashes {
-            lines.push_str(team_id);
-            lines.push(' ');
-            lines.push_str(&hex::encode(h));
-            lines.push('\n');
-        }
-        owner_only(std::fs::OpenOptions::new().create(true).append(true))
-            .open(&self.vouched)
-            .and_then(|mut f| {
-                std::io::Write::write_all(&mut f, lines.as_bytes())?;
-                f.sync_all()
-            })
+        let lines: Vec<String> = hashes
+            .iter()
+            .map(|h| format!("{team_id} {}", hex::encode(h)))
+            .collect();
+        append_lines(&self.vouched, &lines.join("\n"))
             .map_err(|e| Error::Storage(format!("noting a redaction beside the database: {e}")))
     }
 
@@ -942,5 +948,24 @@ mod tests {
         // 64 frames and two commits; without the restart the 800 commits
         // leave ~14 MB of WAL.
         assert!(largest < 1 << 20, "the WAL reached {largest} bytes");
+    }
+
+    /// A note cut short by a crash (the relay stopped mid-write) loses only
+    /// itself: the next note, and the other team's, still read back.
+    #[test]
+    fn a_note_cut_short_loses_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("relay.db")).unwrap();
+        db.note_vouched("t1", &[[1; 32]]).unwrap();
+        let mut torn = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&db.vouched)
+            .unwrap();
+        std::io::Write::write_all(&mut torn, b"t1 0202").unwrap();
+        db.note_vouched("t1", &[[3; 32], [4; 32]]).unwrap();
+        db.note_vouched("t2", &[[5; 32]]).unwrap();
+        assert_eq!(db.vouched("t1").unwrap(), vec![[1; 32], [3; 32], [4; 32]]);
+        assert_eq!(db.vouched("t2").unwrap(), vec![[5; 32]]);
+        assert!(db.vouched("t3").unwrap().is_empty());
     }
 }

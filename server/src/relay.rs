@@ -457,6 +457,16 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
                 panic!("commit panic injected by a test");
             }
         }
+        // Noted before the rows are committed, so that no committed change
+        // goes unnoted. (A change noted whose commit then fails passed
+        // every check all the same; its phone sends it again.)
+        if failure.is_none() && !vouch.is_empty() {
+            if let Err(e) = db.note_vouched(team_id, &vouch) {
+                team.fail();
+                tracing::error!("{e}; the team is reloaded on next use");
+                failure = Some(e.to_string());
+            }
+        }
         if failure.is_none() && !rows.is_empty() {
             let written = db.append_feed_batch(team_id, rows.iter().map(|(r, _)| r));
             if let Err(e) = written {
@@ -467,12 +477,6 @@ fn committer(db: &Db, team_id: &str, team: Weak<LoadedTeam>, admitted: mpsc::Rec
         }
         match &failure {
             None => {
-                if !vouch.is_empty() {
-                    if let Err(e) = db.note_vouched(team_id, &vouch) {
-                        // Only a restore from an older backup needs it.
-                        tracing::warn!("{e}");
-                    }
-                }
                 {
                     let mut st = team.state();
                     st.uncommitted -= rows.len() as u64;
@@ -517,10 +521,7 @@ fn load_team(db: &Db, row: &TeamRow) -> Result<TeamState> {
     db.read(|conn| Db::feed(conn, &row.team_id, |r| replay.entry(r)))?;
     let exits = db.read(|conn| Db::exits(conn, &row.team_id))?;
     let (mut st, superseded) = replay.finish(relay_actor, exits)?;
-    match db.vouched(&row.team_id) {
-        Ok(hashes) => st.vouch_for(hashes),
-        Err(e) => tracing::warn!("{e}"),
-    }
+    st.vouch_for(db.vouched(&row.team_id)?);
     // The relay stopped between committing a newer generation and
     // deleting the older: delete it now.
     if !superseded.is_empty() {

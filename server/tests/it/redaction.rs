@@ -967,4 +967,11 @@ fn a_redaction_lost_with_a_restore_stands_again_with_the_work_logged_before_it()
         "the older version is gone again"
     );
     assert!(!relay_files_hold(&relay, b"MRN-4471"));
+    // The note beside the database: the relay's user's alone, like the rest.
+    let mut vouched = relay.db().into_os_string();
+    vouched.push("-vouched");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&vouched).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "mode {mode:o}");
 }
