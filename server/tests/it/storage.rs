@@ -126,7 +126,7 @@ fn an_admin_command_run_by_another_user_than_the_databases_is_refused() {
             refused.contains(&format!("belongs to user id {owner}")),
             "{args:?}: {refused}"
         );
-        for suffix in ["-wal", "-shm", "-revocations"] {
+        for suffix in ["-wal", "-shm", "-revocations", "-vouched"] {
             let mut beside = db.clone().into_os_string();
             beside.push(suffix);
             assert!(
@@ -146,6 +146,16 @@ fn an_admin_command_run_by_another_user_than_the_databases_is_refused() {
         let refused = admin_fails(&db, &["teams"]);
         assert!(
             refused.contains("-revocations belongs to user id 4242"),
+            "{refused}"
+        );
+        std::fs::remove_file(&revocations).unwrap();
+        let mut vouched = db.clone().into_os_string();
+        vouched.push("-vouched");
+        std::fs::write(&vouched, "").unwrap();
+        std::os::unix::fs::chown(&vouched, Some(4242), Some(4242)).unwrap();
+        let refused = admin_fails(&db, &["teams"]);
+        assert!(
+            refused.contains("-vouched belongs to user id 4242"),
             "{refused}"
         );
     }
