@@ -221,6 +221,13 @@ fn owner_only(options: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
     options
 }
 
+/// The file named as the database with `suffix` added (`relay.db-wal`).
+fn beside(db: &Path, suffix: &str) -> PathBuf {
+    let mut file = db.as_os_str().to_owned();
+    file.push(suffix);
+    PathBuf::from(file)
+}
+
 /// Append `lines` to a file beside the database (made owner-only if new)
 /// and sync it, and its folder when it was new. The lines go after a line
 /// break of their own, so a line cut short by a crash before them stays a
@@ -256,7 +263,7 @@ fn open_conn(path: &Path) -> Result<Connection> {
 
 /// An existing database is opened only by the user who owns it: files the
 /// relay or an admin command makes beside it (the WAL, its shared memory,
-/// the revocations file) are its user's alone, so an admin command run as
+/// the revocations and vouched files) are its user's alone, so an admin command run as
 /// root on the relay's database would leave files the relay cannot open,
 /// and it would stop (or not start) on them.
 /// The files beside it are checked too: one left by an earlier run as
@@ -266,8 +273,7 @@ fn check_owner(path: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let me = rustix::process::geteuid().as_raw();
     for suffix in ["", "-wal", "-shm", "-revocations", "-vouched"] {
-        let mut file = path.as_os_str().to_owned();
-        file.push(suffix);
+        let file = beside(path, suffix);
         let Ok(meta) = std::fs::metadata(&file) else {
             continue;
         };
@@ -276,7 +282,7 @@ fn check_owner(path: &Path) -> Result<()> {
                 "{} belongs to user id {}, and this runs as user id {me}: run it as the \
                  relay's user (e.g. `sudo -u <that user> handoff-server ...`), or files \
                  made beside the database would be unreadable by the relay",
-                Path::new(&file).display(),
+                file.display(),
                 meta.uid()
             )));
         }
@@ -326,14 +332,9 @@ impl Db {
         // not left in free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
-        let beside = |suffix: &str| {
-            let mut file = path.as_os_str().to_owned();
-            file.push(suffix);
-            PathBuf::from(file)
-        };
         Ok(Db {
-            revocations: beside("-revocations"),
-            vouched: beside("-vouched"),
+            revocations: beside(&path, "-revocations"),
+            vouched: beside(&path, "-vouched"),
             path,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
@@ -772,9 +773,7 @@ impl Db {
 
     /// The WAL file's length in bytes (0 when there is none).
     pub fn wal_bytes(&self) -> u64 {
-        let mut wal = self.path.as_os_str().to_owned();
-        wal.push("-wal");
-        std::fs::metadata(PathBuf::from(wal)).map_or(0, |m| m.len())
+        std::fs::metadata(beside(&self.path, "-wal")).map_or(0, |m| m.len())
     }
 
     /// Delete retired documents' rows from a team's feed and keep their

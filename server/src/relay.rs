@@ -274,7 +274,7 @@ enum Admitted {
         /// Older generations of redacted tasks, deleted once `rows` are in.
         retire: Vec<Arc<str>>,
         /// Changes with copies of others' events into a redacted task,
-        /// noted beside the database once `rows` are in
+        /// noted beside the database before `rows` are committed
         /// ([`Db::note_vouched`]).
         vouch: Vec<[u8; 32]>,
     },

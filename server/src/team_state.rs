@@ -166,7 +166,7 @@ pub struct TeamState {
     /// checked against, and takes them again on their word.
     vouched: HashSet<ChangeHash>,
     /// Set by admitting a change with such copies: to be noted beside the
-    /// database once it is committed.
+    /// database before it is committed.
     pub(crate) vouching: Vec<ChangeHash>,
     /// Set by admitting a change that takes a task from some members: who,
     /// for the feed row that change is given next.
@@ -275,6 +275,7 @@ impl TeamState {
     pub fn vouch_for(&mut self, hashes: impl IntoIterator<Item = [u8; 32]>) {
         self.vouched.extend(hashes.into_iter().map(ChangeHash));
     }
+
     /// A feed entry whose document was retired: nobody reads it.
     fn push_retired_entry(&mut self) {
         let none = self.actor_key("");
@@ -782,14 +783,12 @@ impl TeamState {
             // task's next generation, of events the relay already has (or
             // had, when it took this change before a restore).
             let vouched = generation > 0 && self.vouched.contains(&hash);
-            let copied = |e: &Event| {
+            let others_vouched = |e: &Event| vouched && e.id.actor != *caller.actor;
+            if new_events.iter().any(|e| {
                 e.id.actor != *caller.actor
-                    && (vouched || self.known_in_earlier_generation(&change.doc, e))
-            };
-            if new_events
-                .iter()
-                .any(|e| e.id.actor != *caller.actor && !copied(e))
-            {
+                    && !vouched
+                    && !self.known_in_earlier_generation(&change.doc, e)
+            }) {
                 return Err(refuse(
                     RefusalCode::ActorMismatch,
                     "an event in it names another device",
@@ -832,9 +831,10 @@ impl TeamState {
                 // and the author's role allows the action, judged once, here,
                 // with the team as it is now. Copies of events the relay
                 // already took in (a redacted task's next generation) passed it.
-                let (carried, fresh): (Vec<&Event>, Vec<&Event>) = new_events
-                    .iter()
-                    .partition(|e| copied(e) || self.known_in_earlier_generation(&change.doc, e));
+                let (carried, fresh): (Vec<&Event>, Vec<&Event>) =
+                    new_events.iter().partition(|e| {
+                        others_vouched(e) || self.known_in_earlier_generation(&change.doc, e)
+                    });
                 if fresh.len() > MAX_NEW_EVENTS {
                     return Err(refuse(
                         RefusalCode::InvalidChange,

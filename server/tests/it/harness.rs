@@ -124,6 +124,25 @@ impl Relay {
     }
 
     /// SIGKILL: no chance to finish anything.
+    /// The night's backup: the relay stopped, its database (with its log)
+    /// copied aside, and started again. Returns the copy's path.
+    pub fn back_up(&mut self) -> PathBuf {
+        assert!(self.terminate().success());
+        let backup = self.dir.path().join("backup.db");
+        copy_db(&self.db(), &backup);
+        self.spawn();
+        backup
+    }
+
+    /// The relay's disk lost: stopped, `backup` put back in place of its
+    /// database, and started again. Files the operator keeps beside the
+    /// database (revocations, vouched) stay as they are.
+    pub fn restore(&mut self, backup: &Path) {
+        assert!(self.terminate().success());
+        copy_db(backup, &self.db());
+        self.spawn();
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
@@ -574,5 +593,20 @@ pub fn varied_text(seed: usize, len: usize) -> String {
 pub fn long_comments(store: &Store, task: &str, n: usize, len: usize, seed: usize) {
     for i in 0..n {
         store.comment(task, &varied_text(seed + i, len)).unwrap();
+    }
+}
+
+/// The relay's database file with its log, as a copy taken while it is
+/// stopped.
+fn copy_db(from: &Path, to: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let (from, to) = (
+            format!("{}{suffix}", from.display()),
+            format!("{}{suffix}", to.display()),
+        );
+        let _ = std::fs::remove_file(&to);
+        if Path::new(&from).exists() {
+            std::fs::copy(&from, &to).unwrap();
+        }
     }
 }

@@ -818,15 +818,10 @@ fn a_redaction_refused_soon_after_a_restore_is_held_then_withdrawn() {
     ana.sync();
 
     // The night's backup; the next day zed writes a note the restore loses.
-    assert!(relay.terminate().success());
-    let backup = relay.dir.path().join("backup.db");
-    crate::restore::copy_db(&relay.db(), &backup);
-    relay.spawn();
+    let backup = relay.back_up();
     zed.store.comment(&other, "ordered by phone").unwrap();
     assert_eq!(zed.sync().pushed, 1);
-    assert!(relay.terminate().success());
-    crate::restore::copy_db(&backup, &relay.db());
-    relay.spawn();
+    relay.restore(&backup);
     zed.sync();
     assert!(
         zed.store.restore_known().unwrap(),
@@ -879,18 +874,13 @@ fn a_redaction_lost_with_a_restore_is_offered_again_and_stands() {
     let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = quill_task_with_a_call(&max, &ana);
     max.sync();
-    assert!(relay.terminate().success());
-    let backup = relay.dir.path().join("backup.db");
-    crate::restore::copy_db(&relay.db(), &backup);
-    relay.spawn();
+    let backup = relay.back_up();
     max.store.redact_patient(&task).unwrap();
     max.sync();
     ana.sync();
     assert!(ana.store.task_detail(&task).unwrap().patient.is_none());
 
-    assert!(relay.terminate().success());
-    crate::restore::copy_db(&backup, &relay.db());
-    relay.spawn();
+    relay.restore(&backup);
     let report = max.sync();
     assert!(report.offered_again >= 1, "{report:?}");
     ana.sync();
@@ -924,10 +914,7 @@ fn a_redaction_lost_with_a_restore_stands_again_with_the_work_logged_before_it()
     let task = quill_task_with_a_call(&max, &ana);
     max.sync();
     lee.sync();
-    assert!(relay.terminate().success());
-    let backup = relay.dir.path().join("backup.db");
-    crate::restore::copy_db(&relay.db(), &backup);
-    relay.spawn();
+    let backup = relay.back_up();
     ana.store
         .log_call(&task, quill_call(CallOutcome::Reached))
         .unwrap();
@@ -938,9 +925,7 @@ fn a_redaction_lost_with_a_restore_stands_again_with_the_work_logged_before_it()
     ana.sync();
     lee.sync();
 
-    assert!(relay.terminate().success());
-    crate::restore::copy_db(&backup, &relay.db());
-    relay.spawn();
+    relay.restore(&backup);
     for _ in 0..2 {
         for phone in [&max, &ana, &lee] {
             phone.sync();

@@ -4,26 +4,9 @@
 //! refused for what it builds on, offer their own changes again, and the
 //! relay ends with everything again.
 
-use std::path::Path;
-
 use handoff_core::*;
 
 use crate::harness::*;
-
-/// The relay's database file with its log, as a copy taken while it is
-/// stopped.
-pub(crate) fn copy_db(from: &Path, to: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let (from, to) = (
-            format!("{}{suffix}", from.display()),
-            format!("{}{suffix}", to.display()),
-        );
-        let _ = std::fs::remove_file(&to);
-        if Path::new(&from).exists() {
-            std::fs::copy(&from, &to).unwrap();
-        }
-    }
-}
 
 #[test]
 fn a_relay_restored_from_a_backup_gets_back_what_the_phones_had_sent() {
@@ -35,10 +18,7 @@ fn a_relay_restored_from_a_backup_gets_back_what_the_phones_had_sent() {
     mia.sync();
 
     // The night's backup.
-    assert!(relay.terminate().success());
-    let backup = relay.dir.path().join("backup.db");
-    copy_db(&relay.db(), &backup);
-    relay.spawn();
+    let backup = relay.back_up();
 
     // The next day's work, every change acknowledged by the relay; kim
     // joins the front desk (the relay writes her device into the team).
@@ -60,9 +40,7 @@ fn a_relay_restored_from_a_backup_gets_back_what_the_phones_had_sent() {
     );
 
     // The relay's disk is lost: last night's backup is put back.
-    assert!(relay.terminate().success());
-    copy_db(&backup, &relay.db());
-    relay.spawn();
+    relay.restore(&backup);
     // lee joins: the relay writes her device into the team, where it had
     // written kim's before it lost that change.
     let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
@@ -205,10 +183,7 @@ fn a_push_acknowledged_after_the_backup_comes_back_though_its_pull_failed() {
     let (_, push_and_pull) = proxy.take_counts();
     let push_reply = push_and_pull - empty_pull;
 
-    assert!(relay.terminate().success());
-    let backup = relay.dir.path().join("backup.db");
-    copy_db(&relay.db(), &backup);
-    relay.spawn();
+    let backup = relay.back_up();
 
     ana.store
         .log_call(&task, call(CallOutcome::Reached))
@@ -219,9 +194,7 @@ fn a_push_acknowledged_after_the_backup_comes_back_though_its_pull_failed() {
     assert!(ana.engine.sync_now().is_err(), "the pull was cut");
     assert!(ana.store.outbox(10).unwrap().is_empty(), "acknowledged");
 
-    assert!(relay.terminate().success());
-    copy_db(&backup, &relay.db());
-    relay.spawn();
+    relay.restore(&backup);
     let report = ana.sync();
     assert_eq!(report.offered_again, 1, "{report:?}");
     max.sync();
@@ -242,10 +215,7 @@ fn work_needing_a_team_change_the_relay_lost_goes_once_that_change_is_offered_ag
     let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
     let task = hand_over(&max, &ana, "Call back about the referral", "ana");
     mia.sync();
-    assert!(relay.terminate().success());
-    let backup = relay.dir.path().join("backup.db");
-    copy_db(&relay.db(), &backup);
-    relay.spawn();
+    let backup = relay.back_up();
 
     // After the backup: max adds kai; mia hears of it, then works offline.
     set_member(&max, "kai", Role::ClinicalAssistant, false, true);
@@ -256,9 +226,7 @@ fn work_needing_a_team_change_the_relay_lost_goes_once_that_change_is_offered_ag
         .unwrap();
     mia.store.assign(&task, "kai").unwrap();
 
-    assert!(relay.terminate().success());
-    copy_db(&backup, &relay.db());
-    relay.spawn();
+    relay.restore(&backup);
     // mia first: the relay has no kai. Held, not set aside.
     let report = mia.sync();
     assert_eq!((report.pushed, report.refused), (0, 2), "{report:?}");
@@ -303,16 +271,11 @@ fn a_device_revoked_after_the_backup_stays_revoked_after_the_restore() {
     let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let task = hand_over(&max, &ana, "Call back about the referral", "ana");
 
-    assert!(relay.terminate().success());
-    let backup = relay.dir.path().join("backup.db");
-    copy_db(&relay.db(), &backup);
-    relay.spawn();
+    let backup = relay.back_up();
     // ana's phone is lost; she is revoked before it syncs again.
     relay.admin(&["revoke", "--device", &ana.store.device_actor()]);
 
-    assert!(relay.terminate().success());
-    copy_db(&backup, &relay.db());
-    relay.spawn();
+    relay.restore(&backup);
     assert!(matches!(ana.engine.sync_now(), Err(Error::DeviceRevoked)));
     assert!(ana.store.was_wiped().unwrap());
     // The team's document lists her device as revoked, for every phone.
@@ -379,10 +342,7 @@ fn a_reread_cut_short_by_a_restore_drops_nothing_the_relay_lost() {
     ana.sync();
 
     // The night's backup.
-    assert!(relay.terminate().success());
-    let backup = relay.dir.path().join("backup.db");
-    copy_db(&relay.db(), &backup);
-    relay.spawn();
+    let backup = relay.back_up();
 
     // The next day a recall is handed to her, and she moves to the front
     // desk; she never pushed anything.
@@ -395,9 +355,7 @@ fn a_reread_cut_short_by_a_restore_drops_nothing_the_relay_lost() {
     assert_eq!(ana.store.relay_cursor().unwrap().seq, 0);
 
     // The relay's disk is lost: last night's backup is put back.
-    assert!(relay.terminate().success());
-    copy_db(&backup, &relay.db());
-    relay.spawn();
+    relay.restore(&backup);
     proxy.cut_downloads_over(0);
     proxy.close_all();
     ana.sync();
@@ -425,10 +383,7 @@ fn a_restarted_page_that_changes_her_role_reads_the_feed_again() {
     hand_over(&max, &ana, "Call back about the referral", "ana");
 
     // The night's backup.
-    assert!(relay.terminate().success());
-    let backup = relay.dir.path().join("backup.db");
-    copy_db(&relay.db(), &backup);
-    relay.spawn();
+    let backup = relay.back_up();
 
     // Her cursor moves well past where the backup ends: kim's notes, on a
     // phone lost with the relay's disk, are more than the restored feed
@@ -447,9 +402,7 @@ fn a_restarted_page_that_changes_her_role_reads_the_feed_again() {
     ana.sync();
 
     // The relay's disk is lost: last night's backup is put back.
-    assert!(relay.terminate().success());
-    copy_db(&backup, &relay.db());
-    relay.spawn();
+    relay.restore(&backup);
     // A new task goes first, so what max then offers again stands
     // elsewhere in the feed than before: the entry her cursor names is
     // another one.
