@@ -118,7 +118,8 @@ pub struct Db {
     revocations: PathBuf,
     /// Beside the database: the relay appends to it the hashes of the
     /// changes it took that carry copies of other devices' events into a
-    /// redacted task ([`Db::note_vouched`]).
+    /// redacted task, and of its own that carry over events a redaction
+    /// missed ([`Db::note_vouched`]).
     vouched: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
@@ -199,6 +200,15 @@ pub struct RetiredDoc {
 }
 
 /// One row of a feed.
+/// A change noted beside the database ([`Db::note_vouched`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vouched {
+    pub hash: [u8; 32],
+    /// The relay's own change, carrying over events a redaction missed;
+    /// otherwise a device's.
+    pub by_relay: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedRow {
     pub seq: u64,
@@ -675,16 +685,20 @@ impl Db {
     }
 
     /// Note beside the database that the relay took these changes of
-    /// `team_id`'s redacted tasks, each carrying copies of other devices'
-    /// events it had checked against the older document. The file outlives
-    /// the database, as the revocations file does: a database restored from
-    /// a backup taken before has lost what those copies were checked
-    /// against, and takes the changes again when phones offer them
-    /// ([`Db::vouched`]).
-    pub fn note_vouched(&self, team_id: &str, hashes: &[[u8; 32]]) -> Result<()> {
-        let lines: Vec<String> = hashes
+    /// `team_id`'s redacted tasks: each carries copies of other devices'
+    /// events it had checked against the older document, or is the relay's
+    /// own change carrying over events a redaction missed. The file
+    /// outlives the database, as the revocations file does: a database
+    /// restored from a backup taken before has lost what those copies were
+    /// checked against (and the relay's own change), and takes the changes
+    /// again when phones offer them ([`Db::vouched`]).
+    pub fn note_vouched(&self, team_id: &str, changes: &[Vouched]) -> Result<()> {
+        let lines: Vec<String> = changes
             .iter()
-            .map(|h| format!("{team_id} {}", hex::encode(h)))
+            .map(|v| match v.by_relay {
+                true => format!("{team_id} {} relay", hex::encode(v.hash)),
+                false => format!("{team_id} {}", hex::encode(v.hash)),
+            })
             .collect();
         append_lines(&self.vouched, &lines.join("\n"))
             .map_err(|e| Error::Storage(format!("noting a redaction beside the database: {e}")))
@@ -692,7 +706,7 @@ impl Db {
 
     /// The changes of `team_id` noted by [`Db::note_vouched`]. Lines that
     /// do not parse (a write cut short) are passed over.
-    pub fn vouched(&self, team_id: &str) -> Result<Vec<[u8; 32]>> {
+    pub fn vouched(&self, team_id: &str) -> Result<Vec<Vouched>> {
         let listed = match std::fs::read(&self.vouched) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -701,9 +715,15 @@ impl Db {
         Ok(String::from_utf8_lossy(&listed)
             .lines()
             .filter_map(|line| {
-                let (team, hash) = line.split_once(' ')?;
-                let hash: [u8; 32] = hex::decode(hash.trim()).ok()?.try_into().ok()?;
-                (team == team_id).then_some(hash)
+                let mut fields = line.split(' ');
+                let (team, hash) = (fields.next()?, fields.next()?);
+                let hash: [u8; 32] = hex::decode(hash).ok()?.try_into().ok()?;
+                let by_relay = match (fields.next(), fields.next()) {
+                    (None, None) => false,
+                    (Some("relay"), None) => true,
+                    _ => return None,
+                };
+                (team == team_id).then_some(Vouched { hash, by_relay })
             })
             .collect())
     }
@@ -955,16 +975,34 @@ mod tests {
     fn a_note_cut_short_loses_only_itself() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path().join("relay.db")).unwrap();
-        db.note_vouched("t1", &[[1; 32]]).unwrap();
+        let device = |b| Vouched {
+            hash: [b; 32],
+            by_relay: false,
+        };
+        let relay = |b| Vouched {
+            hash: [b; 32],
+            by_relay: true,
+        };
+        db.note_vouched("t1", &[device(1)]).unwrap();
         let mut torn = std::fs::OpenOptions::new()
             .append(true)
             .open(&db.vouched)
             .unwrap();
         std::io::Write::write_all(&mut torn, b"t1 0202").unwrap();
-        db.note_vouched("t1", &[[3; 32], [4; 32]]).unwrap();
-        db.note_vouched("t2", &[[5; 32]]).unwrap();
-        assert_eq!(db.vouched("t1").unwrap(), vec![[1; 32], [3; 32], [4; 32]]);
-        assert_eq!(db.vouched("t2").unwrap(), vec![[5; 32]]);
+        db.note_vouched("t1", &[device(3), relay(4)]).unwrap();
+        // The relay's own, cut short in its last word.
+        let mut torn = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&db.vouched)
+            .unwrap();
+        let cut = format!("t1 {} rel", hex::encode([6; 32]));
+        std::io::Write::write_all(&mut torn, cut.as_bytes()).unwrap();
+        db.note_vouched("t2", &[device(5)]).unwrap();
+        assert_eq!(
+            db.vouched("t1").unwrap(),
+            vec![device(1), device(3), relay(4)]
+        );
+        assert_eq!(db.vouched("t2").unwrap(), vec![device(5)]);
         assert!(db.vouched("t3").unwrap().is_empty());
     }
 }

@@ -30,7 +30,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 
-use crate::db::{Db, DeviceRow, FeedRow, InviteRow, RevocationStamp, TeamRow};
+use crate::db::{Db, DeviceRow, FeedRow, InviteRow, RevocationStamp, TeamRow, Vouched};
 use crate::error::{Error, Result};
 use crate::team_state::{refuse, tag_of, Incoming, Replay, TeamState};
 
@@ -276,7 +276,7 @@ enum Admitted {
         /// Changes with copies of others' events into a redacted task,
         /// noted beside the database before `rows` are committed
         /// ([`Db::note_vouched`]).
-        vouch: Vec<[u8; 32]>,
+        vouch: Vec<Vouched>,
     },
     /// Acknowledged once everything before it is committed.
     Flush(mpsc::SyncSender<()>),
@@ -366,18 +366,32 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
                 let Ok((c, _)) = &change.decoded else {
                     continue;
                 };
+                // One a phone offered for its author (a restored relay
+                // takes it again): the feed names the author, as it does
+                // once reloaded.
+                let written_by = match c.actor_id().to_hex_string() {
+                    a if *a == *caller.actor => actor.clone(),
+                    a => st.actor_key(&a),
+                };
                 let row = st.next_row(change.doc, c);
                 newest = Some((row.seq, tag_of(&row.hash)));
-                rows.push((row, actor.clone()));
+                rows.push((row, written_by));
                 verdicts.push(Verdict::Stored);
                 for (doc, carried) in std::mem::take(&mut st.carry_over) {
                     st.admit_carry_over(&doc, &carried);
                     let row = st.next_row(doc, &carried);
                     newest = Some((row.seq, tag_of(&row.hash)));
                     rows.push((row, relay_actor.clone()));
+                    vouch.push(Vouched {
+                        hash: carried.hash().0,
+                        by_relay: true,
+                    });
                 }
                 retire.append(&mut st.retiring);
-                vouch.extend(st.vouching.drain(..).map(|h| h.0));
+                vouch.extend(st.vouching.drain(..).map(|h| Vouched {
+                    hash: h.0,
+                    by_relay: false,
+                }));
             }
             Ok(false) => {
                 verdicts.push(Verdict::Duplicate);

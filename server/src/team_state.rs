@@ -21,7 +21,7 @@ use handoff_core::task_doc::{
 use handoff_core::team::{self, Reach, Team};
 use tokio::sync::watch;
 
-use crate::db::{FeedRow, RetiredDoc};
+use crate::db::{FeedRow, RetiredDoc, Vouched};
 use crate::error::{Error, Result};
 use crate::relay::{sha256, Caller};
 
@@ -165,6 +165,11 @@ pub struct TeamState {
     /// database restored from a backup may have lost the events they were
     /// checked against, and takes them again on their word.
     vouched: HashSet<ChangeHash>,
+    /// The relay's own changes carrying over events a redaction missed, as
+    /// noted beside its database: a database restored from a backup lost
+    /// them, and phones built on them. Taken again, as they are, from
+    /// whichever phone offers one.
+    carried_by_relay: HashSet<ChangeHash>,
     /// Set by admitting a change with such copies: to be noted beside the
     /// database before it is committed.
     pub(crate) vouching: Vec<ChangeHash>,
@@ -263,6 +268,7 @@ impl TeamState {
             carry_over: Vec::new(),
             retiring: Vec::new(),
             vouched: HashSet::new(),
+            carried_by_relay: HashSet::new(),
             vouching: Vec::new(),
             exiting: Vec::new(),
         }
@@ -272,8 +278,13 @@ impl TeamState {
     /// into a redacted task (`TeamState::vouching`, as noted beside the
     /// database): offered again to a database restored from an older
     /// backup, they are taken though it lacks what they copy.
-    pub fn vouch_for(&mut self, hashes: impl IntoIterator<Item = [u8; 32]>) {
-        self.vouched.extend(hashes.into_iter().map(ChangeHash));
+    pub fn vouch_for(&mut self, noted: impl IntoIterator<Item = Vouched>) {
+        for v in noted {
+            match v.by_relay {
+                true => self.carried_by_relay.insert(ChangeHash(v.hash)),
+                false => self.vouched.insert(ChangeHash(v.hash)),
+            };
+        }
     }
 
     /// A feed entry whose document was retired: nobody reads it.
@@ -592,10 +603,7 @@ impl TeamState {
             return Ok(false);
         }
         if c.actor_id().to_hex_string() != *caller.actor {
-            return Err(refuse(
-                RefusalCode::ActorMismatch,
-                "the change was written by another device",
-            ));
+            return self.admit_for_its_author(caller, change);
         }
         // Framing automerge asserts on rather than refuses (every phone's
         // apply would panic on it): an author, which automerge writes only
@@ -1124,6 +1132,68 @@ impl TeamState {
         self.hashes.insert(c.hash(), key);
         self.uncommitted_at.insert(c.hash(), row.seq);
         row
+    }
+
+    /// A change another device (or the relay) wrote, which a phone offers
+    /// a relay restored from a backup: the relay took it before, and noted
+    /// so beside its database, but the restored database lost it. A
+    /// device's is judged as that device's own (its author's phone may be
+    /// lost, or revoked); the relay's own carry-over is taken as it was
+    /// first, where it fits. Any other is refused: the relay trusts a
+    /// change's author only from the token of the device that pushes it.
+    fn admit_for_its_author(
+        &mut self,
+        caller: &Caller,
+        change: &Incoming,
+    ) -> std::result::Result<bool, Verdict> {
+        let not_its_author = || {
+            refuse(
+                RefusalCode::ActorMismatch,
+                "the change was written by another device",
+            )
+        };
+        let (c, _) = change.decoded.as_ref().map_err(Clone::clone)?;
+        let hash = c.hash();
+        let (task, generation) = split_doc_id(&change.doc);
+        if generation == 0 || change.doc == TEAM_DOC {
+            return Err(not_its_author());
+        }
+        let actor = c.actor_id().to_hex_string();
+        if self.vouched.contains(&hash) {
+            let Some(device) = self.team.devices.get(&actor) else {
+                return Err(not_its_author());
+            };
+            let author = Caller {
+                actor: Arc::from(actor.as_str()),
+                team_id: caller.team_id.clone(),
+                user_id: Arc::from(device.user_id.as_str()),
+            };
+            return self.admit(&author, change);
+        }
+        if !self.carried_by_relay.contains(&hash) {
+            return Err(not_its_author());
+        }
+        // Where the relay would have written it: on the task's newest
+        // document, after changes it holds of that document, as the next
+        // change of its actor there.
+        let key = self.doc_key(&change.doc);
+        let fits = self.generations.get(task) == Some(&generation)
+            && self
+                .docs
+                .get(&key)
+                .is_some_and(|e| e.seqs.get(actor.as_str()).copied().unwrap_or(0) + 1 == c.seq())
+            && !c.deps().is_empty()
+            && c.deps()
+                .iter()
+                .all(|d| self.hashes.get(d).is_some_and(|of| **of == *change.doc));
+        if !fits {
+            return Err(refuse(
+                RefusalCode::MissingDependencies,
+                "it builds on a change the relay does not have",
+            ));
+        }
+        self.admit_carry_over(&change.doc, c);
+        Ok(true)
     }
 
     /// Take the relay's own carry-over change into the state, as `admit`

@@ -11,6 +11,7 @@ use rusqlite::params;
 use super::{docs, meta, set_meta, Db, Store};
 use crate::error::{Error, Result};
 use crate::sync::wire::RefusalCode;
+use crate::task_doc::split_doc_id;
 
 /// Where this device syncs, as saved at enrolment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,13 +60,19 @@ pub enum Offered {
     NotAll { counts: bool },
 }
 
-/// One of this device's changes to a document ([`Store::own_changes`]).
+/// A change to offer a relay restored from a backup
+/// ([`Store::changes_to_offer`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnChange {
+pub struct ChangeToOffer {
     pub hash: [u8; 32],
     pub bytes: Vec<u8>,
     /// The relay acknowledged it once (it is not in the outbox).
     pub sent: bool,
+    /// This device wrote it. Otherwise another device, or the relay, did:
+    /// a change of a redacted task's document, which the relay takes again
+    /// from any phone if it noted it before (its author's phone may be
+    /// lost, and the relay's own change is held only by phones).
+    pub mine: bool,
 }
 
 /// Where this device is in the relay's feed: the seq it has pulled up to,
@@ -266,7 +273,7 @@ impl Store {
     /// The relay did not know this device's cursor: it was restored from a
     /// backup, and may have lost changes it had acknowledged, which this
     /// device took off its outbox. Every document this device holds is to
-    /// be offered again ([`Store::own_changes`]); the relay stores what it
+    /// be offered again ([`Store::changes_to_offer`]); the relay stores what it
     /// lacks and answers the rest as duplicates. Returns how many.
     pub fn relay_restarted(&self) -> Result<usize> {
         let db = self.lock();
@@ -319,10 +326,11 @@ impl Store {
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
-    /// Every change this device wrote to a document, in an order the relay
-    /// can take them (each after what it builds on); none if the document
-    /// is gone.
-    pub fn own_changes(&self, doc_id: &str) -> Result<Vec<OwnChange>> {
+    /// Every change this device wrote to a document, and every other change
+    /// of a redacted task's document (a later generation: see
+    /// [`ChangeToOffer::mine`]), in an order the relay can take them (each
+    /// after what it builds on); none if the document is gone.
+    pub fn changes_to_offer(&self, doc_id: &str) -> Result<Vec<ChangeToOffer>> {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         let Some(mut doc) = docs::take_or_load(&mut st.docs, conn, doc_id, &st.actor)? else {
@@ -332,14 +340,17 @@ impl Store {
             .prepare_cached("SELECT hash FROM outbox WHERE doc_id = ?1")?
             .query_map([doc_id], |r| r.get(0))?
             .collect::<std::result::Result<_, _>>()?;
+        let redacted = split_doc_id(doc_id).1 > 0;
         let own = doc
             .get_changes(&[])
             .into_iter()
-            .filter(|c| *c.actor_id() == st.actor)
-            .map(|c| OwnChange {
+            .map(|c| (*c.actor_id() == st.actor, c))
+            .filter(|&(mine, _)| mine || redacted)
+            .map(|(mine, c)| ChangeToOffer {
                 hash: c.hash().0,
                 bytes: c.raw_bytes().to_vec(),
                 sent: !queued.contains(&c.hash().0[..]),
+                mine,
             })
             .collect();
         st.docs.put(doc_id, doc);

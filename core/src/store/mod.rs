@@ -38,7 +38,7 @@ use crate::team::{Reach, Team, TeamWriter};
 
 pub use docs::{COMPACT_AFTER, TEAM_DOC};
 pub use enrolment::{
-    FeedCursor, Offered, OwnChange, RelaySettings, Released, MAX_OFFERS, OFFERS_PER_TRY,
+    ChangeToOffer, FeedCursor, Offered, RelaySettings, Released, MAX_OFFERS, OFFERS_PER_TRY,
     RESTORE_WINDOW_MS,
 };
 pub use views::{

@@ -1060,19 +1060,19 @@ impl Inner {
             if attempts > 0 && !news.contains(&doc) && !news.contains(TEAM_DOC) {
                 continue;
             }
-            let mut own = self.store.own_changes(&doc)?;
+            let mut offer = self.store.changes_to_offer(&doc)?;
             // One larger than the relay takes was refused when first pushed.
-            own.retain(|c| c.bytes.len() <= wire::MAX_CHANGE);
-            // What the relay acknowledged before (not what waits in the
-            // outbox), for the report.
-            let acknowledged: Vec<(bool, [u8; 32])> =
-                own.iter().map(|c| (c.sent, c.hash)).collect();
+            offer.retain(|c| c.bytes.len() <= wire::MAX_CHANGE);
+            // Whose, and what the relay acknowledged before (not what
+            // waits in the outbox), for the report.
+            let acknowledged: Vec<(bool, bool, [u8; 32])> =
+                offer.iter().map(|c| (c.mine, c.sent, c.hash)).collect();
             let mut acknowledged = acknowledged.into_iter();
             // The relay's own word on each: what it took is never set aside.
             let mut taken = Vec::new();
             let batches = in_requests(
                 &doc,
-                own.into_iter().map(|c| c.bytes).collect(),
+                offer.into_iter().map(|c| c.bytes).collect(),
                 self.pushes.bytes(),
             );
             let mut complete = true;
@@ -1081,11 +1081,14 @@ impl Inner {
                     .send_push(relay, &PushRequest { changes: batch })
                     .await?;
                 for verdict in reply.verdicts {
-                    let Some((was_sent, hash)) = acknowledged.next() else {
+                    let Some((mine, was_sent, hash)) = acknowledged.next() else {
                         break;
                     };
                     match verdict {
                         Verdict::Stored if was_sent => report.offered_again += 1,
+                        // Another's, refused: not this phone's to mend (a
+                        // change of its own built on it is refused too).
+                        Verdict::Refused { .. } if !mine => {}
                         Verdict::Stored | Verdict::Duplicate if was_sent => {}
                         Verdict::Stored | Verdict::Duplicate => taken.push(hash),
                         // Refused now, though acknowledged once (or built

@@ -960,3 +960,147 @@ fn a_redaction_lost_with_a_restore_stands_again_with_the_work_logged_before_it()
     );
     assert_eq!(mode & 0o077, 0, "mode {mode:o}");
 }
+
+/// ana logs a call after the night's backup, which max's phone has not
+/// pulled when he redacts the task: the relay carries it over to the new
+/// document in a change of its own, and ana logs her next call on top of
+/// that change. The relay is restored from the backup and loses its own
+/// change, which only the phones hold now. They offer it again with the
+/// rest, the relay takes it (it noted beside its database that it wrote
+/// it), and ana's next call with it: every phone ends with both calls.
+/// Either way round: ana first (the relay takes her call back, and carries
+/// it over again when it takes max's redaction), or max first.
+#[test]
+fn the_relays_carry_over_lost_with_a_restore_comes_back_from_the_phones() {
+    for ana_first in [true, false] {
+        carry_over_lost_with_a_restore(ana_first);
+    }
+}
+
+fn carry_over_lost_with_a_restore(ana_first: bool) {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    let task = quill_task(&max, "ana");
+    max.sync();
+    ana.sync();
+    lee.sync();
+    let backup = relay.back_up();
+    ana.store
+        .log_call(&task, call(CallOutcome::NoAnswer))
+        .unwrap();
+    ana.sync();
+    max.store.redact_patient(&task).unwrap();
+    max.sync(); // the relay carries ana's call over
+    ana.sync();
+    lee.sync();
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    ana.sync();
+    max.sync();
+    lee.sync();
+
+    relay.restore(&backup);
+    let order = match ana_first {
+        true => [&ana, &max, &lee],
+        false => [&max, &lee, &ana],
+    };
+    for _ in 0..2 {
+        for phone in order {
+            phone.sync();
+        }
+    }
+    let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
+    for (who, phone) in [("max", &max), ("ana", &ana), ("lee", &lee), ("mia", &mia)] {
+        let d = phone.store.task_detail(&task).unwrap();
+        assert!(d.patient.is_none(), "redacted on {who} ({ana_first})");
+        let outcomes: Vec<_> = d.state.calls.iter().map(|c| c.attempt.outcome).collect();
+        assert_eq!(
+            outcomes,
+            vec![CallOutcome::NoAnswer, CallOutcome::Reached],
+            "both calls, once each, on {who} ({ana_first})"
+        );
+        assert!(phone.store.needs_attention().unwrap().is_empty(), "{who}");
+        assert!(phone.store.outbox(10).unwrap().is_empty(), "{who}");
+    }
+    assert_converged(&[&max, &ana, &lee, &mia]);
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(
+        !relay_files_hold(&relay, NAME),
+        "the older version is gone again"
+    );
+}
+
+/// max redacts a task after the night's backup, with ana's call (logged
+/// after the backup) copied into it, and then loses his phone. The relay
+/// is restored from the backup: it has the older version again, patient
+/// details included, and max's phone will never offer his redaction. ana
+/// and lee hold it, and the relay takes it from them as max's (it noted
+/// beside its database that it took it): the older version is gone again.
+#[test]
+fn a_redaction_lost_with_a_restore_comes_back_from_other_phones_once_its_authors_is_lost() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    let task = quill_task(&max, "ana");
+    max.sync();
+    ana.sync();
+    lee.sync();
+    let backup = relay.back_up();
+    ana.store
+        .log_call(&task, quill_call(CallOutcome::Reached))
+        .unwrap();
+    ana.sync();
+    max.sync();
+    max.store.redact_patient(&task).unwrap();
+    max.sync();
+    ana.sync();
+    lee.sync();
+    drop(max);
+
+    relay.restore(&backup);
+    for _ in 0..2 {
+        for phone in [&ana, &lee] {
+            phone.sync();
+        }
+    }
+    let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
+    for (who, phone) in [("ana", &ana), ("lee", &lee), ("mia", &mia)] {
+        let d = phone.store.task_detail(&task).unwrap();
+        assert!(d.patient.is_none(), "redacted on {who}");
+        assert_eq!(d.state.calls.len(), 1, "ana's call on {who}");
+        assert!(phone.store.needs_attention().unwrap().is_empty(), "{who}");
+        assert!(phone.store.outbox(10).unwrap().is_empty(), "{who}");
+    }
+    assert_converged(&[&ana, &lee, &mia]);
+    // A change of the redacted task the relay never noted is still only
+    // its author's to push.
+    ana.store
+        .log_call(&task, call(CallOutcome::NoAnswer))
+        .unwrap();
+    let anas = ana.store.outbox(10).unwrap();
+    let verdicts = RawPush::to(&relay).verdicts(
+        &lee.settings().token,
+        vec![doc_change(&anas[0].doc_id, anas[0].bytes.clone())],
+    );
+    assert!(
+        matches!(
+            verdicts[..],
+            [Verdict::Refused {
+                code: RefusalCode::ActorMismatch,
+                ..
+            }]
+        ),
+        "{verdicts:?}"
+    );
+    ana.sync();
+    lee.sync();
+    assert_eq!(lee.store.task_detail(&task).unwrap().state.calls.len(), 2);
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(
+        !relay_files_hold(&relay, NAME),
+        "the older version is gone again"
+    );
+    assert!(!relay_files_hold(&relay, b"MRN-4471"));
+}
