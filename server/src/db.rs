@@ -199,7 +199,6 @@ pub struct RetiredDoc {
     pub events: Vec<(String, [u8; 32])>,
 }
 
-/// One row of a feed.
 /// A change noted beside the database ([`Db::note_vouched`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Vouched {
@@ -209,6 +208,7 @@ pub struct Vouched {
     pub by_relay: bool,
 }
 
+/// One row of a feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedRow {
     pub seq: u64,
@@ -715,7 +715,7 @@ impl Db {
         Ok(String::from_utf8_lossy(&listed)
             .lines()
             .filter_map(|line| {
-                let mut fields = line.split(' ');
+                let mut fields = line.split_whitespace();
                 let (team, hash) = (fields.next()?, fields.next()?);
                 let hash: [u8; 32] = hex::decode(hash).ok()?.try_into().ok()?;
                 let by_relay = match (fields.next(), fields.next()) {

@@ -274,10 +274,12 @@ impl TeamState {
         }
     }
 
-    /// Changes this relay took before with copies of other devices' events
-    /// into a redacted task (`TeamState::vouching`, as noted beside the
-    /// database): offered again to a database restored from an older
-    /// backup, they are taken though it lacks what they copy.
+    /// Changes this relay took before into redacted tasks, as noted beside
+    /// the database: devices' with copies of other devices' events
+    /// (`TeamState::vouching`), and the relay's own carrying over events a
+    /// redaction missed. Offered again to a database restored from an older
+    /// backup, they are taken though it lacks what they copy, from
+    /// whichever phone offers them (`TeamState::admit_for_its_author`).
     pub fn vouch_for(&mut self, noted: impl IntoIterator<Item = Vouched>) {
         for v in noted {
             match v.by_relay {
@@ -679,8 +681,12 @@ impl TeamState {
                 .docs
                 .get(doc_id_of(task, newest).as_str())
                 .and_then(DocEntry::state);
-            let allowed = self.team.permissions(&caller.user_id).may_delegate
-                && current.is_some_and(|s| may_read_task(&self.team, &caller.user_id, s));
+            // One this relay took before (noted beside its database) was
+            // judged then: an author who left or was moved since does not
+            // undo it, and phones hold it.
+            let allowed = self.vouched.contains(&hash)
+                || (self.team.permissions(&caller.user_id).may_delegate
+                    && current.is_some_and(|s| may_read_task(&self.team, &caller.user_id, s)));
             if !allowed {
                 return Err(refuse(
                     RefusalCode::Forbidden,

@@ -326,11 +326,12 @@ impl Store {
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
-    /// Every change this device wrote to a document, and every other change
-    /// of a redacted task's document (a later generation: see
-    /// [`ChangeToOffer::mine`]), in an order the relay can take them (each
-    /// after what it builds on); none if the document is gone.
-    pub fn changes_to_offer(&self, doc_id: &str) -> Result<Vec<ChangeToOffer>> {
+    /// Every change this device wrote to a document, and with `restored`
+    /// (a restore is known) every other change of a redacted task's
+    /// document (a later generation: see [`ChangeToOffer::mine`]), in an
+    /// order the relay can take them (each after what it builds on); none
+    /// if the document is gone.
+    pub fn changes_to_offer(&self, doc_id: &str, restored: bool) -> Result<Vec<ChangeToOffer>> {
         let mut db = self.lock();
         let Db { conn, st } = &mut *db;
         let Some(mut doc) = docs::take_or_load(&mut st.docs, conn, doc_id, &st.actor)? else {
@@ -340,12 +341,12 @@ impl Store {
             .prepare_cached("SELECT hash FROM outbox WHERE doc_id = ?1")?
             .query_map([doc_id], |r| r.get(0))?
             .collect::<std::result::Result<_, _>>()?;
-        let redacted = split_doc_id(doc_id).1 > 0;
+        let others_too = restored && split_doc_id(doc_id).1 > 0;
         let own = doc
             .get_changes(&[])
             .into_iter()
             .map(|c| (*c.actor_id() == st.actor, c))
-            .filter(|&(mine, _)| mine || redacted)
+            .filter(|&(mine, _)| mine || others_too)
             .map(|(mine, c)| ChangeToOffer {
                 hash: c.hash().0,
                 bytes: c.raw_bytes().to_vec(),

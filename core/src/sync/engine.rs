@@ -76,8 +76,9 @@ pub struct SyncReport {
     /// Changes from other devices applied here.
     pub pulled: usize,
     pub tasks_updated: usize,
-    /// Own changes the relay had lost (restored from a backup) and took
-    /// again when offered.
+    /// Changes the relay had lost (restored from a backup) and took again
+    /// when offered: this device's own, and others' of a redacted task
+    /// ([`crate::store::ChangeToOffer::mine`]).
     pub offered_again: usize,
 }
 
@@ -1026,7 +1027,9 @@ impl Inner {
 
     /// Offer the relay again each marked document's own changes (it was
     /// restored from a backup, or refused a change for building on one it
-    /// lacks): it stores what it lost, and answers the rest as duplicates.
+    /// lacks), and while a restore is known every change of a redacted
+    /// task's document: it stores what it lost, and answers the rest as
+    /// duplicates (or refuses what it never noted of others').
     /// The team's document goes first: a task change may need what a lost
     /// team change allowed. A document some of whose changes the relay
     /// still refused (building on another device's lost change, until that
@@ -1060,7 +1063,7 @@ impl Inner {
             if attempts > 0 && !news.contains(&doc) && !news.contains(TEAM_DOC) {
                 continue;
             }
-            let mut offer = self.store.changes_to_offer(&doc)?;
+            let mut offer = self.store.changes_to_offer(&doc, restore_known)?;
             // One larger than the relay takes was refused when first pushed.
             offer.retain(|c| c.bytes.len() <= wire::MAX_CHANGE);
             // Whose, and what the relay acknowledged before (not what

@@ -658,7 +658,7 @@ fn a_change_refused_for_what_it_builds_on_is_queued_again_once_after_its_documen
     assert!(s.outbox(10).unwrap().is_empty());
     assert_eq!(s.to_offer_again().unwrap(), vec![(doc.clone(), 0)]);
     // Offered: every change this device wrote to the task, in order.
-    let own = s.changes_to_offer(&doc).unwrap();
+    let own = s.changes_to_offer(&doc, true).unwrap();
     assert!(own.len() >= 2, "the delegation and the comment");
     assert_eq!(
         own.last(),

@@ -1104,3 +1104,56 @@ fn a_redaction_lost_with_a_restore_comes_back_from_other_phones_once_its_authors
     );
     assert!(!relay_files_hold(&relay, b"MRN-4471"));
 }
+
+/// lee redacts a task after the night's backup, with ana's call (logged
+/// after it) copied in, and then leaves the clinic: max deactivates her,
+/// and her phone is gone. The relay is restored from the backup. What the
+/// relay took from lee once stands: it takes her redaction again from the
+/// phones that hold it, and everyone ends with ana's call and without the
+/// patient's details.
+#[test]
+fn a_redaction_lost_with_a_restore_stands_though_its_author_left_since() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    let task = quill_task(&max, "ana");
+    max.sync();
+    ana.sync();
+    lee.sync();
+    let backup = relay.back_up();
+    ana.store
+        .log_call(&task, quill_call(CallOutcome::Reached))
+        .unwrap();
+    ana.sync();
+    lee.sync();
+    lee.store.redact_patient(&task).unwrap();
+    lee.sync();
+    ana.sync();
+    max.sync();
+    set_member(&max, "lee", Role::Manager, false, false);
+    max.sync();
+    ana.sync();
+    drop(lee);
+
+    relay.restore(&backup);
+    for _ in 0..2 {
+        for phone in [&max, &ana] {
+            phone.sync();
+        }
+    }
+    for phone in [&max, &ana] {
+        let team = phone.store.team().unwrap();
+        assert!(!team.members["lee"].active, "lee's leaving came back too");
+    }
+    let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
+    for (who, phone) in [("max", &max), ("ana", &ana), ("mia", &mia)] {
+        let d = phone.store.task_detail(&task).unwrap();
+        assert!(d.patient.is_none(), "redacted on {who}");
+        assert_eq!(d.state.calls.len(), 1, "ana's call on {who}");
+        assert!(phone.store.needs_attention().unwrap().is_empty(), "{who}");
+        assert!(phone.store.outbox(10).unwrap().is_empty(), "{who}");
+    }
+    assert_converged(&[&max, &ana, &mia]);
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(!relay_files_hold(&relay, NAME));
+}
