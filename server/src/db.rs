@@ -12,8 +12,9 @@ use handoff_core::event::EventId;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
+use crate::team_state::legacy_chain;
 
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE teams (
@@ -96,6 +97,15 @@ CREATE TABLE exits (
 ) WITHOUT ROWID;
 ";
 
+/// Added in schema 5.
+const FEED_CHAIN: &str = "
+-- Each row's place in its feed: a digest of its change's hash and the
+-- chain of the row before (see `team_state::chain_after`), which phones'
+-- cursors name. Rows written before schema 5 have none: their chain is
+-- their hash's first bytes, as their tag was.
+ALTER TABLE feed ADD COLUMN chain INTEGER;
+";
+
 /// Schema upgrades, one step per version.
 fn upgrade_from(tx: &Connection, version: i64) -> Result<()> {
     match version {
@@ -106,6 +116,7 @@ fn upgrade_from(tx: &Connection, version: i64) -> Result<()> {
         // Tasks moved before schema 4 keep no exits: phones that lost
         // sight of them then were not told then either.
         3 => tx.execute_batch(EXITS)?,
+        4 => tx.execute_batch(FEED_CHAIN)?,
         _ => return Err(Error::Storage(format!("no upgrade from schema {version}"))),
     }
     Ok(())
@@ -217,6 +228,9 @@ pub struct FeedRow {
     pub bytes: Vec<u8>,
     /// Members who lose sight of the task with this change (see `exits`).
     pub exits: Vec<String>,
+    /// Its place in the feed: it names this change and every row before
+    /// it ([`crate::team_state::chain_after`]).
+    pub chain: u64,
 }
 
 /// How long a statement waits for another connection's lock.
@@ -326,6 +340,7 @@ impl Db {
                 tx.execute_batch(SCHEMA)?;
                 tx.execute_batch(RETIRED_EVENTS)?;
                 tx.execute_batch(EXITS)?;
+                tx.execute_batch(FEED_CHAIN)?;
             } else {
                 for v in version..VERSION {
                     upgrade_from(&tx, v)?;
@@ -730,14 +745,16 @@ impl Db {
 
     pub fn append_feed(conn: &Connection, team_id: &str, row: &FeedRow) -> Result<()> {
         conn.prepare_cached(
-            "INSERT INTO feed (team_id, seq, doc_id, hash, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO feed (team_id, seq, doc_id, hash, bytes, chain)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             team_id,
             row.seq as i64,
             row.doc_id,
             &row.hash[..],
-            row.bytes
+            row.bytes,
+            row.chain as i64
         ])?;
         for user in &row.exits {
             conn.prepare_cached(
@@ -852,8 +869,9 @@ impl Db {
 
     /// The whole feed of a team, oldest first (to rebuild its state).
     pub fn feed(conn: &Connection, team_id: &str, mut each: impl FnMut(FeedRow)) -> Result<()> {
-        let mut stmt = conn
-            .prepare("SELECT seq, doc_id, hash, bytes FROM feed WHERE team_id = ?1 ORDER BY seq")?;
+        let mut stmt = conn.prepare(
+            "SELECT seq, doc_id, hash, bytes, chain FROM feed WHERE team_id = ?1 ORDER BY seq",
+        )?;
         let mut rows = stmt.query([team_id])?;
         while let Some(r) = rows.next()? {
             each(feed_row(r)?);
@@ -864,7 +882,7 @@ impl Db {
     pub fn feed_at(conn: &Connection, team_id: &str, seq: u64) -> Result<Option<FeedRow>> {
         Ok(conn
             .prepare_cached(
-                "SELECT seq, doc_id, hash, bytes FROM feed WHERE team_id = ?1 AND seq = ?2",
+                "SELECT seq, doc_id, hash, bytes, chain FROM feed WHERE team_id = ?1 AND seq = ?2",
             )?
             .query_row(params![team_id, seq as i64], feed_row)
             .optional()?)
@@ -904,12 +922,14 @@ fn feed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedRow> {
     if hash.len() == 32 {
         h.copy_from_slice(&hash);
     }
+    let chain: Option<i64> = r.get(4)?;
     Ok(FeedRow {
         seq: r.get::<_, i64>(0)? as u64,
         doc_id: r.get(1)?,
         hash: h,
         bytes: r.get(3)?,
         exits: Vec::new(),
+        chain: chain.map_or_else(|| legacy_chain(&h), |c| c as u64),
     })
 }
 
@@ -948,6 +968,7 @@ mod tests {
                 hash: crate::relay::sha256(&i.to_le_bytes()),
                 bytes: vec![7; 1500],
                 exits: Vec::new(),
+                chain: i,
             };
             db.append_feed_batch(&team, std::iter::once(&row)).unwrap();
             db.finish_checkpoint_if_asked();

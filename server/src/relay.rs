@@ -32,7 +32,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::db::{Db, DeviceRow, FeedRow, InviteRow, RevocationStamp, TeamRow, Vouched};
 use crate::error::{Error, Result};
-use crate::team_state::{refuse, tag_of, Incoming, Replay, TeamState};
+use crate::team_state::{chain_after, refuse, tag_of_chain, Incoming, Replay, TeamState};
 
 /// How long after redeeming an invite its device may redeem it again
 /// (its enrolment's reply was lost): a phone retries within seconds.
@@ -374,13 +374,13 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
                     a => st.actor_key(&a),
                 };
                 let row = st.next_row(change.doc, c);
-                newest = Some((row.seq, tag_of(&row.hash)));
+                newest = Some((row.seq, tag_of_chain(row.chain)));
                 rows.push((row, written_by));
                 verdicts.push(Verdict::Stored);
                 for (doc, carried) in std::mem::take(&mut st.carry_over) {
                     st.admit_carry_over(&doc, &carried);
                     let row = st.next_row(doc, &carried);
-                    newest = Some((row.seq, tag_of(&row.hash)));
+                    newest = Some((row.seq, tag_of_chain(row.chain)));
                     rows.push((row, relay_actor.clone()));
                     vouch.push(Vouched {
                         hash: carried.hash().0,
@@ -1098,6 +1098,7 @@ pub fn create_team(db: &Db, name: &str, again: bool) -> Result<TeamRow> {
             hash: change.hash().0,
             bytes: change.raw_bytes().to_vec(),
             exits: Vec::new(),
+            chain: chain_after(0, &change.hash().0),
         },
     )?;
     tx.commit()?;

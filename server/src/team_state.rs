@@ -25,9 +25,39 @@ use crate::db::{FeedRow, RetiredDoc, Vouched};
 use crate::error::{Error, Result};
 use crate::relay::{sha256, Caller};
 
-/// A feed entry's tag: the first bytes of its change's hash, never 0.
+/// A change's tag: the first bytes of its hash, never 0.
 pub(crate) fn tag_of(hash: &[u8; 32]) -> u32 {
     u32::from_le_bytes([hash[0], hash[1], hash[2], hash[3]]).max(1)
+}
+
+/// The feed's chain after a row of change `hash`, `before` being the chain
+/// of the row before it (0 before the first): a digest that names the
+/// change and, through `before`, every row before it. A phone's cursor
+/// names the tag of the chain at its seq ([`tag_of_chain`]), so a relay
+/// restored from a backup that holds the same change at that seq again,
+/// but other changes before it, is not taken for the feed the phone
+/// followed.
+pub(crate) fn chain_after(before: u64, hash: &[u8; 32]) -> u64 {
+    let mut bytes = [0u8; 40];
+    bytes[..8].copy_from_slice(&before.to_le_bytes());
+    bytes[8..].copy_from_slice(hash);
+    let digest = sha256(&bytes);
+    u64::from_le_bytes([
+        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
+    ])
+}
+
+/// The chain of a row written before schema 5 (none was stored): its
+/// hash's first bytes, whose tag is the change's own, as tags were then.
+pub(crate) fn legacy_chain(hash: &[u8; 32]) -> u64 {
+    u64::from_le_bytes([
+        hash[0], hash[1], hash[2], hash[3], hash[4], hash[5], hash[6], hash[7],
+    ])
+}
+
+/// The tag a cursor names at a row: the first bytes of its chain, never 0.
+pub(crate) fn tag_of_chain(chain: u64) -> u32 {
+    (chain as u32).max(1)
 }
 
 /// Changes per pull page, and bytes.
@@ -113,12 +143,14 @@ impl DocEntry {
 
 struct FeedEntry {
     doc: Arc<str>,
-    /// The first bytes of the change's hash (0 when its row was already
-    /// deleted, a retired document's, when the team was loaded):
-    /// a phone's cursor names the tag it saw at its seq, and a relay whose
-    /// entry there differs is not the feed the phone followed (restored
-    /// from a backup).
+    /// The first bytes of the feed's chain at this entry (0 when its row
+    /// was already deleted, a retired document's, when the team was
+    /// loaded): a phone's cursor names the tag it saw at its seq, and a
+    /// relay whose entry there differs is not the feed the phone followed
+    /// (restored from a backup).
     tag: u32,
+    /// The change's own tag ([`tag_of`]): a change is found by it.
+    change_tag: u32,
     size: u32,
     /// The device that wrote it: it is not sent back to that device.
     actor: Arc<str>,
@@ -135,7 +167,10 @@ pub struct TeamState {
     pub(crate) uncommitted: u64,
     /// Where the admitted changes not yet committed will stand, by hash:
     /// a second push of one hears where (see [`TeamState::position_of`]).
-    uncommitted_at: HashMap<ChangeHash, u64>,
+    uncommitted_at: HashMap<ChangeHash, (u64, u32)>,
+    /// The feed's chain at the last entry given a seq, committed or not
+    /// ([`chain_after`]).
+    chain: u64,
     /// Each document's feed entries, oldest first (for repair).
     pub(crate) seqs_by_doc: HashMap<Arc<str>, Vec<u64>>,
     actors: HashMap<String, Arc<str>>,
@@ -257,6 +292,7 @@ impl TeamState {
             feed: Vec::new(),
             uncommitted: 0,
             uncommitted_at: HashMap::new(),
+            chain: 0,
             seqs_by_doc: HashMap::new(),
             actors: HashMap::new(),
             hashes: HashMap::new(),
@@ -295,6 +331,7 @@ impl TeamState {
         self.feed.push(FeedEntry {
             doc: Arc::from(""),
             tag: 0,
+            change_tag: 0,
             size: 0,
             actor: none,
         });
@@ -343,6 +380,7 @@ impl TeamState {
                     *entry = FeedEntry {
                         doc: retired.clone(),
                         tag: entry.tag,
+                        change_tag: entry.change_tag,
                         size: 0,
                         actor: none.clone(),
                     };
@@ -425,16 +463,21 @@ impl TeamState {
     /// committed, if it is admitted but not yet committed (a push's answer
     /// goes out after every batch before it is committed).
     pub fn position_of(&self, doc: &str, hash: &[u8; 32]) -> Option<(u64, u32)> {
-        let tag = tag_of(hash);
-        if let Some(&seq) = self.uncommitted_at.get(&ChangeHash(*hash)) {
-            return Some((seq, tag));
+        if let Some(&at) = self.uncommitted_at.get(&ChangeHash(*hash)) {
+            return Some(at);
         }
+        let tag = tag_of(hash);
         self.seqs_by_doc
             .get(doc)?
             .iter()
             .rev()
-            .find(|&&seq| self.tag_at(seq) == tag)
-            .map(|&seq| (seq, tag))
+            .find(|&&seq| {
+                usize::try_from(seq - 1)
+                    .ok()
+                    .and_then(|i| self.feed.get(i))
+                    .is_some_and(|e| e.change_tag == tag)
+            })
+            .map(|&seq| (seq, self.tag_at(seq)))
     }
 
     /// Whether `actor` wrote an entry of the feed (the relay's actors of
@@ -1106,23 +1149,27 @@ impl TeamState {
             .team_doc
             .get_last_local_change()
             .ok_or_else(|| Error::Storage(format!("{what} wrote nothing")))?;
+        self.chain = chain_after(self.chain, &change.hash().0);
         Ok(FeedRow {
             seq: self.head() + 1,
             doc_id: TEAM_DOC.into(),
             hash: change.hash().0,
             bytes: change.raw_bytes().to_vec(),
             exits: Vec::new(),
+            chain: self.chain,
         })
     }
 
     /// Give a change the next seq (it is committed with the batch).
     pub(crate) fn next_row(&mut self, doc: String, c: &Change) -> FeedRow {
+        self.chain = chain_after(self.chain, &c.hash().0);
         let mut row = FeedRow {
             seq: self.head() + self.uncommitted + 1,
             doc_id: doc,
             hash: c.hash().0,
             bytes: c.raw_bytes().to_vec(),
             exits: std::mem::take(&mut self.exiting),
+            chain: self.chain,
         };
         self.uncommitted += 1;
         // Later changes may build on it, and a second copy of it is a
@@ -1136,7 +1183,8 @@ impl TeamState {
             }
         }
         self.hashes.insert(c.hash(), key);
-        self.uncommitted_at.insert(c.hash(), row.seq);
+        self.uncommitted_at
+            .insert(c.hash(), (row.seq, tag_of_chain(row.chain)));
         row
     }
 
@@ -1226,7 +1274,8 @@ impl TeamState {
             self.hashes.insert(ChangeHash(r.hash), doc.clone());
             self.feed.push(FeedEntry {
                 doc,
-                tag: tag_of(&r.hash),
+                tag: tag_of_chain(r.chain),
+                change_tag: tag_of(&r.hash),
                 size: r.bytes.len() as u32,
                 actor: actor.clone(),
             });
@@ -1336,9 +1385,11 @@ impl Replay {
             Ok(c) => st.actor_key(&c.actor_id().to_hex_string()),
             Err(_) => st.actor_key(""),
         };
+        st.chain = r.chain;
         st.feed.push(FeedEntry {
             doc: doc.clone(),
-            tag: tag_of(&r.hash),
+            tag: tag_of_chain(r.chain),
+            change_tag: tag_of(&r.hash),
             size,
             actor: actor.clone(),
         });
@@ -1469,6 +1520,7 @@ mod tests {
             hash: change.hash().0,
             bytes: change.raw_bytes().to_vec(),
             exits: Vec::new(),
+            chain: chain_after(0, &change.hash().0),
         };
         for (user, store) in [("max", &max), ("fay", &fay)] {
             store
@@ -1600,7 +1652,7 @@ mod tests {
         };
         let actor = c.st.actor_key(&max.actor);
         let row = c.st.next_row(first.doc.clone(), decoded);
-        let (seq, tag) = (row.seq, tag_of(&row.hash));
+        let (seq, tag) = (row.seq, tag_of_chain(row.chain));
         assert_eq!(seq, c.st.head() + 1);
         assert!(matches!(c.st.admit(&max, &incoming()), Ok(false)));
         assert_eq!(
@@ -1690,6 +1742,7 @@ mod tests {
                     hash: decoded.hash().0,
                     bytes: change.bytes,
                     exits: Vec::new(),
+                    chain: seq as u64,
                 });
             }
         }

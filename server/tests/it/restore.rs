@@ -427,3 +427,46 @@ fn a_restarted_page_that_changes_her_role_reads_the_feed_again() {
     max.sync();
     assert_converged(&[&max, &ana]);
 }
+
+/// After the backup, ana comments on her task and then lee on another;
+/// ana's phone pulls both. The relay is restored. max hands over new work
+/// before lee's phone offers her comment again, so lee's comment lands
+/// where it stood before, behind max's new task instead of ana's lost
+/// comment. ana's cursor names that very change at that very place, yet
+/// what lies before it changed: she must start over (and offer her
+/// comment again), not go on from it.
+#[test]
+fn a_cursor_on_a_change_back_in_its_old_place_after_other_changes_starts_over() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    let task = hand_over(&max, &ana, "Call back about the referral", "ana");
+    let other = hand_over(&max, &ana, "Send the leaflet", "ana");
+    lee.sync();
+    let backup = relay.back_up();
+    ana.store.comment(&task, "left a voicemail").unwrap();
+    assert_eq!(ana.sync().pushed, 1);
+    lee.store.comment(&other, "she prefers mornings").unwrap();
+    assert_eq!(lee.sync().pushed, 1);
+    ana.sync();
+
+    relay.restore(&backup);
+    let booking = max
+        .store
+        .delegate(task_for("Book the follow-up", Some("ana"), None))
+        .unwrap();
+    assert_eq!(max.sync().pushed, 1);
+    assert_eq!(lee.sync().offered_again, 1, "back where it stood");
+    for _ in 0..2 {
+        for phone in [&ana, &lee, &max] {
+            phone.sync();
+        }
+    }
+    for (who, phone) in [("max", &max), ("ana", &ana), ("lee", &lee)] {
+        let comments = |t| phone.store.task_detail(t).unwrap().state.comments.len();
+        assert_eq!((comments(&task), comments(&other)), (1, 1), "on {who}");
+        assert!(phone.store.task_detail(&booking).is_ok(), "{who}");
+        assert!(phone.store.needs_attention().unwrap().is_empty(), "{who}");
+    }
+    assert_converged(&[&max, &ana, &lee]);
+}

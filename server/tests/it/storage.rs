@@ -62,6 +62,13 @@ fn a_relay_database_of_schema_1_upgrades_to_the_fresh_schema_and_keeps_its_feed(
     let team = relay.team("t1").unwrap();
     assert_eq!(team.state().head(), 1);
     assert_eq!(relay.loaded_feed_length(), 1);
+    // A phone's cursor on a row written before the feed kept its chain
+    // (schema 5) still names it: its tag is its change's, as it was.
+    let h = change.hash().0;
+    assert_eq!(
+        team.state().tag_at(1),
+        u32::from_le_bytes([h[0], h[1], h[2], h[3]]).max(1)
+    );
 }
 
 /// The relay's files hold patient details in the clear: no one but the
