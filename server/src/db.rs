@@ -229,7 +229,7 @@ pub struct FeedRow {
     /// Members who lose sight of the task with this change (see `exits`).
     pub exits: Vec<String>,
     /// Its place in the feed: it names this change and every row before
-    /// it ([`crate::team_state::chain_after`]).
+    /// it (`team_state::chain_after`).
     pub chain: u64,
 }
 
