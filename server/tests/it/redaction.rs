@@ -1130,9 +1130,9 @@ fn a_redaction_lost_with_a_restore_stands_though_its_author_left_since() {
     lee.sync();
     ana.sync();
     max.sync();
+    // ana's phone has not heard of it yet.
     set_member(&max, "lee", Role::Manager, false, false);
     max.sync();
-    ana.sync();
     drop(lee);
 
     relay.restore(&backup);
