@@ -456,12 +456,12 @@ impl TeamState {
         tag == 0 || here == 0 || here == tag
     }
 
-    /// The seq and tag of a change of `doc` by its hash: its document's
-    /// entries searched newest first for its tag (4 bytes of the hash;
-    /// another of the same document sharing them is as good a witness
-    /// that the relay still has what it had), or where it will stand once
-    /// committed, if it is admitted but not yet committed (a push's answer
-    /// goes out after every batch before it is committed).
+    /// The seq and (cursor) tag of a change of `doc` by its hash: its
+    /// document's entries searched newest first for the change's own tag
+    /// (4 bytes of the hash; another of the same document sharing them is
+    /// as good a witness that the relay still has what it had), or where it
+    /// will stand once committed, if it is admitted but not yet committed
+    /// (a push's answer goes out after every batch before it is committed).
     pub fn position_of(&self, doc: &str, hash: &[u8; 32]) -> Option<(u64, u32)> {
         if let Some(&at) = self.uncommitted_at.get(&ChangeHash(*hash)) {
             return Some(at);

@@ -470,3 +470,30 @@ fn a_cursor_on_a_change_back_in_its_old_place_after_other_changes_starts_over() 
     }
     assert_converged(&[&max, &ana, &lee]);
 }
+
+/// A relay that only restarts is the feed the phones followed: a cursor on
+/// a row it wrote, and one on a row of a redacted task's older document,
+/// deleted since, still name their entries after the restart. Nobody
+/// starts over, and nothing is offered again.
+#[test]
+fn a_relay_restart_starts_nobody_over() {
+    let mut relay = Relay::start();
+    let (_, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = hand_over(&max, &ana, "Call back about the referral", "ana");
+    ana.store.comment(&task, "left a voicemail").unwrap();
+    assert_eq!(ana.sync().pushed, 1, "her cursor stands on her comment");
+    max.store.redact_patient(&task).unwrap();
+    max.sync();
+
+    relay.kill();
+    relay.spawn();
+    for (who, phone) in [("max", &max), ("ana", &ana)] {
+        let report = phone.sync();
+        assert_eq!(report.offered_again, 0, "{who}: {report:?}");
+        assert!(!phone.store.restore_known().unwrap(), "{who}");
+    }
+    let d = ana.store.task_detail(&task).unwrap();
+    assert!(d.patient.is_none(), "the redaction reached her");
+    assert_eq!(d.state.comments.len(), 1);
+    assert_converged(&[&max, &ana]);
+}
