@@ -132,6 +132,10 @@ pub struct Db {
     /// redacted task, and of its own that carry over events a redaction
     /// missed ([`Db::note_vouched`]).
     vouched: PathBuf,
+    /// What that file lists, by team: read once, at the first team's load
+    /// (it grows with every redaction, and every team load asks for its
+    /// own lines), and kept up with what this relay notes since.
+    noted: Mutex<Option<HashMap<String, Vec<Vouched>>>>,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     /// Feed transactions committed, and the changes in them (for /metrics).
@@ -360,6 +364,7 @@ impl Db {
         Ok(Db {
             revocations: beside(&path, "-revocations"),
             vouched: beside(&path, "-vouched"),
+            noted: Mutex::new(None),
             path,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
@@ -716,20 +721,45 @@ impl Db {
             })
             .collect();
         append_lines(&self.vouched, &lines.join("\n"))
-            .map_err(|e| Error::Storage(format!("noting a redaction beside the database: {e}")))
+            .map_err(|e| Error::Storage(format!("noting a redaction beside the database: {e}")))?;
+        if let Some(noted) = self
+            .noted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            noted
+                .entry(team_id.to_owned())
+                .or_default()
+                .extend_from_slice(changes);
+        }
+        Ok(())
     }
 
     /// The changes of `team_id` noted by [`Db::note_vouched`]. Lines that
     /// do not parse (a write cut short) are passed over.
     pub fn vouched(&self, team_id: &str) -> Result<Vec<Vouched>> {
+        let mut noted = self.noted.lock().unwrap_or_else(|p| p.into_inner());
+        if noted.is_none() {
+            *noted = Some(self.read_vouched()?);
+        }
+        Ok(noted
+            .as_ref()
+            .and_then(|n| n.get(team_id))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Every line of the file of [`Db::note_vouched`], by team.
+    fn read_vouched(&self) -> Result<HashMap<String, Vec<Vouched>>> {
         let listed = match std::fs::read(&self.vouched) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
             Err(e) => return Err(Error::Storage(format!("reading the redactions noted: {e}"))),
         };
-        Ok(String::from_utf8_lossy(&listed)
-            .lines()
-            .filter_map(|line| {
+        let mut noted: HashMap<String, Vec<Vouched>> = HashMap::new();
+        for line in String::from_utf8_lossy(&listed).lines() {
+            let parsed = (|| {
                 let mut fields = line.split_whitespace();
                 let (team, hash) = (fields.next()?, fields.next()?);
                 let hash: [u8; 32] = hex::decode(hash).ok()?.try_into().ok()?;
@@ -738,9 +768,13 @@ impl Db {
                     (Some("relay"), None) => true,
                     _ => return None,
                 };
-                (team == team_id).then_some(Vouched { hash, by_relay })
-            })
-            .collect())
+                Some((team, Vouched { hash, by_relay }))
+            })();
+            if let Some((team, v)) = parsed {
+                noted.entry(team.to_owned()).or_default().push(v);
+            }
+        }
+        Ok(noted)
     }
 
     pub fn append_feed(conn: &Connection, team_id: &str, row: &FeedRow) -> Result<()> {
@@ -1025,5 +1059,12 @@ mod tests {
         );
         assert_eq!(db.vouched("t2").unwrap(), vec![device(5)]);
         assert!(db.vouched("t3").unwrap().is_empty());
+        // Read once, then kept up with what this relay notes.
+        db.note_vouched("t3", &[device(7)]).unwrap();
+        assert_eq!(db.vouched("t3").unwrap(), vec![device(7)]);
+        // As a relay started again reads them.
+        let again = Db::open(dir.path().join("relay.db")).unwrap();
+        assert_eq!(again.vouched("t1").unwrap(), db.vouched("t1").unwrap());
+        assert_eq!(again.vouched("t3").unwrap(), vec![device(7)]);
     }
 }
