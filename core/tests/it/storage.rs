@@ -917,3 +917,45 @@ fn a_reread_is_kept_across_rounds_and_drops_only_what_the_relay_did_not_send() {
     assert_eq!(fay.finish_reread(third).unwrap(), 0);
     assert!(fay.task_detail(&sent).is_ok());
 }
+
+/// While a restore is known, a phone offers the relay every change it
+/// holds of a redacted task's document, other devices' too (the relay
+/// takes again those it noted: its author's phone may be lost), each
+/// after what it builds on. Otherwise, and of any other document, only
+/// its own.
+#[test]
+fn a_redacted_tasks_changes_by_others_are_offered_only_while_a_restore_is_known() {
+    let c = Clinic::with(&["max", "ana", "lee"]);
+    let t = c.handed_to("ana");
+    c.at("max").redact_patient(&t).unwrap();
+    c.sync();
+    c.at("ana").comment(&t, "left a voicemail").unwrap();
+    c.sync();
+    let redacted = handoff_core::task_doc::doc_id_of(&t, 1);
+
+    let lee = c.at("lee");
+    assert!(lee.changes_to_offer(&redacted, false).unwrap().is_empty());
+    let held = lee.changes_to_offer(&redacted, true).unwrap();
+    assert!(held.len() >= 2, "max's layout and ana's comment: {held:?}");
+    assert!(held.iter().all(|c| !c.mine && c.sent));
+    let first = automerge::Change::from_bytes(held[0].bytes.clone()).unwrap();
+    assert!(first.deps().is_empty(), "the layout first");
+
+    let ana = c.at("ana").changes_to_offer(&redacted, true).unwrap();
+    assert_eq!(ana.len(), held.len());
+    assert_eq!(ana.iter().filter(|c| c.mine).count(), 1, "her comment");
+    assert!(ana.last().unwrap().mine);
+    // Of another document, only her own, restore or not.
+    let other = c.handed_to("ana");
+    assert!(c.at("ana").task_detail(&other).is_ok(), "she holds it");
+    assert!(c
+        .at("ana")
+        .changes_to_offer(&other, true)
+        .unwrap()
+        .is_empty());
+    assert!(!c
+        .at("max")
+        .changes_to_offer(&other, true)
+        .unwrap()
+        .is_empty());
+}
