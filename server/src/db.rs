@@ -214,13 +214,22 @@ pub struct RetiredDoc {
     pub events: Vec<(String, [u8; 32])>,
 }
 
+/// An automerge actor id as the relay makes one (16 random bytes, in
+/// lowercase hex): a note cut short in it is passed over.
+fn is_relay_actor(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// A change noted beside the database ([`Db::note_vouched`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vouched {
     pub hash: [u8; 32],
-    /// The relay's own change, carrying over events a redaction missed;
-    /// otherwise a device's.
-    pub by_relay: bool,
+    /// The relay's own change, carrying over events a redaction missed, by
+    /// the actor (hex) the relay wrote it with; otherwise (`None`) a
+    /// device's.
+    pub by_relay: Option<String>,
 }
 
 /// One row of a feed.
@@ -715,9 +724,9 @@ impl Db {
     pub fn note_vouched(&self, team_id: &str, changes: &[Vouched]) -> Result<()> {
         let lines: Vec<String> = changes
             .iter()
-            .map(|v| match v.by_relay {
-                true => format!("{team_id} {} relay", hex::encode(v.hash)),
-                false => format!("{team_id} {}", hex::encode(v.hash)),
+            .map(|v| match &v.by_relay {
+                Some(actor) => format!("{team_id} {} relay {actor}", hex::encode(v.hash)),
+                None => format!("{team_id} {}", hex::encode(v.hash)),
             })
             .collect();
         append_lines(&self.vouched, &lines.join("\n"))
@@ -763,9 +772,11 @@ impl Db {
                 let mut fields = line.split_whitespace();
                 let (team, hash) = (fields.next()?, fields.next()?);
                 let hash: [u8; 32] = hex::decode(hash).ok()?.try_into().ok()?;
-                let by_relay = match (fields.next(), fields.next()) {
-                    (None, None) => false,
-                    (Some("relay"), None) => true,
+                let by_relay = match (fields.next(), fields.next(), fields.next()) {
+                    (None, None, None) => None,
+                    (Some("relay"), Some(actor), None) if is_relay_actor(actor) => {
+                        Some(actor.to_owned())
+                    }
                     _ => return None,
                 };
                 Some((team, Vouched { hash, by_relay }))
@@ -1032,11 +1043,11 @@ mod tests {
         let db = Db::open(dir.path().join("relay.db")).unwrap();
         let device = |b| Vouched {
             hash: [b; 32],
-            by_relay: false,
+            by_relay: None,
         };
         let relay = |b| Vouched {
             hash: [b; 32],
-            by_relay: true,
+            by_relay: Some("0a".repeat(16)),
         };
         db.note_vouched("t1", &[device(1)]).unwrap();
         let mut torn = std::fs::OpenOptions::new()
@@ -1050,7 +1061,7 @@ mod tests {
             .append(true)
             .open(&db.vouched)
             .unwrap();
-        let cut = format!("t1 {} rel", hex::encode([6; 32]));
+        let cut = format!("t1 {} relay 0a", hex::encode([6; 32]));
         std::io::Write::write_all(&mut torn, cut.as_bytes()).unwrap();
         db.note_vouched("t2", &[device(5)]).unwrap();
         assert_eq!(

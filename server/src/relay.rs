@@ -384,13 +384,13 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
                     rows.push((row, relay_actor.clone()));
                     vouch.push(Vouched {
                         hash: carried.hash().0,
-                        by_relay: true,
+                        by_relay: Some(relay_actor.to_string()),
                     });
                 }
                 retire.append(&mut st.retiring);
                 vouch.extend(st.vouching.drain(..).map(|h| Vouched {
                     hash: h.0,
-                    by_relay: false,
+                    by_relay: None,
                 }));
             }
             Ok(false) => {
@@ -955,8 +955,13 @@ fn enrol_device(
     // The relay's own actors write the team's document (and carry events
     // over to redacted tasks); a device sharing one would share its
     // sequence numbers and never be sent the relay's entries. No device
-    // takes an actor that wrote anything before either.
-    if actor == st.team_doc.get_actor().to_hex_string() || st.has_written(&actor) {
+    // takes an actor that wrote anything before either, nor one the relay
+    // carried events over with before a restore (phones hold that change,
+    // and offer it again).
+    if actor == st.team_doc.get_actor().to_hex_string()
+        || st.has_written(&actor)
+        || st.carried_over_as(&actor)
+    {
         return Err(Error::Conflict("this actor id is the relay's own".into()));
     }
     // A member already in the team keeps the role the team gives them

@@ -205,6 +205,8 @@ pub struct TeamState {
     /// them, and phones built on them. Taken again, as they are, from
     /// whichever phone offers one.
     carried_by_relay: HashSet<ChangeHash>,
+    /// The relay's actors those were written by: no device takes one.
+    carried_by_relay_as: HashSet<String>,
     /// Set by admitting a change with such copies: to be noted beside the
     /// database before it is committed.
     pub(crate) vouching: Vec<ChangeHash>,
@@ -305,6 +307,7 @@ impl TeamState {
             retiring: Vec::new(),
             vouched: HashSet::new(),
             carried_by_relay: HashSet::new(),
+            carried_by_relay_as: HashSet::new(),
             vouching: Vec::new(),
             exiting: Vec::new(),
         }
@@ -319,9 +322,14 @@ impl TeamState {
     pub fn vouch_for(&mut self, noted: impl IntoIterator<Item = Vouched>) {
         for v in noted {
             match v.by_relay {
-                true => self.carried_by_relay.insert(ChangeHash(v.hash)),
-                false => self.vouched.insert(ChangeHash(v.hash)),
-            };
+                Some(actor) => {
+                    self.carried_by_relay.insert(ChangeHash(v.hash));
+                    self.carried_by_relay_as.insert(actor);
+                }
+                None => {
+                    self.vouched.insert(ChangeHash(v.hash));
+                }
+            }
         }
     }
 
@@ -487,6 +495,12 @@ impl TeamState {
             return false;
         };
         self.feed.iter().any(|e| Arc::ptr_eq(&e.actor, key))
+    }
+
+    /// Whether the relay carried events over to a redacted task as `actor`
+    /// (noted beside its database: a restore may have lost that change).
+    pub fn carried_over_as(&self, actor: &str) -> bool {
+        self.carried_by_relay_as.contains(actor)
     }
 
     pub fn is_active_member(&self, user: &str) -> bool {

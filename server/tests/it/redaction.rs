@@ -1002,6 +1002,37 @@ fn carry_over_lost_with_a_restore(ana_first: bool) {
     lee.sync();
 
     relay.restore(&backup);
+    // No device takes the actor the relay carried ana's call over with:
+    // the phones hold that change, and offer it again.
+    let devices = ana.store.team().unwrap().devices;
+    let carried_as = ana
+        .store
+        .changes_to_offer(&handoff_core::task_doc::doc_id_of(&task, 1), true)
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| automerge::Change::from_bytes(c.bytes).ok())
+        .map(|c| c.actor_id().to_hex_string())
+        .find(|a| !devices.contains_key(a))
+        .expect("the relay's change");
+    let invite = relay.invite(&team, "zoe", "front_desk");
+    let (rt, client) = http();
+    let (status, body) = rt.block_on(async {
+        let r = client
+            .post(format!("{}/v1/enrol", relay.url))
+            .body(
+                serde_json::json!({
+                    "invite": invite,
+                    "actor": carried_as,
+                    "token": "ab".repeat(32),
+                })
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(status, 409, "{body}");
     let order = match ana_first {
         true => [&ana, &max, &lee],
         false => [&max, &lee, &ana],
