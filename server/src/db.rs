@@ -127,10 +127,11 @@ pub struct Db {
     /// Beside the database: the admin command appends to it at every
     /// revocation ([`Db::revocation_stamp`]).
     revocations: PathBuf,
-    /// Beside the database: the relay appends to it the hashes of the
-    /// changes it took that carry copies of other devices' events into a
-    /// redacted task, and of its own that carry over events a redaction
-    /// missed ([`Db::note_vouched`]).
+    /// Beside the database: the relay appends to it a line `<team> <hash>`
+    /// for each change it took that carries copies of other devices'
+    /// events into a redacted task, and `<team> <hash> relay <actor>` for
+    /// each of its own that carries over events a redaction missed
+    /// ([`Db::note_vouched`]).
     vouched: PathBuf,
     /// What that file lists, by team: read once, at the first team's load
     /// (it grows with every redaction, and every team load asks for its

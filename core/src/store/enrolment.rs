@@ -49,10 +49,12 @@ pub struct Released {
     pub taken_back: usize,
 }
 
-/// How offering a document's own changes again went.
+/// How offering a document's changes again went
+/// ([`Store::changes_to_offer`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offered {
-    /// The relay took or had every change.
+    /// The relay took or had every change of this device's (others' it
+    /// refused are let be).
     All,
     /// Some change was still refused. `counts`: in a round that pulled
     /// news of the document itself (one with only the team's does not
@@ -359,7 +361,7 @@ impl Store {
     }
 
     /// A document was offered again. [`Offered::All`]: the relay took or
-    /// had every change; the document is done, and its outbox rows refused
+    /// had every change of this device's; the document is done, and its outbox rows refused
     /// for what they built on (which the relay may now have) are queued
     /// again, once. Otherwise some change was refused (it builds on
     /// another device's lost change, which that device will offer again,
