@@ -336,6 +336,8 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
     let relay_actor = st.team_doc.get_actor().to_hex_string();
     let relay_actor = st.actor_key(&relay_actor);
     let actor = st.actor_key(&caller.actor);
+    // Compared with each change's actor without writing that out in hex.
+    let caller_bytes = hex::decode(&*caller.actor).unwrap_or_default();
     let mut verdicts = Vec::with_capacity(changes.len());
     let mut newest = None;
     for change in changes {
@@ -369,9 +371,9 @@ fn admit(team: &LoadedTeam, push: Push) -> Admitted {
                 // One a phone offered for its author (a restored relay
                 // takes it again): the feed names the author, as it does
                 // once reloaded.
-                let written_by = match c.actor_id().to_hex_string() {
-                    a if *a == *caller.actor => actor.clone(),
-                    a => st.actor_key(&a),
+                let written_by = match c.actor_id().to_bytes() == caller_bytes.as_slice() {
+                    true => actor.clone(),
+                    false => st.actor_key(&c.actor_id().to_hex_string()),
                 };
                 let row = st.next_row(change.doc, c);
                 newest = Some((row.seq, tag_of_chain(row.chain)));

@@ -344,7 +344,7 @@ impl Store {
             .query_map([doc_id], |r| r.get(0))?
             .collect::<std::result::Result<_, _>>()?;
         let others_too = restored && split_doc_id(doc_id).1 > 0;
-        let own = doc
+        let offer = doc
             .get_changes(&[])
             .into_iter()
             .map(|c| (*c.actor_id() == st.actor, c))
@@ -357,7 +357,7 @@ impl Store {
             })
             .collect();
         st.docs.put(doc_id, doc);
-        Ok(own)
+        Ok(offer)
     }
 
     /// A document was offered again. [`Offered::All`]: the relay took or

@@ -412,6 +412,21 @@ pub fn http() -> (tokio::runtime::Runtime, reqwest::Client) {
     )
 }
 
+/// `POST /v1/enrol` with `body`, as a hand-made client sends it: the
+/// answer's status and body.
+pub fn enrol_raw(relay: &Relay, body: serde_json::Value) -> (u16, String) {
+    let (rt, client) = http();
+    rt.block_on(async {
+        let r = client
+            .post(format!("{}/v1/enrol", relay.url))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
 /// Pushes a phone's engine would never make (changes written by hand,
 /// replayed, or pushed under another device's token), over one client.
 pub struct RawPush {

@@ -46,6 +46,19 @@ fn quill_task_with_a_call(max: &Phone, ana: &Phone) -> String {
     task
 }
 
+/// On each phone `task` holds no patient details and `calls` calls, and
+/// nothing is in needs attention or waits to go; and all phones agree.
+fn assert_redacted_and_settled(task: &str, phones: &[(&str, &Phone)], calls: usize) {
+    for (who, phone) in phones {
+        let d = phone.store.task_detail(task).unwrap();
+        assert!(d.patient.is_none(), "redacted on {who}");
+        assert_eq!(d.state.calls.len(), calls, "the calls on {who}");
+        assert!(phone.store.needs_attention().unwrap().is_empty(), "{who}");
+        assert!(phone.store.outbox(10).unwrap().is_empty(), "{who}");
+    }
+    assert_converged(&phones.iter().map(|(_, p)| *p).collect::<Vec<_>>());
+}
+
 /// Do the relay's files (database and WAL, whichever exist) hold `needle`?
 fn relay_files_hold(relay: &Relay, needle: &[u8]) -> bool {
     ["", "-wal"].iter().any(|ext| {
@@ -938,14 +951,11 @@ fn a_redaction_lost_with_a_restore_stands_again_with_the_work_logged_before_it()
     max.sync();
     lee.sync();
     let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
-    for (who, phone) in [("max", &max), ("ana", &ana), ("lee", &lee), ("mia", &mia)] {
-        let d = phone.store.task_detail(&task).unwrap();
-        assert!(d.patient.is_none(), "redacted on {who}");
-        assert_eq!(d.state.calls.len(), 3, "every call on {who}");
-        assert!(phone.store.needs_attention().unwrap().is_empty(), "{who}");
-        assert!(phone.store.outbox(10).unwrap().is_empty(), "{who}");
-    }
-    assert_converged(&[&max, &ana, &lee, &mia]);
+    assert_redacted_and_settled(
+        &task,
+        &[("max", &max), ("ana", &ana), ("lee", &lee), ("mia", &mia)],
+        3,
+    );
     assert_eq!(relay.terminate().code(), Some(0));
     assert!(
         !relay_files_hold(&relay, NAME),
@@ -1015,23 +1025,14 @@ fn carry_over_lost_with_a_restore(ana_first: bool) {
         .find(|a| !devices.contains_key(a))
         .expect("the relay's change");
     let invite = relay.invite(&team, "zoe", "front_desk");
-    let (rt, client) = http();
-    let (status, body) = rt.block_on(async {
-        let r = client
-            .post(format!("{}/v1/enrol", relay.url))
-            .body(
-                serde_json::json!({
-                    "invite": invite,
-                    "actor": carried_as,
-                    "token": "ab".repeat(32),
-                })
-                .to_string(),
-            )
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    });
+    let (status, body) = enrol_raw(
+        &relay,
+        serde_json::json!({
+            "invite": invite,
+            "actor": carried_as,
+            "token": "ab".repeat(32),
+        }),
+    );
     assert_eq!(status, 409, "{body}");
     let order = match ana_first {
         true => [&ana, &max, &lee],
@@ -1097,14 +1098,7 @@ fn a_redaction_lost_with_a_restore_comes_back_from_other_phones_once_its_authors
         }
     }
     let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
-    for (who, phone) in [("ana", &ana), ("lee", &lee), ("mia", &mia)] {
-        let d = phone.store.task_detail(&task).unwrap();
-        assert!(d.patient.is_none(), "redacted on {who}");
-        assert_eq!(d.state.calls.len(), 1, "ana's call on {who}");
-        assert!(phone.store.needs_attention().unwrap().is_empty(), "{who}");
-        assert!(phone.store.outbox(10).unwrap().is_empty(), "{who}");
-    }
-    assert_converged(&[&ana, &lee, &mia]);
+    assert_redacted_and_settled(&task, &[("ana", &ana), ("lee", &lee), ("mia", &mia)], 1);
     // A change of the redacted task the relay never noted is still only
     // its author's to push.
     ana.store
@@ -1177,14 +1171,7 @@ fn a_redaction_lost_with_a_restore_stands_though_its_author_left_since() {
         assert!(!team.members["lee"].active, "lee's leaving came back too");
     }
     let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
-    for (who, phone) in [("max", &max), ("ana", &ana), ("mia", &mia)] {
-        let d = phone.store.task_detail(&task).unwrap();
-        assert!(d.patient.is_none(), "redacted on {who}");
-        assert_eq!(d.state.calls.len(), 1, "ana's call on {who}");
-        assert!(phone.store.needs_attention().unwrap().is_empty(), "{who}");
-        assert!(phone.store.outbox(10).unwrap().is_empty(), "{who}");
-    }
-    assert_converged(&[&max, &ana, &mia]);
+    assert_redacted_and_settled(&task, &[("max", &max), ("ana", &ana), ("mia", &mia)], 1);
     assert_eq!(relay.terminate().code(), Some(0));
     assert!(!relay_files_hold(&relay, NAME));
 }

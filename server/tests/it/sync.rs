@@ -714,23 +714,14 @@ fn an_enrolment_whose_reply_was_lost_is_made_again_by_the_same_phone() {
     // Someone else who saw the invite, and knows her phone's actor id (it
     // is in every event and in the team document), cannot take her place:
     // only her phone has the token it enrolled with.
-    let (rt, client) = http();
-    let (status, body) = rt.block_on(async {
-        let r = client
-            .post(format!("{}/v1/enrol", relay.url))
-            .body(
-                serde_json::json!({
-                    "invite": invite,
-                    "actor": ana.store.device_actor(),
-                    "token": "ab".repeat(32),
-                })
-                .to_string(),
-            )
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    });
+    let (status, body) = enrol_raw(
+        &relay,
+        serde_json::json!({
+            "invite": invite,
+            "actor": ana.store.device_actor(),
+            "token": "ab".repeat(32),
+        }),
+    );
     assert_eq!(status, 410, "{body}");
     assert!(body.contains("invite_used"), "{body}");
 
@@ -763,18 +754,7 @@ fn an_enrolment_whose_reply_was_lost_is_made_again_by_the_same_phone() {
 fn an_older_app_enrols_and_a_token_taken_already_is_refused_harmlessly() {
     let relay = Relay::start();
     let (team, max, _) = manager_and(&relay, "tom", "clinical_assistant");
-    let (rt, client) = http();
-    let enrol = |body: serde_json::Value| {
-        rt.block_on(async {
-            let r = client
-                .post(format!("{}/v1/enrol", relay.url))
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        })
-    };
+    let enrol = |body| enrol_raw(&relay, body);
     let invite = relay.invite(&team, "ana", "clinical_assistant");
     let (status, body) = enrol(serde_json::json!({
         "invite": invite,
@@ -793,6 +773,7 @@ fn an_older_app_enrols_and_a_token_taken_already_is_refused_harmlessly() {
     let reply: sync::wire::EnrolReply = serde_json::from_str(&body).unwrap();
     let token = reply.token.expect("the relay's token for an older app");
     assert_eq!(reply.user, "ana");
+    let (rt, client) = http();
     let changes = pull_all(&rt, &client, &relay.url, &token);
     assert!(!changes.is_empty());
     // Without a token of its own, it cannot prove a retry.
