@@ -887,6 +887,11 @@ impl TeamState {
                 let may_write = match (seen, prior) {
                     // Laying out a redacted generation: judged above.
                     _ if redacting.is_some() => true,
+                    // Taken before (noted beside the database), and judged
+                    // then: taken again after a restore as it was, though
+                    // its author left or was moved since. Phones hold it,
+                    // and build on it.
+                    _ if vouched => true,
                     (Some(seen), _) => may_read_task(&self.team, &caller.user_id, seen),
                     // A new task: its own `created` event decides below.
                     (None, None) => true,
@@ -987,6 +992,7 @@ impl TeamState {
                     }
                 }
                 let judged = match (fresh.as_slice(), new_events.len()) {
+                    _ if vouched => Ok(()),
                     // One event (what a phone writes): the task it builds on
                     // is `seen`.
                     ([only], 1) => may_act(&self.team, seen, only),

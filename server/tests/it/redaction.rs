@@ -1175,3 +1175,66 @@ fn a_redaction_lost_with_a_restore_stands_though_its_author_left_since() {
     assert_eq!(relay.terminate().code(), Some(0));
     assert!(!relay_files_hold(&relay, NAME));
 }
+
+/// lee's phone takes max's redaction in at the end of a full page: the
+/// relay's copy of ana's calls (which max had not seen) comes in the next
+/// page, so her phone copies them over itself, and the relay notes that it
+/// took lee's copy. ana logs a call on top of it. lee then leaves the
+/// clinic and her phone is gone, and the relay is restored from a backup
+/// taken before all this. What the relay took from lee once stands: it
+/// takes her copy again from the phones that hold it, and ana's call, which
+/// builds on it, reaches everyone.
+#[test]
+fn a_copy_a_phone_made_into_a_redacted_task_stands_after_a_restore_though_its_author_left() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    let task = quill_task(&max, "ana");
+    let busy = max
+        .store
+        .delegate(task_for("Order supplies", Some("max"), None))
+        .unwrap();
+    max.sync();
+    ana.sync();
+    ana.store
+        .log_call(&task, quill_call(CallOutcome::NoAnswer))
+        .unwrap();
+    ana.sync();
+    lee.sync();
+    let backup = relay.back_up();
+
+    // A page ends with the redaction.
+    for i in 1..handoff_server::team_state::PAGE_CHANGES {
+        max.store.comment(&busy, &format!("box {i}")).unwrap();
+    }
+    max.store.redact_patient(&task).unwrap();
+    max.sync();
+    lee.sync();
+    let redacted = handoff_core::task_doc::doc_id_of(&task, 1);
+    assert!(
+        !lee.store
+            .changes_to_offer(&redacted, false)
+            .unwrap()
+            .is_empty(),
+        "lee's phone copied ana's call over itself (the relay's copy came in the next page)"
+    );
+    ana.sync();
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    ana.sync();
+    set_member(&max, "lee", Role::Manager, false, false);
+    max.sync();
+    drop(lee);
+
+    relay.restore(&backup);
+    for _ in 0..2 {
+        for phone in [&max, &ana] {
+            phone.sync();
+        }
+    }
+    let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
+    assert_redacted_and_settled(&task, &[("max", &max), ("ana", &ana), ("mia", &mia)], 2);
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(!relay_files_hold(&relay, NAME));
+}
