@@ -195,8 +195,9 @@ pub struct TeamState {
     /// and the older documents to delete once it is committed.
     pub(crate) carry_over: Vec<(String, Change)>,
     pub(crate) retiring: Vec<Arc<str>>,
-    /// Changes carrying copies of other devices' events into a redacted
-    /// task that this relay took before, as noted beside its database: a
+    /// Redactions, and changes carrying copies of other devices' events
+    /// into a redacted task, that this relay took before, as noted beside
+    /// its database: a
     /// database restored from a backup may have lost the events they were
     /// checked against, and takes them again on their word.
     vouched: HashSet<ChangeHash>,
@@ -207,8 +208,8 @@ pub struct TeamState {
     carried_by_relay: HashSet<ChangeHash>,
     /// The relay's actors those were written by: no device takes one.
     carried_by_relay_as: HashSet<String>,
-    /// Set by admitting a change with such copies: to be noted beside the
-    /// database before it is committed.
+    /// Set by admitting a redaction, or a change with such copies: to be
+    /// noted beside the database before it is committed.
     pub(crate) vouching: Vec<ChangeHash>,
     /// Set by admitting a change that takes a task from some members: who,
     /// for the feed row that change is given next.
@@ -1066,9 +1067,13 @@ impl TeamState {
                 self.retiring.extend(older);
                 self.carry_over.extend(carried);
             }
+            // Noted: every redaction (phones that hold it offer it again
+            // after a restore, though its author's phone be lost, and the
+            // older version goes again), and every copy of others' events
+            // into a redacted task.
             if generation > 0
                 && !self.vouched.contains(&hash)
-                && new_events.iter().any(|e| e.id.actor != *caller.actor)
+                && (redacting.is_some() || new_events.iter().any(|e| e.id.actor != *caller.actor))
             {
                 self.vouching.push(hash);
             }

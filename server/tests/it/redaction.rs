@@ -1130,6 +1130,42 @@ fn a_redaction_lost_with_a_restore_comes_back_from_other_phones_once_its_authors
     assert!(!relay_files_hold(&relay, b"MRN-4471"));
 }
 
+/// max redacts a task only he ever wrote to, after the night's backup,
+/// and then loses his phone. The relay is restored from the backup: it has
+/// the older version again, patient details included. ana and lee hold the
+/// redaction, and the relay takes it from them as max's (it noted every
+/// redaction it took): the older version is gone again.
+#[test]
+fn a_redaction_of_only_its_authors_work_lost_with_a_restore_comes_back_from_other_phones() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    let task = quill_task(&max, "ana");
+    max.sync();
+    ana.sync();
+    lee.sync();
+    let backup = relay.back_up();
+    max.store.redact_patient(&task).unwrap();
+    max.sync();
+    ana.sync();
+    lee.sync();
+    drop(max);
+
+    relay.restore(&backup);
+    for _ in 0..2 {
+        for phone in [&ana, &lee] {
+            phone.sync();
+        }
+    }
+    let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
+    assert_redacted_and_settled(&task, &[("ana", &ana), ("lee", &lee), ("mia", &mia)], 0);
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(
+        !relay_files_hold(&relay, NAME),
+        "the older version is gone again"
+    );
+}
+
 /// lee redacts a task after the night's backup, with ana's call (logged
 /// after it) copied in, and then leaves the clinic: max deactivates her,
 /// and her phone is gone. The relay is restored from the backup. What the
