@@ -971,6 +971,60 @@ fn a_redaction_lost_with_a_restore_stands_again_with_the_work_logged_before_it()
     assert_eq!(mode & 0o077, 0, "mode {mode:o}");
 }
 
+/// max comments on a task twenty times after the night's backup, then
+/// redacts it: his phone lays the task out again in more than one change
+/// (a change brings at most 16 new events) and deletes the older version.
+/// The relay is restored from the backup, which has none of it: the
+/// redaction's changes alone bring the comments back, and the relay takes
+/// them again.
+#[test]
+fn a_redaction_lost_with_a_restore_stands_again_with_much_of_its_authors_work() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let task = quill_task(&max, "ana");
+    max.sync();
+    ana.sync();
+    let backup = relay.back_up();
+    for i in 0..20 {
+        max.store
+            .comment(&task, &format!("tried the pharmacy, {i}"))
+            .unwrap();
+    }
+    max.sync();
+    max.store.redact_patient(&task).unwrap();
+    max.sync();
+    ana.sync();
+    let versions: i64 = max
+        .open_file()
+        .query_row(
+            "SELECT count(*) FROM documents WHERE task_id = ?1",
+            [&task],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(versions, 1, "max's phone holds the redaction alone");
+    let laid_out = max
+        .store
+        .changes_to_offer(&handoff_core::task_doc::doc_id_of(&task, 1), false)
+        .unwrap();
+    assert!(laid_out.len() > 1, "{} changes", laid_out.len());
+
+    relay.restore(&backup);
+    for _ in 0..2 {
+        for phone in [&max, &ana] {
+            phone.sync();
+        }
+    }
+    let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
+    assert_redacted_and_settled(&task, &[("max", &max), ("ana", &ana), ("mia", &mia)], 0);
+    assert_eq!(
+        mia.store.task_detail(&task).unwrap().state.comments.len(),
+        20
+    );
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(!relay_files_hold(&relay, NAME));
+}
+
 /// ana logs a call after the night's backup, which max's phone has not
 /// pulled when he redacts the task: the relay carries it over to the new
 /// document in a change of its own, and ana logs her next call on top of
