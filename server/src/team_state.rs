@@ -195,11 +195,11 @@ pub struct TeamState {
     /// and the older documents to delete once it is committed.
     pub(crate) carry_over: Vec<(String, Change)>,
     pub(crate) retiring: Vec<Arc<str>>,
-    /// Redactions, and changes carrying copies of other devices' events
-    /// into a redacted task, that this relay took before, as noted beside
-    /// its database: a
-    /// database restored from a backup may have lost the events they were
-    /// checked against, and takes them again on their word.
+    /// Redactions, and changes copying events into a redacted task, that
+    /// this relay took before, as noted beside its database: a database
+    /// restored from a backup may have lost the events they were checked
+    /// against, and their authors' phones may be lost; the relay takes
+    /// them again on their word, from any phone.
     vouched: HashSet<ChangeHash>,
     /// The relay's own changes carrying over events a redaction missed, as
     /// noted beside its database: a database restored from a backup lost
@@ -208,8 +208,8 @@ pub struct TeamState {
     carried_by_relay: HashSet<ChangeHash>,
     /// The relay's actors those were written by: no device takes one.
     carried_by_relay_as: HashSet<String>,
-    /// Set by admitting a redaction, or a change with such copies: to be
-    /// noted beside the database before it is committed.
+    /// Set by admitting one of those: to be noted beside the database
+    /// before it is committed.
     pub(crate) vouching: Vec<ChangeHash>,
     /// Set by admitting a change that takes a task from some members: who,
     /// for the feed row that change is given next.
@@ -867,6 +867,9 @@ impl TeamState {
                 ));
             }
             let key = self.doc_key(&change.doc);
+            // Whether the change copies events the relay took before into
+            // a redacted task's newer document.
+            let copies: bool;
             {
                 let entry = self.docs.get(&key);
                 let events: &[Event] = entry.map_or(&[], |e| e.events.as_slice());
@@ -912,6 +915,7 @@ impl TeamState {
                     new_events.iter().partition(|e| {
                         others_vouched(e) || self.known_in_earlier_generation(&change.doc, e)
                     });
+                copies = !carried.is_empty();
                 if fresh.len() > MAX_NEW_EVENTS {
                     return Err(refuse(
                         RefusalCode::InvalidChange,
@@ -1067,14 +1071,13 @@ impl TeamState {
                 self.retiring.extend(older);
                 self.carry_over.extend(carried);
             }
-            // Noted: every redaction (phones that hold it offer it again
-            // after a restore, though its author's phone be lost, and the
-            // older version goes again), and every copy of others' events
-            // into a redacted task.
-            if generation > 0
-                && !self.vouched.contains(&hash)
-                && (redacting.is_some() || new_events.iter().any(|e| e.id.actor != *caller.actor))
-            {
+            // Noted: every redaction, and every change copying events into
+            // a redacted task (the rest of a redaction laid out in several
+            // changes, a phone's own copy of work the redaction missed).
+            // After a restore, phones that hold one offer it again, though
+            // its author's phone be lost: the older version goes again, and
+            // what phones built on it is taken.
+            if generation > 0 && !self.vouched.contains(&hash) && (redacting.is_some() || copies) {
                 self.vouching.push(hash);
             }
         }

@@ -1025,6 +1025,54 @@ fn a_redaction_lost_with_a_restore_stands_again_with_much_of_its_authors_work() 
     assert!(!relay_files_hold(&relay, NAME));
 }
 
+/// max redacts, after the night's backup, a task holding twenty comments
+/// of his own: the redaction lays it out in more than one change, the
+/// later ones copies of his comments alone. ana logs a call on top of it,
+/// and max loses his phone. The relay is restored from the backup; ana and
+/// lee hold the redaction, and the relay takes every change of it from
+/// them as max's (it noted each one that copies work over), then ana's
+/// call.
+#[test]
+fn a_redaction_in_several_changes_lost_with_a_restore_comes_back_from_other_phones() {
+    let mut relay = Relay::start();
+    let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
+    let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
+    let task = quill_task(&max, "ana");
+    for i in 0..20 {
+        max.store
+            .comment(&task, &format!("tried the pharmacy, {i}"))
+            .unwrap();
+    }
+    max.sync();
+    ana.sync();
+    lee.sync();
+    let backup = relay.back_up();
+    max.store.redact_patient(&task).unwrap();
+    max.sync();
+    ana.sync();
+    ana.store
+        .log_call(&task, call(CallOutcome::Reached))
+        .unwrap();
+    ana.sync();
+    lee.sync();
+    drop(max);
+
+    relay.restore(&backup);
+    for _ in 0..2 {
+        for phone in [&ana, &lee] {
+            phone.sync();
+        }
+    }
+    let mia = Phone::enrolled(&relay, &relay.invite(&team, "mia", "manager"));
+    assert_redacted_and_settled(&task, &[("ana", &ana), ("lee", &lee), ("mia", &mia)], 1);
+    assert_eq!(
+        mia.store.task_detail(&task).unwrap().state.comments.len(),
+        20
+    );
+    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(!relay_files_hold(&relay, NAME));
+}
+
 /// ana logs a call after the night's backup, which max's phone has not
 /// pulled when he redacts the task: the relay carries it over to the new
 /// document in a change of its own, and ana logs her next call on top of
