@@ -273,8 +273,8 @@ enum Admitted {
         answers: Vec<(Reply, Pushed)>,
         /// Older generations of redacted tasks, deleted once `rows` are in.
         retire: Vec<Arc<str>>,
-        /// Changes with copies of others' events into a redacted task, and
-        /// the relay's own carrying events over to one, noted beside the
+        /// Redactions and changes copying earlier events into a redacted
+        /// task, and the relay's own carrying events over to one, noted beside the
         /// database before `rows` are committed ([`Db::note_vouched`]).
         vouch: Vec<Vouched>,
     },

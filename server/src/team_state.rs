@@ -315,9 +315,9 @@ impl TeamState {
     }
 
     /// Changes this relay took before into redacted tasks, as noted beside
-    /// the database: devices' with copies of other devices' events
-    /// (`TeamState::vouching`), and the relay's own carrying over events a
-    /// redaction missed. Offered again to a database restored from an older
+    /// the database: devices' redactions and changes copying earlier
+    /// events (`TeamState::vouching`), and the relay's own carrying over
+    /// events a redaction missed. Offered again to a database restored from an older
     /// backup, they are taken though it lacks what they copy, from
     /// whichever phone offers them (`TeamState::admit_for_its_author`).
     pub fn vouch_for(&mut self, noted: impl IntoIterator<Item = Vouched>) {
@@ -909,7 +909,8 @@ impl TeamState {
                 }
                 // The door: what people typed fits the limits a phone keeps,
                 // and the author's role allows the action, judged once, here,
-                // with the team as it is now. Copies of events the relay
+                // with the team as it is now (a change noted before was
+                // judged when first taken). Copies of events the relay
                 // already took in (a redacted task's next generation) passed it.
                 let (carried, fresh): (Vec<&Event>, Vec<&Event>) =
                     new_events.iter().partition(|e| {
@@ -1219,8 +1220,8 @@ impl TeamState {
     /// A change another device (or the relay) wrote, which a phone offers
     /// a relay restored from a backup: the relay took it before, and noted
     /// so beside its database, but the restored database lost it. A
-    /// device's is judged as that device's own (its author's phone may be
-    /// lost, or revoked); the relay's own carry-over is taken as it was
+    /// device's is taken as that device's own, not judged on its author's
+    /// permissions again (its author's phone may be lost, or revoked); the relay's own carry-over is taken as it was
     /// first, where it fits. Any other is refused: the relay trusts a
     /// change's author only from the token of the device that pushes it.
     fn admit_for_its_author(

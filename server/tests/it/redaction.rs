@@ -67,6 +67,28 @@ fn relay_files_hold(relay: &Relay, needle: &[u8]) -> bool {
     })
 }
 
+/// How many versions (generations) of `task` the phone's file holds.
+fn versions_on(phone: &Phone, task: &str) -> i64 {
+    phone
+        .open_file()
+        .query_row(
+            "SELECT count(*) FROM documents WHERE task_id = ?1",
+            [task],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// `n` short comments by `phone` on `task`, not yet synced.
+fn pharmacy_comments(phone: &Phone, task: &str, n: usize) {
+    for i in 0..n {
+        phone
+            .store
+            .comment(task, &format!("tried the pharmacy, {i}"))
+            .unwrap();
+    }
+}
+
 fn push(relay: &Relay, phone: &Phone, changes: Vec<DocChange>) -> Vec<Verdict> {
     RawPush::to(relay).verdicts(&phone.settings().token, changes)
 }
@@ -676,16 +698,7 @@ fn a_kept_older_version_goes_once_another_managers_redaction_reaches_her() {
     let (_relay, proxy, max, zed, task) = long_task_redacted_by_a_demoted_manager();
     proxy.cut_downloads_over(100_000);
     proxy.close_all();
-    let versions = |phone: &Phone| -> i64 {
-        phone
-            .open_file()
-            .query_row(
-                "SELECT count(*) FROM documents WHERE task_id = ?1",
-                [&task],
-                |r| r.get(0),
-            )
-            .unwrap()
-    };
+    let versions = |phone: &Phone| versions_on(phone, &task);
     let mut rounds = 0;
     while versions(&zed) < 2 {
         rounds += 1;
@@ -985,24 +998,16 @@ fn a_redaction_lost_with_a_restore_stands_again_with_much_of_its_authors_work() 
     max.sync();
     ana.sync();
     let backup = relay.back_up();
-    for i in 0..20 {
-        max.store
-            .comment(&task, &format!("tried the pharmacy, {i}"))
-            .unwrap();
-    }
+    pharmacy_comments(&max, &task, 20);
     max.sync();
     max.store.redact_patient(&task).unwrap();
     max.sync();
     ana.sync();
-    let versions: i64 = max
-        .open_file()
-        .query_row(
-            "SELECT count(*) FROM documents WHERE task_id = ?1",
-            [&task],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(versions, 1, "max's phone holds the redaction alone");
+    assert_eq!(
+        versions_on(&max, &task),
+        1,
+        "max's phone holds the redaction alone"
+    );
     let laid_out = max
         .store
         .changes_to_offer(&handoff_core::task_doc::doc_id_of(&task, 1), false)
@@ -1038,11 +1043,7 @@ fn a_redaction_in_several_changes_lost_with_a_restore_comes_back_from_other_phon
     let (team, max, ana) = manager_and(&relay, "ana", "clinical_assistant");
     let lee = Phone::enrolled(&relay, &relay.invite(&team, "lee", "manager"));
     let task = quill_task(&max, "ana");
-    for i in 0..20 {
-        max.store
-            .comment(&task, &format!("tried the pharmacy, {i}"))
-            .unwrap();
-    }
+    pharmacy_comments(&max, &task, 20);
     max.sync();
     ana.sync();
     lee.sync();
